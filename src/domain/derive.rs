@@ -1,0 +1,332 @@
+//! What the server works out on every write: version, timestamps, derived
+//! `progress`, the `stages` history, `eta`, and when the record goes stale.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+
+use super::id::ProgressId;
+use super::record::{Child, ClientFields, ProgressRecord, StageSpan, Status};
+use super::time::Timestamp;
+
+/// Most entries kept in `stages`; the oldest go first.
+pub const MAX_STAGES: usize = 200;
+
+/// Server settings that shape a write.
+#[derive(Debug, Clone, Copy)]
+pub struct WritePolicy {
+    /// `ttl_seconds` when the client sends none.
+    pub default_ttl_seconds: u64,
+    /// A running record with no write for this long is `stalled`.
+    pub heartbeat_ms: i64,
+}
+
+/// Server state kept beside the record but not shown in it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RecordMeta {
+    /// The record's version (first, so a Lua script can read it from the prefix).
+    pub v: u64,
+    /// Milliseconds since the epoch after which the record is stalled; 0 when it cannot stall.
+    pub s: i64,
+    /// First (time ms, percent) sample of the current run, for the ETA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<(i64, f64)>,
+}
+
+/// Which client fields a write touched: a PUT touches all of them,
+/// a PATCH the keys it carries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Touched {
+    /// A PUT: the body is the whole client state.
+    pub replace: bool,
+    /// `progress` carried a number.
+    pub progress_set: bool,
+    /// `progress` was `null`: go back to deriving it.
+    pub progress_cleared: bool,
+    /// `current` or `total` was written.
+    pub counters: bool,
+    /// `children` was written.
+    pub children: bool,
+}
+
+impl Touched {
+    /// A PUT whose body may carry `progress`.
+    pub fn replace(fields: &ClientFields) -> Self {
+        Self { replace: true, progress_set: fields.progress.is_some(), ..Self::default() }
+    }
+
+    /// A PATCH with this (already validated) body.
+    pub fn patch(patch: &Map<String, Value>) -> Self {
+        let progress = patch.get("progress");
+        Self {
+            replace: false,
+            progress_set: progress.is_some_and(|p| !p.is_null()),
+            progress_cleared: progress.is_some_and(Value::is_null),
+            counters: patch.contains_key("current") || patch.contains_key("total"),
+            children: patch.contains_key("children"),
+        }
+    }
+}
+
+/// Builds the next version of a record from the previous one (if any) and
+/// the validated client fields of this write.
+pub fn apply_write(
+    id: &ProgressId,
+    prev: Option<(&ProgressRecord, &RecordMeta)>,
+    fields: ClientFields,
+    touched: Touched,
+    now: Timestamp,
+    policy: &WritePolicy,
+) -> (ProgressRecord, RecordMeta) {
+    let prev_record = prev.map(|(r, _)| r);
+    let prev_status = prev_record.map(|r| r.status);
+    let status = fields.status;
+
+    let progress = resolve_progress(&fields, touched, prev_status);
+    let percent = progress.as_f64().unwrap_or(0.0);
+
+    let started_at = prev_record
+        .and_then(|r| r.started_at)
+        .or((status == Status::Running).then_some(now));
+    let completed_at = match (status.is_terminal(), prev_record) {
+        (false, _) => None,
+        (true, Some(r)) if r.status.is_terminal() => r.completed_at.or(Some(now)),
+        (true, _) => Some(now),
+    };
+    let stages = next_stages(prev_record.map_or(&[][..], |r| &r.stages), fields.stage.as_deref(), status, now);
+
+    let sample = match (status, prev.and_then(|(_, m)| m.e)) {
+        (Status::Running, Some((t0, p0))) if percent >= p0 => Some((t0, p0)),
+        (Status::Running, _) => Some((now.millis(), percent)),
+        _ => None,
+    };
+    let eta = sample.and_then(|(t0, p0)| estimate_completion(t0, p0, now, percent));
+
+    let ttl_seconds = fields.ttl_seconds.unwrap_or(policy.default_ttl_seconds);
+    let version = prev_record.map_or(1, |r| r.version + 1);
+    let record = ProgressRecord {
+        id: id.as_str().to_owned(),
+        version,
+        status,
+        progress,
+        current: fields.current,
+        total: fields.total,
+        stage: fields.stage,
+        message: fields.message,
+        children: fields.children,
+        result: fields.result,
+        error: fields.error,
+        metadata: fields.metadata,
+        ttl_seconds,
+        created_at: prev_record.map_or(now, |r| r.created_at),
+        updated_at: now,
+        started_at,
+        completed_at,
+        expires_at: now.plus_millis(ttl_ms(ttl_seconds)),
+        eta,
+        stages,
+    };
+    let stall_at = if status == Status::Running { now.millis().saturating_add(policy.heartbeat_ms) } else { 0 };
+    (record, RecordMeta { v: version, s: stall_at, e: sample })
+}
+
+/// `ttl_seconds` in milliseconds, saturating.
+pub fn ttl_ms(ttl_seconds: u64) -> i64 {
+    i64::try_from(ttl_seconds).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+/// An explicit `progress` wins; a write that changes the counters or the
+/// children re-derives it; otherwise it keeps its value. Entering
+/// `completed` without an explicit value fills the bar.
+fn resolve_progress(fields: &ClientFields, touched: Touched, prev_status: Option<Status>) -> Number {
+    let kept = || fields.progress.clone().unwrap_or_else(|| Number::from(0));
+    let mut progress = if touched.progress_set {
+        kept()
+    } else if touched.replace || touched.progress_cleared {
+        derived_progress(fields).map_or_else(|| Number::from(0), percent_number)
+    } else if touched.counters || touched.children {
+        derived_progress(fields).map_or_else(kept, percent_number)
+    } else {
+        kept()
+    };
+    let just_completed = fields.status == Status::Completed && prev_status != Some(Status::Completed);
+    if just_completed && !touched.progress_set {
+        progress = Number::from(100);
+    }
+    progress
+}
+
+/// Percent from `current`/`total`, else from the children; `None` when neither says.
+pub fn derived_progress(fields: &ClientFields) -> Option<f64> {
+    counter_percent(fields.current.as_ref(), fields.total.as_ref())
+        .or_else(|| fields.children.as_ref().and_then(|c| children_percent(c.values())))
+}
+
+fn counter_percent(current: Option<&Number>, total: Option<&Number>) -> Option<f64> {
+    let current = current?.as_f64()?;
+    let total = total?.as_f64()?;
+    (total > 0.0).then(|| (current / total * 100.0).clamp(0.0, 100.0))
+}
+
+/// Weighted mean of the children's percent (weight default 1); `None` when
+/// there are no children or every weight is 0.
+pub fn children_percent<'a>(children: impl Iterator<Item = &'a Child>) -> Option<f64> {
+    let (mut sum, mut weights) = (0.0, 0.0);
+    for child in children {
+        let weight = child.weight.as_ref().and_then(Number::as_f64).unwrap_or(1.0);
+        let percent = child
+            .progress
+            .as_ref()
+            .and_then(Number::as_f64)
+            .or_else(|| counter_percent(child.current.as_ref(), child.total.as_ref()))
+            .unwrap_or(if child.status == Some(Status::Completed) { 100.0 } else { 0.0 });
+        sum += weight * percent;
+        weights += weight;
+    }
+    (weights > 0.0 && sum.is_finite()).then(|| (sum / weights).clamp(0.0, 100.0))
+}
+
+/// A derived percent, rounded to two decimals; whole numbers print without a fraction.
+fn percent_number(percent: f64) -> Number {
+    let rounded = (percent * 100.0).round() / 100.0;
+    if rounded.fract() == 0.0 {
+        Number::from(rounded as u64)
+    } else {
+        Number::from_f64(rounded).unwrap_or_else(|| Number::from(0))
+    }
+}
+
+/// Closes the open stage when `stage` changes or the record finishes, and
+/// opens one for a new `stage` value.
+fn next_stages(prev: &[StageSpan], stage: Option<&str>, status: Status, now: Timestamp) -> Vec<StageSpan> {
+    let mut stages = prev.to_vec();
+    let open = stages.last().filter(|s| s.finished_at.is_none()).map(|s| s.name.clone());
+    if open.as_deref() != stage {
+        if let Some(last) = stages.last_mut().filter(|s| s.finished_at.is_none()) {
+            close(last, now);
+        }
+        // A finished record written again with the stage it ended in is not a new stage.
+        let ended_in_it = status.is_terminal() && stages.last().is_some_and(|s| Some(s.name.as_str()) == stage);
+        if let Some(name) = stage.filter(|_| !ended_in_it) {
+            stages.push(StageSpan { name: name.to_owned(), started_at: now, finished_at: None, duration_ms: None });
+        }
+    }
+    if status.is_terminal() {
+        if let Some(last) = stages.last_mut().filter(|s| s.finished_at.is_none()) {
+            close(last, now);
+        }
+    }
+    if stages.len() > MAX_STAGES {
+        stages.drain(..stages.len() - MAX_STAGES);
+    }
+    stages
+}
+
+fn close(span: &mut StageSpan, now: Timestamp) {
+    span.finished_at = Some(now);
+    span.duration_ms = Some(now.millis() - span.started_at.millis());
+}
+
+/// Linear extrapolation from the first sample of the run to now.
+fn estimate_completion(t0: i64, p0: f64, now: Timestamp, percent: f64) -> Option<Timestamp> {
+    let elapsed = now.millis() - t0;
+    let gained = percent - p0;
+    if elapsed <= 0 || gained <= 0.0 || percent >= 100.0 {
+        return None;
+    }
+    let remaining_ms = (100.0 - percent) * elapsed as f64 / gained;
+    (remaining_ms.is_finite() && remaining_ms < 1e15).then(|| now.plus_millis(remaining_ms as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const POLICY: WritePolicy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
+
+    fn fields(v: Value) -> ClientFields {
+        ClientFields::from_json(&v, 3600).unwrap()
+    }
+
+    fn put(prev: Option<&(ProgressRecord, RecordMeta)>, body: Value, at: i64) -> (ProgressRecord, RecordMeta) {
+        let f = fields(body);
+        let t = Touched::replace(&f);
+        apply_write(&ProgressId::parse("j").unwrap(), prev.map(|(r, m)| (r, m)), f, t, Timestamp(at), &POLICY)
+    }
+
+    fn patch(prev: &(ProgressRecord, RecordMeta), body: Value, at: i64) -> (ProgressRecord, RecordMeta) {
+        let mut doc = prev.0.client_json();
+        super::super::merge::merge_patch(&mut doc, &body);
+        let f = fields(doc);
+        let t = Touched::patch(body.as_object().unwrap());
+        apply_write(&ProgressId::parse("j").unwrap(), Some((&prev.0, &prev.1)), f, t, Timestamp(at), &POLICY)
+    }
+
+    #[test]
+    fn derives_progress_from_counters_without_dividing_by_zero() {
+        assert_eq!(put(None, json!({"current": 1, "total": 3}), 0).0.progress, Number::from_f64(33.33).unwrap());
+        assert_eq!(put(None, json!({"current": 5, "total": 0}), 0).0.progress, Number::from(0));
+        assert_eq!(put(None, json!({"current": 9, "total": 3}), 0).0.progress, Number::from(100));
+    }
+
+    #[test]
+    fn derives_progress_from_weighted_children() {
+        let r = put(None, json!({"children": {
+            "a": {"progress": 100, "weight": 3},
+            "b": {"current": 0, "total": 10},
+        }}), 0);
+        assert_eq!(r.0.progress, Number::from(75));
+        let r = put(None, json!({"children": {"a": {"status": "completed"}, "b": {}}}), 0);
+        assert_eq!(r.0.progress, Number::from(50));
+        let r = put(None, json!({"children": {"a": {"progress": 10, "weight": 0}}}), 0);
+        assert_eq!(r.0.progress, Number::from(0));
+    }
+
+    #[test]
+    fn explicit_progress_sticks_until_counters_change() {
+        let r = put(None, json!({"progress": 40, "current": 1, "total": 10}), 0);
+        assert_eq!(r.0.progress, Number::from(40));
+        let r = patch(&r, json!({"message": "still"}), 1);
+        assert_eq!(r.0.progress, Number::from(40));
+        let r = patch(&r, json!({"current": 5}), 2);
+        assert_eq!(r.0.progress, Number::from(50));
+        let r = patch(&r, json!({"status": "completed"}), 3);
+        assert_eq!(r.0.progress, Number::from(100));
+    }
+
+    #[test]
+    fn keeps_stage_history_with_durations() {
+        let r = put(None, json!({"status": "running", "stage": "RESEARCH"}), 1_000);
+        let r = patch(&r, json!({"stage": "CHAPTERS"}), 3_500);
+        let r = patch(&r, json!({"message": "m"}), 4_000);
+        assert_eq!(r.0.stages.len(), 2);
+        assert_eq!(r.0.stages[0].name, "RESEARCH");
+        assert_eq!(r.0.stages[0].duration_ms, Some(2_500));
+        assert_eq!(r.0.stages[1].finished_at, None);
+        let r = patch(&r, json!({"status": "completed"}), 5_000);
+        assert_eq!(r.0.stages[1].duration_ms, Some(1_500));
+        assert_eq!(r.0.completed_at, Some(Timestamp(5_000)));
+        assert_eq!(r.0.started_at, Some(Timestamp(1_000)));
+    }
+
+    #[test]
+    fn eta_needs_two_points_and_extrapolates() {
+        let r = put(None, json!({"status": "running", "progress": 10}), 0);
+        assert_eq!(r.0.eta, None);
+        let r = patch(&r, json!({"progress": 20}), 10_000);
+        // 10 points per 10 s, 80 to go: 80 s after the second write.
+        assert_eq!(r.0.eta, Some(Timestamp(90_000)));
+        let r = patch(&r, json!({"status": "failed"}), 11_000);
+        assert_eq!(r.0.eta, None);
+        assert_eq!(r.1.e, None);
+    }
+
+    #[test]
+    fn only_running_records_can_stall_and_versions_count_writes() {
+        let r = put(None, json!({"status": "pending"}), 0);
+        assert_eq!((r.0.version, r.1.s), (1, 0));
+        let r = patch(&r, json!({"status": "running"}), 10);
+        assert_eq!((r.0.version, r.1.s), (2, 1_010));
+        assert_eq!(r.0.expires_at, Timestamp(60_010));
+    }
+}
