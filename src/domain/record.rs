@@ -75,8 +75,15 @@ impl Status {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    /// The status with this wire name.
+    pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -235,6 +242,8 @@ impl ValidationError {
         Self { field: field.into(), message: message.into() }
     }
 }
+
+impl std::error::Error for ValidationError {}
 
 impl std::fmt::Display for ValidationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,0 +1,91 @@
+//! The one error type of the request path. Handlers and the service return
+//! it; `http::problem` turns it into `application/problem+json` with a
+//! stable `code`. Store errors convert into it: their cause is logged, the
+//! client sees only the outer message.
+
+use crate::domain::{Status, ValidationError};
+use crate::store::StoreError;
+
+/// Everything a request can fail with. Each variant has one stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The path's id breaks the id rules (400 `invalid_id`).
+    #[error("{0}")]
+    InvalidId(String),
+    /// Not JSON, empty, or nested too deep (400 `invalid_body`).
+    #[error("{0}")]
+    InvalidBody(String),
+    /// A conditional header that cannot be parsed (400 `invalid_header`).
+    #[error("{0}")]
+    InvalidHeader(String),
+    /// Content-Type is not JSON (415 `unsupported_media_type`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body is over the limit (413 `payload_too_large`).
+    #[error("the body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// JSON that breaks a record rule (422 `validation_failed`).
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// No such record or route (404 `not_found`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not for this method (405 `method_not_allowed`).
+    #[error("this route does not support {0}")]
+    MethodNotAllowed(String),
+    /// A write to a finished record without `If-Match` (409 `conflict_terminal`).
+    #[error(
+        "the record is {status} (version {version}); to write it again, send If-Match: \"{version}\""
+    )]
+    ConflictTerminal {
+        /// Its terminal status.
+        status: Status,
+        /// Its current version.
+        version: u64,
+    },
+    /// `If-Match` names another version (412 `precondition_failed`).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// Too many writers raced for one record (503 `write_contention`).
+    #[error("too many concurrent writes to this record; retry")]
+    WriteContention,
+    /// No tier can serve the request (503 `storage_unavailable`).
+    #[error("storage is unavailable; retry shortly")]
+    StorageUnavailable(#[source] StoreError),
+    /// A bug or corrupt data; details only in the log (500 `internal`).
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable { .. } => Error::StorageUnavailable(e),
+            StoreError::Corrupt(c) => Error::Internal(c.to_string()),
+        }
+    }
+}
+
+impl Error {
+    /// The stable machine code clients can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidId(_) => "invalid_id",
+            Error::InvalidBody(_) => "invalid_body",
+            Error::InvalidHeader(_) => "invalid_header",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::Validation(_) => "validation_failed",
+            Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::ConflictTerminal { .. } => "conflict_terminal",
+            Error::PreconditionFailed(_) => "precondition_failed",
+            Error::WriteContention => "write_contention",
+            Error::StorageUnavailable(_) => "storage_unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+}

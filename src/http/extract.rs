@@ -1,0 +1,145 @@
+//! Extractors whose rejections are the app's own [`Error`], so every bad
+//! input gets a problem document instead of a bare framework message.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{header, request::Parts, HeaderMap, HeaderName};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+
+use super::AppState;
+use crate::domain::{depth, ProgressId};
+use crate::error::Error;
+use crate::service::IfMatch;
+
+/// The `{id}` of the path, validated.
+pub struct PathId(pub ProgressId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Error::InvalidId(format!("the id cannot be read: {}", e.body_text())))?;
+        ProgressId::parse(&raw).map(PathId).map_err(|e| Error::InvalidId(e.0))
+    }
+}
+
+/// A JSON body: JSON content type, within the size limit, not empty,
+/// well-formed and not nested deeper than allowed.
+pub struct JsonBody(pub Value);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        check_content_type(req.headers())?;
+        let limit = state.limits.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(Error::PayloadTooLarge { limit });
+        }
+        let bytes = Limited::new(req.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<LengthLimitError>().is_some() {
+                    Error::PayloadTooLarge { limit }
+                } else {
+                    Error::InvalidBody(format!("the body could not be read: {e}"))
+                }
+            })?
+            .to_bytes();
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::InvalidBody("the body is empty; send a JSON object".into()));
+        }
+        let max_depth = state.limits.max_json_depth;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            if e.to_string().contains("recursion limit") {
+                too_deep(max_depth)
+            } else {
+                Error::InvalidBody(format!("the body is not valid JSON: {e}"))
+            }
+        })?;
+        if depth(&value) > max_depth {
+            return Err(too_deep(max_depth));
+        }
+        Ok(JsonBody(value))
+    }
+}
+
+fn too_deep(max_depth: usize) -> Error {
+    Error::InvalidBody(format!("the body nests JSON deeper than {max_depth} levels"))
+}
+
+/// JSON, `application/merge-patch+json` and any `application/*+json` are
+/// accepted; a request with no Content-Type is read as JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let text = value.to_str().unwrap_or("");
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedMediaType(format!(
+            "Content-Type {text:?} is not JSON; send Content-Type: application/json"
+        )))
+    }
+}
+
+/// `If-Match` and `If-None-Match`.
+pub struct Conditions {
+    /// Write precondition.
+    pub if_match: Option<IfMatch>,
+    /// Read precondition: a match answers 304.
+    pub if_none_match: Option<IfMatch>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Conditions {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        Ok(Self {
+            if_match: entity_tags(&parts.headers, header::IF_MATCH, false)?,
+            if_none_match: entity_tags(&parts.headers, header::IF_NONE_MATCH, true)?,
+        })
+    }
+}
+
+/// Parses a list of entity tags. Our tags are versions: `"7"` (a bare `7` is
+/// accepted for curl users). Weak tags match only where weak comparison is
+/// allowed (`If-None-Match`); tags that are not versions never match.
+fn entity_tags(headers: &HeaderMap, name: HeaderName, weak_allowed: bool) -> Result<Option<IfMatch>, Error> {
+    let mut versions = Vec::new();
+    let mut seen = false;
+    for value in headers.get_all(&name) {
+        seen = true;
+        let bad = || Error::InvalidHeader(format!("{name} must be * or a list of entity tags such as \"3\""));
+        let text = value.to_str().map_err(|_| bad())?;
+        for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if tag == "*" {
+                return Ok(Some(IfMatch::Any));
+            }
+            let (weak, tag) = match tag.strip_prefix("W/") {
+                Some(rest) => (true, rest),
+                None => (false, tag),
+            };
+            let inner = match tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(inner) => inner,
+                None if !weak && tag.bytes().all(|b| b.is_ascii_digit()) => tag,
+                None => return Err(bad()),
+            };
+            if let Ok(v) = inner.parse::<u64>() {
+                if !weak || weak_allowed {
+                    versions.push(v);
+                }
+            }
+        }
+    }
+    Ok(seen.then_some(IfMatch::Versions(versions)))
+}

@@ -1,0 +1,97 @@
+//! The HTTP side: the route table, extractors, handlers and the mapping
+//! of errors to problem documents.
+
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::Error;
+use crate::service::ProgressService;
+
+mod extract;
+mod problem;
+mod progress;
+
+pub use problem::PROBLEM_JSON;
+
+/// Limits on request bodies.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body in bytes.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting.
+    pub max_json_depth: usize,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The progress operations.
+    pub service: ProgressService,
+    /// Request body limits.
+    pub limits: BodyLimits,
+}
+
+/// One row of the route table.
+pub struct Route {
+    /// HTTP method.
+    pub method: Method,
+    /// Path pattern as axum writes it (`/progress/{id}`).
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("standard methods have filters");
+    Route { method, path, handler: on(filter, handler) }
+}
+
+/// Every route the service answers. The router is built from this table,
+/// and a test checks each row against `openapi.yaml`.
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(Method::GET, "/healthz", healthz),
+        route(Method::GET, "/progress/{id}", progress::get),
+        route(Method::PUT, "/progress/{id}", progress::put),
+        route(Method::PATCH, "/progress/{id}", progress::patch),
+        route(Method::DELETE, "/progress/{id}", progress::delete),
+    ]
+}
+
+/// The application with all its layers.
+pub fn router(state: AppState) -> Router {
+    let router = routes()
+        .into_iter()
+        .fold(Router::new(), |router, r| router.route(r.path, r.handler));
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(|_| Error::Internal("a handler panicked".into()).into_response()))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `GET /healthz`: 200 while the process runs.
+async fn healthz() -> Response {
+    let mut response = r#"{"status":"ok"}"#.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn not_found(uri: Uri) -> Error {
+    Error::NotFound(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    let mut response = Error::MethodNotAllowed(method.to_string()).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}

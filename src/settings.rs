@@ -1,0 +1,318 @@
+//! Typed settings: defaults < optional `progressd.toml` (or the file named by
+//! `PROGRESS_CONFIG`) < environment. The platform's own variables (`PORT`,
+//! `REDIS_URL`) are read as they are; everything else is `PROGRESS_*`.
+//!
+//! Every value is read as text and parsed here, so a bad value stops
+//! start-up with one line that names the variable to fix.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "pretty" | "text" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            _ => Err("expected pretty or json".into()),
+        }
+    }
+}
+
+/// Everything the service can be told at start-up.
+#[derive(Clone)]
+pub struct Settings {
+    /// Address to listen on (`PROGRESS_HOST`, default 0.0.0.0).
+    pub host: IpAddr,
+    /// Port to listen on (`PORT`, default 8080).
+    pub port: u16,
+    /// Redis URL (`REDIS_URL`); unset means the in-process store.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (`PROGRESS_KEY_PREFIX`).
+    pub key_prefix: String,
+    /// Default record TTL after its last write (`PROGRESS_TTL_SECONDS`).
+    pub ttl_seconds: u64,
+    /// Largest `ttl_seconds` a client may ask for (`PROGRESS_MAX_TTL_SECONDS`).
+    pub max_ttl_seconds: u64,
+    /// Largest request body (`PROGRESS_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in a body (`PROGRESS_MAX_JSON_DEPTH`).
+    pub max_json_depth: usize,
+    /// A running record with no write for this long is stalled (`PROGRESS_HEARTBEAT_SECONDS`).
+    pub heartbeat_seconds: u64,
+    /// Most Redis connections in the pool (`PROGRESS_REDIS_POOL_SIZE`).
+    pub redis_pool_size: usize,
+    /// Multiplexed Redis connections shared by all requests (`PROGRESS_REDIS_CONNECTIONS`).
+    pub redis_connections: usize,
+    /// Bound on connecting to Redis and on each Redis operation (`PROGRESS_REDIS_TIMEOUT_MS`).
+    pub redis_timeout_ms: u64,
+    /// `pretty` or `json` (`PROGRESS_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Log filter such as `info` or `progressd=debug` (`PROGRESS_LOG_LEVEL`; `RUST_LOG` wins).
+    pub log_level: String,
+}
+
+/// A setting that stops start-up; its `Display` is the one line to print.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {variable}: {reason}")]
+pub struct SettingsError {
+    /// The environment variable (or file key) to fix.
+    pub variable: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Each setting: key, default (`None`: optional), one line of meaning.
+/// `.env.example` and the README list the same rows.
+pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
+    ("host", Some("0.0.0.0"), "address to listen on"),
+    ("port", Some("8080"), "port to listen on"),
+    ("redis_url", None, "Redis URL; unset keeps records in process memory"),
+    ("key_prefix", Some(""), "prefix of every Redis key"),
+    ("ttl_seconds", Some("86400"), "default time a record lives after its last write"),
+    ("max_ttl_seconds", Some("2592000"), "largest ttl_seconds a client may ask for"),
+    ("max_body_bytes", Some("65536"), "largest request body; larger gets 413"),
+    ("max_json_depth", Some("32"), "deepest JSON nesting accepted in a body"),
+    ("heartbeat_seconds", Some("60"), "a running record with no write for this long is stalled"),
+    ("redis_pool_size", Some("16"), "most Redis connections in the pool"),
+    ("redis_connections", Some("2"), "multiplexed Redis connections shared by all requests"),
+    ("redis_timeout_ms", Some("1000"), "bound on connecting to Redis and on each Redis operation"),
+    ("log_format", Some("pretty"), "pretty or json"),
+    ("log_level", Some("info"), "log filter (RUST_LOG wins when set)"),
+];
+
+/// The environment variable that sets `key`.
+pub fn variable_name(key: &str) -> String {
+    match key {
+        "port" => "PORT".into(),
+        "redis_url" => "REDIS_URL".into(),
+        _ => format!("PROGRESS_{}", key.to_ascii_uppercase()),
+    }
+}
+
+impl Settings {
+    /// Reads the process environment (and the config file it points to).
+    pub fn load() -> Result<Self, SettingsError> {
+        Self::from_env(std::env::vars().collect())
+    }
+
+    /// Reads the given environment; tests pass their own.
+    pub fn from_env(env: HashMap<String, String>) -> Result<Self, SettingsError> {
+        let file = match env.get("PROGRESS_CONFIG") {
+            Some(path) => File::new(path, FileFormat::Toml).required(true),
+            None => File::new("progressd.toml", FileFormat::Toml).required(false),
+        };
+        Self::from_sources(env, Some(file))
+    }
+
+    /// Like [`Settings::from_env`] but never reads a config file.
+    pub fn from_env_without_file(env: HashMap<String, String>) -> Result<Self, SettingsError> {
+        Self::from_sources(env, None)
+    }
+
+    fn from_sources(
+        env: HashMap<String, String>,
+        file: Option<File<config::FileSourceFile, FileFormat>>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder();
+        for (key, default) in SETTINGS.iter().filter_map(|(k, d, _)| d.map(|d| (k, d))) {
+            builder = builder.set_default(*key, default).expect("static defaults are valid");
+        }
+        if let Some(file) = file {
+            builder = builder.add_source(file);
+        }
+        let platform: HashMap<String, String> = ["port", "redis_url"]
+            .iter()
+            .filter_map(|k| env.get(&variable_name(k)).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        let config = builder
+            .add_source(Environment::with_prefix("PROGRESS").prefix_separator("_").source(Some(env)))
+            .build()
+            .map_err(|e| SettingsError { variable: "PROGRESS_CONFIG".into(), reason: e.to_string() })?;
+        let read = |key: &str| -> Result<Option<String>, SettingsError> {
+            if let Some(v) = platform.get(key) {
+                return Ok(Some(v.clone()));
+            }
+            match config.get::<String>(key) {
+                Ok(v) => Ok(Some(v)),
+                Err(config::ConfigError::NotFound(_)) => Ok(None),
+                Err(e) => Err(SettingsError { variable: variable_name(key), reason: e.to_string() }),
+            }
+        };
+        let parse = |key: &str| -> Result<String, SettingsError> {
+            read(key)?.ok_or_else(|| SettingsError { variable: variable_name(key), reason: "missing".into() })
+        };
+        let settings = Settings {
+            host: typed("host", &parse("host")?, "an IP address such as 0.0.0.0 or ::")?,
+            port: typed("port", &parse("port")?, "a port number from 0 to 65535")?,
+            redis_url: read("redis_url")?.filter(|u| !u.trim().is_empty()),
+            key_prefix: parse("key_prefix")?,
+            ttl_seconds: typed("ttl_seconds", &parse("ttl_seconds")?, "a whole number of seconds")?,
+            max_ttl_seconds: typed("max_ttl_seconds", &parse("max_ttl_seconds")?, "a whole number of seconds")?,
+            max_body_bytes: typed("max_body_bytes", &parse("max_body_bytes")?, "a number of bytes")?,
+            max_json_depth: typed("max_json_depth", &parse("max_json_depth")?, "a whole number")?,
+            heartbeat_seconds: typed("heartbeat_seconds", &parse("heartbeat_seconds")?, "a whole number of seconds")?,
+            redis_pool_size: typed("redis_pool_size", &parse("redis_pool_size")?, "a whole number")?,
+            redis_connections: typed("redis_connections", &parse("redis_connections")?, "a whole number")?,
+            redis_timeout_ms: typed("redis_timeout_ms", &parse("redis_timeout_ms")?, "a whole number of milliseconds")?,
+            log_format: typed("log_format", &parse("log_format")?, "pretty or json")?,
+            log_level: parse("log_level")?,
+        };
+        settings.check_ranges()?;
+        Ok(settings)
+    }
+
+    fn check_ranges(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, reason: String| Err(SettingsError { variable: variable_name(key), reason });
+        if self.max_ttl_seconds == 0 {
+            return bad("max_ttl_seconds", "must be at least 1".into());
+        }
+        if !(1..=self.max_ttl_seconds).contains(&self.ttl_seconds) {
+            return bad("ttl_seconds", format!("must be from 1 to PROGRESS_MAX_TTL_SECONDS ({})", self.max_ttl_seconds));
+        }
+        if self.max_body_bytes < 2 {
+            return bad("max_body_bytes", "must be at least 2".into());
+        }
+        if !(1..=128).contains(&self.max_json_depth) {
+            return bad("max_json_depth", "must be from 1 to 128".into());
+        }
+        if self.heartbeat_seconds == 0 {
+            return bad("heartbeat_seconds", "must be at least 1".into());
+        }
+        if self.redis_pool_size == 0 {
+            return bad("redis_pool_size", "must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.redis_connections) {
+            return bad("redis_connections", "must be from 1 to 64".into());
+        }
+        if self.redis_connections > self.redis_pool_size {
+            return bad("redis_connections", "must not exceed PROGRESS_REDIS_POOL_SIZE".into());
+        }
+        if self.redis_timeout_ms == 0 {
+            return bad("redis_timeout_ms", "must be at least 1".into());
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+                return bad("redis_url", format!("expected a redis:// or rediss:// URL, got {}", redact_url(url)));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map(|_| ())
+            .or_else(|e| bad("log_level", e.to_string()))
+    }
+
+    /// The Redis timeout as a duration.
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+}
+
+fn typed<T: FromStr>(key: &str, raw: &str, expected: &str) -> Result<T, SettingsError> {
+    raw.trim().parse().map_err(|_| SettingsError {
+        variable: variable_name(key),
+        reason: format!("expected {expected}, got {raw:?}"),
+    })
+}
+
+/// A URL with its password replaced by `****`, safe for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let userinfo = &rest[..at];
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let masked = if userinfo.contains(':') || !user.is_empty() { format!("{user}:****") } else { String::new() };
+    format!("{}{}@{}", &url[..scheme_end], masked, &rest[at + 1..])
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .field("max_ttl_seconds", &self.max_ttl_seconds)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_json_depth", &self.max_json_depth)
+            .field("heartbeat_seconds", &self.heartbeat_seconds)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("redis_connections", &self.redis_connections)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("log_format", &self.log_format)
+            .field("log_level", &self.log_level)
+            .finish()
+    }
+}
+
+impl Default for Settings {
+    /// The defaults, ignoring the process environment and any config file.
+    fn default() -> Self {
+        Self::from_env_without_file(HashMap::new()).expect("the defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_and_platform_variables() {
+        let s = Settings::from_env_without_file(env(&[("PORT", "9000"), ("PROGRESS_TTL_SECONDS", "60")])).unwrap();
+        assert_eq!((s.port, s.ttl_seconds, s.max_body_bytes), (9000, 60, 65536));
+        assert!(s.redis_url.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let e = Settings::from_env_without_file(env(&[("PROGRESS_TTL_SECONDS", "soon")])).unwrap_err();
+        assert_eq!(e.to_string(), r#"invalid setting PROGRESS_TTL_SECONDS: expected a whole number of seconds, got "soon""#);
+        let e = Settings::from_env_without_file(env(&[("PORT", "99999")])).unwrap_err();
+        assert_eq!(e.variable, "PORT");
+        let e = Settings::from_env_without_file(env(&[("PROGRESS_LOG_FORMAT", "xml")])).unwrap_err();
+        assert_eq!(e.variable, "PROGRESS_LOG_FORMAT");
+        let e = Settings::from_env_without_file(env(&[("REDIS_URL", "http://u:secret@h")])).unwrap_err();
+        assert_eq!(e.variable, "REDIS_URL");
+        assert!(!e.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn the_file_sits_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("progressd-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(&path, "ttl_seconds = 120\nheartbeat_seconds = 5\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = Settings::from_env(env(&[("PROGRESS_CONFIG", p), ("PROGRESS_HEARTBEAT_SECONDS", "7")])).unwrap();
+        assert_eq!((s.ttl_seconds, s.heartbeat_seconds), (120, 7));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://default:hunter2@db:6379/0"), "redis://default:****@db:6379/0");
+        assert_eq!(redact_url("redis://:hunter2@db"), "redis://:****@db");
+        assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
+        let s = Settings::from_env_without_file(env(&[("REDIS_URL", "redis://u:hunter2@h:1")])).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,158 @@
+//! The embedded hot tier: a map in process memory with the same TTL
+//! semantics as Redis. What `cargo run` gives a new user.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::{ProgressStore, StoreError};
+use crate::domain::{ProgressId, StoredRecord};
+
+/// In-process store. Expired records are invisible at once and swept
+/// from memory by a background task.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    // A std Mutex: the critical sections are a hash lookup and never await.
+    records: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: StoredRecord,
+    expires_at: Instant,
+}
+
+impl MemoryStore {
+    /// An empty store with a sweeper that runs every `sweep_every` for as
+    /// long as the store lives. Must be called inside a Tokio runtime.
+    pub fn start(sweep_every: Duration) -> Arc<Self> {
+        let store = Arc::new(Self::default());
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(sweep(weak, sweep_every));
+        store
+    }
+
+    /// Drops every expired record; returns how many.
+    pub fn sweep_expired(&self) -> usize {
+        let now = Instant::now();
+        let mut records = self.lock();
+        let before = records.len();
+        records.retain(|_, e| e.expires_at > now);
+        before - records.len()
+    }
+
+    /// Records held, expired or not.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave a half-written entry
+        // (inserts are single calls), so a poisoned map is still consistent.
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn sweep(store: Weak<MemoryStore>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        store.sweep_expired();
+    }
+}
+
+#[async_trait]
+impl ProgressStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        let records = self.lock();
+        Ok(records
+            .get(id.as_str())
+            .filter(|e| e.expires_at > Instant::now())
+            .map(|e| e.record.clone()))
+    }
+
+    async fn compare_and_set(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut records = self.lock();
+        let current = records
+            .get(id.as_str())
+            .filter(|e| e.expires_at > now)
+            .map_or(0, |e| e.record.version());
+        if current != expected {
+            return Ok(false);
+        }
+        let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+        let expires_at = now.checked_add(ttl).unwrap_or(now + Duration::from_secs(86_400 * 365 * 100));
+        records.insert(id.as_str().to_owned(), Entry { record: record.clone(), expires_at });
+        Ok(true)
+    }
+
+    async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
+        let mut records = self.lock();
+        Ok(records
+            .remove(id.as_str())
+            .is_some_and(|e| e.expires_at > Instant::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{apply_write, ClientFields, Timestamp, Touched, WritePolicy};
+
+    fn record(version_after: u64) -> StoredRecord {
+        let policy = WritePolicy { default_ttl_seconds: 10, heartbeat_ms: 1000 };
+        let id = ProgressId::parse("a").unwrap();
+        let (mut r, mut m) = apply_write(&id, None, ClientFields::default(), Touched::default(), Timestamp(0), &policy);
+        r.version = version_after;
+        m.v = version_after;
+        StoredRecord::encode(&m, &r)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn honours_ttl_and_sweeps() {
+        let store = MemoryStore::start(Duration::from_secs(1));
+        let id = ProgressId::parse("a").unwrap();
+        assert!(store.compare_and_set(&id, 0, &record(1), 2_000).await.unwrap());
+        tokio::time::advance(Duration::from_millis(1_999)).await;
+        assert_eq!(store.get(&id).await.unwrap().unwrap().version(), 1);
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(store.get(&id).await.unwrap().is_none());
+        // An expired record counts as absent for a create.
+        assert!(store.compare_and_set(&id, 0, &record(1), 1_000).await.unwrap());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(store.len(), 0, "the sweeper removed the expired record");
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_refuses_a_stale_version() {
+        let store = MemoryStore::start(Duration::from_secs(60));
+        let id = ProgressId::parse("a").unwrap();
+        assert!(store.compare_and_set(&id, 0, &record(1), 10_000).await.unwrap());
+        assert!(!store.compare_and_set(&id, 0, &record(1), 10_000).await.unwrap());
+        assert!(store.compare_and_set(&id, 1, &record(2), 10_000).await.unwrap());
+        assert!(store.delete(&id).await.unwrap());
+        assert!(!store.delete(&id).await.unwrap());
+    }
+}

@@ -1,0 +1,218 @@
+//! The Redis hot tier, through deadpool-redis.
+//!
+//! Record `id` lives at `{prefix}progress:{id}` as the stored form of
+//! [`StoredRecord`], with a TTL refreshed on every write.
+//!
+//! deadpool-redis PINGs a connection on every checkout, which costs one
+//! extra round trip per request. A multiplexed connection serves any number
+//! of concurrent requests, so the store checks out a few connections once,
+//! holds them, and hands out clones. A connection that fails is dropped
+//! (back to the pool, whose recycle check discards it) and the next request
+//! checks out a fresh one: redis-rs's multiplexed connection does not
+//! reconnect by itself, the pool does it for us.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, Script};
+use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
+
+use super::{ProgressStore, StoreError};
+use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
+
+/// Stores `ARGV[2]` with TTL `ARGV[3]` ms when the stored version equals
+/// `ARGV[1]` (0: absent). Reads only the header prefix and never decodes
+/// the document. Returns 1 when stored, 0 on a version mismatch, -1 when
+/// the key holds something that is not ours.
+const COMPARE_AND_SET: &str = r#"
+local head = redis.call('GETRANGE', KEYS[1], 0, 31)
+local current = 0
+if head ~= '' then
+  current = tonumber(string.match(head, '^{"v":(%d+)'))
+  if current == nil then return -1 end
+end
+if current ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// How to reach Redis and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct RedisStoreConfig {
+    /// `redis://…` URL (may hold a password: never log it).
+    pub url: String,
+    /// Prepended to every key.
+    pub key_prefix: String,
+    /// Most connections the pool opens.
+    pub pool_size: usize,
+    /// Multiplexed connections held and shared by all requests.
+    pub shared_connections: usize,
+    /// Bound on connecting, on waiting for the pool and on every operation.
+    pub timeout: Duration,
+}
+
+/// Redis tier.
+pub struct RedisStore {
+    pool: Pool,
+    key_prefix: String,
+    timeout: Duration,
+    slots: Vec<Slot>,
+    next_slot: AtomicUsize,
+    compare_and_set: Script,
+}
+
+/// One held connection, refreshed by one task at a time.
+struct Slot {
+    held: ArcSwapOption<Held>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+struct Held {
+    conn: MultiplexedConnection,
+    // Keeps the connection checked out of the pool while requests share it.
+    _object: deadpool_redis::Connection,
+}
+
+impl RedisStore {
+    /// Builds the pool. Connects lazily: a Redis that is down now is not an
+    /// error until a request needs it.
+    pub fn new(config: RedisStoreConfig) -> Result<Self, String> {
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout));
+        let manager = Manager::new_with_config(config.url.as_str(), connection).map_err(|e| e.to_string())?;
+        let timeouts = Timeouts {
+            wait: Some(config.timeout),
+            create: Some(config.timeout),
+            recycle: Some(config.timeout),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(config.shared_connections))
+            .timeouts(timeouts)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let slots = (0..config.shared_connections.max(1))
+            .map(|_| Slot { held: ArcSwapOption::empty(), refreshing: tokio::sync::Mutex::new(()) })
+            .collect();
+        Ok(Self {
+            pool,
+            key_prefix: config.key_prefix,
+            timeout: config.timeout,
+            slots,
+            next_slot: AtomicUsize::new(0),
+            compare_and_set: Script::new(COMPARE_AND_SET),
+        })
+    }
+
+    fn key(&self, id: &ProgressId) -> String {
+        format!("{}progress:{}", self.key_prefix, id.as_str())
+    }
+
+    /// A shared connection, checking one out of the pool if the slot is empty.
+    async fn connection(&self) -> Result<(&Slot, Arc<Held>), StoreError> {
+        let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        if let Some(held) = slot.held.load_full() {
+            return Ok((slot, held));
+        }
+        let _refreshing = slot.refreshing.lock().await;
+        if let Some(held) = slot.held.load_full() {
+            return Ok((slot, held));
+        }
+        let object = self.pool.get().await.map_err(|e| unavailable(e.to_string()))?;
+        let held = Arc::new(Held { conn: (*object).clone(), _object: object });
+        slot.held.store(Some(held.clone()));
+        Ok((slot, held))
+    }
+
+    /// Runs one operation on a shared connection within the timeout. A
+    /// connection that errs or times out is given up so the next request
+    /// gets a fresh one.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let attempt = async {
+            let (slot, held) = self.connection().await?;
+            match op(held.conn.clone()).await {
+                Ok(value) => Ok(value),
+                Err(e) => {
+                    if is_connection_failure(&e) {
+                        slot.held.compare_and_swap(&Some(held), None);
+                    }
+                    Err(unavailable(e.to_string()))
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The server stopped answering; start over on fresh connections.
+                for slot in &self.slots {
+                    slot.held.store(None);
+                }
+                Err(unavailable(format!("no answer within {:?}", self.timeout)))
+            }
+        }
+    }
+}
+
+fn unavailable(reason: String) -> StoreError {
+    StoreError::Unavailable { tier: "redis", reason }
+}
+
+fn is_connection_failure(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error()
+}
+
+#[async_trait]
+impl ProgressStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        let key = self.key(id);
+        let raw: Option<Vec<u8>> = self
+            .run(|mut conn| async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await })
+            .await?;
+        raw.map(|bytes| StoredRecord::decode(Bytes::from(bytes)).map_err(StoreError::from))
+            .transpose()
+    }
+
+    async fn compare_and_set(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(id);
+        let script = &self.compare_and_set;
+        let value = record.raw().as_ref();
+        let outcome: i64 = self
+            .run(|mut conn| async move {
+                script.key(&key).arg(expected).arg(value).arg(ttl_ms.max(1)).invoke_async(&mut conn).await
+            })
+            .await?;
+        match outcome {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(CorruptRecord(format!("key {} holds something that is not a progress record", self.key(id))).into()),
+        }
+    }
+
+    async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
+        let key = self.key(id);
+        let removed: i64 = self
+            .run(|mut conn| async move { redis::cmd("DEL").arg(&key).query_async(&mut conn).await })
+            .await?;
+        Ok(removed > 0)
+    }
+}
