@@ -1,0 +1,112 @@
+//! The `progressd` binary as an operator runs it: settings from the
+//! environment, one clear line for a bad value, logs without secrets,
+//! JSON logs on request, and a clean exit on SIGTERM.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn progressd(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_progressd"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PROGRESS_HOST", "127.0.0.1")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "progressd did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM, then the exit code and everything the process logged.
+fn terminate(mut child: Child) -> (i32, String) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "progressd did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
+    (code, logs)
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    for (var, value) in [
+        ("PROGRESS_TTL_SECONDS", "tomorrow"),
+        ("PORT", "http"),
+        ("PROGRESS_MAX_BODY_BYTES", "-1"),
+        ("PROGRESS_LOG_FORMAT", "yaml"),
+        ("PROGRESS_HEARTBEAT_SECONDS", "0"),
+        ("REDIS_URL", "postgres://user:pw@host/db"),
+    ] {
+        let out = progressd(&[(var, value)]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+        assert!(!stderr.contains("pw@"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_named_by_progress_config_is_an_error() {
+    let out = progressd(&[("PROGRESS_CONFIG", "/nonexistent/progressd.toml")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("PROGRESS_CONFIG"));
+}
+
+#[test]
+fn sigterm_exits_zero_and_the_redis_password_is_never_logged() {
+    let port = free_port();
+    let dead_redis = free_port();
+    let url = format!("redis://default:s3cret-pw@127.0.0.1:{dead_redis}/0");
+    let child = progressd(&[("PORT", &port.to_string()), ("REDIS_URL", &url), ("RUST_LOG", "debug")])
+        .spawn()
+        .unwrap();
+    wait_ready(port);
+    let client = reqwest::blocking::Client::new();
+    let res = client.get(format!("http://127.0.0.1:{port}/progress/x")).send().unwrap();
+    assert_eq!(res.status(), 503);
+    let body = res.text().unwrap();
+    assert!(!body.contains("s3cret"), "{body}");
+    let (code, logs) = terminate(child);
+    assert_eq!(code, 0, "{logs}");
+    assert!(!logs.contains("s3cret"), "{logs}");
+    assert!(logs.contains("default:****@"), "the redacted URL is logged: {logs}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let port = free_port();
+    let child = progressd(&[("PORT", &port.to_string()), ("PROGRESS_LOG_FORMAT", "json")]).spawn().unwrap();
+    wait_ready(port);
+    let (code, logs) = terminate(child);
+    assert_eq!(code, 0);
+    assert!(logs.lines().count() >= 3, "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+    }
+    assert!(logs.contains("process memory"), "the embedded default is announced: {logs}");
+}

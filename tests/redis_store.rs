@@ -1,0 +1,148 @@
+//! The Redis tier: key layout and TTL, and what a request sees when Redis
+//! refuses, dies, comes back, or accepts connections but never answers.
+//! Tests that stop a Redis start their own `redis-server` on a free port.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_problem, redis_conn, spawn_app, spawn_app_with, Backend};
+use reqwest::StatusCode;
+use serde_json::json;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A redis-server this test started and alone stops.
+struct OwnRedis {
+    port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server on {port} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn records_live_at_the_prefixed_key_with_their_ttl() {
+    let app = spawn_app(Backend::Redis).await;
+    app.put_ok("layout", &json!({"status": "running", "ttl_seconds": 100})).await;
+    let key = format!("{}progress:layout", app.settings.key_prefix);
+    let mut conn = redis_conn();
+    let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+    assert!((98_000..=100_000).contains(&pttl), "PTTL {pttl}");
+    app.patch_ok("layout", &json!({"ttl_seconds": 500})).await;
+    let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+    assert!((498_000..=500_000).contains(&pttl), "a write refreshes the TTL: {pttl}");
+    let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    let text = String::from_utf8(value).unwrap();
+    assert!(text.starts_with("{\"v\":2,"), "{text}");
+}
+
+#[tokio::test]
+async fn a_foreign_value_at_the_key_is_an_opaque_500() {
+    let app = spawn_app(Backend::Redis).await;
+    let key = format!("{}progress:foreign", app.settings.key_prefix);
+    let mut conn = redis_conn();
+    let _: () = redis::cmd("SET").arg(&key).arg("not ours").query(&mut conn).unwrap();
+    let doc = assert_problem(app.get("foreign").await, 500, "internal").await;
+    assert_eq!(doc["detail"], "internal error");
+    assert_problem(app.put("foreign", &json!({})).await, 500, "internal").await;
+    let _: () = redis::cmd("SET").arg(&key).arg("still not ours").query(&mut conn).unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_fast_503() {
+    let port = free_port();
+    let app = spawn_app_with(Backend::Redis, |s| s.redis_url = Some(format!("redis://127.0.0.1:{port}"))).await;
+    let started = Instant::now();
+    let res = app.get("x").await;
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_problem(res, 503, "storage_unavailable").await;
+    assert_problem(app.put("x", &json!({})).await, 503, "storage_unavailable").await;
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_redis_that_never_answers_does_not_hang_requests() {
+    // Accepts connections, reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let blackhole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let app = spawn_app_with(Backend::Redis, |s| {
+        s.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+        s.redis_timeout_ms = 300;
+    })
+    .await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let res = app.patch("x", &json!({"message": "m"})).await;
+        let took = started.elapsed();
+        assert_problem(res, 503, "storage_unavailable").await;
+        // The bound is the Redis timeout (300 ms here) plus scheduling slack.
+        assert!(took < Duration::from_millis(900), "took {took:?}");
+    }
+    blackhole.abort();
+}
+
+#[tokio::test]
+async fn the_store_reconnects_after_redis_restarts() {
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    let app = spawn_app_with(Backend::Redis, |s| {
+        s.redis_url = Some(redis.url());
+        s.redis_timeout_ms = 500;
+    })
+    .await;
+    app.put_ok("r", &json!({"status": "running"})).await;
+    redis.stop();
+    assert_problem(app.get("r").await, 503, "storage_unavailable").await;
+    let mut redis = OwnRedis::start(port);
+    // The first request after the restart may still meet the dead connection.
+    let mut recovered = false;
+    for _ in 0..20 {
+        if app.put("r", &json!({"status": "running"})).await.status() == StatusCode::CREATED {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "writes work again after Redis returns");
+    assert_eq!(app.get_ok("r").await["version"], 1, "the restarted Redis was empty");
+    redis.stop();
+}
