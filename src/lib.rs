@@ -16,6 +16,7 @@
 pub mod app;
 pub mod domain;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod service;
 pub mod settings;

@@ -1,4 +1,5 @@
 //! The `progressd` binary: settings, logging, bind, run.
+//! `progressd healthcheck` probes a running server instead (for containers).
 
 use std::process::ExitCode;
 
@@ -13,6 +14,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => {}
+        Some("healthcheck") => {
+            return match progressd::healthcheck::probe(settings.port, std::time::Duration::from_secs(3)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("progressd: unhealthy: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(other) => {
+            eprintln!("progressd: unknown command {other:?}; commands: serve (default), healthcheck");
+            return ExitCode::from(2);
+        }
+    }
     telemetry::init(&settings);
     let address = (settings.host, settings.port);
     let listener = match tokio::net::TcpListener::bind(address).await {

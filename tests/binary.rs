@@ -110,3 +110,16 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(logs.contains("process memory"), "the embedded default is announced: {logs}");
 }
+
+#[test]
+fn healthcheck_subcommand_probes_the_running_server() {
+    let port = free_port();
+    let out = progressd(&[("PORT", &port.to_string())]).arg("healthcheck").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "nothing listens yet");
+    let child = progressd(&[("PORT", &port.to_string())]).spawn().unwrap();
+    wait_ready(port);
+    let out = progressd(&[("PORT", &port.to_string())]).arg("healthcheck").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, _) = terminate(child);
+    assert_eq!(code, 0);
+}

@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# Build: dependencies in their own layer, so a source change rebuilds only progressd.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+COPY src ./src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+# Run: a small image with the binary alone, as a non-root user.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home progressd
+COPY --from=build /src/target/release/progressd /usr/local/bin/progressd
+USER 10001
+ENV PORT=8080 \
+    PROGRESS_LOG_FORMAT=json
+EXPOSE 8080
+# The image has no curl: the binary probes its own /healthz.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/progressd", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/progressd"]

@@ -1,0 +1,31 @@
+-- patch.lua: PATCH /progress/{id} with a JSON merge patch
+-- {"current": N, "message": "..."} on records that run.sh seeded beforehand
+-- (a PATCH of a missing record is a 404), spread over BENCH_WRITE_IDS ids.
+--
+--   BENCH_WRITE_IDS        how many ids (default 1000)
+--   BENCH_PATCH_ID_PREFIX  id prefix (default "bench-patch-"); ids are <prefix>0 … <prefix>N-1
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+package.path = dir .. "/?.lua;" .. package.path
+require("report")
+
+local ids = tonumber(os.getenv("BENCH_WRITE_IDS") or "1000")
+local id_prefix = os.getenv("BENCH_PATCH_ID_PREFIX") or "bench-patch-"
+
+wrk.method = "PATCH"
+wrk.headers["Content-Type"] = "application/json"
+
+local threads = 0
+function setup(thread)
+  thread:set("offset", math.floor(ids * ((threads * 0.6180339887) % 1)))
+  threads = threads + 1
+end
+
+local n = 0
+function request()
+  local i = ((offset or 0) + n) % ids
+  n = n + 1
+  local c = n % 481
+  local body = string.format('{"current":%d,"message":"Processed %d of 480 segments"}', c, c)
+  return wrk.format("PATCH", "/progress/" .. id_prefix .. i, nil, body)
+end

@@ -1,0 +1,22 @@
+-- report.lua: the done() hook shared by every bench scenario.
+--
+-- wrk calls done() once, after the run, in its main Lua state. It prints one
+-- machine-readable line that bench/run.sh parses, so nothing depends on the
+-- layout of wrk's human-readable text. Latencies are in microseconds.
+--
+--   errors.status counts responses with a status of 400 or more (wrk's
+--   "Non-2xx or 3xx responses"); connect/read/write/timeout are socket errors.
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  local seconds = summary.duration / 1e6
+  local rps = 0
+  if seconds > 0 then rps = summary.requests / seconds end
+  io.write(string.format(
+    "BENCH_RESULT requests=%d duration_us=%d rps=%.1f p50_us=%d p90_us=%d p99_us=%d max_us=%d bytes=%d"
+      .. " connect=%d read=%d write=%d timeout=%d status=%d\n",
+    summary.requests, summary.duration, rps,
+    math.floor(latency:percentile(50)), math.floor(latency:percentile(90)),
+    math.floor(latency:percentile(99)), math.floor(latency.max),
+    summary.bytes, e.connect, e.read, e.write, e.timeout, e.status))
+end
