@@ -55,10 +55,10 @@ delete_keys() {
   if command -v redis-cli >/dev/null 2>&1; then
     # SCAN + DEL on our unique prefix only (never FLUSHALL: Redis is shared).
     # The prefix is [A-Za-z0-9:-], so it has no glob characters to escape.
-    redis --scan --pattern "${KEY_PREFIX}*" --count 1000 2>/dev/null \
+    redis --scan --pattern "${KEY_PREFIX}*" 2>/dev/null \
       | xargs -r -d '\n' -n 500 redis-cli -u "$REDIS_URL" --no-auth-warning DEL >/dev/null 2>&1 || true
     local left
-    left="$(redis --scan --pattern "${KEY_PREFIX}*" --count 1000 2>/dev/null | wc -l || echo '?')"
+    if ! left="$(redis --scan --pattern "${KEY_PREFIX}*" 2>/dev/null | wc -l)"; then left="?"; fi
     if [[ "$left" == "0" ]]; then
       log "bench: deleted the Redis keys under ${KEY_PREFIX}"
     else
@@ -129,7 +129,7 @@ echo "date:        $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine:     $(nproc) CPUs, ${cpu_model:-unknown CPU model}, $(uname -sr)"
 echo "load avg:    $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 echo "commit:      ${commit}${dirty}"
-echo "wrk:         $(wrk -v 2>&1 | head -n1 | awk '{print $2}'), ${THREADS} threads, ${CONNECTIONS} connections, ${DURATION} per scenario"
+echo "wrk:         $( (wrk -v 2>&1 || true) | awk 'NR == 1 {print $2}'), ${THREADS} threads, ${CONNECTIONS} connections, ${DURATION} per scenario"
 echo "redis:       ${REDIS_URL%%@*}$([[ "$REDIS_URL" == *@* ]] && echo '@…') ${redis_version:+(Redis $redis_version)}, key prefix ${KEY_PREFIX}"
 echo
 
@@ -225,7 +225,7 @@ NAMES=(healthz get get_304 put patch)
 declare -A LABEL=(
   [healthz]="GET /healthz"
   [get]="GET /progress/{id}"
-  [get_304]="GET /progress/{id} → 304"
+  [get_304]="GET /progress/{id} (304)"
   [put]="PUT /progress/{id}"
   [patch]="PATCH /progress/{id}"
 )
@@ -308,7 +308,7 @@ ratio() {  # rps → ratio to healthz
 
 echo
 printf '%-26s %11s %9s %9s %12s %11s %10s %10s\n' \
-  "scenario" "requests/s" "p50 µs" "p99 µs" "non-2xx/3xx" "socket err" "÷ healthz" "bytes/req"
+  "scenario" "requests/s" "p50 us" "p99 us" "non-2xx/3xx" "socket err" "/ healthz" "bytes/req"
 printf '%-26s %11s %9s %9s %12s %11s %10s %10s\n' \
   "--------------------------" "----------" "------" "------" "-----------" "----------" "---------" "---------"
 for name in "${NAMES[@]}"; do
@@ -344,7 +344,7 @@ verdict="BELOW TARGET"
 if [[ "$get_ratio" != "-" ]] && awk -v r="$get_ratio" -v t="$TARGET" 'BEGIN { exit !(r >= t) }'; then
   verdict="PASS"
 fi
-echo "GET /progress/{id} ÷ GET /healthz = ${get_ratio}   target ≥ ${TARGET}   → ${verdict}"
+echo "GET /progress/{id} / GET /healthz requests/s = ${get_ratio}  (target >= ${TARGET}): ${verdict}"
 
 if (( ${#problems[@]} > 0 )); then
   echo
