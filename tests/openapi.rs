@@ -164,11 +164,9 @@ fn every_operation_declares_responses_with_the_right_media_types() {
             if code == 503 {
                 assert!(response["headers"].get("Retry-After").is_some(), "{method} {path} 503 has Retry-After");
             }
-            if code == 200 || code == 201 || code == 304 {
-                if path.starts_with("/progress/") {
-                    assert!(response["headers"].get("ETag").is_some(), "{method} {path} {status} has ETag");
-                    assert!(response["headers"].get("Cache-Control").is_some(), "{method} {path} {status}");
-                }
+            if matches!(code, 200 | 201 | 304) && path.starts_with("/progress/") {
+                assert!(response["headers"].get("ETag").is_some(), "{method} {path} {status} has ETag");
+                assert!(response["headers"].get("Cache-Control").is_some(), "{method} {path} {status}");
             }
             if code == 201 {
                 assert!(response["headers"].get("Location").is_some(), "{method} {path} 201 has Location");
@@ -337,15 +335,11 @@ fn check(schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
             return;
         }
     }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(v) {
-            errors.push(format!("{at}: {v} is not one of {allowed:?}"));
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array).filter(|a| !a.contains(v)) {
+        errors.push(format!("{at}: {v} is not one of {allowed:?}"));
     }
-    if let Some(c) = schema.get("const") {
-        if c != v {
-            errors.push(format!("{at}: {v} is not {c}"));
-        }
+    if let Some(c) = schema.get("const").filter(|c| *c != v) {
+        errors.push(format!("{at}: {v} is not {c}"));
     }
     match v {
         Value::Number(n) => {
