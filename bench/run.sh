@@ -41,6 +41,7 @@ export BENCH_RECORD_JSON="$BENCH_DIR/record.json"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/progressd-bench.XXXXXX")"
 SERVER_LOG="$WORK/server.log"
 SERVER_PID=""
+WRK_PID=""
 PORT=""
 BASE=""
 
@@ -52,7 +53,9 @@ die() { log "bench: $*"; exit 2; }
 redis() { redis-cli -u "$REDIS_URL" --no-auth-warning "$@"; }
 
 delete_keys() {
-  if command -v redis-cli >/dev/null 2>&1; then
+  if command -v redis-cli >/dev/null 2>&1 && ! redis PING >/dev/null 2>&1; then
+    log "bench: cannot reach Redis at ${REDIS_URL%%@*} to delete keys under ${KEY_PREFIX} (they expire within 15 minutes)"
+  elif command -v redis-cli >/dev/null 2>&1; then
     # SCAN + DEL on our unique prefix only (never FLUSHALL: Redis is shared).
     # The prefix is [A-Za-z0-9:-], so it has no glob characters to escape.
     redis --scan --pattern "${KEY_PREFIX}*" 2>/dev/null \
@@ -93,6 +96,7 @@ stop_server() {
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  if [[ -n "$WRK_PID" ]]; then kill -TERM "$WRK_PID" 2>/dev/null || true; wait "$WRK_PID" 2>/dev/null || true; fi
   delete_keys
   stop_server
   log "bench: wrk output and server log kept in $WORK"
@@ -262,7 +266,13 @@ run_wrk() {  # name duration outfile
   local h
   while IFS= read -r h; do [[ -n "$h" ]] && hdr+=(-H "$h"); done < <(extra_headers "$name")
   # shellcheck disable=SC2046  # wrk_args is split on purpose (no spaces in its paths/URLs)
-  wrk -t "$THREADS" -c "$CONNECTIONS" -d "$duration" --latency --timeout 5s "${hdr[@]}" $(wrk_args "$name") >"$out" 2>&1
+  # In the background + wait, so that a signal runs the clean-up trap at once.
+  wrk -t "$THREADS" -c "$CONNECTIONS" -d "$duration" --latency --timeout 5s "${hdr[@]}" $(wrk_args "$name") >"$out" 2>&1 &
+  WRK_PID=$!
+  local rc=0
+  wait "$WRK_PID" || rc=$?
+  WRK_PID=""
+  return "$rc"
 }
 
 case "$BASE$BENCH_DIR" in *' '*) die "paths with spaces are not supported ($BENCH_DIR)";; esac

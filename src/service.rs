@@ -82,13 +82,22 @@ impl ProgressService {
         Ok(self.store.get(id).await?)
     }
 
-    /// Removes the record; `false` when there was none.
-    pub async fn delete(&self, id: &ProgressId) -> Result<bool, Error> {
-        Ok(self.store.delete(id).await?)
+    /// Removes the record; `false` when there was none. With `If-Match`,
+    /// only the version it names is removed.
+    pub async fn delete(&self, id: &ProgressId, if_match: Option<&IfMatch>) -> Result<bool, Error> {
+        let Some(condition) = if_match else { return Ok(self.store.delete(id).await?) };
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let version = self.store.get(id).await?.map(|s| s.version());
+            check_if_match(version, Some(condition))?;
+            if self.store.compare_and_delete(id, version.unwrap_or(0)).await? {
+                return Ok(true);
+            }
+        }
+        Err(Error::WriteContention)
     }
 
-    /// Applies a PUT or PATCH atomically.
-    pub async fn write(&self, id: &ProgressId, body: WriteBody, if_match: Option<&IfMatch>) -> Result<Written, Error> {
+    /// Applies a PUT or PATCH atomically under the request's preconditions.
+    pub async fn write(&self, id: &ProgressId, body: WriteBody, conditions: &Preconditions) -> Result<Written, Error> {
         // Check the body itself before touching the store, so a bad body is
         // a 4xx whatever the record's state.
         let replacement = match &body {
@@ -105,12 +114,18 @@ impl ProgressService {
                 .map(|s| s.record().map(|r| (r, *s.meta())))
                 .transpose()
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            check_preconditions(prev.as_ref().map(|(r, _)| r), if_match)?;
+            check_preconditions(prev.as_ref().map(|(r, _)| r), conditions)?;
 
             let (fields, touched) = match (&body, &replacement, &prev) {
                 (WriteBody::Replace(_), Some(fields), _) => (fields.clone(), Touched::replace(fields)),
                 (WriteBody::Merge(patch), _, Some((record, _))) => {
                     let mut doc = record.client_json();
+                    // A record may predate a lower PROGRESS_MAX_TTL_SECONDS: the
+                    // bound applies to what this write asks for, so the stored
+                    // value is clamped rather than refused.
+                    if let Some(ttl) = doc.get_mut("ttl_seconds") {
+                        *ttl = Value::from(ttl.as_u64().unwrap_or(0).min(self.max_ttl_seconds));
+                    }
                     merge_patch(&mut doc, patch);
                     let fields = ClientFields::from_json(&doc, self.max_ttl_seconds)?;
                     let patch = check_top_level_keys(patch)?;
@@ -132,18 +147,37 @@ impl ProgressService {
     }
 }
 
-fn check_preconditions(prev: Option<&ProgressRecord>, if_match: Option<&IfMatch>) -> Result<(), Error> {
+/// `If-Match` and `If-None-Match` of a write.
+#[derive(Debug, Clone, Default)]
+pub struct Preconditions {
+    /// The write applies only to these versions.
+    pub if_match: Option<IfMatch>,
+    /// The write applies only when the record is not at these versions
+    /// (`*`: only when there is no record — a create-only PUT).
+    pub if_none_match: Option<IfMatch>,
+}
+
+fn check_if_match(version: Option<u64>, if_match: Option<&IfMatch>) -> Result<(), Error> {
+    match if_match {
+        Some(cond) if !cond.matches(version) => Err(Error::PreconditionFailed(match version {
+            Some(v) => format!("If-Match does not name the current version \"{v}\""),
+            None => "If-Match was sent but the record does not exist".into(),
+        })),
+        _ => Ok(()),
+    }
+}
+
+fn check_preconditions(prev: Option<&ProgressRecord>, conditions: &Preconditions) -> Result<(), Error> {
     let version = prev.map(|r| r.version);
-    if let Some(cond) = if_match {
-        if !cond.matches(version) {
-            return Err(Error::PreconditionFailed(match version {
-                Some(v) => format!("If-Match does not name the current version \"{v}\""),
-                None => "If-Match was sent but the record does not exist".into(),
-            }));
-        }
+    check_if_match(version, conditions.if_match.as_ref())?;
+    if conditions.if_none_match.as_ref().is_some_and(|c| c.matches(version)) {
+        return Err(Error::PreconditionFailed(match version {
+            Some(v) => format!("If-None-Match names the current version \"{v}\" (or *, and the record exists)"),
+            None => unreachable!("nothing matches an absent record"),
+        }));
     }
     match prev {
-        Some(r) if r.status.is_terminal() && !if_match.is_some_and(|c| c.names(r.version)) => {
+        Some(r) if r.status.is_terminal() && !conditions.if_match.as_ref().is_some_and(|c| c.names(r.version)) => {
             Err(Error::ConflictTerminal { status: r.status, version: r.version })
         }
         _ => Ok(()),

@@ -12,6 +12,8 @@ on_both_stores!(
     parallel_puts_count_every_version,
     if_match_makes_a_write_conditional,
     a_finished_record_does_not_move_backwards,
+    if_none_match_star_makes_put_create_only,
+    if_match_makes_a_delete_conditional,
 );
 
 async fn fifty_parallel_patches_leave_fifty_children(backend: Backend) {
@@ -107,4 +109,28 @@ async fn a_finished_record_does_not_move_backwards(backend: Backend) {
         assert_eq!(restarted["status"], "running");
         assert_eq!(restarted["completed_at"], Value::Null);
     }
+}
+
+async fn if_none_match_star_makes_put_create_only(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let res = app.send(Method::PUT, "/progress/once", Some(&json!({"message": "first"})), &[("if-none-match", "*")]).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = app.send(Method::PUT, "/progress/once", Some(&json!({"message": "second"})), &[("if-none-match", "*")]).await;
+    assert_problem(res, 412, "precondition_failed").await;
+    let res = app.send(Method::PATCH, "/progress/once", Some(&json!({"message": "third"})), &[("if-none-match", "\"1\"")]).await;
+    assert_problem(res, 412, "precondition_failed").await;
+    assert_eq!(app.get_ok("once").await["message"], "first");
+}
+
+async fn if_match_makes_a_delete_conditional(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.put_ok("del", &json!({})).await;
+    app.patch_ok("del", &json!({"message": "v2"})).await;
+    let res = app.send(Method::DELETE, "/progress/del", None, &[("if-match", "\"1\"")]).await;
+    assert_problem(res, 412, "precondition_failed").await;
+    assert_eq!(app.get("del").await.status(), StatusCode::OK, "the stale delete removed nothing");
+    let res = app.send(Method::DELETE, "/progress/del", None, &[("if-match", "\"2\"")]).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app.send(Method::DELETE, "/progress/del", None, &[("if-match", "*")]).await;
+    assert_problem(res, 412, "precondition_failed").await;
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_problem, spawn_app, spawn_app_with, Backend};
+use common::{assert_problem, spawn_app, spawn_app_with, unique_prefix, Backend};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -40,4 +40,21 @@ async fn the_default_ttl_comes_from_settings(backend: Backend) {
     assert_eq!(r["ttl_seconds"], 1);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(app.get("dflt").await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_lower_max_ttl_clamps_old_records_instead_of_refusing_their_patches() {
+    let prefix = unique_prefix();
+    let before = spawn_app_with(Backend::Redis, |s| s.key_prefix = prefix.clone()).await;
+    before.put_ok("long", &json!({"ttl_seconds": 100_000})).await;
+    // The operator lowers the bound; another instance on the same Redis runs with it.
+    let after = spawn_app_with(Backend::Redis, |s| {
+        s.key_prefix = prefix.clone();
+        s.max_ttl_seconds = 3600;
+        s.ttl_seconds = 60;
+    })
+    .await;
+    let r = after.patch_ok("long", &json!({"message": "m"})).await;
+    assert_eq!(r["ttl_seconds"], 3600);
+    assert_problem(after.patch("long", &json!({"ttl_seconds": 3601})).await, 422, "validation_failed").await;
 }

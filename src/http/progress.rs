@@ -8,7 +8,7 @@ use super::extract::{Conditions, JsonBody, PathId};
 use super::AppState;
 use crate::domain::{StoredRecord, Timestamp};
 use crate::error::Error;
-use crate::service::{WriteBody, Written};
+use crate::service::{Preconditions, WriteBody, Written};
 
 /// `GET /progress/{id}`: the record, or 304 when `If-None-Match` names its version.
 pub async fn get(State(state): State<AppState>, PathId(id): PathId, conditions: Conditions) -> Result<Response, Error> {
@@ -33,7 +33,7 @@ pub async fn put(
     JsonBody(body): JsonBody,
 ) -> Result<Response, Error> {
     let Written { record, created } =
-        state.service.write(&id, WriteBody::Replace(body), conditions.if_match.as_ref()).await?;
+        state.service.write(&id, WriteBody::Replace(body), &conditions.into()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = record_response(status, &record);
     if created {
@@ -51,13 +51,14 @@ pub async fn patch(
     conditions: Conditions,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Error> {
-    let Written { record, .. } = state.service.write(&id, WriteBody::Merge(body), conditions.if_match.as_ref()).await?;
+    let Written { record, .. } = state.service.write(&id, WriteBody::Merge(body), &conditions.into()).await?;
     Ok(record_response(StatusCode::OK, &record))
 }
 
-/// `DELETE /progress/{id}`: 204, or 404 when there is no record.
-pub async fn delete(State(state): State<AppState>, PathId(id): PathId) -> Result<StatusCode, Error> {
-    if state.service.delete(&id).await? {
+/// `DELETE /progress/{id}`: 204, or 404 when there is no record; 412 when
+/// `If-Match` names another version.
+pub async fn delete(State(state): State<AppState>, PathId(id): PathId, conditions: Conditions) -> Result<StatusCode, Error> {
+    if state.service.delete(&id, conditions.if_match.as_ref()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::NotFound(format!("no progress record {id}")))
@@ -80,4 +81,10 @@ fn set_validators(response: &mut Response, record: &StoredRecord) {
     let tag = format!("\"{}\"", etag.format(record.version()));
     headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("digits and quotes are a valid header"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+impl From<Conditions> for Preconditions {
+    fn from(c: Conditions) -> Self {
+        Preconditions { if_match: c.if_match, if_none_match: c.if_none_match }
+    }
 }

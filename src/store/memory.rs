@@ -107,6 +107,16 @@ impl ProgressStore for MemoryStore {
         Ok(true)
     }
 
+    async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
+        let mut records = self.lock();
+        let current = records.get(id.as_str()).filter(|e| e.expires_at > Instant::now());
+        if current.is_none_or(|e| e.record.version() != expected) {
+            return Ok(false);
+        }
+        records.remove(id.as_str());
+        Ok(true)
+    }
+
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         let mut records = self.lock();
         Ok(records

@@ -51,6 +51,10 @@ pub trait ProgressStore: Send + Sync + 'static {
         ttl_ms: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Removes the record if its version is `expected`; `Ok(false)` when
+    /// it is absent or has another version.
+    async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError>;
+
     /// Removes the record; `Ok(false)` when there was none.
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError>;
 }

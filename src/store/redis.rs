@@ -25,19 +25,31 @@ use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
 use super::{ProgressStore, StoreError};
 use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
 
-/// Stores `ARGV[2]` with TTL `ARGV[3]` ms when the stored version equals
-/// `ARGV[1]` (0: absent). Reads only the header prefix and never decodes
-/// the document. Returns 1 when stored, 0 on a version mismatch, -1 when
-/// the key holds something that is not ours.
-const COMPARE_AND_SET: &str = r#"
+/// Reads the stored version into `current` (0: absent) from the header
+/// prefix alone, never decoding the document; returns -1 from the script
+/// when the key holds something that is not ours.
+const READ_VERSION: &str = r#"
 local head = redis.call('GETRANGE', KEYS[1], 0, 31)
 local current = 0
 if head ~= '' then
   current = tonumber(string.match(head, '^{"v":(%d+)'))
   if current == nil then return -1 end
 end
+"#;
+
+/// Stores `ARGV[2]` with TTL `ARGV[3]` ms when the stored version equals
+/// `ARGV[1]` (0: absent). 1 when stored, 0 on a version mismatch.
+const COMPARE_AND_SET: &str = r#"
 if current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// Deletes the key when the stored version equals `ARGV[1]`. 1 when
+/// deleted, 0 on a mismatch or when absent.
+const COMPARE_AND_DELETE: &str = r#"
+if current == 0 or current ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 "#;
 
@@ -64,6 +76,7 @@ pub struct RedisStore {
     slots: Vec<Slot>,
     next_slot: AtomicUsize,
     compare_and_set: Script,
+    compare_and_delete: Script,
 }
 
 /// One held connection, refreshed by one task at a time.
@@ -106,7 +119,8 @@ impl RedisStore {
             timeout: config.timeout,
             slots,
             next_slot: AtomicUsize::new(0),
-            compare_and_set: Script::new(COMPARE_AND_SET),
+            compare_and_set: Script::new(&format!("{READ_VERSION}{COMPARE_AND_SET}")),
+            compare_and_delete: Script::new(&format!("{READ_VERSION}{COMPARE_AND_DELETE}")),
         })
     }
 
@@ -163,6 +177,17 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Maps a script's 1 / 0 / -1 to stored / refused / not ours.
+    fn script_outcome(&self, id: &ProgressId, outcome: i64) -> Result<bool, StoreError> {
+        match outcome {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(CorruptRecord(format!("key {} holds something that is not a progress record", self.key(id))).into()),
+        }
+    }
+}
+
 fn unavailable(reason: String) -> StoreError {
     StoreError::Unavailable { tier: "redis", reason }
 }
@@ -201,11 +226,16 @@ impl ProgressStore for RedisStore {
                 script.key(&key).arg(expected).arg(value).arg(ttl_ms.max(1)).invoke_async(&mut conn).await
             })
             .await?;
-        match outcome {
-            1 => Ok(true),
-            0 => Ok(false),
-            _ => Err(CorruptRecord(format!("key {} holds something that is not a progress record", self.key(id))).into()),
-        }
+        self.script_outcome(id, outcome)
+    }
+
+    async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
+        let key = self.key(id);
+        let script = &self.compare_and_delete;
+        let outcome: i64 = self
+            .run(|mut conn| async move { script.key(&key).arg(expected).invoke_async(&mut conn).await })
+            .await?;
+        self.script_outcome(id, outcome)
     }
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
