@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use progressd::{app, telemetry, Settings};
 
+// glibc malloc showed up at ~8% of a GET profile, with arena lock waits;
+// mimalloc's thread-local free lists avoid both.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = match Settings::load() {

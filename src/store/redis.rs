@@ -97,7 +97,8 @@ impl RedisStore {
     pub fn new(config: RedisStoreConfig) -> Result<Self, String> {
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout));
+            // No per-command timer inside redis-rs: `run` bounds each operation with one.
+            .set_response_timeout(None);
         let manager = Manager::new_with_config(config.url.as_str(), connection).map_err(|e| e.to_string())?;
         let timeouts = Timeouts {
             wait: Some(config.timeout),
