@@ -89,7 +89,7 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("max_json_depth", Some("32"), "deepest JSON nesting accepted in a body"),
     ("heartbeat_seconds", Some("60"), "a running record with no write for this long is stalled"),
     ("redis_pool_size", Some("16"), "most Redis connections in the pool"),
-    ("redis_connections", Some("2"), "multiplexed Redis connections shared by all requests"),
+    ("redis_connections", Some("1"), "multiplexed Redis connections shared by all requests"),
     ("redis_timeout_ms", Some("1000"), "bound on connecting to Redis and on each Redis operation"),
     ("log_format", Some("pretty"), "pretty or json"),
     ("log_level", Some("info"), "log filter (RUST_LOG wins when set)"),
