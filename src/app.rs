@@ -12,14 +12,17 @@ use crate::domain::WritePolicy;
 use crate::http::{self, AppState, BodyLimits};
 use crate::service::ProgressService;
 use crate::settings::{redact_url, Settings};
-use crate::store::{MemoryStore, ProgressStore, RedisStore, RedisStoreConfig};
+use crate::store::{
+    spawn_change_listener, CacheConfig, CachedStore, MemoryStore, ProgressStore, RedisStore, RedisStoreConfig,
+};
 
 /// How often the embedded store drops expired records from memory.
 const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// The hot tier the settings ask for: Redis when `REDIS_URL` is set, else
-/// process memory. Never connects: a Redis that is down at start-up is
-/// reported per request, not as a start-up failure.
+/// The hot tier the settings ask for: Redis (behind the coherent read
+/// cache unless it is turned off) when `REDIS_URL` is set, else process
+/// memory. Never waits for Redis: a Redis that is down at start-up is
+/// reported per request, not as a start-up failure. Must run inside Tokio.
 pub fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn ProgressStore>> {
     match &settings.redis_url {
         Some(url) => {
@@ -32,7 +35,21 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn ProgressStore>
             })
             .map_err(|e| anyhow::anyhow!("invalid setting REDIS_URL ({}): {e}", redact_url(url)))?;
             tracing::info!(redis = %redact_url(url), key_prefix = %settings.key_prefix, "hot tier: Redis");
-            Ok(Arc::new(store))
+            if settings.cache_max_age_ms == 0 {
+                return Ok(Arc::new(store));
+            }
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| anyhow::anyhow!("invalid setting REDIS_URL ({}): {e}", redact_url(url)))?;
+            let channel = store.changes_channel().to_owned();
+            let cached = Arc::new(CachedStore::new(
+                Arc::new(store),
+                CacheConfig {
+                    max_age: Duration::from_millis(settings.cache_max_age_ms),
+                    max_entries: settings.cache_max_entries,
+                },
+            ));
+            spawn_change_listener(client, channel, &cached, settings.redis_timeout());
+            Ok(cached)
         }
         None => {
             tracing::info!("hot tier: process memory (REDIS_URL is unset; records are lost when the process exits)");

@@ -60,6 +60,10 @@ pub struct Settings {
     pub redis_connections: usize,
     /// Bound on connecting to Redis and on each Redis operation (`PROGRESS_REDIS_TIMEOUT_MS`).
     pub redis_timeout_ms: u64,
+    /// Longest a cached read is served without asking Redis; 0 turns the cache off (`PROGRESS_CACHE_MAX_AGE_MS`).
+    pub cache_max_age_ms: u64,
+    /// Most records held in the read cache (`PROGRESS_CACHE_MAX_ENTRIES`).
+    pub cache_max_entries: usize,
     /// `pretty` or `json` (`PROGRESS_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Log filter such as `info` or `progressd=debug` (`PROGRESS_LOG_LEVEL`; `RUST_LOG` wins).
@@ -91,6 +95,8 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("redis_pool_size", Some("16"), "most Redis connections in the pool"),
     ("redis_connections", Some("1"), "multiplexed Redis connections shared by all requests"),
     ("redis_timeout_ms", Some("1000"), "bound on connecting to Redis and on each Redis operation"),
+    ("cache_max_age_ms", Some("2000"), "longest a cached read is served without asking Redis; 0 turns the cache off"),
+    ("cache_max_entries", Some("100000"), "most records held in the read cache"),
     ("log_format", Some("pretty"), "pretty or json"),
     ("log_level", Some("info"), "log filter (RUST_LOG wins when set)"),
 ];
@@ -169,6 +175,8 @@ impl Settings {
             redis_pool_size: typed("redis_pool_size", &parse("redis_pool_size")?, "a whole number")?,
             redis_connections: typed("redis_connections", &parse("redis_connections")?, "a whole number")?,
             redis_timeout_ms: typed("redis_timeout_ms", &parse("redis_timeout_ms")?, "a whole number of milliseconds")?,
+            cache_max_age_ms: typed("cache_max_age_ms", &parse("cache_max_age_ms")?, "a whole number of milliseconds")?,
+            cache_max_entries: typed("cache_max_entries", &parse("cache_max_entries")?, "a whole number")?,
             log_format: typed("log_format", &parse("log_format")?, "pretty or json")?,
             log_level: parse("log_level")?,
         };
@@ -255,6 +263,8 @@ impl fmt::Debug for Settings {
             .field("redis_pool_size", &self.redis_pool_size)
             .field("redis_connections", &self.redis_connections)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("cache_max_age_ms", &self.cache_max_age_ms)
+            .field("cache_max_entries", &self.cache_max_entries)
             .field("log_format", &self.log_format)
             .field("log_level", &self.log_level)
             .finish()

@@ -27,6 +27,9 @@ pub struct RecordMeta {
     pub v: u64,
     /// Milliseconds since the epoch after which the record is stalled; 0 when it cannot stall.
     pub s: i64,
+    /// Milliseconds since the epoch when the record expires (`expires_at`).
+    #[serde(default)]
+    pub x: i64,
     /// First (time ms, percent) sample of the current run, for the ETA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<(i64, f64)>,
@@ -126,7 +129,8 @@ pub fn apply_write(
         stages,
     };
     let stall_at = if status == Status::Running { now.millis().saturating_add(policy.heartbeat_ms) } else { 0 };
-    (record, RecordMeta { v: version, s: stall_at, e: sample })
+    let expires_at = record.expires_at.millis();
+    (record, RecordMeta { v: version, s: stall_at, x: expires_at, e: sample })
 }
 
 /// `ttl_seconds` in milliseconds, saturating.

@@ -10,9 +10,11 @@ use async_trait::async_trait;
 
 use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
 
+mod cached;
 mod memory;
 mod redis;
 
+pub use self::cached::{spawn_change_listener, CacheConfig, CachedStore};
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisStoreConfig};
 

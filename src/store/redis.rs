@@ -38,19 +38,30 @@ end
 "#;
 
 /// Stores `ARGV[2]` with TTL `ARGV[3]` ms when the stored version equals
-/// `ARGV[1]` (0: absent). 1 when stored, 0 on a version mismatch.
+/// `ARGV[1]` (0: absent), and announces `ARGV[5]` on channel `ARGV[4]`.
+/// 1 when stored, 0 on a version mismatch.
 const COMPARE_AND_SET: &str = r#"
 if current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 "#;
 
-/// Deletes the key when the stored version equals `ARGV[1]`. 1 when
-/// deleted, 0 on a mismatch or when absent.
+/// Deletes the key when the stored version equals `ARGV[1]` and announces
+/// `ARGV[3]` on channel `ARGV[2]`. 1 when deleted, 0 on a mismatch or when absent.
 const COMPARE_AND_DELETE: &str = r#"
 if current == 0 or current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
+"#;
+
+/// Deletes the key whatever its version and announces `ARGV[2]` on channel
+/// `ARGV[1]`. The number of keys deleted.
+const DELETE: &str = r#"
+local removed = redis.call('DEL', KEYS[1])
+if removed > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return removed
 "#;
 
 /// How to reach Redis and how long to wait for it.
@@ -77,6 +88,8 @@ pub struct RedisStore {
     next_slot: AtomicUsize,
     compare_and_set: Script,
     compare_and_delete: Script,
+    delete: Script,
+    changes_channel: String,
 }
 
 /// One held connection, refreshed by one task at a time.
@@ -116,13 +129,21 @@ impl RedisStore {
             .collect();
         Ok(Self {
             pool,
-            key_prefix: config.key_prefix,
+            key_prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             slots,
             next_slot: AtomicUsize::new(0),
             compare_and_set: Script::new(&format!("{READ_VERSION}{COMPARE_AND_SET}")),
             compare_and_delete: Script::new(&format!("{READ_VERSION}{COMPARE_AND_DELETE}")),
+            delete: Script::new(DELETE),
+            changes_channel: format!("{}progress:changes", config.key_prefix),
         })
+    }
+
+    /// The channel on which every change is announced as `{version}:{id}`
+    /// (version 0 for a delete).
+    pub fn changes_channel(&self) -> &str {
+        &self.changes_channel
     }
 
     fn key(&self, id: &ProgressId) -> String {
@@ -222,9 +243,19 @@ impl ProgressStore for RedisStore {
         let key = self.key(id);
         let script = &self.compare_and_set;
         let value = record.raw().as_ref();
+        let channel = &self.changes_channel;
+        let notice = format!("{}:{}", record.version(), id.as_str());
         let outcome: i64 = self
             .run(|mut conn| async move {
-                script.key(&key).arg(expected).arg(value).arg(ttl_ms.max(1)).invoke_async(&mut conn).await
+                script
+                    .key(&key)
+                    .arg(expected)
+                    .arg(value)
+                    .arg(ttl_ms.max(1))
+                    .arg(channel)
+                    .arg(notice)
+                    .invoke_async(&mut conn)
+                    .await
             })
             .await?;
         self.script_outcome(id, outcome)
@@ -233,16 +264,20 @@ impl ProgressStore for RedisStore {
     async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
         let key = self.key(id);
         let script = &self.compare_and_delete;
+        let (channel, notice) = (&self.changes_channel, format!("0:{}", id.as_str()));
         let outcome: i64 = self
-            .run(|mut conn| async move { script.key(&key).arg(expected).invoke_async(&mut conn).await })
+            .run(|mut conn| async move {
+                script.key(&key).arg(expected).arg(channel).arg(notice).invoke_async(&mut conn).await
+            })
             .await?;
         self.script_outcome(id, outcome)
     }
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         let key = self.key(id);
+        let (script, channel, notice) = (&self.delete, &self.changes_channel, format!("0:{}", id.as_str()));
         let removed: i64 = self
-            .run(|mut conn| async move { redis::cmd("DEL").arg(&key).query_async(&mut conn).await })
+            .run(|mut conn| async move { script.key(&key).arg(channel).arg(notice).invoke_async(&mut conn).await })
             .await?;
         Ok(removed > 0)
     }

@@ -1,0 +1,242 @@
+//! A read cache in front of Redis that stays coherent across instances.
+//!
+//! Every write and delete in Redis publishes `{version}:{id}` on the
+//! channel `{prefix}progress:changes` from inside its Lua script, so the
+//! notice leaves Redis in the same atomic step as the change. Each
+//! instance listens ([`spawn_change_listener`]) and drops the entry. A read
+//! that misses fetches from Redis and caches the result only if no change
+//! notice for that id (nor a reconnect) arrived while it was in flight, so
+//! an old version can never be cached after a newer one was announced.
+//!
+//! The cache serves only while the listener's subscription is live and
+//! answers pings; otherwise it is cleared and every read goes to Redis.
+//! Entries also expire with the record and after `max_age` at the latest,
+//! which bounds staleness even if a notice were silently lost.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+
+use super::{ProgressStore, StoreError};
+use crate::domain::{ProgressId, StoredRecord, Timestamp};
+
+const SHARDS: usize = 16;
+
+/// Read cache settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// Longest time an entry is served without re-reading Redis.
+    pub max_age: Duration,
+    /// Most entries held; past it, misses are not cached.
+    pub max_entries: usize,
+}
+
+/// A store that answers reads from memory when it safely can.
+pub struct CachedStore {
+    inner: Arc<dyn ProgressStore>,
+    config: CacheConfig,
+    shards: Vec<Mutex<HashMap<String, Entry>>>,
+    /// Bumped for every change notice of an id hashing to the shard.
+    epochs: Vec<AtomicU64>,
+    /// Bumped on every loss or regain of the subscription.
+    generation: AtomicU64,
+    /// Whether change notices are arriving.
+    live: AtomicBool,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+struct Entry {
+    record: StoredRecord,
+    cached_at: Instant,
+}
+
+impl CachedStore {
+    /// A cache over `inner`, off until [`CachedStore::set_live`] says notices flow.
+    pub fn new(inner: Arc<dyn ProgressStore>, config: CacheConfig) -> Self {
+        Self {
+            inner,
+            config,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            epochs: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            generation: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard_of(&self, id: &str) -> usize {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        (h.finish() as usize) % SHARDS
+    }
+
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // Entries are inserted and removed whole; a poisoned map is still consistent.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the entry for `id` and stops reads in flight from caching it.
+    pub fn invalidate(&self, id: &str) {
+        let i = self.shard_of(id);
+        self.epochs[i].fetch_add(1, Ordering::SeqCst);
+        self.shard(i).remove(id);
+    }
+
+    /// Turns serving from memory on or off; either way the cache starts empty.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for i in 0..SHARDS {
+            self.shard(i).clear();
+        }
+        self.live.store(live, Ordering::SeqCst);
+    }
+
+    /// Whether reads may be served from memory.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        (0..SHARDS).map(|i| self.shard(i).len()).sum()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn fresh(&self, entry: &Entry) -> bool {
+        entry.cached_at.elapsed() < self.config.max_age && Timestamp::now().millis() < entry.record.meta().x
+    }
+}
+
+#[async_trait]
+impl ProgressStore for CachedStore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        let i = self.shard_of(id.as_str());
+        if self.is_live() {
+            let shard = self.shard(i);
+            if let Some(entry) = shard.get(id.as_str()).filter(|e| self.fresh(e)) {
+                return Ok(Some(entry.record.clone()));
+            }
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let epoch = self.epochs[i].load(Ordering::SeqCst);
+        let record = self.inner.get(id).await?;
+        if let Some(record) = &record {
+            let mut shard = self.shard(i);
+            // Checked under the shard lock, which `invalidate` also takes, so
+            // a notice cannot slip between this check and the insert.
+            let unchanged = self.is_live()
+                && self.generation.load(Ordering::SeqCst) == generation
+                && self.epochs[i].load(Ordering::SeqCst) == epoch;
+            if unchanged && (shard.len() < self.config.max_entries / SHARDS + 1 || shard.contains_key(id.as_str())) {
+                shard.insert(id.as_str().to_owned(), Entry { record: record.clone(), cached_at: Instant::now() });
+            }
+        }
+        Ok(record)
+    }
+
+    async fn compare_and_set(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let stored = self.inner.compare_and_set(id, expected, record, ttl_ms).await;
+        // Whatever happened (even a timeout may have written), the entry is suspect.
+        self.invalidate(id.as_str());
+        stored
+    }
+
+    async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
+        let deleted = self.inner.compare_and_delete(id, expected).await;
+        self.invalidate(id.as_str());
+        deleted
+    }
+
+    async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
+        let deleted = self.inner.delete(id).await;
+        self.invalidate(id.as_str());
+        deleted
+    }
+}
+
+/// Keeps `cache` live while a subscription to `channel` works: forwards
+/// change notices as invalidations, pings to catch a connection that died
+/// silently, and reconnects with backoff. Runs until the cache is dropped.
+pub fn spawn_change_listener(client: redis::Client, channel: String, cache: &Arc<CachedStore>, ping_every: Duration) {
+    let weak = Arc::downgrade(cache);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(cache) = weak.upgrade() else { return };
+            let connected = tokio::time::timeout(ping_every, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            let pubsub = match connected {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "change listener cannot subscribe; the read cache stays off");
+                    drop(cache);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(_) => {
+                    drop(cache);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let (mut sink, mut messages) = pubsub.split();
+            cache.set_live(true);
+            tracing::debug!(%channel, "read cache live");
+            let weak_cache = Arc::downgrade(&cache);
+            drop(cache);
+            let mut ping = tokio::time::interval(ping_every);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Some(cache) = weak_cache.upgrade() else { return };
+                        let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                        match std::str::from_utf8(&payload).ok().and_then(|p| p.split_once(':')) {
+                            Some((_version, id)) => cache.invalidate(id),
+                            // Not a notice of ours: the safe answer is to forget everything.
+                            None => cache.set_live(true),
+                        }
+                    }
+                    _ = ping.tick() => {
+                        let pong = tokio::time::timeout(ping_every, sink.ping::<redis::Value>()).await;
+                        if !matches!(pong, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(cache) = weak_cache.upgrade() {
+                cache.set_live(false);
+                tracing::warn!("change notices stopped; read cache off until they resume");
+            }
+        }
+    });
+}
