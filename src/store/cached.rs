@@ -56,7 +56,7 @@ struct Entry {
 }
 
 impl CachedStore {
-    /// A cache over `inner`, off until [`CachedStore::set_live`] says notices flow.
+    /// A cache over `inner`, off until [`CachedStore::reset`] says notices flow.
     pub fn new(inner: Arc<dyn ProgressStore>, config: CacheConfig) -> Self {
         Self {
             inner,
@@ -87,8 +87,8 @@ impl CachedStore {
         self.shard(i).remove(id);
     }
 
-    /// Turns serving from memory on or off; either way the cache starts empty.
-    pub fn set_live(&self, live: bool) {
+    /// Empties the cache and turns serving from memory on or off.
+    pub fn reset(&self, live: bool) {
         self.live.store(false, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         for i in 0..SHARDS {
@@ -134,18 +134,29 @@ impl ProgressStore for CachedStore {
         let generation = self.generation.load(Ordering::SeqCst);
         let epoch = self.epochs[i].load(Ordering::SeqCst);
         let record = self.inner.get(id).await?;
-        if let Some(record) = &record {
-            let mut shard = self.shard(i);
-            // Checked under the shard lock, which `invalidate` also takes, so
-            // a notice cannot slip between this check and the insert.
-            let unchanged = self.is_live()
-                && self.generation.load(Ordering::SeqCst) == generation
-                && self.epochs[i].load(Ordering::SeqCst) == epoch;
-            if unchanged && (shard.len() < self.config.max_entries / SHARDS + 1 || shard.contains_key(id.as_str())) {
-                shard.insert(id.as_str().to_owned(), Entry { record: record.clone(), cached_at: Instant::now() });
+        let mut shard = self.shard(i);
+        let Some(record) = record else {
+            shard.remove(id.as_str());
+            return Ok(None);
+        };
+        // Checked under the shard lock, which `invalidate` also takes, so a
+        // notice cannot slip between this check and the insert.
+        let unchanged = self.is_live()
+            && self.generation.load(Ordering::SeqCst) == generation
+            && self.epochs[i].load(Ordering::SeqCst) == epoch;
+        if unchanged {
+            let capacity = self.config.max_entries.div_ceil(SHARDS);
+            if shard.len() >= capacity && !shard.contains_key(id.as_str()) {
+                // Full: drop an arbitrary entry (the map's first) rather than
+                // scan the shard under its lock on every miss.
+                if let Some(victim) = shard.keys().next().cloned() {
+                    shard.remove(&victim);
+                }
             }
+            shard.insert(id.as_str().to_owned(), Entry { record: record.clone(), cached_at: Instant::now() });
         }
-        Ok(record)
+        drop(shard);
+        Ok(Some(record))
     }
 
     async fn compare_and_set(
@@ -189,25 +200,16 @@ pub fn spawn_change_listener(client: redis::Client, channel: String, cache: &Arc
                 Ok::<_, redis::RedisError>(pubsub)
             })
             .await;
-            let pubsub = match connected {
-                Ok(Ok(pubsub)) => pubsub,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "change listener cannot subscribe; the read cache stays off");
-                    drop(cache);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-                Err(_) => {
-                    drop(cache);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
+            let Ok(Ok(pubsub)) = connected else {
+                tracing::debug!("change listener cannot subscribe yet; the read cache stays off");
+                drop(cache);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
             };
             backoff = Duration::from_millis(100);
             let (mut sink, mut messages) = pubsub.split();
-            cache.set_live(true);
+            cache.reset(true);
             tracing::debug!(%channel, "read cache live");
             let weak_cache = Arc::downgrade(&cache);
             drop(cache);
@@ -222,7 +224,7 @@ pub fn spawn_change_listener(client: redis::Client, channel: String, cache: &Arc
                         match std::str::from_utf8(&payload).ok().and_then(|p| p.split_once(':')) {
                             Some((_version, id)) => cache.invalidate(id),
                             // Not a notice of ours: the safe answer is to forget everything.
-                            None => cache.set_live(true),
+                            None => cache.reset(true),
                         }
                     }
                     _ = ping.tick() => {
@@ -234,9 +236,107 @@ pub fn spawn_change_listener(client: redis::Client, channel: String, cache: &Arc
                 }
             }
             if let Some(cache) = weak_cache.upgrade() {
-                cache.set_live(false);
+                cache.reset(false);
                 tracing::warn!("change notices stopped; read cache off until they resume");
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{apply_write, ClientFields, Touched, WritePolicy};
+    use crate::store::MemoryStore;
+
+    fn record(version: u64) -> StoredRecord {
+        let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
+        let id = ProgressId::parse("a").unwrap();
+        let (mut r, mut m) =
+            apply_write(&id, None, ClientFields::default(), Touched::default(), Timestamp::now(), &policy);
+        (r.version, m.v) = (version, version);
+        StoredRecord::encode(&m, &r)
+    }
+
+    /// A store whose reads pause, after reading, until the test lets them go.
+    struct GatedStore {
+        inner: Arc<MemoryStore>,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl ProgressStore for GatedStore {
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+        async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+            let read = self.inner.get(id).await;
+            self.gate.acquire().await.unwrap().forget();
+            read
+        }
+        async fn compare_and_set(&self, id: &ProgressId, e: u64, r: &StoredRecord, t: i64) -> Result<bool, StoreError> {
+            self.inner.compare_and_set(id, e, r, t).await
+        }
+        async fn compare_and_delete(&self, id: &ProgressId, e: u64) -> Result<bool, StoreError> {
+            self.inner.compare_and_delete(id, e).await
+        }
+        async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
+            self.inner.delete(id).await
+        }
+    }
+
+    const CONFIG: CacheConfig = CacheConfig { max_age: Duration::from_secs(60), max_entries: 64 };
+
+    #[tokio::test]
+    async fn a_read_in_flight_during_a_notice_does_not_cache_the_old_version() {
+        let memory = MemoryStore::start(Duration::from_secs(60));
+        let gated = Arc::new(GatedStore { inner: memory.clone(), gate: tokio::sync::Semaphore::new(0) });
+        let cache = Arc::new(CachedStore::new(gated.clone(), CONFIG));
+        cache.reset(true);
+        let id = ProgressId::parse("a").unwrap();
+        memory.compare_and_set(&id, 0, &record(1), 60_000).await.unwrap();
+
+        let reader = {
+            let (cache, id) = (cache.clone(), id.clone());
+            tokio::spawn(async move { cache.get(&id).await.unwrap().unwrap().version() })
+        };
+        for _ in 0..5 {
+            tokio::task::yield_now().await; // the reader reads version 1, then waits at the gate
+        }
+        // Another instance writes version 2; its notice arrives.
+        memory.compare_and_set(&id, 1, &record(2), 60_000).await.unwrap();
+        cache.invalidate("a");
+        gated.gate.add_permits(1);
+        assert_eq!(reader.await.unwrap(), 1, "the read in flight returns what it read");
+        assert!(cache.is_empty(), "but does not cache it");
+        gated.gate.add_permits(1);
+        assert_eq!(cache.get(&id).await.unwrap().unwrap().version(), 2);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn serves_from_memory_only_while_live_and_within_capacity() {
+        let memory = MemoryStore::start(Duration::from_secs(60));
+        let cache = CachedStore::new(memory.clone(), CONFIG);
+        let id = ProgressId::parse("a").unwrap();
+        memory.compare_and_set(&id, 0, &record(1), 60_000).await.unwrap();
+        cache.get(&id).await.unwrap();
+        assert!(cache.is_empty(), "not live: nothing cached");
+        cache.reset(true);
+        cache.get(&id).await.unwrap();
+        assert_eq!(cache.len(), 1);
+        memory.delete(&id).await.unwrap(); // behind the cache's back
+        assert!(cache.get(&id).await.unwrap().is_some(), "served from memory");
+        cache.reset(false);
+        assert!(cache.get(&id).await.unwrap().is_none(), "off: read through");
+
+        cache.reset(true);
+        for n in 0..500 {
+            let id = ProgressId::parse(&format!("r{n}")).unwrap();
+            memory.compare_and_set(&id, 0, &record(1), 60_000).await.unwrap();
+            cache.get(&id).await.unwrap();
+        }
+        assert!(cache.len() <= CONFIG.max_entries.div_ceil(SHARDS) * SHARDS, "{}", cache.len());
+        assert!(cache.len() >= CONFIG.max_entries / 2, "a full shard evicts to make room: {}", cache.len());
+    }
 }
