@@ -15,16 +15,10 @@ local id_prefix = os.getenv("BENCH_PATCH_ID_PREFIX") or "bench-patch-"
 wrk.method = "PATCH"
 wrk.headers["Content-Type"] = "application/json"
 
-local threads = 0
-function setup(thread)
-  thread:set("offset", math.floor(ids * ((threads * 0.6180339887) % 1)))
-  threads = threads + 1
-end
+local next_id = spread_over(ids)
 
-local n = 0
 function request()
-  local i = ((offset or 0) + n) % ids
-  n = n + 1
+  local i, n = next_id()
   local c = n % 481
   local body = string.format('{"current":%d,"message":"Processed %d of 480 segments"}', c, c)
   return wrk.format("PATCH", "/progress/" .. id_prefix .. i, nil, body)

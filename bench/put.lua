@@ -25,17 +25,10 @@ assert(template:find('"current":%s*%d+'), body_file .. " needs a top-level \"cur
 wrk.method = "PUT"
 wrk.headers["Content-Type"] = "application/json"
 
--- Each thread starts at a different place in the id space (golden-ratio spacing).
-local threads = 0
-function setup(thread)
-  thread:set("offset", math.floor(ids * ((threads * 0.6180339887) % 1)))
-  threads = threads + 1
-end
+local next_id = spread_over(ids)
 
-local n = 0
 function request()
-  local i = ((offset or 0) + n) % ids
-  n = n + 1
+  local i, n = next_id()
   local body = (template:gsub('("current":%s*)%d+', "%1" .. (n % 481), 1))
   return wrk.format("PUT", "/progress/" .. id_prefix .. i, nil, body)
 end

@@ -20,3 +20,21 @@ function done(summary, latency, requests)
     math.floor(latency:percentile(99)), math.floor(latency.max),
     summary.bytes, e.connect, e.read, e.write, e.timeout, e.status))
 end
+
+-- Spreads a write scenario over `ids` records so that writes seldom contend
+-- on one record: defines wrk's setup() so each thread starts at a different
+-- place in the id space (golden-ratio spacing), and returns a function that
+-- gives (index of the next id, requests sent so far by this thread).
+function spread_over(ids)
+  local threads = 0
+  setup = function(thread)
+    thread:set("offset", math.floor(ids * ((threads * 0.6180339887) % 1)))
+    threads = threads + 1
+  end
+  local n = 0
+  return function()
+    local i = ((offset or 0) + n) % ids
+    n = n + 1
+    return i, n
+  end
+end
