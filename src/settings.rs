@@ -60,6 +60,18 @@ pub struct Settings {
     pub redis_connections: usize,
     /// Bound on connecting to Redis and on each Redis operation (`PROGRESS_REDIS_TIMEOUT_MS`).
     pub redis_timeout_ms: u64,
+    /// PostgreSQL URL (`DATABASE_URL`); unset means no durable tier.
+    pub database_url: Option<String>,
+    /// Most PostgreSQL connections in the pool (`PROGRESS_DATABASE_POOL_SIZE`).
+    pub database_pool_size: usize,
+    /// Bound on connecting to PostgreSQL and on each query (`PROGRESS_DATABASE_TIMEOUT_MS`).
+    pub database_timeout_ms: u64,
+    /// Updates reach PostgreSQL within this many seconds (`PROGRESS_PERSIST_INTERVAL_SECONDS`).
+    pub persist_interval_seconds: u64,
+    /// Consecutive failures that open a store's circuit breaker (`PROGRESS_BREAKER_FAILURES`).
+    pub breaker_failures: u32,
+    /// How often an open breaker probes its store (`PROGRESS_BREAKER_PROBE_MS`).
+    pub breaker_probe_ms: u64,
     /// Longest a cached read is served without asking Redis; 0 turns the cache off (`PROGRESS_CACHE_MAX_AGE_MS`).
     pub cache_max_age_ms: u64,
     /// Most records held in the read cache (`PROGRESS_CACHE_MAX_ENTRIES`).
@@ -95,6 +107,12 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("redis_pool_size", Some("16"), "most Redis connections in the pool"),
     ("redis_connections", Some("1"), "multiplexed Redis connections shared by all requests"),
     ("redis_timeout_ms", Some("1000"), "bound on connecting to Redis and on each Redis operation"),
+    ("database_url", None, "PostgreSQL URL; unset means no durable tier"),
+    ("database_pool_size", Some("16"), "most PostgreSQL connections in the pool"),
+    ("database_timeout_ms", Some("2000"), "bound on connecting to PostgreSQL and on each query"),
+    ("persist_interval_seconds", Some("10"), "updates reach PostgreSQL within this many seconds"),
+    ("breaker_failures", Some("3"), "consecutive failures that open a store's circuit breaker"),
+    ("breaker_probe_ms", Some("500"), "how often an open circuit breaker probes its store"),
     ("cache_max_age_ms", Some("2000"), "longest a cached read is served without asking Redis; 0 turns the cache off"),
     ("cache_max_entries", Some("100000"), "most records held in the read cache"),
     ("log_format", Some("pretty"), "pretty or json"),
@@ -106,6 +124,7 @@ pub fn variable_name(key: &str) -> String {
     match key {
         "port" => "PORT".into(),
         "redis_url" => "REDIS_URL".into(),
+        "database_url" => "DATABASE_URL".into(),
         _ => format!("PROGRESS_{}", key.to_ascii_uppercase()),
     }
 }
@@ -141,7 +160,7 @@ impl Settings {
         if let Some(file) = file {
             builder = builder.add_source(file);
         }
-        let platform: HashMap<String, String> = ["port", "redis_url"]
+        let platform: HashMap<String, String> = ["port", "redis_url", "database_url"]
             .iter()
             .filter_map(|k| env.get(&variable_name(k)).map(|v| (k.to_string(), v.clone())))
             .collect();
@@ -175,6 +194,12 @@ impl Settings {
             redis_pool_size: typed("redis_pool_size", &parse("redis_pool_size")?, "a whole number")?,
             redis_connections: typed("redis_connections", &parse("redis_connections")?, "a whole number")?,
             redis_timeout_ms: typed("redis_timeout_ms", &parse("redis_timeout_ms")?, "a whole number of milliseconds")?,
+            database_url: read("database_url")?.filter(|u| !u.trim().is_empty()),
+            database_pool_size: typed("database_pool_size", &parse("database_pool_size")?, "a whole number")?,
+            database_timeout_ms: typed("database_timeout_ms", &parse("database_timeout_ms")?, "a whole number of milliseconds")?,
+            persist_interval_seconds: typed("persist_interval_seconds", &parse("persist_interval_seconds")?, "a whole number of seconds")?,
+            breaker_failures: typed("breaker_failures", &parse("breaker_failures")?, "a whole number")?,
+            breaker_probe_ms: typed("breaker_probe_ms", &parse("breaker_probe_ms")?, "a whole number of milliseconds")?,
             cache_max_age_ms: typed("cache_max_age_ms", &parse("cache_max_age_ms")?, "a whole number of milliseconds")?,
             cache_max_entries: typed("cache_max_entries", &parse("cache_max_entries")?, "a whole number")?,
             log_format: typed("log_format", &parse("log_format")?, "pretty or json")?,
@@ -213,6 +238,26 @@ impl Settings {
         if self.redis_timeout_ms == 0 {
             return bad("redis_timeout_ms", "must be at least 1".into());
         }
+        if self.database_pool_size == 0 {
+            return bad("database_pool_size", "must be at least 1".into());
+        }
+        if self.database_timeout_ms == 0 {
+            return bad("database_timeout_ms", "must be at least 1".into());
+        }
+        if self.persist_interval_seconds == 0 {
+            return bad("persist_interval_seconds", "must be at least 1".into());
+        }
+        if self.breaker_failures == 0 {
+            return bad("breaker_failures", "must be at least 1".into());
+        }
+        if self.breaker_probe_ms == 0 {
+            return bad("breaker_probe_ms", "must be at least 1".into());
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("host=")) {
+                return bad("database_url", format!("expected a postgres:// URL, got {}", redact_url(url)));
+            }
+        }
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
                 return bad("redis_url", format!("expected a redis:// or rediss:// URL, got {}", redact_url(url)));
@@ -221,6 +266,11 @@ impl Settings {
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map(|_| ())
             .or_else(|e| bad("log_level", e.to_string()))
+    }
+
+    /// The PostgreSQL timeout as a duration.
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_timeout_ms)
     }
 
     /// The Redis timeout as a duration.
@@ -263,6 +313,12 @@ impl fmt::Debug for Settings {
             .field("redis_pool_size", &self.redis_pool_size)
             .field("redis_connections", &self.redis_connections)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("database_pool_size", &self.database_pool_size)
+            .field("database_timeout_ms", &self.database_timeout_ms)
+            .field("persist_interval_seconds", &self.persist_interval_seconds)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_probe_ms", &self.breaker_probe_ms)
             .field("cache_max_age_ms", &self.cache_max_age_ms)
             .field("cache_max_entries", &self.cache_max_entries)
             .field("log_format", &self.log_format)
