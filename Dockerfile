@@ -2,11 +2,12 @@
 # Build: dependencies in their own layer, so a source change rebuilds only progressd.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY Cargo.toml Cargo.lock build.rs ./
+RUN mkdir src migrations && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
 COPY src ./src
+COPY migrations ./migrations
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 # Run: a small image with the binary alone, as a non-root user.

@@ -13,50 +13,85 @@ use crate::http::{self, AppState, BodyLimits};
 use crate::service::ProgressService;
 use crate::settings::{redact_url, Settings};
 use crate::store::{
-    spawn_change_listener, CacheConfig, CachedStore, MemoryStore, ProgressStore, RedisStore, RedisStoreConfig,
+    spawn_change_listener, CacheConfig, CachedStore, HotTier, MemoryStore, PostgresStore, PostgresStoreConfig,
+    ProgressStore, RedisStore, RedisStoreConfig, TieredConfig, TieredStore,
 };
 
 /// How often the embedded store drops expired records from memory.
 const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// The hot tier the settings ask for: Redis (behind the coherent read
-/// cache unless it is turned off) when `REDIS_URL` is set, else process
-/// memory. Never waits for Redis: a Redis that is down at start-up is
-/// reported per request, not as a start-up failure. Must run inside Tokio.
+/// The store the settings ask for:
+///
+/// | `REDIS_URL` | `DATABASE_URL` | store |
+/// |---|---|---|
+/// | unset | unset | process memory (the embedded default) |
+/// | set | unset | Redis, behind the coherent read cache unless it is off |
+/// | unset | set | PostgreSQL alone |
+/// | set | set | Redis over PostgreSQL: [`TieredStore`] |
+///
+/// Never waits for a tier: one that is down at start-up is reported per
+/// request (and retried in the background), not as a start-up failure.
+/// Must run inside Tokio.
 pub fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn ProgressStore>> {
-    match &settings.redis_url {
-        Some(url) => {
-            let store = RedisStore::new(RedisStoreConfig {
-                url: url.clone(),
-                key_prefix: settings.key_prefix.clone(),
-                pool_size: settings.redis_pool_size,
-                shared_connections: settings.redis_connections,
-                timeout: settings.redis_timeout(),
-            })
-            .map_err(|e| anyhow::anyhow!("invalid setting REDIS_URL ({}): {e}", redact_url(url)))?;
-            tracing::info!(redis = %redact_url(url), key_prefix = %settings.key_prefix, "hot tier: Redis");
-            if settings.cache_max_age_ms == 0 {
-                return Ok(Arc::new(store));
+    let hot = match &settings.redis_url {
+        Some(url) => Some(build_redis(settings, url)?),
+        None => None,
+    };
+    let Some(database_url) = &settings.database_url else {
+        return Ok(match hot {
+            Some(hot) => hot.store,
+            None => {
+                tracing::info!("hot tier: process memory (REDIS_URL is unset; records are lost when the process exits)");
+                tracing::info!("durable tier: none (DATABASE_URL is unset)");
+                MemoryStore::start(MEMORY_SWEEP_EVERY)
             }
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| anyhow::anyhow!("invalid setting REDIS_URL ({}): {e}", redact_url(url)))?;
-            let channel = store.changes_channel().to_owned();
-            let cached = Arc::new(CachedStore::new(
-                Arc::new(store),
-                CacheConfig {
-                    max_age: Duration::from_millis(settings.cache_max_age_ms),
-                    max_entries: settings.cache_max_entries,
-                },
-            ));
-            spawn_change_listener(client, channel, &cached, settings.redis_timeout());
-            Ok(cached)
-        }
-        None => {
-            tracing::info!("hot tier: process memory (REDIS_URL is unset; records are lost when the process exits)");
-            tracing::info!("durable tier: none (DATABASE_URL is unset)");
-            Ok(MemoryStore::start(MEMORY_SWEEP_EVERY))
-        }
+        });
+    };
+    let durable = PostgresStore::new(PostgresStoreConfig {
+        url: database_url.clone(),
+        pool_size: settings.database_pool_size,
+        timeout: settings.database_timeout(),
+    })
+    .map_err(|e| anyhow::anyhow!("invalid setting DATABASE_URL ({}): {e}", redact_url(database_url)))?;
+    tracing::info!(postgres = %redact_url(database_url), "durable tier: PostgreSQL (migrations run in the background)");
+    if hot.is_none() {
+        tracing::info!("hot tier: none (REDIS_URL is unset); every request goes to PostgreSQL");
     }
+    let config = TieredConfig {
+        persist_interval: Duration::from_secs(settings.persist_interval_seconds),
+        breaker_failures: settings.breaker_failures,
+        probe_every: Duration::from_millis(settings.breaker_probe_ms),
+    };
+    Ok(TieredStore::start(hot, Arc::new(durable), config))
+}
+
+/// Redis, behind the read cache unless `PROGRESS_CACHE_MAX_AGE_MS` is 0.
+fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<HotTier> {
+    let invalid = |e: &dyn std::fmt::Display| anyhow::anyhow!("invalid setting REDIS_URL ({}): {e}", redact_url(url));
+    let redis = Arc::new(
+        RedisStore::new(RedisStoreConfig {
+            url: url.to_owned(),
+            key_prefix: settings.key_prefix.clone(),
+            pool_size: settings.redis_pool_size,
+            shared_connections: settings.redis_connections,
+            timeout: settings.redis_timeout(),
+        })
+        .map_err(|e| invalid(&e))?,
+    );
+    tracing::info!(redis = %redact_url(url), key_prefix = %settings.key_prefix, "hot tier: Redis");
+    if settings.cache_max_age_ms == 0 {
+        return Ok(HotTier { store: redis.clone(), redis });
+    }
+    let client = redis::Client::open(url).map_err(|e| invalid(&e))?;
+    let cached = Arc::new(CachedStore::new(
+        redis.clone(),
+        CacheConfig {
+            max_age: Duration::from_millis(settings.cache_max_age_ms),
+            max_entries: settings.cache_max_entries,
+        },
+    ));
+    spawn_change_listener(client, redis.changes_channel().to_owned(), &cached, settings.redis_timeout());
+    Ok(HotTier { store: cached, redis })
 }
 
 /// The application router over `store`.
@@ -80,9 +115,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = build_store(&settings)?;
-    let app = build_router(&settings, store);
+    let app = build_router(&settings, store.clone());
     tracing::info!(address = %listener.local_addr()?, "progressd listening");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    // No request is running any more: persist what only memory holds.
+    store.shutdown().await;
     tracing::info!("progressd stopped");
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{assert_problem, redis_conn, spawn_app_with, unique_prefix, Backend, TestApp};
+use common::redis_server::OwnRedis;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -136,20 +137,8 @@ async fn with_the_cache_off_every_read_asks_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_redis_is_never_shadowed_by_the_cache() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let start = || {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    };
-    let mut redis = start();
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = OwnRedis::start();
+    let url = redis.url();
     let app = spawn_app_with(Backend::Redis, |s| {
         s.redis_url = Some(url.clone());
         s.redis_timeout_ms = 300;
@@ -159,16 +148,14 @@ async fn a_restarted_redis_is_never_shadowed_by_the_cache() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     app.put_ok("r", &json!({})).await;
     assert_eq!(version(&app, "r").await, Some(1));
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    redis.stop();
     assert_problem(app.get("r").await, 503, "storage_unavailable").await;
-    let mut redis = start();
+    redis.start_again();
     // The restarted Redis is empty: the record must not come back from memory.
     for _ in 0..10 {
         let res = app.get("r").await;
         assert_ne!(res.status(), StatusCode::OK, "the cache served a record Redis no longer has");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    redis.stop();
 }

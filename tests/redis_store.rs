@@ -4,53 +4,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_problem, redis_conn, spawn_app, spawn_app_with, Backend};
+use common::redis_server::OwnRedis;
 use reqwest::StatusCode;
 use serde_json::json;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A redis-server this test started and alone stops.
-struct OwnRedis {
-    port: u16,
-    child: Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server on {port} did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[tokio::test]
@@ -122,8 +84,7 @@ async fn a_redis_that_never_answers_does_not_hang_requests() {
 
 #[tokio::test]
 async fn the_store_reconnects_after_redis_restarts() {
-    let port = free_port();
-    let mut redis = OwnRedis::start(port);
+    let mut redis = OwnRedis::start();
     let app = spawn_app_with(Backend::Redis, |s| {
         s.redis_url = Some(redis.url());
         s.redis_timeout_ms = 500;
@@ -132,7 +93,7 @@ async fn the_store_reconnects_after_redis_restarts() {
     app.put_ok("r", &json!({"status": "running"})).await;
     redis.stop();
     assert_problem(app.get("r").await, 503, "storage_unavailable").await;
-    let mut redis = OwnRedis::start(port);
+    redis.start_again();
     // The first request after the restart may still meet the dead connection.
     let mut recovered = false;
     for _ in 0..20 {

@@ -30,6 +30,9 @@ pub struct RecordMeta {
     /// Milliseconds since the epoch when the record expires (`expires_at`).
     #[serde(default)]
     pub x: i64,
+    /// Whether the status is terminal: such writes are persisted at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub d: bool,
     /// First (time ms, percent) sample of the current run, for the ETA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<(i64, f64)>,
@@ -130,7 +133,8 @@ pub fn apply_write(
     };
     let stall_at = if status == Status::Running { now.millis().saturating_add(policy.heartbeat_ms) } else { 0 };
     let expires_at = record.expires_at.millis();
-    (record, RecordMeta { v: version, s: stall_at, x: expires_at, e: sample })
+    let meta = RecordMeta { v: version, s: stall_at, x: expires_at, d: status.is_terminal(), e: sample };
+    (record, meta)
 }
 
 /// `ttl_seconds` in milliseconds, saturating.

@@ -183,6 +183,14 @@ impl ProgressStore for CachedStore {
         self.invalidate(id.as_str());
         deleted
     }
+
+    async fn ping(&self) -> Result<Duration, StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn shutdown(&self) {
+        self.inner.shutdown().await;
+    }
 }
 
 /// Keeps `cache` live while a subscription to `channel` works: forwards

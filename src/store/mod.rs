@@ -10,12 +10,20 @@ use async_trait::async_trait;
 
 use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
 
+mod breaker;
 mod cached;
 mod memory;
+mod postgres;
 mod redis;
+mod tiered;
+mod write_behind;
 
+pub use self::breaker::{BreakerState, CircuitBreaker};
+pub use self::tiered::{HotTier, TieredConfig, TieredStore};
+pub use self::write_behind::{PendingWrite, WriteBehind};
 pub use self::cached::{spawn_change_listener, CacheConfig, CachedStore};
 pub use self::memory::MemoryStore;
+pub use self::postgres::{PostgresStore, PostgresStoreConfig};
 pub use self::redis::{RedisStore, RedisStoreConfig};
 
 /// Why a store could not answer.
@@ -59,4 +67,13 @@ pub trait ProgressStore: Send + Sync + 'static {
 
     /// Removes the record; `Ok(false)` when there was none.
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError>;
+
+    /// One cheap round trip to the tier; its latency.
+    async fn ping(&self) -> Result<std::time::Duration, StoreError> {
+        Ok(std::time::Duration::ZERO)
+    }
+
+    /// Called once at shutdown, after the last request: persist what is
+    /// still only in memory.
+    async fn shutdown(&self) {}
 }

@@ -56,6 +56,16 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
 
+/// Stores `ARGV[2]` with TTL `ARGV[3]` ms unless the stored version is
+/// already `ARGV[1]` or newer; announces `ARGV[5]` on channel `ARGV[4]`.
+/// 1 when stored, 0 when Redis already had it.
+const PUT_IF_NEWER: &str = r#"
+if current >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"#;
+
 /// Deletes the key whatever its version and announces `ARGV[2]` on channel
 /// `ARGV[1]`. The number of keys deleted.
 const DELETE: &str = r#"
@@ -89,6 +99,7 @@ pub struct RedisStore {
     compare_and_set: Script,
     compare_and_delete: Script,
     delete: Script,
+    put_if_newer: Script,
     changes_channel: String,
 }
 
@@ -136,6 +147,7 @@ impl RedisStore {
             compare_and_set: Script::new(&format!("{READ_VERSION}{COMPARE_AND_SET}")),
             compare_and_delete: Script::new(&format!("{READ_VERSION}{COMPARE_AND_DELETE}")),
             delete: Script::new(DELETE),
+            put_if_newer: Script::new(&format!("{READ_VERSION}{PUT_IF_NEWER}")),
             changes_channel: format!("{}progress:changes", config.key_prefix),
         })
     }
@@ -200,6 +212,30 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// Stores `record` unless Redis already holds its version or a newer
+    /// one: how records written to PostgreSQL while Redis was away, or
+    /// read back from it, return to Redis without ever moving a version back.
+    pub async fn put_if_newer(&self, id: &ProgressId, record: &StoredRecord, ttl_ms: i64) -> Result<bool, StoreError> {
+        let key = self.key(id);
+        let (script, channel) = (&self.put_if_newer, &self.changes_channel);
+        let notice = format!("{}:{}", record.version(), id.as_str());
+        let value = record.raw().as_ref();
+        let outcome: i64 = self
+            .run(|mut conn| async move {
+                script
+                    .key(&key)
+                    .arg(record.version())
+                    .arg(value)
+                    .arg(ttl_ms.max(1))
+                    .arg(channel)
+                    .arg(notice)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        self.script_outcome(id, outcome)
+    }
+
     /// Maps a script's 1 / 0 / -1 to stored / refused / not ours.
     fn script_outcome(&self, id: &ProgressId, outcome: i64) -> Result<bool, StoreError> {
         match outcome {
@@ -271,6 +307,12 @@ impl ProgressStore for RedisStore {
             })
             .await?;
         self.script_outcome(id, outcome)
+    }
+
+    async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = std::time::Instant::now();
+        let _: String = self.run(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
+        Ok(started.elapsed())
     }
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {

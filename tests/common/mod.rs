@@ -2,6 +2,10 @@
 //! with a unique Redis key prefix per test, and talk to it over HTTP.
 #![allow(dead_code)]
 
+pub mod postgres;
+pub mod proxy;
+pub mod redis_server;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

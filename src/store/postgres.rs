@@ -1,0 +1,503 @@
+//! The PostgreSQL durable tier, through deadpool-postgres.
+//!
+//! Table `progress` (schema in `migrations/`) holds one row per id: the exact
+//! stored bytes of [`StoredRecord`] in `record`, and beside them copies of
+//! the fields Postgres needs to guard, expire and list rows without parsing
+//! the document (`version`, `status`, `created_at`, `updated_at`,
+//! `expires_at`). A row past `expires_at` is absent to every read and guard,
+//! whether or not cleanup has removed it yet.
+//!
+//! tokio-postgres has no per-query timeout, so every operation (pool checkout
+//! and query) runs under one `tokio::time::timeout`. A connection whose
+//! operation failed or was cut short may still have a query in flight on a
+//! server that stopped answering, so it is closed instead of going back to
+//! the pool; the pool only checks `is_closed` on checkout
+//! ([`RecyclingMethod::Fast`]) and would otherwise hand it to the next request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+use super::{ProgressStore, StoreError};
+use crate::domain::{CorruptRecord, ProgressId, StoredRecord, Timestamp};
+use crate::settings::redact_url;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Our own history table, not refinery's default name: another application
+/// sharing the database may use refinery too, and each would take the
+/// other's migrations for missing ones.
+const MIGRATION_TABLE: &str = "progressd_schema_history";
+
+/// Key of the session advisory lock held while migrating (`progress` in ASCII).
+const MIGRATION_LOCK: i64 = 0x7072_6f67_7265_7373;
+
+/// Bound on waiting for the migration lock and applying the migrations. Longer
+/// than the per-query timeout: another instance may be migrating, and DDL on
+/// a large table takes what it takes.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The live record, if any.
+const GET: &str = "SELECT record FROM progress WHERE id = $1 AND expires_at > now()";
+
+/// A create: inserts, or overwrites a row that is there but expired (which
+/// counts as absent). No row is affected when a live one exists.
+const CREATE: &str = "
+INSERT INTO progress (id, version, status, created_at, updated_at, expires_at, record)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (id) DO UPDATE SET
+    version = EXCLUDED.version, status = EXCLUDED.status, created_at = EXCLUDED.created_at,
+    updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at, record = EXCLUDED.record
+WHERE progress.expires_at <= now()";
+
+/// An update of the live row whose version is `$8`.
+const REPLACE: &str = "
+UPDATE progress SET
+    version = $2, status = $3, created_at = $4, updated_at = $5, expires_at = $6, record = $7
+WHERE id = $1 AND version = $8 AND expires_at > now()";
+
+/// The version-guarded batch upsert of the write-behind flush. A row is
+/// written when its id is absent, stored with a lower version, or expired
+/// (a record created again after expiry starts over at version 1). Rows go
+/// in id order so that two instances flushing overlapping batches lock them
+/// in the same order and cannot deadlock.
+const UPSERT_NEWER: &str = "
+INSERT INTO progress (id, version, status, created_at, updated_at, expires_at, record)
+SELECT * FROM UNNEST(
+    $1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[], $7::bytea[]
+) ORDER BY 1
+ON CONFLICT (id) DO UPDATE SET
+    version = EXCLUDED.version, status = EXCLUDED.status, created_at = EXCLUDED.created_at,
+    updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at, record = EXCLUDED.record
+WHERE progress.version < EXCLUDED.version OR progress.expires_at <= now()";
+
+/// Live records written at or after `$1`, oldest first (ties by id, so that
+/// the order is stable), at most `$2`.
+const UPDATED_SINCE: &str = "
+SELECT id, record FROM progress
+WHERE updated_at >= $1 AND expires_at > now()
+ORDER BY updated_at, id
+LIMIT $2";
+
+/// Removes the live row with version `$2`.
+const COMPARE_AND_DELETE: &str = "DELETE FROM progress WHERE id = $1 AND version = $2 AND expires_at > now()";
+
+/// Removes the row, live or expired; the answer says whether it was live.
+const DELETE: &str = "DELETE FROM progress WHERE id = $1 RETURNING expires_at > now()";
+
+/// How to reach PostgreSQL and how long to wait for it.
+#[derive(Clone)]
+pub struct PostgresStoreConfig {
+    /// `postgres://user:pass@host:port/db` (holds a password: never log it).
+    pub url: String,
+    /// Most connections the pool opens.
+    pub pool_size: usize,
+    /// Bound on connecting, on waiting for the pool and on every operation.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for PostgresStoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStoreConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// PostgreSQL tier.
+pub struct PostgresStore {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl PostgresStore {
+    /// Builds the pool. Connects lazily: a Postgres that is down now is not
+    /// an error until an operation needs it.
+    pub fn new(config: PostgresStoreConfig) -> Result<Self, String> {
+        // The parse error names the bad part, never the value (nor the password).
+        let mut pg = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|e| format!("invalid PostgreSQL URL: {}", describe(&e)))?;
+        pg.connect_timeout(config.timeout);
+        if pg.get_application_name().is_none() {
+            // Shows who holds a connection in pg_stat_activity.
+            pg.application_name("progressd");
+        }
+        // Fast: no test query on every checkout (one extra round trip per
+        // operation); a dead connection fails its operation and is closed.
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let timeouts = Timeouts {
+            wait: Some(config.timeout),
+            create: Some(config.timeout),
+            recycle: Some(config.timeout),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .timeouts(timeouts)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { pool, timeout: config.timeout })
+    }
+
+    /// Applies the embedded migrations under a Postgres advisory lock, so
+    /// that several instances starting at once do not race: the others wait,
+    /// then find nothing left to apply.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let object = tokio::time::timeout(self.timeout, self.pool.get())
+            .await
+            .map_err(|_| self.no_answer())?
+            .map_err(|e| unavailable(describe(&e)))?;
+        // This connection never goes back to the pool: the lock is held by the
+        // session, and closing the session (also when the timeout below cuts
+        // a migration short, which the server then rolls back) releases it.
+        let mut client = Object::take(object);
+        let attempt = async {
+            client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+            let mut runner = embedded::migrations::runner();
+            runner.set_migration_table_name(MIGRATION_TABLE);
+            runner.run_async(&mut *client).await.map_err(|e| unavailable(describe(&e)))?;
+            Ok(())
+        };
+        tokio::time::timeout(MIGRATION_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(unavailable(format!("migrations did not finish within {MIGRATION_TIMEOUT:?}"))))
+    }
+
+    /// One round trip (`SELECT 1`, after the pool checkout); its latency.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        self.bounded(async {
+            let db = self.session().await?;
+            let statement = db.prepare_cached("SELECT 1").await.map_err(pg)?;
+            db.query_one(&statement, &[]).await.map_err(pg)?;
+            db.done();
+            Ok(())
+        })
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    /// Version-guarded batch upsert in one statement: each record is written
+    /// only if its id is absent or expired, or stored with a lower version.
+    /// A record the guard skips is a stale write, not an error. Returns how
+    /// many rows were written.
+    ///
+    /// When the batch holds an id more than once, its highest version is the
+    /// one sent. A record whose body does not parse is left out (and logged)
+    /// rather than failing the batch, so one bad record cannot stop every
+    /// flush after it.
+    pub async fn upsert_newer(&self, records: &[(ProgressId, StoredRecord)]) -> Result<u64, StoreError> {
+        // ON CONFLICT cannot touch one row twice in a statement: one per id.
+        let mut newest: HashMap<&str, &StoredRecord> = HashMap::with_capacity(records.len());
+        for (id, stored) in records {
+            newest
+                .entry(id.as_str())
+                .and_modify(|kept| {
+                    if stored.version() > kept.version() {
+                        *kept = stored;
+                    }
+                })
+                .or_insert(stored);
+        }
+        let mut batch = Batch::with_capacity(newest.len());
+        for (id, stored) in newest {
+            match Row::of(id, stored) {
+                Ok(row) => batch.push(row),
+                Err(e) => tracing::error!(id, error = %e, "not persisted: the record does not parse"),
+            }
+        }
+        if batch.ids.is_empty() {
+            return Ok(0);
+        }
+        self.bounded(async {
+            let db = self.session().await?;
+            let statement = db.prepare_cached(UPSERT_NEWER).await.map_err(pg)?;
+            let written = db
+                .execute(
+                    &statement,
+                    &[&batch.ids, &batch.versions, &batch.statuses, &batch.created, &batch.updated, &batch.expires, &batch.records],
+                )
+                .await
+                .map_err(pg)?;
+            db.done();
+            Ok(written)
+        })
+        .await
+    }
+
+    /// Unexpired records with `updated_at >= since`, oldest first, at most `limit`.
+    pub async fn updated_since(&self, since: Timestamp, limit: i64) -> Result<Vec<(ProgressId, StoredRecord)>, StoreError> {
+        let since = system_time(since.millis());
+        let rows = self
+            .bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(UPDATED_SINCE).await.map_err(pg)?;
+                let rows = db.query(&statement, &[&since, &limit.max(0)]).await.map_err(pg)?;
+                db.done();
+                Ok(rows)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let id: &str = row.get(0);
+                let id = ProgressId::parse(id).map_err(|e| CorruptRecord(format!("row id {id:?} is not a valid id: {}", e.0)))?;
+                Ok((id, StoredRecord::decode(Bytes::from(row.get::<_, Vec<u8>>(1)))?))
+            })
+            .collect()
+    }
+
+    /// A pooled connection for one operation.
+    async fn session(&self) -> Result<Session, StoreError> {
+        let object = self.pool.get().await.map_err(|e| unavailable(describe(&e)))?;
+        Ok(Session(Some(object)))
+    }
+
+    /// Runs one operation (checkout and queries) within the timeout.
+    async fn bounded<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, op).await.unwrap_or_else(|_| Err(self.no_answer()))
+    }
+
+    fn no_answer(&self) -> StoreError {
+        unavailable(format!("no answer within {:?}", self.timeout))
+    }
+}
+
+/// A connection lent to one operation. It goes back to the pool only through
+/// [`Session::done`]; dropped before that (an error, or the timeout cutting
+/// the operation short) it is closed, since it may still have a query in
+/// flight on a server that no longer answers.
+struct Session(Option<Object>);
+
+impl Session {
+    /// The operation finished: the connection is fit for the next one.
+    fn done(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Deref for Session {
+    type Target = ClientWrapper;
+    fn deref(&self) -> &ClientWrapper {
+        self.0.as_ref().expect("a session holds its connection until done")
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            // Detached from the pool; dropping the client closes the connection.
+            drop(Object::take(object));
+        }
+    }
+}
+
+/// The columns of one row, taken from the stored record.
+struct Row<'a> {
+    id: &'a str,
+    version: i64,
+    status: &'static str,
+    created_at: SystemTime,
+    updated_at: SystemTime,
+    expires_at: SystemTime,
+    record: &'a [u8],
+}
+
+impl<'a> Row<'a> {
+    fn of(id: &'a str, stored: &'a StoredRecord) -> Result<Self, CorruptRecord> {
+        let record = stored.record()?;
+        let version = i64::try_from(stored.version())
+            .map_err(|_| CorruptRecord(format!("version {} does not fit a bigint", stored.version())))?;
+        // The header's expiry; a header from before it carried one has the body's.
+        let expires_ms = if stored.meta().x > 0 { stored.meta().x } else { record.expires_at.millis() };
+        Ok(Self {
+            id,
+            version,
+            status: record.status.as_str(),
+            created_at: system_time(record.created_at.millis()),
+            updated_at: system_time(record.updated_at.millis()),
+            expires_at: system_time(expires_ms),
+            record: stored.raw().as_ref(),
+        })
+    }
+}
+
+/// Rows as the column arrays `UNNEST` takes.
+struct Batch<'a> {
+    ids: Vec<&'a str>,
+    versions: Vec<i64>,
+    statuses: Vec<&'static str>,
+    created: Vec<SystemTime>,
+    updated: Vec<SystemTime>,
+    expires: Vec<SystemTime>,
+    records: Vec<&'a [u8]>,
+}
+
+impl<'a> Batch<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            updated: Vec::with_capacity(n),
+            expires: Vec::with_capacity(n),
+            records: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, row: Row<'a>) {
+        self.ids.push(row.id);
+        self.versions.push(row.version);
+        self.statuses.push(row.status);
+        self.created.push(row.created_at);
+        self.updated.push(row.updated_at);
+        self.expires.push(row.expires_at);
+        self.records.push(row.record);
+    }
+}
+
+/// Milliseconds since the epoch as a time Postgres accepts (years 1 to 9999).
+fn system_time(ms: i64) -> SystemTime {
+    let ms = ms.clamp(-62_135_596_800_000, 253_402_300_799_999);
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+fn unavailable(reason: String) -> StoreError {
+    StoreError::Unavailable { tier: "postgres", reason }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    unavailable(describe(&e))
+}
+
+/// An error and its causes on one line. tokio-postgres and deadpool print
+/// only their own layer ("db error", "error connecting to server"); the
+/// useful part is in the sources. None of them holds the URL or password.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', "; ")
+}
+
+#[async_trait]
+impl ProgressStore for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        let raw = self
+            .bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(GET).await.map_err(pg)?;
+                let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
+                db.done();
+                Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
+            })
+            .await?;
+        raw.map(|bytes| StoredRecord::decode(Bytes::from(bytes)).map_err(StoreError::from))
+            .transpose()
+    }
+
+    // The expiry comes from the record itself (`expires_at`), not `_ttl_ms`,
+    // so a row put back from another tier keeps its remaining time.
+    async fn compare_and_set(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        record: &StoredRecord,
+        _ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let row = Row::of(id.as_str(), record)?;
+        let written = if expected == 0 {
+            self.bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(CREATE).await.map_err(pg)?;
+                let written = db
+                    .execute(
+                        &statement,
+                        &[&row.id, &row.version, &row.status, &row.created_at, &row.updated_at, &row.expires_at, &row.record],
+                    )
+                    .await
+                    .map_err(pg)?;
+                db.done();
+                Ok(written)
+            })
+            .await?
+        } else {
+            // A version beyond bigint cannot be stored, so it matches no row.
+            let Ok(expected) = i64::try_from(expected) else { return Ok(false) };
+            self.bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(REPLACE).await.map_err(pg)?;
+                let written = db
+                    .execute(
+                        &statement,
+                        &[
+                            &row.id, &row.version, &row.status, &row.created_at, &row.updated_at, &row.expires_at,
+                            &row.record, &expected,
+                        ],
+                    )
+                    .await
+                    .map_err(pg)?;
+                db.done();
+                Ok(written)
+            })
+            .await?
+        };
+        Ok(written == 1)
+    }
+
+    async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
+        let Ok(expected) = i64::try_from(expected) else { return Ok(false) };
+        let deleted = self
+            .bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(COMPARE_AND_DELETE).await.map_err(pg)?;
+                let deleted = db.execute(&statement, &[&id.as_str(), &expected]).await.map_err(pg)?;
+                db.done();
+                Ok(deleted)
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
+        self.bounded(async {
+            let db = self.session().await?;
+            let statement = db.prepare_cached(DELETE).await.map_err(pg)?;
+            let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
+            db.done();
+            // An expired row is gone now too, but there was no record to delete.
+            Ok(row.is_some_and(|row| row.get::<_, bool>(0)))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<Duration, StoreError> {
+        PostgresStore::ping(self).await
+    }
+}
