@@ -387,3 +387,29 @@ async fn sigterm_flushes_the_backlog_before_exiting() {
     let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
 }
+
+/// Redis restarts between two requests (too fast for the breaker to see):
+/// updates acknowledged but not yet flushed are still served, from this
+/// instance's backlog, not the older PostgreSQL version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_redis_restart_does_not_roll_back_unflushed_updates() {
+    let mut redis = OwnRedis::start();
+    let db = TestDatabase::create().await;
+    let app = spawn_app_with(Backend::Redis, |s| {
+        quick(s, redis.url(), db.url().into());
+        s.persist_interval_seconds = 300;
+    })
+    .await;
+    durable_ready(&app, db.url()).await;
+    app.put_ok("quick", &json!({"status": "running"})).await;
+    for n in 1..=3 {
+        app.patch_ok("quick", &json!({"current": n})).await;
+    }
+    assert_eq!(durable_versions(db.url()).await.get("quick"), Some(&1), "only the create is persisted");
+    redis.stop();
+    redis.start_again();
+    let r = record(&app, "quick").await.expect("readable");
+    assert_eq!((r["version"].as_u64(), r["current"].as_u64()), (Some(4), Some(3)));
+    let r = app.patch_ok("quick", &json!({"current": 4})).await;
+    assert_eq!(r["version"], 5, "the next write builds on the latest version");
+}

@@ -302,9 +302,10 @@ impl ProgressStore for TieredStore {
                 Err(corrupt) => return Err(corrupt),
             }
         }
-        // Redis is down or missed: PostgreSQL, and while Redis is down our
-        // own newer writes that PostgreSQL has not seen yet.
-        let pending = if hot_missed { None } else { self.backlog.pending(id) };
+        // Redis is down or missed: PostgreSQL, and our own newer writes that
+        // PostgreSQL has not seen yet (Redis may have lost them: a restart
+        // between two requests need not open the breaker).
+        let pending = self.backlog.pending(id);
         let durable = match self.durable_get(id).await {
             Ok(found) => found,
             Err(_) if hot_missed => return Ok(None),
