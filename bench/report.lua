@@ -3,6 +3,8 @@
 -- wrk calls done() once, after the run, in its main Lua state. It prints one
 -- machine-readable line that bench/run.sh parses, so nothing depends on the
 -- layout of wrk's human-readable text. Latencies are in microseconds.
+-- Consumers read the line as key=value pairs, so keys may be added at the
+-- end (p999_us, the 99.9th percentile, is used by bench/degraded.sh).
 --
 --   errors.status counts responses with a status of 400 or more (wrk's
 --   "Non-2xx or 3xx responses"); connect/read/write/timeout are socket errors.
@@ -14,11 +16,12 @@ function done(summary, latency, requests)
   if seconds > 0 then rps = summary.requests / seconds end
   io.write(string.format(
     "BENCH_RESULT requests=%d duration_us=%d rps=%.1f p50_us=%d p90_us=%d p99_us=%d max_us=%d bytes=%d"
-      .. " connect=%d read=%d write=%d timeout=%d status=%d\n",
+      .. " connect=%d read=%d write=%d timeout=%d status=%d p999_us=%d\n",
     summary.requests, summary.duration, rps,
     math.floor(latency:percentile(50)), math.floor(latency:percentile(90)),
     math.floor(latency:percentile(99)), math.floor(latency.max),
-    summary.bytes, e.connect, e.read, e.write, e.timeout, e.status))
+    summary.bytes, e.connect, e.read, e.write, e.timeout, e.status,
+    math.floor(latency:percentile(99.9))))
 end
 
 -- Spreads a write scenario over `ids` records so that writes seldom contend

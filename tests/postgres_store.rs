@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::postgres::{free_port, OwnPostgres, TestDatabase};
 use progressd::domain::{apply_write, ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy};
-use progressd::store::{PostgresStore, PostgresStoreConfig, ProgressStore, StoreError};
+use progressd::store::{DurableRow, PostgresStore, PostgresStoreConfig, ProgressStore, StoreError};
 use serde_json::{json, Value};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -182,7 +182,7 @@ async fn stored_bytes_round_trip_exactly() {
     // The same through the batch upsert and the scan.
     assert_eq!(store.upsert_newer(&[(id("exact2"), written.clone())]).await.unwrap(), 1);
     let scanned = store.updated_since(Timestamp(0), 10).await.unwrap();
-    assert!(scanned.iter().all(|(_, r)| r.raw() == written.raw()));
+    assert!(scanned.iter().all(|(_, row, _)| matches!(row, DurableRow::Live(r) if r.raw() == written.raw())));
 }
 
 #[tokio::test]
@@ -240,13 +240,13 @@ async fn updated_since_lists_live_records_oldest_first() {
         (id("gone"), expired("gone", 1)),
     ];
     assert_eq!(store.upsert_newer(&batch).await.unwrap(), 5);
-    let names = |rows: Vec<(ProgressId, StoredRecord)>| rows.iter().map(|(i, _)| i.as_str().to_owned()).collect::<Vec<_>>();
+    let names = |rows: Vec<(ProgressId, DurableRow, Timestamp)>| rows.iter().map(|(i, _, _)| i.as_str().to_owned()).collect::<Vec<_>>();
     assert_eq!(names(store.updated_since(Timestamp(0), 100).await.unwrap()), ["t0", "t1", "t2", "t3"]);
     assert_eq!(names(store.updated_since(Timestamp(now - 3_000), 100).await.unwrap()), ["t1", "t2", "t3"], "inclusive");
     assert_eq!(names(store.updated_since(Timestamp(now - 3_000), 2).await.unwrap()), ["t1", "t2"]);
     assert!(store.updated_since(Timestamp(now), 100).await.unwrap().is_empty());
-    let (_, first) = &store.updated_since(Timestamp(0), 1).await.unwrap()[0];
-    assert_eq!(first.raw(), batch[1].1.raw());
+    let (_, first, _) = &store.updated_since(Timestamp(0), 1).await.unwrap()[0];
+    assert!(matches!(first, DurableRow::Live(r) if r.raw() == batch[1].1.raw()));
 }
 
 #[tokio::test]

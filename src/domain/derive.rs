@@ -30,6 +30,10 @@ pub struct RecordMeta {
     /// Milliseconds since the epoch when the record expires (`expires_at`).
     #[serde(default)]
     pub x: i64,
+    /// Milliseconds since the epoch when the record was created: tells two
+    /// incarnations of one id apart (a record deleted, then created again).
+    #[serde(default)]
+    pub c: i64,
     /// Whether the status is terminal: such writes are persisted at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub d: bool,
@@ -133,7 +137,14 @@ pub fn apply_write(
     };
     let stall_at = if status == Status::Running { now.millis().saturating_add(policy.heartbeat_ms) } else { 0 };
     let expires_at = record.expires_at.millis();
-    let meta = RecordMeta { v: version, s: stall_at, x: expires_at, d: status.is_terminal(), e: sample };
+    let meta = RecordMeta {
+        v: version,
+        s: stall_at,
+        x: expires_at,
+        c: record.created_at.millis(),
+        d: status.is_terminal(),
+        e: sample,
+    };
     (record, meta)
 }
 

@@ -55,6 +55,12 @@ impl StoredRecord {
         self.meta.v
     }
 
+    /// Which is newer across incarnations: a later `created_at` wins, then
+    /// the higher version.
+    pub fn recency(&self) -> (i64, u64) {
+        (self.meta.c, self.meta.v)
+    }
+
     /// Server state kept beside the record.
     pub fn meta(&self) -> &RecordMeta {
         &self.meta

@@ -23,7 +23,7 @@ pub use self::tiered::{HotTier, TieredConfig, TieredStore};
 pub use self::write_behind::{PendingWrite, WriteBehind};
 pub use self::cached::{spawn_change_listener, CacheConfig, CachedStore};
 pub use self::memory::MemoryStore;
-pub use self::postgres::{PostgresStore, PostgresStoreConfig};
+pub use self::postgres::{DurableRow, PostgresStore, PostgresStoreConfig};
 pub use self::redis::{RedisStore, RedisStoreConfig};
 
 /// Why a store could not answer.

@@ -47,7 +47,10 @@ const MIGRATION_LOCK: i64 = 0x7072_6f67_7265_7373;
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The live record, if any.
-const GET: &str = "SELECT record FROM progress WHERE id = $1 AND expires_at > now()";
+const GET: &str = "SELECT record FROM progress WHERE id = $1 AND expires_at > now() AND NOT deleted";
+
+/// The row whatever its state: live, a tombstone, or expired.
+const LOOKUP: &str = "SELECT record, deleted, created_at FROM progress WHERE id = $1 AND expires_at > now()";
 
 /// A create: inserts, or overwrites a row that is there but expired (which
 /// counts as absent). No row is affected when a live one exists.
@@ -56,14 +59,15 @@ INSERT INTO progress (id, version, status, created_at, updated_at, expires_at, r
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (id) DO UPDATE SET
     version = EXCLUDED.version, status = EXCLUDED.status, created_at = EXCLUDED.created_at,
-    updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at, record = EXCLUDED.record
-WHERE progress.expires_at <= now()";
+    updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at, record = EXCLUDED.record,
+    deleted = false
+WHERE progress.expires_at <= now() OR progress.deleted";
 
 /// An update of the live row whose version is `$8`.
 const REPLACE: &str = "
 UPDATE progress SET
     version = $2, status = $3, created_at = $4, updated_at = $5, expires_at = $6, record = $7
-WHERE id = $1 AND version = $8 AND expires_at > now()";
+WHERE id = $1 AND version = $8 AND expires_at > now() AND NOT deleted";
 
 /// The version-guarded batch upsert of the write-behind flush. A row is
 /// written when its id is absent, stored with a lower version, or expired
@@ -77,22 +81,36 @@ SELECT * FROM UNNEST(
 ) ORDER BY 1
 ON CONFLICT (id) DO UPDATE SET
     version = EXCLUDED.version, status = EXCLUDED.status, created_at = EXCLUDED.created_at,
-    updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at, record = EXCLUDED.record
-WHERE progress.version < EXCLUDED.version OR progress.expires_at <= now()";
+    updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at, record = EXCLUDED.record,
+    deleted = false
+WHERE (progress.created_at, progress.version) < (EXCLUDED.created_at, EXCLUDED.version)
+   OR progress.expires_at <= now()";
 
 /// Live records written at or after `$1`, oldest first (ties by id, so that
 /// the order is stable), at most `$2`.
 const UPDATED_SINCE: &str = "
-SELECT id, record FROM progress
+SELECT id, record, deleted, created_at, updated_at FROM progress
 WHERE updated_at >= $1 AND expires_at > now()
 ORDER BY updated_at, id
 LIMIT $2";
 
-/// Removes the live row with version `$2`.
-const COMPARE_AND_DELETE: &str = "DELETE FROM progress WHERE id = $1 AND version = $2 AND expires_at > now()";
+/// Turns the live row with version `$2` into a tombstone.
+const COMPARE_AND_DELETE: &str = "
+UPDATE progress SET deleted = true, version = 9223372036854775807, updated_at = now()
+WHERE id = $1 AND version = $2 AND expires_at > now() AND NOT deleted";
 
-/// Removes the row, live or expired; the answer says whether it was live.
-const DELETE: &str = "DELETE FROM progress WHERE id = $1 RETURNING expires_at > now()";
+/// Turns the row into a tombstone, or writes one when there is no row (the
+/// record may be in another instance's backlog, created while PostgreSQL
+/// was down). The answer says whether a live record was deleted.
+const DELETE: &str = "
+WITH old AS (SELECT expires_at > now() AND NOT deleted AS live FROM progress WHERE id = $1)
+INSERT INTO progress (id, version, status, created_at, updated_at, expires_at, record, deleted)
+VALUES ($1, 9223372036854775807, 'deleted', now(), now(), now() + interval '1 day', ''::bytea, true)
+ON CONFLICT (id) DO UPDATE SET
+    deleted = true, version = 9223372036854775807, updated_at = now(),
+    expires_at = greatest(progress.expires_at, now() + interval '1 day')
+WHERE NOT progress.deleted
+RETURNING (SELECT live FROM old)";
 
 /// How to reach PostgreSQL and how long to wait for it.
 #[derive(Clone)]
@@ -236,8 +254,13 @@ impl PostgresStore {
         .await
     }
 
-    /// Unexpired records with `updated_at >= since`, oldest first, at most `limit`.
-    pub async fn updated_since(&self, since: Timestamp, limit: i64) -> Result<Vec<(ProgressId, StoredRecord)>, StoreError> {
+    /// Unexpired rows (records and tombstones) with `updated_at >= since`,
+    /// oldest first, at most `limit`, with the time of the last one.
+    pub async fn updated_since(
+        &self,
+        since: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<(ProgressId, DurableRow, Timestamp)>, StoreError> {
         let since = system_time(since.millis());
         let rows = self
             .bounded(async {
@@ -252,9 +275,28 @@ impl PostgresStore {
             .map(|row| {
                 let id: &str = row.get(0);
                 let id = ProgressId::parse(id).map_err(|e| CorruptRecord(format!("row id {id:?} is not a valid id: {}", e.0)))?;
-                Ok((id, StoredRecord::decode(Bytes::from(row.get::<_, Vec<u8>>(1)))?))
+                let updated: SystemTime = row.get(4);
+                Ok((id, DurableRow::from_columns(row.get(1), row.get(2), row.get(3))?, millis(updated)))
             })
             .collect()
+    }
+
+    /// The row for `id` as it stands: a live record, a tombstone, or nothing
+    /// (absent or expired).
+    pub async fn lookup(&self, id: &ProgressId) -> Result<DurableRow, StoreError> {
+        let row = self
+            .bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(LOOKUP).await.map_err(pg)?;
+                let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
+                db.done();
+                Ok(row)
+            })
+            .await?;
+        match row {
+            None => Ok(DurableRow::Absent),
+            Some(row) => Ok(DurableRow::from_columns(row.get(0), row.get(1), row.get(2))?),
+        }
     }
 
     /// A pooled connection for one operation.
@@ -300,6 +342,33 @@ impl Drop for Session {
             drop(Object::take(object));
         }
     }
+}
+
+/// What PostgreSQL holds for one id.
+#[derive(Debug, Clone)]
+pub enum DurableRow {
+    /// A record.
+    Live(StoredRecord),
+    /// A tombstone: the incarnation created at `created_at` was deleted.
+    Deleted {
+        /// `created_at` of the deleted record (or of the delete, when there was no row).
+        created_at: Timestamp,
+    },
+    /// Nothing, or only an expired row.
+    Absent,
+}
+
+impl DurableRow {
+    fn from_columns(record: Vec<u8>, deleted: bool, created_at: SystemTime) -> Result<Self, CorruptRecord> {
+        if deleted {
+            return Ok(Self::Deleted { created_at: millis(created_at) });
+        }
+        StoredRecord::decode(Bytes::from(record)).map(Self::Live)
+    }
+}
+
+fn millis(t: SystemTime) -> Timestamp {
+    Timestamp(t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
 }
 
 /// The columns of one row, taken from the stored record.
@@ -491,8 +560,8 @@ impl ProgressStore for PostgresStore {
             let statement = db.prepare_cached(DELETE).await.map_err(pg)?;
             let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
             db.done();
-            // An expired row is gone now too, but there was no record to delete.
-            Ok(row.is_some_and(|row| row.get::<_, bool>(0)))
+            // A tombstone for an expired row or for no row at all: nothing was deleted.
+            Ok(row.is_some_and(|row| row.get::<_, Option<bool>>(0) == Some(true)))
         })
         .await
     }

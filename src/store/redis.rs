@@ -23,17 +23,19 @@ use redis::{AsyncConnectionConfig, RedisError, Script};
 use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
 
 use super::{ProgressStore, StoreError};
-use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
+use crate::domain::{CorruptRecord, ProgressId, StoredRecord, Timestamp};
 
-/// Reads the stored version into `current` (0: absent) from the header
-/// prefix alone, never decoding the document; returns -1 from the script
+/// Reads the stored version into `current` (0: absent) and the creation
+/// time into `created` from the header prefix alone, never decoding the document; returns -1 from the script
 /// when the key holds something that is not ours.
 const READ_VERSION: &str = r#"
-local head = redis.call('GETRANGE', KEYS[1], 0, 31)
+local head = redis.call('GETRANGE', KEYS[1], 0, 127)
 local current = 0
+local created = 0
 if head ~= '' then
   current = tonumber(string.match(head, '^{"v":(%d+)'))
   if current == nil then return -1 end
+  created = tonumber(string.match(head, '"c":(%d+)')) or 0
 end
 "#;
 
@@ -56,13 +58,24 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
 
-/// Stores `ARGV[2]` with TTL `ARGV[3]` ms unless the stored version is
-/// already `ARGV[1]` or newer; announces `ARGV[5]` on channel `ARGV[4]`.
-/// 1 when stored, 0 when Redis already had it.
+/// Stores `ARGV[2]` with TTL `ARGV[3]` ms unless Redis already holds
+/// version `ARGV[1]` of the incarnation created at `ARGV[6]`, or something
+/// newer (a later incarnation, or a higher version of the same one);
+/// announces `ARGV[5]` on channel `ARGV[4]`. 1 when stored, 0 otherwise.
 const PUT_IF_NEWER: &str = r#"
-if current >= tonumber(ARGV[1]) then return 0 end
+local c, v = tonumber(ARGV[6]), tonumber(ARGV[1])
+if current ~= 0 and (created > c or (created == c and current >= v)) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"#;
+
+/// Deletes the key when it holds the incarnation created at `ARGV[1]` or an
+/// older one, and announces `ARGV[3]` on channel `ARGV[2]`. 1 when deleted.
+const DELETE_INCARNATION: &str = r#"
+if current == 0 or created > tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
 
@@ -100,6 +113,7 @@ pub struct RedisStore {
     compare_and_delete: Script,
     delete: Script,
     put_if_newer: Script,
+    delete_incarnation: Script,
     changes_channel: String,
 }
 
@@ -148,6 +162,7 @@ impl RedisStore {
             compare_and_delete: Script::new(&format!("{READ_VERSION}{COMPARE_AND_DELETE}")),
             delete: Script::new(DELETE),
             put_if_newer: Script::new(&format!("{READ_VERSION}{PUT_IF_NEWER}")),
+            delete_incarnation: Script::new(&format!("{READ_VERSION}{DELETE_INCARNATION}")),
             changes_channel: format!("{}progress:changes", config.key_prefix),
         })
     }
@@ -229,8 +244,23 @@ impl RedisStore {
                     .arg(ttl_ms.max(1))
                     .arg(channel)
                     .arg(notice)
+                    .arg(record.meta().c)
                     .invoke_async(&mut conn)
                     .await
+            })
+            .await?;
+        self.script_outcome(id, outcome)
+    }
+
+    /// Deletes the record if Redis holds the incarnation created at
+    /// `created_at` or an older one, never a record created after it: how a
+    /// delete PostgreSQL took while Redis was away reaches Redis.
+    pub async fn delete_incarnation(&self, id: &ProgressId, created_at: Timestamp) -> Result<bool, StoreError> {
+        let key = self.key(id);
+        let (script, channel, notice) = (&self.delete_incarnation, &self.changes_channel, format!("0:{}", id.as_str()));
+        let outcome: i64 = self
+            .run(|mut conn| async move {
+                script.key(&key).arg(created_at.millis()).arg(channel).arg(notice).invoke_async(&mut conn).await
             })
             .await?;
         self.script_outcome(id, outcome)

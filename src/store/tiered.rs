@@ -24,7 +24,7 @@ use async_trait::async_trait;
 
 use super::breaker::{BreakerState, CircuitBreaker};
 use super::write_behind::{PendingWrite, WriteBehind};
-use super::{PostgresStore, ProgressStore, RedisStore, StoreError};
+use super::{DurableRow, PostgresStore, ProgressStore, RedisStore, StoreError};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 
 /// Most records written to PostgreSQL in one statement.
@@ -62,8 +62,6 @@ pub struct TieredStore {
     /// Compare-and-sets running against PostgreSQL because Redis is down;
     /// recovery waits for them before its final copy-back.
     durable_writes_in_flight: AtomicUsize,
-    /// Deleted from PostgreSQL while Redis was down; deleted from Redis on recovery.
-    deleted_during_outage: std::sync::Mutex<Vec<ProgressId>>,
 }
 
 impl TieredStore {
@@ -79,7 +77,6 @@ impl TieredStore {
             backlog: WriteBehind::default(),
             config,
             durable_writes_in_flight: AtomicUsize::new(0),
-            deleted_during_outage: Default::default(),
         });
         tokio::spawn(probe_durable(Arc::downgrade(&store)));
         if store.hot.is_some() {
@@ -114,11 +111,11 @@ impl TieredStore {
         result
     }
 
-    async fn durable_get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+    async fn durable_lookup(&self, id: &ProgressId) -> Result<DurableRow, StoreError> {
         if !self.durable_breaker.allows() {
             return Err(unavailable("postgres", "circuit breaker open"));
         }
-        Self::observe(&self.durable_breaker, self.durable.get(id).await)
+        Self::observe(&self.durable_breaker, self.durable.lookup(id).await)
     }
 
     /// Persists an acknowledged hot-tier write: at once when it matters
@@ -167,22 +164,30 @@ impl TieredStore {
         }
     }
 
-    /// Copies records PostgreSQL took since `since` into Redis, never over a
-    /// newer version. Returns the time the copy started (for a second pass).
+    /// Copies what PostgreSQL took since `since` into Redis: records (never
+    /// over a newer one) and deletes (never of a record created after the
+    /// delete). Returns the time the copy started, for a second pass.
     async fn copy_back_since(&self, hot: &HotTier, since: Timestamp) -> Result<Timestamp, StoreError> {
         let started = Timestamp::now();
         let mut from = since;
         loop {
             let page = self.durable.updated_since(from, REPAIR_PAGE).await?;
-            let full = page.len() as i64 == REPAIR_PAGE;
-            for (id, record) in &page {
-                let ttl = record.meta().x - Timestamp::now().millis();
-                if ttl > 0 {
-                    hot.redis.put_if_newer(id, record, ttl).await?;
+            for (id, row, _) in &page {
+                match row {
+                    DurableRow::Live(record) => {
+                        let ttl = record.meta().x - Timestamp::now().millis();
+                        if ttl > 0 {
+                            hot.redis.put_if_newer(id, record, ttl).await?;
+                        }
+                    }
+                    DurableRow::Deleted { created_at } => {
+                        hot.redis.delete_incarnation(id, *created_at).await?;
+                    }
+                    DurableRow::Absent => {}
                 }
             }
-            match page.last().map(|(_, r)| r.record()) {
-                Some(Ok(last)) if full && last.updated_at > from => from = last.updated_at,
+            match page.last() {
+                Some((_, _, updated)) if page.len() as i64 == REPAIR_PAGE && *updated > from => from = *updated,
                 _ => return Ok(started),
             }
         }
@@ -195,13 +200,6 @@ impl TieredStore {
         // A second of slack for clocks of other instances.
         let outage_began = self.hot_breaker.opened_at().plus_millis(-1000);
         let first_pass = self.copy_back_since(hot, outage_began).await?;
-        let deleted: Vec<ProgressId> = std::mem::take(&mut *self.deleted_during_outage.lock().unwrap_or_else(|p| p.into_inner()));
-        for id in &deleted {
-            if let Err(e) = hot.redis.delete(id).await {
-                self.deleted_during_outage.lock().unwrap_or_else(|p| p.into_inner()).extend(deleted.iter().cloned());
-                return Err(e);
-            }
-        }
         self.hot_breaker.half_open();
         while self.durable_writes_in_flight.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -306,16 +304,19 @@ impl ProgressStore for TieredStore {
         // PostgreSQL has not seen yet (Redis may have lost them: a restart
         // between two requests need not open the breaker).
         let pending = self.backlog.pending(id);
-        let durable = match self.durable_get(id).await {
+        let durable = match self.durable_lookup(id).await {
             Ok(found) => found,
             Err(_) if hot_missed => return Ok(None),
             Err(e) => return Err(e),
         };
         let newest = match (pending, durable) {
             (Some(PendingWrite::Delete), _) => None,
-            (Some(PendingWrite::Upsert(mine)), Some(theirs)) if theirs.version() > mine.version() => Some(theirs),
+            (Some(PendingWrite::Upsert(mine)), DurableRow::Live(theirs)) if theirs.recency() > mine.recency() => Some(theirs),
+            // Deleted (by any instance) after the incarnation we hold was created.
+            (Some(PendingWrite::Upsert(mine)), DurableRow::Deleted { created_at }) if created_at.millis() >= mine.meta().c => None,
             (Some(PendingWrite::Upsert(mine)), _) => Some(mine).filter(|r| r.meta().x > Timestamp::now().millis()),
-            (None, found) => found,
+            (None, DurableRow::Live(found)) => Some(found),
+            (None, _) => None,
         };
         if let (true, Some(hot), Some(record)) = (hot_missed, self.hot.as_ref(), &newest) {
             // Read repair: back into Redis with what is left of its TTL.
@@ -384,8 +385,10 @@ impl ProgressStore for TieredStore {
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         if let Some(hot) = self.hot_usable() {
-            let in_hot = Self::observe(&self.hot_breaker, hot.store.delete(id).await)?;
+            // The tombstone first: a reader that misses Redis in between must
+            // find the record deleted, not bring it back from a backlog.
             let in_durable = self.delete_durable(id).await;
+            let in_hot = Self::observe(&self.hot_breaker, hot.store.delete(id).await)?;
             return Ok(in_hot || in_durable);
         }
         if !self.durable_breaker.allows() {
@@ -429,14 +432,10 @@ impl ProgressStore for TieredStore {
 }
 
 impl TieredStore {
-    /// A record deleted from PostgreSQL while Redis is down: drop its
-    /// pending write, and remember to delete it from Redis on recovery
-    /// (Redis may still hold it).
+    /// A record deleted from PostgreSQL while Redis is down: its pending
+    /// write is void. (Its tombstone reaches Redis on recovery.)
     fn forget_during_outage(&self, id: &ProgressId) {
         self.backlog.supersede(id, u64::MAX);
-        if self.hot.is_some() {
-            self.deleted_during_outage.lock().unwrap_or_else(|p| p.into_inner()).push(id.clone());
-        }
     }
 
     /// Removes the PostgreSQL row now, or queues the removal; true when a
