@@ -72,6 +72,18 @@ pub struct Settings {
     pub breaker_failures: u32,
     /// How often an open breaker probes its store (`PROGRESS_BREAKER_PROBE_MS`).
     pub breaker_probe_ms: u64,
+    /// Bearer tokens for PUT/PATCH/DELETE (`PROGRESS_WRITE_TOKENS`, comma-separated); empty: no auth.
+    pub write_tokens: Vec<String>,
+    /// Bearer tokens for reads (`PROGRESS_READ_TOKENS`, comma-separated); empty: reads are open.
+    pub read_tokens: Vec<String>,
+    /// Bearer token of the admin routes and listing (`PROGRESS_ADMIN_TOKEN`); unset: admin routes refuse everything.
+    pub admin_token: Option<String>,
+    /// Origins allowed to call from a browser (`PROGRESS_CORS_ORIGINS`, comma-separated, or `*`); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Longest a request may take, except long-polls and event streams (`PROGRESS_REQUEST_TIMEOUT_SECONDS`).
+    pub request_timeout_seconds: u64,
+    /// How often expired data is purged in the background (`PROGRESS_CLEANUP_INTERVAL_SECONDS`).
+    pub cleanup_interval_seconds: u64,
     /// Longest a cached read is served without asking Redis; 0 turns the cache off (`PROGRESS_CACHE_MAX_AGE_MS`).
     pub cache_max_age_ms: u64,
     /// Most records held in the read cache (`PROGRESS_CACHE_MAX_ENTRIES`).
@@ -113,6 +125,12 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("persist_interval_seconds", Some("10"), "updates reach PostgreSQL within this many seconds"),
     ("breaker_failures", Some("3"), "consecutive failures that open a store's circuit breaker"),
     ("breaker_probe_ms", Some("500"), "how often an open circuit breaker probes its store"),
+    ("write_tokens", Some(""), "bearer tokens for PUT/PATCH/DELETE, comma-separated; empty: writes are open"),
+    ("read_tokens", Some(""), "bearer tokens for GET, comma-separated; empty: reads are open"),
+    ("admin_token", None, "bearer token of the admin routes and listing; unset: admin routes refuse every request"),
+    ("cors_origins", Some(""), "origins browsers may call from, comma-separated, or *; empty: none"),
+    ("request_timeout_seconds", Some("30"), "longest a request may take (long-polls and event streams excepted)"),
+    ("cleanup_interval_seconds", Some("300"), "how often expired data is purged in the background"),
     ("cache_max_age_ms", Some("2000"), "longest a cached read is served without asking Redis; 0 turns the cache off"),
     ("cache_max_entries", Some("100000"), "most records held in the read cache"),
     ("log_format", Some("pretty"), "pretty or json"),
@@ -200,6 +218,12 @@ impl Settings {
             persist_interval_seconds: typed("persist_interval_seconds", &parse("persist_interval_seconds")?, "a whole number of seconds")?,
             breaker_failures: typed("breaker_failures", &parse("breaker_failures")?, "a whole number")?,
             breaker_probe_ms: typed("breaker_probe_ms", &parse("breaker_probe_ms")?, "a whole number of milliseconds")?,
+            write_tokens: list(&parse("write_tokens")?),
+            read_tokens: list(&parse("read_tokens")?),
+            admin_token: read("admin_token")?.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+            cors_origins: list(&parse("cors_origins")?),
+            request_timeout_seconds: typed("request_timeout_seconds", &parse("request_timeout_seconds")?, "a whole number of seconds")?,
+            cleanup_interval_seconds: typed("cleanup_interval_seconds", &parse("cleanup_interval_seconds")?, "a whole number of seconds")?,
             cache_max_age_ms: typed("cache_max_age_ms", &parse("cache_max_age_ms")?, "a whole number of milliseconds")?,
             cache_max_entries: typed("cache_max_entries", &parse("cache_max_entries")?, "a whole number")?,
             log_format: typed("log_format", &parse("log_format")?, "pretty or json")?,
@@ -247,6 +271,12 @@ impl Settings {
         if self.persist_interval_seconds == 0 {
             return bad("persist_interval_seconds", "must be at least 1".into());
         }
+        if self.request_timeout_seconds == 0 {
+            return bad("request_timeout_seconds", "must be at least 1".into());
+        }
+        if self.cleanup_interval_seconds == 0 {
+            return bad("cleanup_interval_seconds", "must be at least 1".into());
+        }
         if self.breaker_failures == 0 {
             return bad("breaker_failures", "must be at least 1".into());
         }
@@ -277,6 +307,11 @@ impl Settings {
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
     }
+}
+
+/// A comma-separated list, blanks dropped.
+fn list(raw: &str) -> Vec<String> {
+    raw.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
 }
 
 fn typed<T: FromStr>(key: &str, raw: &str, expected: &str) -> Result<T, SettingsError> {
@@ -319,6 +354,12 @@ impl fmt::Debug for Settings {
             .field("persist_interval_seconds", &self.persist_interval_seconds)
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_probe_ms", &self.breaker_probe_ms)
+            .field("write_tokens", &format!("{} token(s)", self.write_tokens.len()))
+            .field("read_tokens", &format!("{} token(s)", self.read_tokens.len()))
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "****"))
+            .field("cors_origins", &self.cors_origins)
+            .field("request_timeout_seconds", &self.request_timeout_seconds)
+            .field("cleanup_interval_seconds", &self.cleanup_interval_seconds)
             .field("cache_max_age_ms", &self.cache_max_age_ms)
             .field("cache_max_entries", &self.cache_max_entries)
             .field("log_format", &self.log_format)
