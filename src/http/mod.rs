@@ -36,33 +36,48 @@ pub struct AppState {
     pub limits: BodyLimits,
 }
 
+/// Who may call a route (see `PROGRESS_*_TOKENS` in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: health and metrics.
+    Public,
+    /// A read token when read tokens are configured (write and admin tokens also read).
+    Read,
+    /// A write token when write tokens are configured (the admin token also writes).
+    Write,
+    /// The admin token; refused entirely when none is configured.
+    Admin,
+}
+
 /// One row of the route table.
 pub struct Route {
     /// HTTP method.
     pub method: Method,
     /// Path pattern as axum writes it (`/progress/{id}`).
     pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
     handler: MethodRouter<AppState>,
 }
 
-fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
 where
     H: Handler<T, AppState>,
     T: 'static,
 {
     let filter = MethodFilter::try_from(method.clone()).expect("standard methods have filters");
-    Route { method, path, handler: on(filter, handler) }
+    Route { method, path, access, handler: on(filter, handler) }
 }
 
 /// Every route the service answers. The router is built from this table,
 /// and a test checks each row against `openapi.yaml`.
 pub fn routes() -> Vec<Route> {
     vec![
-        route(Method::GET, "/healthz", healthz),
-        route(Method::GET, "/progress/{id}", progress::get),
-        route(Method::PUT, "/progress/{id}", progress::put),
-        route(Method::PATCH, "/progress/{id}", progress::patch),
-        route(Method::DELETE, "/progress/{id}", progress::delete),
+        route(Method::GET, "/healthz", Access::Public, healthz),
+        route(Method::GET, "/progress/{id}", Access::Read, progress::get),
+        route(Method::PUT, "/progress/{id}", Access::Write, progress::put),
+        route(Method::PATCH, "/progress/{id}", Access::Write, progress::patch),
+        route(Method::DELETE, "/progress/{id}", Access::Write, progress::delete),
     ]
 }
 
