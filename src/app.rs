@@ -9,7 +9,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::domain::WritePolicy;
-use crate::http::{self, AppState, BodyLimits};
+use crate::http::{self, AccessTokens, AppState, BodyLimits, LayerSettings};
 use crate::service::ProgressService;
 use crate::settings::{redact_url, Settings};
 use crate::store::{
@@ -80,7 +80,7 @@ fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<HotTier> {
     );
     tracing::info!(redis = %redact_url(url), key_prefix = %settings.key_prefix, "hot tier: Redis");
     if settings.cache_max_age_ms == 0 {
-        return Ok(HotTier { store: redis.clone(), redis });
+        return Ok(HotTier { store: redis.clone(), redis, cache: None });
     }
     let client = redis::Client::open(url).map_err(|e| invalid(&e))?;
     let cached = Arc::new(CachedStore::new(
@@ -91,7 +91,7 @@ fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<HotTier> {
         },
     ));
     spawn_change_listener(client, redis.changes_channel().to_owned(), &cached, settings.redis_timeout());
-    Ok(HotTier { store: cached, redis })
+    Ok(HotTier { store: cached.clone(), redis, cache: Some(cached) })
 }
 
 /// The application router over `store`.
@@ -103,6 +103,8 @@ pub fn build_router(settings: &Settings, store: Arc<dyn ProgressStore>) -> Route
     let state = AppState {
         service: ProgressService::new(store, policy, settings.max_ttl_seconds),
         limits: BodyLimits { max_body_bytes: settings.max_body_bytes, max_json_depth: settings.max_json_depth },
+        tokens: Arc::new(AccessTokens::from_settings(settings)),
+        layers: LayerSettings::from_settings(settings),
     };
     http::router(state)
 }
@@ -115,6 +117,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = build_store(&settings)?;
+    // Stops by itself once the store is dropped, after the server below.
+    crate::store::spawn_cleanup(&store, Duration::from_secs(settings.cleanup_interval_seconds));
     let app = build_router(&settings, store.clone());
     tracing::info!(address = %listener.local_addr()?, "progressd listening");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;

@@ -18,6 +18,12 @@ pub enum Error {
     /// A conditional header that cannot be parsed (400 `invalid_header`).
     #[error("{0}")]
     InvalidHeader(String),
+    /// A query parameter that is unknown, repeated or cannot be parsed (400 `invalid_query`).
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// A bulk delete without any filter (400 `filter_required`).
+    #[error("a bulk delete needs at least one filter: status, prefix or older_than")]
+    FilterRequired,
     /// Content-Type is not JSON (415 `unsupported_media_type`).
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -30,6 +36,15 @@ pub enum Error {
     /// JSON that breaks a record rule (422 `validation_failed`).
     #[error(transparent)]
     Validation(#[from] ValidationError),
+    /// No bearer token, or one that is not valid for the route (401 `unauthorized`).
+    #[error("{}", unauthorized_detail(.presented))]
+    Unauthorized {
+        /// Whether the request carried an `Authorization` header at all.
+        presented: bool,
+    },
+    /// An admin route while `PROGRESS_ADMIN_TOKEN` is unset (403 `admin_disabled`).
+    #[error("admin routes are disabled: PROGRESS_ADMIN_TOKEN is unset")]
+    AdminDisabled,
     /// No such record or route (404 `not_found`).
     #[error("{0}")]
     NotFound(String),
@@ -52,12 +67,27 @@ pub enum Error {
     /// Too many writers raced for one record (503 `write_contention`).
     #[error("too many concurrent writes to this record; retry")]
     WriteContention,
+    /// The request took longer than `PROGRESS_REQUEST_TIMEOUT_SECONDS` (503 `request_timeout`).
+    #[error("the request did not finish within {seconds} s; a write may or may not have been applied")]
+    RequestTimeout {
+        /// The limit that was exceeded.
+        seconds: u64,
+    },
     /// No tier can serve the request (503 `storage_unavailable`).
     #[error("storage is unavailable; retry shortly")]
     StorageUnavailable(#[source] StoreError),
     /// A bug or corrupt data; details only in the log (500 `internal`).
     #[error("internal error")]
     Internal(String),
+}
+
+/// The detail of a 401: never says which tokens exist.
+fn unauthorized_detail(presented: &bool) -> &'static str {
+    if *presented {
+        "the bearer token is not valid for this route"
+    } else {
+        "this route needs a bearer token: send Authorization: Bearer <token>"
+    }
 }
 
 impl From<StoreError> for Error {
@@ -76,14 +106,19 @@ impl Error {
             Error::InvalidId(_) => "invalid_id",
             Error::InvalidBody(_) => "invalid_body",
             Error::InvalidHeader(_) => "invalid_header",
+            Error::InvalidQuery(_) => "invalid_query",
+            Error::FilterRequired => "filter_required",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::Validation(_) => "validation_failed",
+            Error::Unauthorized { .. } => "unauthorized",
+            Error::AdminDisabled => "admin_disabled",
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::ConflictTerminal { .. } => "conflict_terminal",
             Error::PreconditionFailed(_) => "precondition_failed",
             Error::WriteContention => "write_contention",
+            Error::RequestTimeout { .. } => "request_timeout",
             Error::StorageUnavailable(_) => "storage_unavailable",
             Error::Internal(_) => "internal",
         }

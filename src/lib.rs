@@ -4,10 +4,13 @@
 //!
 //! - [`settings`]: typed configuration (defaults < `progressd.toml` < environment).
 //! - [`app`]: picks the store, builds the router, runs the server until shutdown.
-//! - [`http`]: the route table, extractors, handlers, and errors as problem+json.
+//! - [`http`]: the route table, bearer-token access per route, the outer
+//!   layers (CORS, request ids, compression, timeout), extractors,
+//!   handlers, and errors as problem+json.
 //! - [`service`]: the operations (read, the atomic write loop, delete), free of HTTP.
 //! - [`domain`]: ids, the record, validation, merge patch, derived fields; no I/O.
 //! - [`store`]: one trait, one implementation per tier (memory, Redis).
+//! - [`metrics`]: Prometheus metrics: the recorder, the HTTP layer, what the stores count.
 //! - [`error`]: the one error type of the request path, each variant a stable code.
 //!
 //! `main.rs` only loads settings, sets up logging, binds and calls [`run`],
@@ -18,6 +21,7 @@ pub mod domain;
 pub mod error;
 pub mod healthcheck;
 pub mod http;
+pub mod metrics;
 pub mod service;
 pub mod settings;
 pub mod store;

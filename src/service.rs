@@ -85,15 +85,25 @@ impl ProgressService {
     /// Removes the record; `false` when there was none. With `If-Match`,
     /// only the version it names is removed.
     pub async fn delete(&self, id: &ProgressId, if_match: Option<&IfMatch>) -> Result<bool, Error> {
-        let Some(condition) = if_match else { return Ok(self.store.delete(id).await?) };
+        let Some(condition) = if_match else { return self.delete_unconditionally(id).await };
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let version = self.store.get(id).await?.map(|s| s.version());
             check_if_match(version, Some(condition))?;
             if self.store.compare_and_delete(id, version.unwrap_or(0)).await? {
+                crate::metrics::records_deleted(1);
                 return Ok(true);
             }
         }
         Err(Error::WriteContention)
+    }
+
+    /// Removes the record whatever its version.
+    async fn delete_unconditionally(&self, id: &ProgressId) -> Result<bool, Error> {
+        let deleted = self.store.delete(id).await?;
+        if deleted {
+            crate::metrics::records_deleted(1);
+        }
+        Ok(deleted)
     }
 
     /// Applies a PUT or PATCH atomically under the request's preconditions.
@@ -107,7 +117,7 @@ impl ProgressService {
                 None
             }
         };
-        for _ in 0..MAX_WRITE_ATTEMPTS {
+        for attempt in 0..MAX_WRITE_ATTEMPTS {
             let current = self.store.get(id).await?;
             let prev = current
                 .as_ref()
@@ -139,9 +149,14 @@ impl ProgressService {
             let stored = StoredRecord::encode(&meta, &record);
             let expected = current.as_ref().map_or(0, StoredRecord::version);
             if self.store.compare_and_set(id, expected, &stored, ttl_ms(record.ttl_seconds)).await? {
+                crate::metrics::record_written(current.is_none());
                 return Ok(Written { record: stored, created: current.is_none() });
             }
-            tokio::task::yield_now().await;
+            // Lost a race: back off a random while (growing with each loss)
+            // so that many writers of one record take turns instead of
+            // retrying in lock-step; cheap on Redis, vital on PostgreSQL.
+            let ceiling_ms = 1u64 << attempt.min(5);
+            tokio::time::sleep(std::time::Duration::from_micros(fastrand::u64(0..ceiling_ms * 1000))).await;
         }
         Err(Error::WriteContention)
     }

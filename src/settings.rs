@@ -274,6 +274,9 @@ impl Settings {
         if self.request_timeout_seconds == 0 {
             return bad("request_timeout_seconds", "must be at least 1".into());
         }
+        if let Some(origin) = self.cors_origins.iter().find(|o| *o != "*" && !is_origin(o)) {
+            return bad("cors_origins", format!("{origin:?} is not an origin such as https://app.example.com (scheme and host, optional port, no path)"));
+        }
         if self.cleanup_interval_seconds == 0 {
             return bad("cleanup_interval_seconds", "must be at least 1".into());
         }
@@ -307,6 +310,15 @@ impl Settings {
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
     }
+}
+
+/// `scheme://host[:port]` as browsers send it in `Origin`: no path, no trailing slash.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, host)) = origin.split_once("://") else { return false };
+    !scheme.is_empty()
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 /// A comma-separated list, blanks dropped.
@@ -412,6 +424,16 @@ mod tests {
         let p = path.to_str().unwrap();
         let s = Settings::from_env(env(&[("PROGRESS_CONFIG", p), ("PROGRESS_HEARTBEAT_SECONDS", "7")])).unwrap();
         assert_eq!((s.ttl_seconds, s.heartbeat_seconds), (120, 7));
+    }
+
+    #[test]
+    fn cors_origins_are_origins() {
+        let s = Settings::from_env_without_file(env(&[("PROGRESS_CORS_ORIGINS", "https://a.example, http://localhost:3000,*")])).unwrap();
+        assert_eq!(s.cors_origins, ["https://a.example", "http://localhost:3000", "*"]);
+        for bad in ["a.example", "https://a.example/", "https://a.example/app", "https://"] {
+            let e = Settings::from_env_without_file(env(&[("PROGRESS_CORS_ORIGINS", bad)])).unwrap_err();
+            assert_eq!(e.variable, "PROGRESS_CORS_ORIGINS", "{bad}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use progressd::domain::{Status, ValidationError};
+use progressd::http::Access;
 use progressd::error::Error;
 use progressd::store::{MemoryStore, StoreError};
 use progressd::Settings;
@@ -149,7 +150,9 @@ fn every_operation_declares_responses_with_the_right_media_types() {
             let code: u16 = status.parse().unwrap_or_else(|_| panic!("{method} {path}: status {status}"));
             assert!(response["description"].is_string(), "{method} {path} {status}: description");
             let content = keys(&response["content"]);
-            if code >= 400 {
+            // Readiness answers its 503 with the same report as its 200, for load balancers and people alike.
+            let readiness_report = path == "/readyz" && code == 503;
+            if code >= 400 && !readiness_report {
                 assert_eq!(
                     content,
                     BTreeSet::from(["application/problem+json".to_owned()]),
@@ -178,6 +181,36 @@ fn every_operation_declares_responses_with_the_right_media_types() {
     }
 }
 
+#[test]
+fn security_follows_the_access_class_of_each_route() {
+    let scheme = doc().pointer("/components/securitySchemes/bearerAuth").expect("a bearerAuth scheme");
+    assert_eq!((&scheme["type"], &scheme["scheme"]), (&json!("http"), &json!("bearer")));
+    for route in progressd::http::routes() {
+        let method = route.method.as_str().to_ascii_lowercase();
+        let op = &doc()["paths"][route.path][&method];
+        let what = format!("{method} {} ({:?})", route.path, route.access);
+        let security = &op["security"];
+        let responses = keys(&op["responses"]);
+        let (expected, may_401, may_403) = match route.access {
+            Access::Public => (json!([]), false, false),
+            // Open until tokens of the class are configured: the empty requirement.
+            Access::Read | Access::Write => (json!([{"bearerAuth": []}, {}]), true, false),
+            Access::Admin => (json!([{"bearerAuth": []}]), true, true),
+        };
+        if route.access == Access::Public {
+            assert!(security.is_null() || *security == expected, "{what}: security is absent or []");
+        } else {
+            assert_eq!(*security, expected, "{what}: security");
+        }
+        assert_eq!(responses.contains("401"), may_401, "{what}: a 401 response exactly when a token can be needed");
+        assert_eq!(responses.contains("403"), may_403, "{what}: a 403 response exactly on admin routes");
+        if may_401 {
+            let unauthorized = resolve(&op["responses"]["401"]);
+            assert!(unauthorized["headers"].get("WWW-Authenticate").is_some(), "{what}: 401 has WWW-Authenticate");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Error codes
 
@@ -189,14 +222,19 @@ fn variant(e: &Error) -> &'static str {
         Error::InvalidId(_) => "InvalidId",
         Error::InvalidBody(_) => "InvalidBody",
         Error::InvalidHeader(_) => "InvalidHeader",
+        Error::InvalidQuery(_) => "InvalidQuery",
+        Error::FilterRequired => "FilterRequired",
         Error::UnsupportedMediaType(_) => "UnsupportedMediaType",
         Error::PayloadTooLarge { .. } => "PayloadTooLarge",
         Error::Validation(_) => "Validation",
         Error::NotFound(_) => "NotFound",
         Error::MethodNotAllowed(_) => "MethodNotAllowed",
+        Error::Unauthorized { .. } => "Unauthorized",
+        Error::AdminDisabled => "AdminDisabled",
         Error::ConflictTerminal { .. } => "ConflictTerminal",
         Error::PreconditionFailed(_) => "PreconditionFailed",
         Error::WriteContention => "WriteContention",
+        Error::RequestTimeout { .. } => "RequestTimeout",
         Error::StorageUnavailable(_) => "StorageUnavailable",
         Error::Internal(_) => "Internal",
     }
@@ -208,14 +246,19 @@ fn samples() -> Vec<Error> {
         Error::InvalidId("x".into()),
         Error::InvalidBody("x".into()),
         Error::InvalidHeader("x".into()),
+        Error::InvalidQuery("x".into()),
+        Error::FilterRequired,
         Error::UnsupportedMediaType("x".into()),
         Error::PayloadTooLarge { limit: 10 },
         Error::Validation(ValidationError { field: "stage".into(), message: "x".into() }),
         Error::NotFound("x".into()),
         Error::MethodNotAllowed("POST".into()),
+        Error::Unauthorized { presented: true },
+        Error::AdminDisabled,
         Error::ConflictTerminal { status: Status::Completed, version: 3 },
         Error::PreconditionFailed("x".into()),
         Error::WriteContention,
+        Error::RequestTimeout { seconds: 30 },
         Error::StorageUnavailable(StoreError::Unavailable { tier: "redis", reason: "x".into() }),
         Error::Internal("x".into()),
     ]
@@ -622,4 +665,52 @@ async fn real_problems_and_health_match_the_schemas() {
     let health = json_of(res).await;
     assert_eq!(keys(&health), keys(&schema("Health")["properties"]));
     assert_valid(schema("Health"), &health, "healthz");
+}
+
+#[tokio::test]
+async fn real_readiness_and_admin_documents_match_the_schemas() {
+    let mut settings = Settings::default();
+    settings.admin_token = Some("openapi-admin".into());
+    let app = progressd::app::build_router(&settings, MemoryStore::start(Duration::from_secs(60)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Server { base: format!("http://{}", listener.local_addr().unwrap()), client: reqwest::Client::new() };
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let admin = [("authorization", "Bearer openapi-admin")];
+    let exactly = |doc: &Value, name: &str| {
+        assert_valid(schema(name), doc, name);
+        assert_eq!(keys(doc), strings(&schema(name)["required"]), "members of a real {name}");
+    };
+
+    let res = server.send(Method::GET, "/readyz", None, &[]).await;
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let readiness = json_of(res).await;
+    exactly(&readiness, "Readiness");
+    exactly(&readiness["dependencies"]["memory"], "Dependency");
+
+    let res = server.send(Method::PUT, "/progress/stats-a", Some(&json!({"status": "running"})), &[]).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let res = server.send(Method::GET, "/admin/stats", None, &admin).await;
+    assert_eq!(res.status().as_u16(), 200);
+    let stats = json_of(res).await;
+    exactly(&stats, "Stats");
+    assert_eq!(stats["records"]["by_status"]["running"], 1);
+
+    let res = server.send(Method::POST, "/admin/cleanup", None, &admin).await;
+    assert_eq!(res.status().as_u16(), 200);
+    exactly(&json_of(res).await, "CleanupReport");
+
+    let res = server.send(Method::DELETE, "/admin/progress?status=running", None, &admin).await;
+    assert_eq!(res.status().as_u16(), 200);
+    let deleted = json_of(res).await;
+    exactly(&deleted, "BulkDeleted");
+    assert_eq!(deleted["deleted"], 1);
+
+    for (query, code) in [("", "filter_required"), ("?older_than=soon", "invalid_query")] {
+        let res = server.send(Method::DELETE, &format!("/admin/progress{query}"), None, &admin).await;
+        assert_eq!(res.status().as_u16(), 400);
+        let problem = json_of(res).await;
+        assert_eq!(problem["code"], code);
+        assert_valid(schema("Problem"), &problem, code);
+    }
 }

@@ -1,21 +1,32 @@
 //! The HTTP side: the route table, extractors, handlers and the mapping
 //! of errors to problem documents.
 
+use std::sync::Arc;
+
 use axum::handler::Handler;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
 use crate::service::ProgressService;
 
+mod admin;
+mod auth;
 mod extract;
+mod health;
+mod layers;
 mod problem;
 mod progress;
 
+pub use auth::AccessTokens;
+pub use layers::{LayerSettings, REQUEST_ID};
 pub use problem::PROBLEM_JSON;
 
 /// Limits on request bodies.
@@ -34,6 +45,10 @@ pub struct AppState {
     pub service: ProgressService,
     /// Request body limits.
     pub limits: BodyLimits,
+    /// Bearer tokens of the access classes.
+    pub tokens: Arc<AccessTokens>,
+    /// CORS origins and the request timeout of the outer layers.
+    pub layers: LayerSettings,
 }
 
 /// Who may call a route (see `PROGRESS_*_TOKENS` in the README).
@@ -74,24 +89,47 @@ where
 pub fn routes() -> Vec<Route> {
     vec![
         route(Method::GET, "/healthz", Access::Public, healthz),
+        route(Method::GET, "/metrics", Access::Public, crate::metrics::scrape),
+        route(Method::GET, "/readyz", Access::Public, health::readyz),
         route(Method::GET, "/progress/{id}", Access::Read, progress::get),
         route(Method::PUT, "/progress/{id}", Access::Write, progress::put),
         route(Method::PATCH, "/progress/{id}", Access::Write, progress::patch),
         route(Method::DELETE, "/progress/{id}", Access::Write, progress::delete),
+        route(Method::POST, "/admin/cleanup", Access::Admin, admin::cleanup),
+        route(Method::DELETE, "/admin/progress", Access::Admin, admin::delete_progress),
+        route(Method::GET, "/admin/stats", Access::Admin, admin::stats),
     ]
 }
 
-/// The application with all its layers.
+/// The application with all its layers. Each route sits behind the token
+/// check of its access class; around everything, from the inside out:
+/// panics become 500s, the timeout (inside the trace span, so its log line
+/// carries the request id), compression, the trace span, `Authorization`
+/// marked sensitive, the request id copied to the response, the request id
+/// set, and CORS outermost, so preflights are answered before anything
+/// else and every answer (401s, 404s, timeouts) carries the CORS headers.
 pub fn router(state: AppState) -> Router {
-    let router = routes()
-        .into_iter()
-        .fold(Router::new(), |router, r| router.route(r.path, r.handler));
-    router
+    let router = routes().into_iter().fold(Router::new(), |router, r| {
+        router.route(r.path, auth::guard(r.access, &state.tokens, r.handler))
+    });
+    let layer_settings = state.layers.clone();
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| Error::Internal("a handler panicked".into()).into_response()))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(layer_settings.request_timeout, layers::timeout))
+        .layer(layers::compression())
+        .layer(TraceLayer::new_for_http().make_span_with(layers::request_span))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // Outside the others, so it counts every answer (401s, timeouts) but preflights.
+        .layer(crate::metrics::HttpMetricsLayer::new(routes().iter().map(|r| r.path)))
+        .with_state(state);
+    match layers::cors(&layer_settings.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// `GET /healthz`: 200 while the process runs.

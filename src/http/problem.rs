@@ -13,7 +13,13 @@ impl Error {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::InvalidId(_) | Error::InvalidBody(_) | Error::InvalidHeader(_) => StatusCode::BAD_REQUEST,
+            Error::InvalidId(_)
+            | Error::InvalidBody(_)
+            | Error::InvalidHeader(_)
+            | Error::InvalidQuery(_)
+            | Error::FilterRequired => StatusCode::BAD_REQUEST,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Error::AdminDisabled => StatusCode::FORBIDDEN,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -21,7 +27,9 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::ConflictTerminal { .. } => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Error::WriteContention | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::WriteContention | Error::RequestTimeout { .. } | Error::StorageUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -31,6 +39,11 @@ impl Error {
             Error::InvalidId(_) => "Invalid id",
             Error::InvalidBody(_) => "Invalid request body",
             Error::InvalidHeader(_) => "Invalid header",
+            Error::InvalidQuery(_) => "Invalid query",
+            Error::FilterRequired => "Filter required",
+            Error::Unauthorized { .. } => "Unauthorized",
+            Error::AdminDisabled => "Admin routes disabled",
+            Error::RequestTimeout { .. } => "Request timeout",
             Error::UnsupportedMediaType(_) => "Unsupported media type",
             Error::PayloadTooLarge { .. } => "Payload too large",
             Error::Validation(_) => "Validation failed",
@@ -76,6 +89,15 @@ impl IntoResponse for Error {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Error::Unauthorized { presented } = self {
+            // RFC 6750 §3: the challenge, and why a presented token failed.
+            let challenge = if presented {
+                r#"Bearer realm="progressd", error="invalid_token""#
+            } else {
+                r#"Bearer realm="progressd""#
+            };
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

@@ -107,7 +107,11 @@ impl CircuitBreaker {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let state = self.state.load(Ordering::Acquire);
         let trip = state == HALF_OPEN || (state == CLOSED && failures >= self.threshold);
-        trip && self.open()
+        let opened = trip && self.open();
+        if opened {
+            crate::metrics::breaker_opened(self.tier);
+        }
+        opened
     }
 
     /// Opens the breaker; returns true when it was not open already.

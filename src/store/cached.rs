@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
+use super::maintenance::{CleanupReport, RecordFilter, StatusCounts, TierHealth};
 use super::{ProgressStore, StoreError};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 
@@ -97,6 +98,15 @@ impl CachedStore {
         self.live.store(live, Ordering::SeqCst);
     }
 
+    /// Empties the cache and stops reads in flight from caching what they
+    /// read, leaving serving from memory on or off as it is.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for i in 0..SHARDS {
+            self.shard(i).clear();
+        }
+    }
+
     /// Whether reads may be served from memory.
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::SeqCst)
@@ -121,6 +131,11 @@ impl CachedStore {
 impl ProgressStore for CachedStore {
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn report_metrics(&self) {
+        crate::metrics::set_read_cache_entries(self.len());
+        self.inner.report_metrics();
     }
 
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
@@ -190,6 +205,26 @@ impl ProgressStore for CachedStore {
 
     async fn shutdown(&self) {
         self.inner.shutdown().await;
+    }
+
+    async fn health(&self) -> Vec<TierHealth> {
+        self.inner.health().await
+    }
+
+    async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        self.inner.cleanup(exclusive).await
+    }
+
+    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        let deleted = self.inner.delete_matching(filter).await;
+        // Each delete's notice evicts its entry too, but only once it has
+        // travelled through Redis: this instance must not serve one after answering.
+        self.forget_all();
+        deleted
+    }
+
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        self.inner.count_by_status().await
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::maintenance::{delete_page, status_of, timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth};
 use super::{ProgressStore, StoreError};
+use crate::metrics::store_op;
 use crate::domain::{ProgressId, StoredRecord};
 
 /// In-process store. Expired records are invisible at once and swept
@@ -54,6 +56,18 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// The live records whose id passes `keep`, copied out so that the
+    /// lock is held only for the copy (the bytes are shared, not cloned).
+    fn snapshot(&self, keep: impl Fn(&str) -> bool) -> Vec<(ProgressId, StoredRecord)> {
+        let now = Instant::now();
+        let records = self.lock();
+        records
+            .iter()
+            .filter(|(id, e)| e.expires_at > now && keep(id))
+            .filter_map(|(id, e)| Some((ProgressId::parse(id).ok()?, e.record.clone())))
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding the lock cannot leave a half-written entry
         // (inserts are single calls), so a poisoned map is still consistent.
@@ -78,6 +92,7 @@ impl ProgressStore for MemoryStore {
     }
 
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        store_op!("memory", "get").succeeded();
         let records = self.lock();
         Ok(records
             .get(id.as_str())
@@ -92,6 +107,7 @@ impl ProgressStore for MemoryStore {
         record: &StoredRecord,
         ttl_ms: i64,
     ) -> Result<bool, StoreError> {
+        store_op!("memory", "compare_and_set").succeeded();
         let now = Instant::now();
         let mut records = self.lock();
         let current = records
@@ -108,6 +124,7 @@ impl ProgressStore for MemoryStore {
     }
 
     async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
+        store_op!("memory", "compare_and_delete").succeeded();
         let mut records = self.lock();
         let current = records.get(id.as_str()).filter(|e| e.expires_at > Instant::now());
         if current.is_none_or(|e| e.record.version() != expected) {
@@ -118,10 +135,39 @@ impl ProgressStore for MemoryStore {
     }
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
+        store_op!("memory", "delete").succeeded();
         let mut records = self.lock();
         Ok(records
             .remove(id.as_str())
             .is_some_and(|e| e.expires_at > Instant::now()))
+    }
+
+    async fn health(&self) -> Vec<TierHealth> {
+        let (probe, latency) = timed(async {
+            drop(self.lock());
+            Ok(())
+        })
+        .await;
+        vec![TierHealth::from_probe("memory", probe, latency, &LastError::default())]
+    }
+
+    async fn cleanup(&self, _exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        // Each instance has its own memory: no lock to take.
+        let swept = self.sweep_expired() as u64;
+        Ok(Some(CleanupReport { memory_expired: Some(swept), ..CleanupReport::default() }))
+    }
+
+    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        let candidates = self.snapshot(|id| filter.matches_id(id));
+        Ok(delete_page(self, candidates, filter).await?.len() as u64)
+    }
+
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        let mut counts = StatusCounts::new("memory");
+        for (_, stored) in self.snapshot(|_| true) {
+            counts.add(status_of(&stored)?, 1);
+        }
+        Ok(counts)
     }
 }
 

@@ -12,6 +12,7 @@ use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
 
 mod breaker;
 mod cached;
+mod maintenance;
 mod memory;
 mod postgres;
 mod redis;
@@ -22,6 +23,10 @@ pub use self::breaker::{BreakerState, CircuitBreaker};
 pub use self::tiered::{HotTier, TieredConfig, TieredStore};
 pub use self::write_behind::{PendingWrite, WriteBehind};
 pub use self::cached::{spawn_change_listener, CacheConfig, CachedStore};
+pub use self::maintenance::{
+    spawn_cleanup, BacklogSummary, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, TierState,
+    MAINTENANCE_BATCH,
+};
 pub use self::memory::MemoryStore;
 pub use self::postgres::{DurableRow, PostgresStore, PostgresStoreConfig};
 pub use self::redis::{RedisStore, RedisStoreConfig};
@@ -76,4 +81,36 @@ pub trait ProgressStore: Send + Sync + 'static {
     /// Called once at shutdown, after the last request: persist what is
     /// still only in memory.
     async fn shutdown(&self) {}
+
+    /// Sets the gauges that describe this store's state (breakers, backlog,
+    /// pools; see `crate::metrics`). Called on every scrape of `/metrics`.
+    fn report_metrics(&self) {}
+
+    /// Probes every tier behind this store, concurrently and each within its
+    /// own timeout (for `/readyz`).
+    async fn health(&self) -> Vec<TierHealth> {
+        let (probe, latency) = maintenance::timed(self.ping()).await;
+        vec![TierHealth::from_probe(self.kind(), probe, latency, &LastError::default())]
+    }
+
+    /// Purges expired data from every tier. With `exclusive`, only when no
+    /// other instance is cleaning up (`Ok(None)` when one is).
+    async fn cleanup(&self, _exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        Ok(Some(CleanupReport::default()))
+    }
+
+    /// Deletes every live record matching `filter` from every tier; how many.
+    async fn delete_matching(&self, _filter: &RecordFilter) -> Result<u64, StoreError> {
+        Err(StoreError::Unavailable { tier: self.kind(), reason: "bulk deletes are not supported".into() })
+    }
+
+    /// Live records per status.
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        Err(StoreError::Unavailable { tier: self.kind(), reason: "counting is not supported".into() })
+    }
+
+    /// The write-behind backlog, for stores that have one.
+    fn write_behind(&self) -> Option<BacklogSummary> {
+        None
+    }
 }

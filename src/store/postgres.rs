@@ -25,8 +25,10 @@ use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
+use super::maintenance::{timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH};
 use super::{ProgressStore, StoreError};
-use crate::domain::{CorruptRecord, ProgressId, StoredRecord, Timestamp};
+use crate::metrics::{store_op, StoreOp};
+use crate::domain::{CorruptRecord, ProgressId, Status, StoredRecord, Timestamp};
 use crate::settings::redact_url;
 
 mod embedded {
@@ -137,6 +139,8 @@ impl fmt::Debug for PostgresStoreConfig {
 pub struct PostgresStore {
     pool: Pool,
     timeout: Duration,
+    /// The most recent failure, for `/readyz`.
+    last_error: LastError,
 }
 
 impl PostgresStore {
@@ -165,7 +169,7 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { pool, timeout: config.timeout })
+        Ok(Self { pool, timeout: config.timeout, last_error: LastError::for_url(&config.url) })
     }
 
     /// Applies the embedded migrations under a Postgres advisory lock, so
@@ -195,7 +199,7 @@ impl PostgresStore {
     /// One round trip (`SELECT 1`, after the pool checkout); its latency.
     pub async fn ping(&self) -> Result<Duration, StoreError> {
         let started = Instant::now();
-        self.bounded(async {
+        self.bounded_counted(store_op!("postgres", "ping"), async {
             let db = self.session().await?;
             let statement = db.prepare_cached("SELECT 1").await.map_err(pg)?;
             db.query_one(&statement, &[]).await.map_err(pg)?;
@@ -238,7 +242,7 @@ impl PostgresStore {
         if batch.ids.is_empty() {
             return Ok(0);
         }
-        self.bounded(async {
+        self.bounded_counted(store_op!("postgres", "upsert_newer"), async {
             let db = self.session().await?;
             let statement = db.prepare_cached(UPSERT_NEWER).await.map_err(pg)?;
             let written = db
@@ -263,7 +267,7 @@ impl PostgresStore {
     ) -> Result<Vec<(ProgressId, DurableRow, Timestamp)>, StoreError> {
         let since = system_time(since.millis());
         let rows = self
-            .bounded(async {
+            .bounded_counted(store_op!("postgres", "updated_since"), async {
                 let db = self.session().await?;
                 let statement = db.prepare_cached(UPDATED_SINCE).await.map_err(pg)?;
                 let rows = db.query(&statement, &[&since, &limit.max(0)]).await.map_err(pg)?;
@@ -285,7 +289,7 @@ impl PostgresStore {
     /// (absent or expired).
     pub async fn lookup(&self, id: &ProgressId) -> Result<DurableRow, StoreError> {
         let row = self
-            .bounded(async {
+            .bounded_counted(store_op!("postgres", "lookup"), async {
                 let db = self.session().await?;
                 let statement = db.prepare_cached(LOOKUP).await.map_err(pg)?;
                 let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
@@ -307,7 +311,8 @@ impl PostgresStore {
 
     /// Runs one operation (checkout and queries) within the timeout.
     async fn bounded<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, op).await.unwrap_or_else(|_| Err(self.no_answer()))
+        let result = tokio::time::timeout(self.timeout, op).await.unwrap_or_else(|_| Err(self.no_answer()));
+        self.last_error.observe(result)
     }
 
     fn no_answer(&self) -> StoreError {
@@ -436,6 +441,250 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// Key of the session advisory lock held while cleaning up (`progclup` in ASCII).
+const CLEANUP_LOCK: i64 = 0x7072_6f67_636c_7570;
+
+/// One batch of expired rows (records and tombstones): each batch is its own
+/// short statement, so purging a million rows never holds many locks for long.
+const PURGE_EXPIRED: &str = "
+DELETE FROM progress
+WHERE ctid = ANY(ARRAY(SELECT ctid FROM progress WHERE expires_at <= now() LIMIT $1))
+  AND expires_at <= now()";
+
+/// The conditions of a [`RecordFilter`] on live rows: `$1` status, `$2` id
+/// prefix, `$3` updated before (each NULL when not set).
+const LIVE_MATCHING: &str = "
+NOT deleted AND expires_at > now()
+  AND ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR starts_with(id, $2))
+  AND ($3::timestamptz IS NULL OR updated_at < $3)";
+
+/// The tombstone a delete leaves (see `DELETE`).
+const TOMBSTONE_SET: &str = "
+deleted = true, version = 9223372036854775807, updated_at = now(),
+expires_at = greatest(progress.expires_at, now() + interval '1 day')";
+
+/// Live records per status.
+const COUNT_BY_STATUS: &str =
+    "SELECT status, count(*) FROM progress WHERE NOT deleted AND expires_at > now() GROUP BY status";
+
+/// The newest migration this build carries.
+fn latest_migration() -> i64 {
+    static LATEST: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+        embedded::migrations::runner().get_migrations().iter().map(|m| i64::from(m.version())).max().unwrap_or(0)
+    });
+    *LATEST
+}
+
+/// A filter as the parameters `$1`–`$3` of [`LIVE_MATCHING`].
+fn filter_params(filter: &RecordFilter) -> (Option<&'static str>, Option<&str>, Option<SystemTime>) {
+    (
+        filter.status.map(Status::as_str),
+        filter.id_prefix.as_deref(),
+        filter.updated_before.map(|t| system_time(t.millis())),
+    )
+}
+
+fn parse_ids(rows: Vec<tokio_postgres::Row>) -> Vec<ProgressId> {
+    rows.iter().filter_map(|row| ProgressId::parse(row.get::<_, &str>(0)).ok()).collect()
+}
+
+/// Maintenance: health with the schema check, cleanup, bulk tombstones, counts.
+impl PostgresStore {
+    /// Up when PostgreSQL answers and this build's migrations have run.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let query = format!("SELECT max(version)::bigint FROM {MIGRATION_TABLE}");
+        self.bounded(async {
+            let db = self.session().await?;
+            let applied = match db.query_one(&query, &[]).await {
+                Ok(row) => row.get::<_, Option<i64>>(0).unwrap_or(0),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+                Err(e) => return Err(pg(e)),
+            };
+            db.done();
+            let latest = latest_migration();
+            if applied < latest {
+                return Err(unavailable(format!(
+                    "reachable, but its migrations have not run yet (schema version {applied} of {latest})"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes expired rows (records and tombstones) in batches of
+    /// [`MAINTENANCE_BATCH`], each its own statement, yielding in between;
+    /// returns how many. With `exclusive`, first takes a session advisory
+    /// lock on the connection that runs the batches (`Ok(None)` when another
+    /// instance holds it), released afterwards, or by closing the connection
+    /// when a batch fails.
+    pub async fn purge_expired(&self, exclusive: bool) -> Result<Option<u64>, StoreError> {
+        let db = self.bounded(self.session()).await?;
+        if exclusive {
+            let locked: bool = self
+                .bounded(async {
+                    let row = db.query_one("SELECT pg_try_advisory_lock($1)", &[&CLEANUP_LOCK]).await.map_err(pg)?;
+                    Ok(row.get(0))
+                })
+                .await?;
+            if !locked {
+                db.done();
+                return Ok(None);
+            }
+        }
+        let batch = MAINTENANCE_BATCH as i64;
+        let mut purged = 0;
+        loop {
+            let n = self
+                .bounded(async {
+                    let statement = db.prepare_cached(PURGE_EXPIRED).await.map_err(pg)?;
+                    db.execute(&statement, &[&batch]).await.map_err(pg)
+                })
+                .await?;
+            purged += n;
+            if n < MAINTENANCE_BATCH as u64 {
+                break;
+            }
+            // Let requests waiting for a worker thread run between batches.
+            tokio::task::yield_now().await;
+        }
+        if exclusive {
+            self.bounded(async { db.execute("SELECT pg_advisory_unlock($1)", &[&CLEANUP_LOCK]).await.map_err(pg) })
+                .await?;
+        }
+        db.done();
+        Ok(Some(purged))
+    }
+
+    /// Turns every live row matching `filter` into a tombstone, in batches;
+    /// returns the ids. For when PostgreSQL is the store of record.
+    pub async fn tombstone_matching(&self, filter: &RecordFilter) -> Result<Vec<ProgressId>, StoreError> {
+        let query = format!(
+            "WITH batch AS (SELECT id FROM progress WHERE {LIVE_MATCHING} LIMIT $4 FOR UPDATE)
+             UPDATE progress SET {TOMBSTONE_SET} FROM batch WHERE progress.id = batch.id RETURNING progress.id"
+        );
+        let (status, prefix, before) = filter_params(filter);
+        let batch = MAINTENANCE_BATCH as i64;
+        let mut deleted = Vec::new();
+        loop {
+            let rows = self
+                .bounded(async {
+                    let db = self.session().await?;
+                    let statement = db.prepare_cached(&query).await.map_err(pg)?;
+                    let rows = db.query(&statement, &[&status, &prefix, &before, &batch]).await.map_err(pg)?;
+                    db.done();
+                    Ok(rows)
+                })
+                .await?;
+            let n = rows.len();
+            deleted.extend(parse_ids(rows));
+            if n < MAINTENANCE_BATCH {
+                return Ok(deleted);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Up to `limit` live rows matching `filter` with an id after `after`,
+    /// in id order: `(id, version)`.
+    pub async fn matching_page(
+        &self,
+        filter: &RecordFilter,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(ProgressId, i64)>, StoreError> {
+        let query = format!("SELECT id, version FROM progress WHERE {LIVE_MATCHING} AND id > $5 ORDER BY id LIMIT $4");
+        let (status, prefix, before) = filter_params(filter);
+        let rows = self
+            .bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(&query).await.map_err(pg)?;
+                let rows = db.query(&statement, &[&status, &prefix, &before, &limit, &after]).await.map_err(pg)?;
+                db.done();
+                Ok(rows)
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| Some((ProgressId::parse(row.get::<_, &str>(0)).ok()?, row.get::<_, i64>(1))))
+            .collect())
+    }
+
+    /// Tombstones the rows among `rows` that are still live at the version
+    /// given; returns the ids tombstoned.
+    pub async fn tombstone_versions(&self, rows: &[(ProgressId, i64)]) -> Result<Vec<ProgressId>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = format!(
+            "UPDATE progress SET {TOMBSTONE_SET}
+             FROM UNNEST($1::text[], $2::bigint[]) AS t(id, version)
+             WHERE progress.id = t.id AND progress.version = t.version
+               AND NOT progress.deleted AND progress.expires_at > now()
+             RETURNING progress.id"
+        );
+        let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+        let versions: Vec<i64> = rows.iter().map(|(_, v)| *v).collect();
+        let rows = self
+            .bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(&query).await.map_err(pg)?;
+                let rows = db.query(&statement, &[&ids, &versions]).await.map_err(pg)?;
+                db.done();
+                Ok(rows)
+            })
+            .await?;
+        Ok(parse_ids(rows))
+    }
+
+    /// Leaves a tombstone for each of `ids`, like [`ProgressStore::delete`]
+    /// for many records at once (in batches).
+    pub async fn tombstone_ids(&self, ids: &[ProgressId]) -> Result<(), StoreError> {
+        let query = format!(
+            "INSERT INTO progress (id, version, status, created_at, updated_at, expires_at, record, deleted)
+             SELECT id, 9223372036854775807, 'deleted', now(), now(), now() + interval '1 day', ''::bytea, true
+             FROM UNNEST($1::text[]) AS t(id) ORDER BY 1
+             ON CONFLICT (id) DO UPDATE SET {TOMBSTONE_SET}
+             WHERE NOT progress.deleted"
+        );
+        let mut unique: Vec<&str> = ids.iter().map(ProgressId::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        for chunk in unique.chunks(MAINTENANCE_BATCH) {
+            self.bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(&query).await.map_err(pg)?;
+                db.execute(&statement, &[&chunk]).await.map_err(pg)?;
+                db.done();
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Live records per status.
+    pub async fn count_statuses(&self) -> Result<StatusCounts, StoreError> {
+        let rows = self
+            .bounded(async {
+                let db = self.session().await?;
+                let statement = db.prepare_cached(COUNT_BY_STATUS).await.map_err(pg)?;
+                let rows = db.query(&statement, &[]).await.map_err(pg)?;
+                db.done();
+                Ok(rows)
+            })
+            .await?;
+        let mut counts = StatusCounts::new("postgres");
+        for row in rows {
+            if let Some(status) = Status::parse(row.get(0)) {
+                counts.add(status, u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
+            }
+        }
+        Ok(counts)
+    }
+}
+
 /// Milliseconds since the epoch as a time Postgres accepts (years 1 to 9999).
 fn system_time(ms: i64) -> SystemTime {
     let ms = ms.clamp(-62_135_596_800_000, 253_402_300_799_999);
@@ -443,6 +692,17 @@ fn system_time(ms: i64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
     } else {
         UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+impl PostgresStore {
+    /// [`PostgresStore::bounded`], counted as one `op` in the store metrics.
+    async fn bounded_counted<T>(
+        &self,
+        op: &StoreOp,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        op.observe(self.bounded(operation)).await
     }
 }
 
@@ -477,9 +737,14 @@ impl ProgressStore for PostgresStore {
         "postgres"
     }
 
+    fn report_metrics(&self) {
+        let pool = self.pool.status();
+        crate::metrics::set_pool("postgres", pool.size, pool.available, pool.max_size, pool.waiting);
+    }
+
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         let raw = self
-            .bounded(async {
+            .bounded_counted(store_op!("postgres", "get"), async {
                 let db = self.session().await?;
                 let statement = db.prepare_cached(GET).await.map_err(pg)?;
                 let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
@@ -502,7 +767,7 @@ impl ProgressStore for PostgresStore {
     ) -> Result<bool, StoreError> {
         let row = Row::of(id.as_str(), record)?;
         let written = if expected == 0 {
-            self.bounded(async {
+            self.bounded_counted(store_op!("postgres", "compare_and_set"), async {
                 let db = self.session().await?;
                 let statement = db.prepare_cached(CREATE).await.map_err(pg)?;
                 let written = db
@@ -519,7 +784,7 @@ impl ProgressStore for PostgresStore {
         } else {
             // A version beyond bigint cannot be stored, so it matches no row.
             let Ok(expected) = i64::try_from(expected) else { return Ok(false) };
-            self.bounded(async {
+            self.bounded_counted(store_op!("postgres", "compare_and_set"), async {
                 let db = self.session().await?;
                 let statement = db.prepare_cached(REPLACE).await.map_err(pg)?;
                 let written = db
@@ -543,7 +808,7 @@ impl ProgressStore for PostgresStore {
     async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
         let Ok(expected) = i64::try_from(expected) else { return Ok(false) };
         let deleted = self
-            .bounded(async {
+            .bounded_counted(store_op!("postgres", "compare_and_delete"), async {
                 let db = self.session().await?;
                 let statement = db.prepare_cached(COMPARE_AND_DELETE).await.map_err(pg)?;
                 let deleted = db.execute(&statement, &[&id.as_str(), &expected]).await.map_err(pg)?;
@@ -555,7 +820,7 @@ impl ProgressStore for PostgresStore {
     }
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
-        self.bounded(async {
+        self.bounded_counted(store_op!("postgres", "delete"), async {
             let db = self.session().await?;
             let statement = db.prepare_cached(DELETE).await.map_err(pg)?;
             let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
@@ -568,5 +833,25 @@ impl ProgressStore for PostgresStore {
 
     async fn ping(&self) -> Result<Duration, StoreError> {
         PostgresStore::ping(self).await
+    }
+
+    async fn health(&self) -> Vec<TierHealth> {
+        let (probe, latency) = timed(self.check_schema()).await;
+        vec![TierHealth::from_probe("postgres", probe, latency, &self.last_error)]
+    }
+
+    async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        Ok(self
+            .purge_expired(exclusive)
+            .await?
+            .map(|rows| CleanupReport { postgres_expired_rows: Some(rows), ..CleanupReport::default() }))
+    }
+
+    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        Ok(self.tombstone_matching(filter).await?.len() as u64)
+    }
+
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        self.count_statuses().await
     }
 }

@@ -22,7 +22,12 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Script};
 use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
 
+use super::maintenance::{
+    delete_page, glob_escape, status_of, timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth,
+    MAINTENANCE_BATCH,
+};
 use super::{ProgressStore, StoreError};
+use crate::metrics::{store_op, StoreOp};
 use crate::domain::{CorruptRecord, ProgressId, StoredRecord, Timestamp};
 
 /// Reads the stored version into `current` (0: absent) and the creation
@@ -115,6 +120,8 @@ pub struct RedisStore {
     put_if_newer: Script,
     delete_incarnation: Script,
     changes_channel: String,
+    /// The most recent failure, for `/readyz`.
+    last_error: LastError,
 }
 
 /// One held connection, refreshed by one task at a time.
@@ -164,6 +171,7 @@ impl RedisStore {
             put_if_newer: Script::new(&format!("{READ_VERSION}{PUT_IF_NEWER}")),
             delete_incarnation: Script::new(&format!("{READ_VERSION}{DELETE_INCARNATION}")),
             changes_channel: format!("{}progress:changes", config.key_prefix),
+            last_error: LastError::for_url(&config.url),
         })
     }
 
@@ -213,7 +221,7 @@ impl RedisStore {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => {
                 // The server stopped answering; start over on fresh connections.
@@ -222,7 +230,8 @@ impl RedisStore {
                 }
                 Err(unavailable(format!("no answer within {:?}", self.timeout)))
             }
-        }
+        };
+        self.last_error.observe(result)
     }
 }
 
@@ -236,7 +245,7 @@ impl RedisStore {
         let notice = format!("{}:{}", record.version(), id.as_str());
         let value = record.raw().as_ref();
         let outcome: i64 = self
-            .run(|mut conn| async move {
+            .run_counted(store_op!("redis", "put_if_newer"), |mut conn| async move {
                 script
                     .key(&key)
                     .arg(record.version())
@@ -259,7 +268,7 @@ impl RedisStore {
         let key = self.key(id);
         let (script, channel, notice) = (&self.delete_incarnation, &self.changes_channel, format!("0:{}", id.as_str()));
         let outcome: i64 = self
-            .run(|mut conn| async move {
+            .run_counted(store_op!("redis", "delete_incarnation"), |mut conn| async move {
                 script.key(&key).arg(created_at.millis()).arg(channel).arg(notice).invoke_async(&mut conn).await
             })
             .await?;
@@ -273,6 +282,104 @@ impl RedisStore {
             0 => Ok(false),
             _ => Err(CorruptRecord(format!("key {} holds something that is not a progress record", self.key(id))).into()),
         }
+    }
+}
+
+/// Maintenance: scans by key pattern (SCAN, never KEYS) and the cleanup lock.
+impl RedisStore {
+    /// One SCAN step over the records whose id starts with `id_prefix`,
+    /// from `cursor` (0 to begin): the next cursor (0 at the end) and the
+    /// records found, read with one MGET. Keys that are not records of ours
+    /// are skipped.
+    pub async fn scan_page(&self, cursor: u64, id_prefix: &str) -> Result<(u64, Vec<(ProgressId, StoredRecord)>), StoreError> {
+        let record_key_start = format!("{}progress:", self.key_prefix);
+        let pattern = format!("{}{id_prefix}*", glob_escape(&record_key_start));
+        let (next, keys): (u64, Vec<String>) = self
+            .run(|mut conn| async move {
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(MAINTENANCE_BATCH).query_async(&mut conn).await
+            })
+            .await?;
+        let ids: Vec<(String, Option<ProgressId>)> = keys
+            .into_iter()
+            .map(|key| {
+                let id = key.strip_prefix(&record_key_start).and_then(|id| ProgressId::parse(id).ok());
+                (key, id)
+            })
+            .collect();
+        let keys: Vec<&str> = ids.iter().filter(|(_, id)| id.is_some()).map(|(key, _)| key.as_str()).collect();
+        if keys.is_empty() {
+            return Ok((next, Vec::new()));
+        }
+        let values: Vec<Option<Vec<u8>>> = self
+            .run(|mut conn| async move { redis::cmd("MGET").arg(&keys).query_async(&mut conn).await })
+            .await?;
+        let records = ids
+            .into_iter()
+            .filter_map(|(_, id)| id)
+            .zip(values)
+            .filter_map(|(id, value)| match StoredRecord::decode(Bytes::from(value?)) {
+                Ok(stored) => Some((id, stored)),
+                Err(e) => {
+                    tracing::debug!(id = %id, error = %e, "scan skips a key that is not a record");
+                    None
+                }
+            })
+            .collect();
+        Ok((next, records))
+    }
+
+    /// Which of `ids` Redis holds.
+    pub async fn exists_many(&self, ids: &[ProgressId]) -> Result<Vec<bool>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("EXISTS").arg(self.key(id));
+        }
+        self.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await
+    }
+
+    /// Takes the cleanup lock (`SET NX PX`) for `hold`; `None` when another
+    /// instance holds it, else the token that releases it.
+    async fn lock_cleanup(&self, hold: Duration) -> Result<Option<String>, StoreError> {
+        let key = self.cleanup_lock_key();
+        let token = format!("{}-{}", std::process::id(), Timestamp::now().millis());
+        let millis = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .run(|mut conn| {
+                let (key, token) = (key.clone(), token.clone());
+                async move { redis::cmd("SET").arg(key).arg(token).arg("NX").arg("PX").arg(millis).query_async(&mut conn).await }
+            })
+            .await?;
+        Ok(set.map(|_| token))
+    }
+
+    /// Releases the cleanup lock if `token` still holds it.
+    async fn unlock_cleanup(&self, token: &str) -> Result<(), StoreError> {
+        let key = self.cleanup_lock_key();
+        let script = Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
+        let _: i64 = self.run(|mut conn| async move { script.key(key).arg(token).invoke_async(&mut conn).await }).await?;
+        Ok(())
+    }
+
+    /// Outside the `progress:` key space, so no record id can collide with it.
+    fn cleanup_lock_key(&self) -> String {
+        format!("{}progressd:cleanup-lock", self.key_prefix)
+    }
+}
+
+/// Longest the Redis cleanup lock is held if its holder dies before releasing it.
+const CLEANUP_LOCK_HOLD: Duration = Duration::from_secs(60);
+
+impl RedisStore {
+    /// [`RedisStore::run`], counted as one `op` in the store metrics.
+    async fn run_counted<T, F, Fut>(&self, op: &StoreOp, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        op.observe(self.run(f)).await
     }
 }
 
@@ -290,10 +397,17 @@ impl ProgressStore for RedisStore {
         "redis"
     }
 
+    fn report_metrics(&self) {
+        let pool = self.pool.status();
+        crate::metrics::set_pool("redis", pool.size, pool.available, pool.max_size, pool.waiting);
+    }
+
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         let key = self.key(id);
         let raw: Option<Vec<u8>> = self
-            .run(|mut conn| async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await })
+            .run_counted(store_op!("redis", "get"), |mut conn| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut conn).await
+            })
             .await?;
         raw.map(|bytes| StoredRecord::decode(Bytes::from(bytes)).map_err(StoreError::from))
             .transpose()
@@ -312,7 +426,7 @@ impl ProgressStore for RedisStore {
         let channel = &self.changes_channel;
         let notice = format!("{}:{}", record.version(), id.as_str());
         let outcome: i64 = self
-            .run(|mut conn| async move {
+            .run_counted(store_op!("redis", "compare_and_set"), |mut conn| async move {
                 script
                     .key(&key)
                     .arg(expected)
@@ -332,7 +446,7 @@ impl ProgressStore for RedisStore {
         let script = &self.compare_and_delete;
         let (channel, notice) = (&self.changes_channel, format!("0:{}", id.as_str()));
         let outcome: i64 = self
-            .run(|mut conn| async move {
+            .run_counted(store_op!("redis", "compare_and_delete"), |mut conn| async move {
                 script.key(&key).arg(expected).arg(channel).arg(notice).invoke_async(&mut conn).await
             })
             .await?;
@@ -341,7 +455,9 @@ impl ProgressStore for RedisStore {
 
     async fn ping(&self) -> Result<Duration, StoreError> {
         let started = std::time::Instant::now();
-        let _: String = self.run(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
+        let _: String = self
+            .run_counted(store_op!("redis", "ping"), |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .await?;
         Ok(started.elapsed())
     }
 
@@ -349,8 +465,61 @@ impl ProgressStore for RedisStore {
         let key = self.key(id);
         let (script, channel, notice) = (&self.delete, &self.changes_channel, format!("0:{}", id.as_str()));
         let removed: i64 = self
-            .run(|mut conn| async move { script.key(&key).arg(channel).arg(notice).invoke_async(&mut conn).await })
+            .run_counted(store_op!("redis", "delete"), |mut conn| async move {
+                script.key(&key).arg(channel).arg(notice).invoke_async(&mut conn).await
+            })
             .await?;
         Ok(removed > 0)
+    }
+
+    async fn health(&self) -> Vec<TierHealth> {
+        let (probe, latency) = timed(self.ping()).await;
+        vec![TierHealth::from_probe("redis", probe, latency, &self.last_error)]
+    }
+
+    async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        let token = if exclusive {
+            match self.lock_cleanup(CLEANUP_LOCK_HOLD).await? {
+                Some(token) => Some(token),
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
+        // Keys expire by themselves (every write sets a TTL), and there is no
+        // secondary index whose entries could outlive their keys: nothing to purge.
+        let report = CleanupReport { redis_orphaned_index_entries: Some(0), ..CleanupReport::default() };
+        if let Some(token) = token {
+            self.unlock_cleanup(&token).await?;
+        }
+        Ok(Some(report))
+    }
+
+    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        let prefix = filter.id_prefix.as_deref().unwrap_or("");
+        let (mut cursor, mut deleted) = (0, 0);
+        loop {
+            let (next, page) = self.scan_page(cursor, prefix).await?;
+            deleted += delete_page(self, page, filter).await?.len() as u64;
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        let (mut cursor, mut counts) = (0, StatusCounts::new("redis"));
+        loop {
+            let (next, page) = self.scan_page(cursor, "").await?;
+            for (_, stored) in &page {
+                counts.add(status_of(stored)?, 1);
+            }
+            if next == 0 {
+                return Ok(counts);
+            }
+            cursor = next;
+        }
     }
 }

@@ -23,9 +23,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::breaker::{BreakerState, CircuitBreaker};
+use super::maintenance::{
+    delete_page, BacklogSummary, CleanupReport, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH,
+};
 use super::write_behind::{PendingWrite, WriteBehind};
-use super::{DurableRow, PostgresStore, ProgressStore, RedisStore, StoreError};
+use super::{CachedStore, DurableRow, PostgresStore, ProgressStore, RedisStore, StoreError};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
+use crate::metrics::{self, store_op};
 
 /// Most records written to PostgreSQL in one statement.
 const FLUSH_BATCH: usize = 500;
@@ -49,6 +53,8 @@ pub struct HotTier {
     pub store: Arc<dyn ProgressStore>,
     /// The Redis store itself, for copying records back after an outage.
     pub redis: Arc<RedisStore>,
+    /// The read cache in front of it, if on: emptied after a bulk delete.
+    pub cache: Option<Arc<CachedStore>>,
 }
 
 /// Redis (optional) over PostgreSQL.
@@ -133,13 +139,13 @@ impl TieredStore {
 
     /// Writes due backlog entries to PostgreSQL; returns how many were settled.
     async fn flush(&self, everything: bool) -> Result<usize, StoreError> {
-        let tick = flush_tick(self.config.persist_interval);
+        let horizon = flush_horizon(self.config.persist_interval);
         let mut settled = 0;
         loop {
             if !self.durable_breaker.allows() {
                 return Err(unavailable("postgres", "circuit breaker open"));
             }
-            let batch = self.backlog.due(tick, self.config.persist_interval, everything, FLUSH_BATCH);
+            let batch = self.backlog.due(horizon, self.config.persist_interval, everything, FLUSH_BATCH);
             if batch.is_empty() {
                 return Ok(settled);
             }
@@ -150,11 +156,19 @@ impl TieredStore {
                     PendingWrite::Delete => None,
                 })
                 .collect();
-            if !upserts.is_empty() {
-                Self::observe(&self.durable_breaker, self.durable.upsert_newer(&upserts).await.map(|_| ()))?;
+            let written = async {
+                if !upserts.is_empty() {
+                    Self::observe(&self.durable_breaker, self.durable.upsert_newer(&upserts).await.map(|_| ()))?;
+                }
+                for due in batch.iter().filter(|d| matches!(d.write, PendingWrite::Delete)) {
+                    Self::observe(&self.durable_breaker, self.durable.delete(&due.id).await)?;
+                }
+                Ok::<(), StoreError>(())
             }
-            for due in batch.iter().filter(|d| matches!(d.write, PendingWrite::Delete)) {
-                Self::observe(&self.durable_breaker, self.durable.delete(&due.id).await)?;
+            .await;
+            if let Err(e) = written {
+                self.backlog.release(&batch);
+                return Err(e);
             }
             self.backlog.settle(&batch);
             settled += batch.len();
@@ -216,10 +230,16 @@ fn unavailable(tier: &'static str, reason: &str) -> StoreError {
     StoreError::Unavailable { tier, reason: reason.to_owned() }
 }
 
-/// The flusher wakes this often; entries due within one tick are flushed,
-/// so none waits longer than the persist interval.
+/// The flusher wakes this often, at a fixed rate.
 fn flush_tick(interval: Duration) -> Duration {
     (interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Entries whose deadline falls within this horizon are flushed now: one
+/// tick, plus half a tick of slack for a slow flush or a late wake-up, so
+/// none waits longer than the persist interval.
+fn flush_horizon(interval: Duration) -> Duration {
+    flush_tick(interval) * 3 / 2
 }
 
 async fn probe_hot(store: std::sync::Weak<TieredStore>) {
@@ -249,7 +269,7 @@ async fn probe_durable(store: std::sync::Weak<TieredStore>) {
             let ready = if migrated {
                 s.durable.ping().await.map(|_| ())
             } else {
-                s.durable.migrate().await
+                store_op!("postgres", "migrate").observe(s.durable.migrate()).await
             };
             match ready {
                 Ok(()) => {
@@ -269,9 +289,13 @@ async fn probe_durable(store: std::sync::Weak<TieredStore>) {
 }
 
 async fn flush_periodically(store: std::sync::Weak<TieredStore>) {
+    let Some(tick) = store.upgrade().map(|s| flush_tick(s.config.persist_interval)) else { return };
+    // Fixed rate: the time a flush takes does not push the next one back.
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        ticker.tick().await;
         let Some(s) = store.upgrade() else { return };
-        let tick = flush_tick(s.config.persist_interval);
         // While Redis is down, PostgreSQL is the store of record: flush everything.
         let everything = s.hot.is_some() && !s.hot_breaker.allows();
         if !s.backlog.is_empty() && s.durable_breaker.allows() {
@@ -280,7 +304,6 @@ async fn flush_periodically(store: std::sync::Weak<TieredStore>) {
             }
         }
         drop(s);
-        tokio::time::sleep(tick).await;
     }
 }
 
@@ -288,6 +311,20 @@ async fn flush_periodically(store: std::sync::Weak<TieredStore>) {
 impl ProgressStore for TieredStore {
     fn kind(&self) -> &'static str {
         if self.hot.is_some() { "redis+postgres" } else { "postgres" }
+    }
+
+    fn report_metrics(&self) {
+        let (hot, durable) = self.breaker_states();
+        if let Some(hot) = hot {
+            metrics::set_breaker_state("redis", hot);
+        }
+        metrics::set_breaker_state("postgres", durable);
+        let (pending, oldest) = self.backlog();
+        metrics::set_backlog(pending, oldest);
+        if let Some(hot) = &self.hot {
+            hot.store.report_metrics();
+        }
+        self.durable.report_metrics();
     }
 
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
@@ -309,6 +346,9 @@ impl ProgressStore for TieredStore {
             Err(_) if hot_missed => return Ok(None),
             Err(e) => return Err(e),
         };
+        if self.hot.is_some() {
+            metrics::fallback_read(hot_missed);
+        }
         let newest = match (pending, durable) {
             (Some(PendingWrite::Delete), _) => None,
             (Some(PendingWrite::Upsert(mine)), DurableRow::Live(theirs)) if theirs.recency() > mine.recency() => Some(theirs),
@@ -405,6 +445,89 @@ impl ProgressStore for TieredStore {
         self.durable.ping().await
     }
 
+    async fn health(&self) -> Vec<TierHealth> {
+        let (hot, durable) = match &self.hot {
+            Some(hot) => tokio::join!(async { Some(hot.redis.health().await) }, self.durable.health()),
+            None => (None, self.durable.health().await),
+        };
+        let mut tiers = Vec::new();
+        for mut tier in hot.into_iter().flatten() {
+            tier.breaker = Some(self.hot_breaker.state());
+            tiers.push(tier);
+        }
+        for mut tier in durable {
+            tier.breaker = Some(self.durable_breaker.state());
+            tiers.push(tier);
+        }
+        tiers
+    }
+
+    async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        if !self.durable_breaker.allows() {
+            return Err(unavailable("postgres", "circuit breaker open"));
+        }
+        // PostgreSQL's advisory lock decides which instance cleans up.
+        let Some(rows) = self.durable.purge_expired(exclusive).await? else { return Ok(None) };
+        let mut report = CleanupReport { postgres_expired_rows: Some(rows), ..CleanupReport::default() };
+        if let Some(hot) = &self.hot {
+            let redis = hot.redis.cleanup(false).await?.unwrap_or_default();
+            report.redis_orphaned_index_entries = redis.redis_orphaned_index_entries;
+        }
+        Ok(Some(report))
+    }
+
+    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        let Some(hot) = self.hot_usable() else { return self.delete_matching_durable(filter).await };
+        // Redis decides for every record it holds, judged by its current
+        // version (PostgreSQL may be a persist interval behind): each match is
+        // compare-and-deleted at the version read, then tombstoned in PostgreSQL.
+        let prefix = filter.id_prefix.as_deref().unwrap_or("");
+        let (mut cursor, mut deleted) = (0, 0);
+        loop {
+            let (next, page) = Self::observe(&self.hot_breaker, hot.redis.scan_page(cursor, prefix).await)?;
+            let ids = Self::observe(&self.hot_breaker, delete_page(hot.store.as_ref(), page, filter).await)?;
+            deleted += ids.len() as u64;
+            self.delete_durable_many(&ids).await;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+            tokio::task::yield_now().await;
+        }
+        // Then what only PostgreSQL holds (Redis lost it): read repair would bring it back.
+        if self.durable_breaker.allows() {
+            deleted += self.delete_durable_only(hot, filter).await?;
+        }
+        // The Redis deletes evicted their own entries; a record Redis lost
+        // may still be cached here, and must not be served after this answer.
+        if let Some(cache) = &hot.cache {
+            cache.forget_all();
+        }
+        Ok(deleted)
+    }
+
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        if self.durable_breaker.allows() {
+            // This instance's unflushed updates first, so that they count.
+            if let Err(e) = self.flush(true).await {
+                tracing::debug!(error = %e, "flush before counting failed");
+            }
+            match self.durable.count_statuses().await {
+                Ok(counts) => return Ok(counts),
+                Err(e) if self.hot_usable().is_none() => return Err(e),
+                Err(e) => tracing::debug!(error = %e, "counting in postgres failed; counting in redis"),
+            }
+        }
+        match self.hot_usable() {
+            Some(hot) => hot.store.count_by_status().await,
+            None => Err(unavailable("postgres", "circuit breaker open")),
+        }
+    }
+
+    fn write_behind(&self) -> Option<BacklogSummary> {
+        Some(BacklogSummary { pending: self.backlog.len(), oldest_age: self.backlog.oldest_age() })
+    }
+
     async fn shutdown(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -449,5 +572,85 @@ impl TieredStore {
         }
         self.backlog.enqueue(id, PendingWrite::Delete);
         false
+    }
+}
+
+/// Bulk deletes beyond what Redis holds.
+impl TieredStore {
+    /// PostgreSQL is the store of record (Redis is down or not configured):
+    /// tombstone its matching rows, after flushing what this instance
+    /// acknowledged and PostgreSQL has not seen. The tombstones reach Redis
+    /// with the copy-back when it returns.
+    async fn delete_matching_durable(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        if !self.durable_breaker.allows() {
+            let tier = if self.hot.is_some() { "redis" } else { "postgres" };
+            return Err(unavailable(tier, if self.hot.is_some() { "both tiers are down" } else { "circuit breaker open" }));
+        }
+        if !self.backlog.is_empty() {
+            self.flush(true).await?;
+        }
+        let ids = Self::observe(&self.durable_breaker, self.durable.tombstone_matching(filter).await)?;
+        for id in &ids {
+            self.forget_during_outage(id);
+        }
+        Ok(ids.len() as u64)
+    }
+
+    /// Tombstones records just deleted from Redis, or queues the tombstones
+    /// while PostgreSQL is down.
+    async fn delete_durable_many(&self, ids: &[ProgressId]) {
+        if ids.is_empty() {
+            return;
+        }
+        if self.durable_breaker.allows()
+            && Self::observe(&self.durable_breaker, self.durable.tombstone_ids(ids).await).is_ok()
+        {
+            for id in ids {
+                self.backlog.supersede(id, u64::MAX);
+            }
+            return;
+        }
+        for id in ids {
+            self.backlog.enqueue(id, PendingWrite::Delete);
+        }
+    }
+
+    /// Tombstones the live PostgreSQL rows matching `filter` that Redis does
+    /// not hold (the Redis pass judged the others by their current version),
+    /// judging by this instance's unflushed write where it has one.
+    async fn delete_durable_only(&self, hot: &HotTier, filter: &RecordFilter) -> Result<u64, StoreError> {
+        let (mut after, mut deleted) = (String::new(), 0);
+        loop {
+            let page = Self::observe(
+                &self.durable_breaker,
+                self.durable.matching_page(filter, &after, MAINTENANCE_BATCH as i64).await,
+            )?;
+            let Some((last, _)) = page.last() else { return Ok(deleted) };
+            after = last.as_str().to_owned();
+            let ids: Vec<ProgressId> = page.iter().map(|(id, _)| id.clone()).collect();
+            let held = Self::observe(&self.hot_breaker, hot.redis.exists_many(&ids).await)?;
+            let mut stale = Vec::new();
+            for ((id, version), in_redis) in page.iter().zip(held) {
+                // The row matched; this instance's unflushed write, if any, is newer.
+                let matches = match self.backlog.pending(id) {
+                    _ if in_redis => continue,
+                    None => true,
+                    Some(PendingWrite::Delete) => continue,
+                    Some(PendingWrite::Upsert(mine)) => filter.matches(id, &mine)?,
+                };
+                if matches {
+                    stale.push((id.clone(), *version));
+                }
+            }
+            let gone = Self::observe(&self.durable_breaker, self.durable.tombstone_versions(&stale).await)?;
+            for id in &gone {
+                self.backlog.supersede(id, u64::MAX);
+            }
+            deleted += gone.len() as u64;
+            if page.len() < MAINTENANCE_BATCH {
+                return Ok(deleted);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }

@@ -29,6 +29,10 @@ struct Entry {
     since: Instant,
     /// Bumped on every change, so a flush settles only what it wrote.
     seq: u64,
+    /// Set while a flush holds this entry: the first write that arrived
+    /// since then, which the flush does not carry.
+    in_flight: bool,
+    since_in_flight: Option<Instant>,
 }
 
 /// Pending writes keyed by record id.
@@ -66,10 +70,14 @@ impl WriteBehind {
                 if !older {
                     entry.write = write;
                     entry.seq = seq;
+                    if entry.in_flight && entry.since_in_flight.is_none() {
+                        entry.since_in_flight = Some(Instant::now());
+                    }
                 }
             }
             None => {
-                entries.insert(id.as_str().to_owned(), Entry { id: id.clone(), write, since: Instant::now(), seq });
+                let entry = Entry { id: id.clone(), write, since: Instant::now(), seq, in_flight: false, since_in_flight: None };
+                entries.insert(id.as_str().to_owned(), entry);
             }
         }
     }
@@ -82,25 +90,48 @@ impl WriteBehind {
     /// Writes whose deadline falls within `horizon` from now (all of them
     /// when `everything`), at most `max`, oldest first.
     pub fn due(&self, horizon: Duration, interval: Duration, everything: bool, max: usize) -> Vec<Due> {
-        let entries = self.lock();
-        let mut due: Vec<(&Entry, Instant)> = entries
-            .values()
-            .filter(|e| everything || e.since.elapsed() + horizon >= interval)
-            .map(|e| (e, e.since))
+        let mut entries = self.lock();
+        let mut due: Vec<(String, Instant)> = entries
+            .iter()
+            .filter(|(_, e)| everything || e.since.elapsed() + horizon >= interval)
+            .map(|(k, e)| (k.clone(), e.since))
             .collect();
         due.sort_by_key(|(_, since)| *since);
+        due.truncate(max);
         due.into_iter()
-            .take(max)
-            .map(|(e, _)| Due { id: e.id.clone(), write: e.write.clone(), seq: e.seq })
+            .filter_map(|(key, _)| {
+                let e = entries.get_mut(&key)?;
+                e.in_flight = true;
+                Some(Due { id: e.id.clone(), write: e.write.clone(), seq: e.seq })
+            })
             .collect()
     }
 
-    /// Forgets what a flush wrote, unless a newer write arrived meanwhile.
+    /// Forgets what a flush wrote. A write that arrived meanwhile stays,
+    /// its deadline counted from its own arrival (not the flushed one's).
     pub fn settle(&self, flushed: &[Due]) {
         let mut entries = self.lock();
         for due in flushed {
-            if entries.get(due.id.as_str()).is_some_and(|e| e.seq == due.seq) {
-                entries.remove(due.id.as_str());
+            match entries.get_mut(due.id.as_str()) {
+                Some(e) if e.seq == due.seq => {
+                    entries.remove(due.id.as_str());
+                }
+                Some(e) => {
+                    e.since = e.since_in_flight.take().unwrap_or_else(Instant::now);
+                    e.in_flight = false;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// A flush failed: its entries keep their deadlines and wait for the next one.
+    pub fn release(&self, taken: &[Due]) {
+        let mut entries = self.lock();
+        for due in taken {
+            if let Some(e) = entries.get_mut(due.id.as_str()) {
+                e.in_flight = false;
+                e.since_in_flight = None;
             }
         }
     }
@@ -155,6 +186,25 @@ mod tests {
     }
 
     #[test]
+    fn a_write_during_a_flush_gets_its_own_deadline() {
+        let wb = WriteBehind::default();
+        let a = ProgressId::parse("a").unwrap();
+        let interval = Duration::from_millis(50);
+        wb.enqueue(&a, PendingWrite::Upsert(record(1)));
+        std::thread::sleep(Duration::from_millis(60));
+        let batch = wb.due(Duration::ZERO, interval, false, 100);
+        assert_eq!(batch.len(), 1, "due after the interval");
+        wb.enqueue(&a, PendingWrite::Upsert(record(2))); // lands while version 1 is written
+        wb.settle(&batch);
+        assert!(
+            wb.due(Duration::ZERO, interval, false, 100).is_empty(),
+            "version 2 is due 50 ms after its own arrival, not at once (no extra flush)"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(wb.due(Duration::ZERO, interval, false, 100).len(), 1);
+    }
+
+    #[test]
     fn coalesces_per_record_keeping_the_highest_version() {
         let wb = WriteBehind::default();
         let a = ProgressId::parse("a").unwrap();
@@ -181,6 +231,10 @@ mod tests {
         wb.enqueue(&a, PendingWrite::Upsert(record(2))); // arrives while the batch is written
         wb.settle(&batch);
         assert_eq!(version(&wb.pending(&a).unwrap()), 2, "the newer write stays pending");
+        assert!(wb.due(Duration::from_secs(1), interval, false, 100).is_empty());
+        let batch = wb.due(Duration::ZERO, interval, true, 100);
+        wb.release(&batch);
+        assert_eq!(wb.len(), 1, "a failed flush keeps the entry");
         let batch = wb.due(Duration::ZERO, interval, true, 100);
         wb.settle(&batch);
         assert!(wb.is_empty());

@@ -2,6 +2,7 @@
 //! with a unique Redis key prefix per test, and talk to it over HTTP.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod postgres;
 pub mod proxy;
 pub mod redis_server;

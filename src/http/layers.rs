@@ -1,0 +1,188 @@
+//! The tower layers around the routes: CORS, request ids, tracing,
+//! compression and the request timeout. `super::router` stacks them; the
+//! order is explained there.
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Span;
+
+use crate::error::Error;
+use crate::settings::Settings;
+
+/// The request-id header: taken from the request when present, else a new UUID.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest `?wait=` a long-poll may ask for; the timeout grows by it.
+const MAX_WAIT_SECONDS: u64 = 60;
+
+/// Responses smaller than this are sent as they are: gzip would save
+/// little and cost a buffer. A record is well above it.
+const COMPRESS_ABOVE_BYTES: u64 = 256;
+
+/// How long browsers may cache a preflight answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// What the outer layers are configured with.
+#[derive(Debug, Clone)]
+pub struct LayerSettings {
+    /// Origins browsers may call from (`*`: any); empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
+    /// Longest a request may take before a 503 `request_timeout`.
+    pub request_timeout: Duration,
+}
+
+impl LayerSettings {
+    /// `PROGRESS_CORS_ORIGINS` and `PROGRESS_REQUEST_TIMEOUT_SECONDS`.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            cors_origins: settings.cors_origins.clone(),
+            request_timeout: Duration::from_secs(settings.request_timeout_seconds),
+        }
+    }
+}
+
+/// CORS for the configured origins, or `None` when there are none. No
+/// credentials mode: browsers send the token in `Authorization`, not cookies.
+pub(crate) fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Settings validation already refused origins that are not header values.
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER, REQUEST_ID])
+            .max_age(PREFLIGHT_MAX_AGE),
+    )
+}
+
+/// The span of one request. It records the request id, so every log line
+/// of the request carries it, and never any header (`Authorization` holds
+/// a token).
+pub(crate) fn request_span(request: &Request) -> Span {
+    let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri().path(),
+        request_id = %request_id,
+    )
+}
+
+/// gzip for responses of 256 bytes and more, never for event streams
+/// (each event must reach the browser when it is written, not when a
+/// compression block fills).
+pub(crate) fn compression() -> CompressionLayer<impl Predicate> {
+    CompressionLayer::new()
+        .gzip(true)
+        .compress_when(SizeAbove::new(COMPRESS_ABOVE_BYTES).and(NotForContentType::SSE))
+}
+
+/// Answers 503 `request_timeout` (with `Retry-After`) when the response has
+/// not started within `limit`. A long-poll (`?wait=N`) gets its `N` seconds
+/// on top; an event stream is not cut, since its response starts at once
+/// and only the body goes on. The handler is dropped at the deadline, so a
+/// write may or may not have been applied: PUT and `If-Match` make retries safe.
+pub(crate) async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let limit = limit + Duration::from_secs(long_poll_seconds(request.uri().query()));
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+            Error::RequestTimeout { seconds: limit.as_secs() }.into_response()
+        }
+    }
+}
+
+/// The `wait` query parameter, capped at [`MAX_WAIT_SECONDS`]; 0 when absent or unreadable.
+fn long_poll_seconds(query: Option<&str>) -> u64 {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("wait="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |w| w.min(MAX_WAIT_SECONDS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn slow_router(limit: Duration) -> Router {
+        Router::new()
+            .route("/slow", get(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "done"
+            }))
+            .route("/fast", get(|| async { "done" }))
+            .layer(axum::middleware::from_fn_with_state(limit, timeout))
+    }
+
+    async fn call(router: Router, uri: &str) -> (u16, Option<String>, String) {
+        let response = router.oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
+        let body = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        (status, content_type, body)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_handler_gets_a_problem_503() {
+        let started = tokio::time::Instant::now();
+        let (status, content_type, body) = call(slow_router(Duration::from_secs(2)), "/slow").await;
+        assert_eq!(status, 503);
+        assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["code"], "request_timeout", "{doc}");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_handler_is_untouched() {
+        assert_eq!(call(slow_router(Duration::from_secs(2)), "/fast").await, (200, Some("text/plain; charset=utf-8".into()), "done".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_gets_its_wait_on_top() {
+        let (status, _, body) = call(slow_router(Duration::from_secs(2)), "/slow?wait=20").await;
+        assert_eq!((status, body.as_str()), (200, "done"), "2 s + 20 s of wait outlast the 10 s handler");
+        let started = tokio::time::Instant::now();
+        let (status, _, _) = call(slow_router(Duration::from_secs(2)), "/slow?wait=5").await;
+        assert_eq!(status, 503);
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn wait_is_read_and_capped() {
+        assert_eq!(long_poll_seconds(None), 0);
+        assert_eq!(long_poll_seconds(Some("a=1&wait=30")), 30);
+        assert_eq!(long_poll_seconds(Some("wait=3600")), MAX_WAIT_SECONDS);
+        assert_eq!(long_poll_seconds(Some("wait=soon")), 0);
+        assert_eq!(long_poll_seconds(Some("nowait=5")), 0);
+    }
+}

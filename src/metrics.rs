@@ -1,0 +1,483 @@
+//! Prometheus metrics, served by `GET /metrics` in the text format.
+//!
+//! The `metrics` recorder is process-wide: [`handle`] installs it on first
+//! use (tests start many servers in one process; they all record into, and
+//! render from, the same registry). The README ("Metrics") lists every
+//! metric; the names are the constants below.
+//!
+//! - **HTTP**: [`HttpMetricsLayer`] counts requests by method, matched route
+//!   (`/progress/{id}`, never the raw path; `unmatched` for requests no route
+//!   matched) and status, and times them up to the response head.
+//! - **Stores**: each tier counts its own operations where they happen
+//!   (`store_op!`); the tiered store counts fallback reads. Gauges that
+//!   describe state (breakers, backlog, pools) are set at scrape time by
+//!   [`crate::store::ProgressStore::report_metrics`].
+//! - **Records**: the service counts writes and deletes; cleanup reports
+//!   what it purged through [`records_cleaned_up`].
+//!
+//! Recording must stay cheap on the request path: label values are static
+//! strings, and the handles of the series a request touches are looked up
+//! once and kept (`RouteSeries`, the statics behind `store_op!`), so a
+//! request costs a few atomic increments rather than registry lookups.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use ::metrics::{Counter, Histogram, SharedString, Unit};
+use axum::extract::{MatchedPath, State};
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::http::AppState;
+use crate::store::{BreakerState, StoreError};
+
+/// Requests answered, by `method`, `route` and `status`.
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+/// Time to the response head, by `method` and `route`.
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+/// Operations a storage tier ran, by `tier` and `op`.
+pub const STORE_OPERATIONS: &str = "progressd_store_operations_total";
+/// Operations a storage tier failed, by `tier` and `op`.
+pub const STORE_ERRORS: &str = "progressd_store_errors_total";
+/// Reads answered by PostgreSQL after Redis missed or failed, by `reason`.
+pub const FALLBACK_READS: &str = "progressd_fallback_reads_total";
+/// Circuit breaker state by `tier`: 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "progressd_circuit_breaker_state";
+/// Times a tier's circuit breaker opened after failures, by `tier`.
+pub const BREAKER_OPENED: &str = "progressd_circuit_breaker_opened_total";
+/// Records waiting in the write-behind backlog.
+pub const BACKLOG_SIZE: &str = "progressd_write_behind_backlog";
+/// Age of the oldest write in the backlog (0 when it is empty).
+pub const BACKLOG_OLDEST_AGE: &str = "progressd_write_behind_oldest_age_seconds";
+/// Accepted writes (PUT and PATCH), by `kind`: `create` or `update`.
+pub const RECORDS_WRITTEN: &str = "progressd_records_written_total";
+/// Records deleted by a request.
+pub const RECORDS_DELETED: &str = "progressd_records_deleted_total";
+/// Expired or orphaned records purged by cleanup.
+pub const RECORDS_CLEANED_UP: &str = "progressd_records_cleaned_up_total";
+/// Connections a pool holds open, by `tier`.
+pub const POOL_CONNECTIONS: &str = "progressd_pool_connections";
+/// Open connections idle in a pool, by `tier`.
+pub const POOL_IDLE: &str = "progressd_pool_idle_connections";
+/// Most connections a pool opens, by `tier`.
+pub const POOL_MAX: &str = "progressd_pool_max_connections";
+/// Requests waiting for a pool connection, by `tier`.
+pub const POOL_WAITING: &str = "progressd_pool_waiting";
+/// Records held by the read cache in front of Redis.
+pub const READ_CACHE_ENTRIES: &str = "progressd_read_cache_entries";
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The content type of the Prometheus text format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How often histogram samples are folded into their buckets between
+/// scrapes: the exporter keeps each sample until then (16 bytes a request).
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The process's Prometheus handle; installs the global recorder on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.to_owned()), &DURATION_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        match ::metrics::set_global_recorder(recorder) {
+            Ok(()) => describe(),
+            Err(e) => tracing::warn!(error = %e, "another metrics recorder is installed; /metrics will be empty"),
+        }
+        // Without the exporter's HTTP listener nobody else drains histogram
+        // samples; a plain thread outlives every test's Tokio runtime.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no metrics upkeep thread; histograms are drained at scrape time only");
+        }
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, Unit::Count, "HTTP requests answered, by method, matched route and status.");
+    describe_histogram!(HTTP_REQUEST_DURATION, Unit::Seconds, "Time from request to response head, by method and route.");
+    describe_counter!(STORE_OPERATIONS, Unit::Count, "Operations run against a storage tier, by tier and operation.");
+    describe_counter!(STORE_ERRORS, Unit::Count, "Operations a storage tier failed, by tier and operation.");
+    describe_counter!(FALLBACK_READS, Unit::Count, "Reads answered by PostgreSQL after Redis missed or was unavailable.");
+    describe_gauge!(BREAKER_STATE, "Circuit breaker state per tier: 0 closed, 1 half-open, 2 open.");
+    describe_counter!(BREAKER_OPENED, Unit::Count, "Times a tier's circuit breaker opened after failures.");
+    describe_gauge!(BACKLOG_SIZE, Unit::Count, "Records whose latest write PostgreSQL has not seen yet.");
+    describe_gauge!(BACKLOG_OLDEST_AGE, Unit::Seconds, "Age of the oldest unflushed write (0 when none).");
+    describe_counter!(RECORDS_WRITTEN, Unit::Count, "Accepted writes (PUT and PATCH), by kind: create or update.");
+    describe_counter!(RECORDS_DELETED, Unit::Count, "Records deleted by a request.");
+    describe_counter!(RECORDS_CLEANED_UP, Unit::Count, "Expired or orphaned records purged by cleanup.");
+    describe_gauge!(POOL_CONNECTIONS, Unit::Count, "Connections the pool holds open.");
+    describe_gauge!(POOL_IDLE, Unit::Count, "Open connections idle in the pool.");
+    describe_gauge!(POOL_MAX, Unit::Count, "Most connections the pool opens.");
+    describe_gauge!(POOL_WAITING, Unit::Count, "Requests waiting for a pool connection.");
+    describe_gauge!(READ_CACHE_ENTRIES, Unit::Count, "Records held by the read cache in front of Redis.");
+}
+
+/// `GET /metrics`: the store reports its state, then every metric is rendered.
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    state.service.store().report_metrics();
+    let body = handle().render();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT))], body).into_response()
+}
+
+// --- storage ------------------------------------------------------------------
+
+/// The counters of one kind of store operation (one `tier`, one `op`).
+pub struct StoreOp {
+    operations: Counter,
+    errors: Counter,
+}
+
+impl StoreOp {
+    /// Registers the pair; `store_op!` keeps one per call site.
+    pub fn new(tier: &'static str, op: &'static str) -> Self {
+        handle();
+        Self {
+            operations: counter!(STORE_OPERATIONS, "tier" => tier, "op" => op),
+            errors: counter!(STORE_ERRORS, "tier" => tier, "op" => op),
+        }
+    }
+
+    /// Counts one finished operation, and its failure.
+    pub fn count<T>(&self, result: &Result<T, StoreError>) {
+        self.operations.increment(1);
+        if result.is_err() {
+            self.errors.increment(1);
+        }
+    }
+
+    /// Counts one operation that cannot fail (the memory tier).
+    pub fn succeeded(&self) {
+        self.operations.increment(1);
+    }
+
+    /// Awaits `operation` and counts it.
+    pub async fn observe<T>(&self, operation: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let result = operation.await;
+        self.count(&result);
+        result
+    }
+}
+
+/// `store_op!("redis", "get")`: the `&'static` [`StoreOp`] of this call site,
+/// registered on first use so that counting is one atomic increment.
+macro_rules! store_op {
+    ($tier:literal, $op:literal) => {{
+        static OP: ::std::sync::OnceLock<$crate::metrics::StoreOp> = ::std::sync::OnceLock::new();
+        OP.get_or_init(|| $crate::metrics::StoreOp::new($tier, $op))
+    }};
+}
+pub(crate) use store_op;
+
+/// Counters without per-call labels, registered once.
+struct Counters {
+    fallback_miss: Counter,
+    fallback_unavailable: Counter,
+    created: Counter,
+    updated: Counter,
+    deleted: Counter,
+    cleaned_up: Counter,
+}
+
+fn counters() -> &'static Counters {
+    static COUNTERS: OnceLock<Counters> = OnceLock::new();
+    COUNTERS.get_or_init(|| {
+        handle();
+        Counters {
+            fallback_miss: counter!(FALLBACK_READS, "reason" => "redis_miss"),
+            fallback_unavailable: counter!(FALLBACK_READS, "reason" => "redis_unavailable"),
+            created: counter!(RECORDS_WRITTEN, "kind" => "create"),
+            updated: counter!(RECORDS_WRITTEN, "kind" => "update"),
+            deleted: counter!(RECORDS_DELETED),
+            cleaned_up: counter!(RECORDS_CLEANED_UP),
+        }
+    })
+}
+
+/// PostgreSQL answered a read because Redis missed (`true`) or was unavailable.
+pub fn fallback_read(redis_missed: bool) {
+    let c = counters();
+    if redis_missed { &c.fallback_miss } else { &c.fallback_unavailable }.increment(1);
+}
+
+/// A write was accepted; `created` when it created the record.
+pub fn record_written(created: bool) {
+    let c = counters();
+    if created { &c.created } else { &c.updated }.increment(1);
+}
+
+/// `n` records were deleted by requests (single or bulk deletes).
+pub fn records_deleted(n: u64) {
+    counters().deleted.increment(n);
+}
+
+/// `n` expired or orphaned records were purged by cleanup.
+pub fn records_cleaned_up(n: u64) {
+    counters().cleaned_up.increment(n);
+}
+
+/// A circuit breaker opened after failures of `tier`.
+pub fn breaker_opened(tier: &'static str) {
+    handle();
+    counter!(BREAKER_OPENED, "tier" => tier).increment(1);
+}
+
+/// Sets the breaker gauge of `tier` (scrape time).
+pub fn set_breaker_state(tier: &'static str, state: BreakerState) {
+    let value = match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    };
+    gauge!(BREAKER_STATE, "tier" => tier).set(value);
+}
+
+/// Sets the write-behind gauges (scrape time).
+pub fn set_backlog(len: usize, oldest: Option<Duration>) {
+    gauge!(BACKLOG_SIZE).set(len as f64);
+    gauge!(BACKLOG_OLDEST_AGE).set(oldest.unwrap_or_default().as_secs_f64());
+}
+
+/// Sets the pool gauges of `tier` from deadpool's `Pool::status()` (scrape time).
+pub fn set_pool(tier: &'static str, size: usize, available: usize, max_size: usize, waiting: usize) {
+    gauge!(POOL_CONNECTIONS, "tier" => tier).set(size as f64);
+    gauge!(POOL_IDLE, "tier" => tier).set(available as f64);
+    gauge!(POOL_MAX, "tier" => tier).set(max_size as f64);
+    gauge!(POOL_WAITING, "tier" => tier).set(waiting as f64);
+}
+
+/// Sets the read cache gauge (scrape time).
+pub fn set_read_cache_entries(entries: usize) {
+    gauge!(READ_CACHE_ENTRIES).set(entries as f64);
+}
+
+// --- HTTP -----------------------------------------------------------------------
+
+/// Method labels; anything else is `other`, so clients cannot mint series.
+const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
+
+fn method_index(method: &Method) -> usize {
+    [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS]
+        .iter()
+        .position(|m| m == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Statuses whose request counters are kept per route (sorted); others are
+/// looked up in the registry on each use.
+const CACHED_STATUSES: [u16; 24] =
+    [200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 406, 408, 409, 411, 412, 413, 415, 416, 422, 428, 429, 500, 503, 504];
+
+/// The route label of requests no route matched.
+pub const UNMATCHED: &str = "unmatched";
+
+/// "100101102…999": every status code as a `&'static str` label without allocating.
+static STATUS_DIGITS: [u8; 2700] = {
+    let mut digits = [0u8; 2700];
+    let mut i = 0;
+    while i < 900 {
+        let code = 100 + i;
+        digits[i * 3] = b'0' + (code / 100) as u8;
+        digits[i * 3 + 1] = b'0' + (code / 10 % 10) as u8;
+        digits[i * 3 + 2] = b'0' + (code % 10) as u8;
+        i += 1;
+    }
+    digits
+};
+
+fn status_label(status: StatusCode) -> &'static str {
+    let at = (status.as_u16() as usize - 100) * 3;
+    std::str::from_utf8(&STATUS_DIGITS[at..at + 3]).unwrap_or("other")
+}
+
+/// Where a request was routed.
+enum RouteLabel {
+    /// A row of the route table, or `unmatched` (the last index).
+    Listed(usize),
+    /// A matched path outside the table (a route added by hand): labelled, but uncached.
+    Other(Arc<str>),
+}
+
+/// The HTTP series of one route table, with their handles kept once registered.
+struct RouteSeries {
+    /// Route paths, then [`UNMATCHED`].
+    routes: Box<[&'static str]>,
+    /// Latency histograms by `[route][method]`.
+    durations: Box<[OnceLock<Histogram>]>,
+    /// Request counters by `[route][method][cached status]`.
+    requests: Box<[OnceLock<Counter>]>,
+}
+
+impl RouteSeries {
+    /// The series of `paths`, shared by every router of the process built
+    /// from the same table. Built once per distinct table and never freed,
+    /// so that requests share it without touching a reference count.
+    fn shared(paths: impl IntoIterator<Item = &'static str>) -> &'static Self {
+        static BUILT: Mutex<Vec<&'static RouteSeries>> = Mutex::new(Vec::new());
+        let mut routes: Vec<&'static str> = Vec::new();
+        for path in paths {
+            if !routes.contains(&path) {
+                routes.push(path);
+            }
+        }
+        routes.push(UNMATCHED);
+        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(series) = built.iter().find(|s| *s.routes == *routes) {
+            return series;
+        }
+        handle();
+        let pairs = routes.len() * METHODS.len();
+        let series: &'static Self = Box::leak(Box::new(Self {
+            routes: routes.into_boxed_slice(),
+            durations: (0..pairs).map(|_| OnceLock::new()).collect(),
+            requests: (0..pairs * CACHED_STATUSES.len()).map(|_| OnceLock::new()).collect(),
+        }));
+        built.push(series);
+        series
+    }
+
+    fn label_of(&self, matched: Option<&MatchedPath>) -> RouteLabel {
+        let Some(matched) = matched else { return RouteLabel::Listed(self.routes.len() - 1) };
+        match self.routes.iter().position(|r| *r == matched.as_str()) {
+            Some(i) => RouteLabel::Listed(i),
+            None => RouteLabel::Other(Arc::from(matched.as_str())),
+        }
+    }
+
+    fn record(&self, method: usize, route: &RouteLabel, status: StatusCode, elapsed: Duration) {
+        let (method_label, status_label) = (METHODS[method], status_label(status));
+        let seconds = elapsed.as_secs_f64();
+        match route {
+            RouteLabel::Listed(r) => {
+                let route_label = self.routes[*r];
+                let pair = r * METHODS.len() + method;
+                self.durations[pair]
+                    .get_or_init(|| histogram!(HTTP_REQUEST_DURATION, "method" => method_label, "route" => route_label))
+                    .record(seconds);
+                let new_counter =
+                    || counter!(HTTP_REQUESTS, "method" => method_label, "route" => route_label, "status" => status_label);
+                match CACHED_STATUSES.binary_search(&status.as_u16()) {
+                    Ok(s) => self.requests[pair * CACHED_STATUSES.len() + s].get_or_init(new_counter).increment(1),
+                    Err(_) => new_counter().increment(1),
+                }
+            }
+            RouteLabel::Other(path) => {
+                let route = SharedString::from_shared(path.clone());
+                histogram!(HTTP_REQUEST_DURATION, "method" => method_label, "route" => route.clone()).record(seconds);
+                counter!(HTTP_REQUESTS, "method" => method_label, "route" => route, "status" => status_label).increment(1);
+            }
+        }
+    }
+}
+
+/// Records `http_requests_total` and `http_request_duration_seconds`.
+///
+/// Add it with `Router::layer`: axum runs such layers after routing, so
+/// the request carries its [`MatchedPath`] (absent: `unmatched`).
+#[derive(Clone)]
+pub struct HttpMetricsLayer {
+    series: &'static RouteSeries,
+}
+
+impl HttpMetricsLayer {
+    /// A layer labelling requests with the route `paths` (the route table).
+    pub fn new(paths: impl IntoIterator<Item = &'static str>) -> Self {
+        Self { series: RouteSeries::shared(paths) }
+    }
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMetrics { inner, series: self.series }
+    }
+}
+
+/// The service of [`HttpMetricsLayer`].
+#[derive(Clone)]
+pub struct HttpMetrics<S> {
+    inner: S,
+    series: &'static RouteSeries,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetrics<S>
+where
+    S: Service<Request<ReqBody>, Response = axum::http::Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
+        let method = method_index(request.method());
+        let route = self.series.label_of(request.extensions().get::<MatchedPath>());
+        ResponseFuture { inner: self.inner.call(request), started, method, route, series: self.series }
+    }
+}
+
+pin_project! {
+    /// The response future of [`HttpMetrics`]: records when the head is ready.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        method: usize,
+        route: RouteLabel,
+        series: &'static RouteSeries,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<axum::http::Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &output {
+            this.series.record(*this.method, this.route, response.status(), this.started.elapsed());
+        }
+        Poll::Ready(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_static_and_bounded() {
+        assert_eq!(status_label(StatusCode::OK), "200");
+        assert_eq!(status_label(StatusCode::NOT_MODIFIED), "304");
+        assert_eq!(status_label(StatusCode::from_u16(999).unwrap()), "999");
+        assert_eq!(METHODS[method_index(&Method::PATCH)], "PATCH");
+        assert_eq!(METHODS[method_index(&Method::from_bytes(b"BREW").unwrap())], "other");
+        assert!(CACHED_STATUSES.windows(2).all(|w| w[0] < w[1]), "binary search needs them sorted");
+    }
+}
