@@ -56,6 +56,18 @@ async fn durable_ready(app: &TestApp, database_url: &str) {
     .await;
 }
 
+/// Our own Redis reached through a TCP proxy (to cut it off without killing
+/// it), a database of our own, and an app over both with PostgreSQL in use.
+async fn redis_behind_a_proxy() -> (OwnRedis, Proxy, TestDatabase, TestApp) {
+    let redis = OwnRedis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let db = TestDatabase::create().await;
+    let url = format!("redis://127.0.0.1:{}", proxy.port());
+    let app = spawn_app_with(Backend::Redis, |s| quick(s, url.clone(), db.url().into())).await;
+    durable_ready(&app, db.url()).await;
+    (redis, proxy, db, app)
+}
+
 async fn record(app: &TestApp, id: &str) -> Result<Value, StatusCode> {
     let res = app.get(id).await;
     match res.status() {
@@ -167,12 +179,7 @@ async fn redis_restarted_empty_serves_what_the_outage_acknowledged() {
 /// dead); the records written during the outage are copied back over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_back_with_old_data_never_shadows_the_outage() {
-    let redis = OwnRedis::start();
-    let proxy = Proxy::start(redis.addr()).await;
-    let db = TestDatabase::create().await;
-    let url = format!("redis://127.0.0.1:{}", proxy.port());
-    let app = spawn_app_with(Backend::Redis, |s| quick(s, url.clone(), db.url().into())).await;
-    durable_ready(&app, db.url()).await;
+    let (redis, proxy, _db, app) = redis_behind_a_proxy().await;
     for id in ["a", "b", "c"] {
         app.put_ok(id, &json!({"status": "running", "current": 0})).await;
         app.patch_ok(id, &json!({"current": 1})).await;
@@ -265,12 +272,7 @@ async fn both_down_is_503_and_recovers_by_itself() {
 /// opens, then Redis costs them nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_redis_is_bounded_then_skipped() {
-    let redis = OwnRedis::start();
-    let proxy = Proxy::start(redis.addr()).await;
-    let db = TestDatabase::create().await;
-    let url = format!("redis://127.0.0.1:{}", proxy.port());
-    let app = spawn_app_with(Backend::Redis, |s| quick(s, url.clone(), db.url().into())).await;
-    durable_ready(&app, db.url()).await;
+    let (redis, proxy, _db, app) = redis_behind_a_proxy().await;
     app.put_ok("b", &json!({"status": "running"})).await;
     proxy.set_mode(Mode::Blackhole).await;
     let mut latencies = Vec::new();
