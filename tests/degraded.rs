@@ -284,12 +284,14 @@ async fn a_blackholed_redis_is_bounded_then_skipped() {
     }
     let slowest = latencies.iter().max().unwrap();
     assert!(*slowest < Duration::from_millis(700), "bounded by the Redis timeout: {latencies:?}");
+    // Any request that still tried Redis would take the full 300 ms timeout;
+    // 250 ms leaves room for a loaded CI machine and still tells them apart.
     let after_open = &latencies[4..];
-    assert!(after_open.iter().all(|l| *l < Duration::from_millis(100)), "breaker open: {latencies:?}");
+    assert!(after_open.iter().all(|l| *l < Duration::from_millis(250)), "breaker open: {latencies:?}");
     // A write while the breaker is open goes to PostgreSQL without waiting on Redis.
     let started = Instant::now();
     app.patch_ok("b", &json!({"message": "during"})).await;
-    assert!(started.elapsed() < Duration::from_millis(150), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(250), "no Redis timeout paid: {:?}", started.elapsed());
     proxy.set_mode(Mode::Forward).await;
     wait_for("Redis in use again", Duration::from_secs(5), async || {
         let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();

@@ -116,6 +116,9 @@ async fn readers_on_one_instance_never_fall_behind_writers_on_another() {
 async fn the_cache_is_really_used_and_max_age_bounds_an_unannounced_change() {
     let (a, _b) = pair(|s| s.cache_max_age_ms = 400).await;
     a.put_ok("quiet", &json!({})).await;
+    // The PUT's own change notice arrives asynchronously and evicts whatever
+    // a read cached before it: let it arrive, then fill the cache.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(version(&a, "quiet").await, Some(1));
     // Removed behind the service's back: no change notice.
     let key = format!("{}progress:quiet", a.settings.key_prefix);
