@@ -321,15 +321,7 @@ async fn a_refused_connection_is_unavailable_at_once() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_is_unavailable_within_the_timeout() {
-    // Accepts connections, reads nothing, answers nothing.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let blackhole = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let (port, blackhole) = common::blackhole().await;
     let timeout = Duration::from_millis(300);
     let store = store(&format!("postgres://progressd:hunter22secret@127.0.0.1:{port}/progress"), timeout);
     // The bound is the timeout plus scheduling slack.

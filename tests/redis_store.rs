@@ -57,15 +57,7 @@ async fn a_refused_connection_is_a_fast_503() {
 
 #[tokio::test]
 async fn a_redis_that_never_answers_does_not_hang_requests() {
-    // Accepts connections, reads nothing, answers nothing.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let blackhole = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let (port, blackhole) = common::blackhole().await;
     let app = spawn_app_with(Backend::Redis, |s| {
         s.redis_url = Some(format!("redis://127.0.0.1:{port}"));
         s.redis_timeout_ms = 300;

@@ -179,6 +179,20 @@ pub fn delete_keys(url: &str, prefix: &str) {
     }
 }
 
+/// A server that accepts connections, reads nothing and answers nothing:
+/// its port, and the task to abort when done.
+pub async fn blackhole() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
 /// A synchronous Redis connection to the test Redis.
 pub fn redis_conn() -> redis::Connection {
     redis::Client::open(redis_url()).unwrap().get_connection_with_timeout(Duration::from_secs(2)).unwrap()
