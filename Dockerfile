@@ -8,6 +8,8 @@ RUN mkdir src migrations && echo 'fn main() {}' > src/main.rs && touch src/lib.r
     && rm -rf src
 COPY src ./src
 COPY migrations ./migrations
+# /client.js and /dashboard are embedded with include_bytes!.
+COPY assets ./assets
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 # Run: a small image with the binary alone, as a non-root user.

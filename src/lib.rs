@@ -7,6 +7,7 @@
 //! - [`http`]: the route table, bearer-token access per route, the outer
 //!   layers (CORS, request ids, compression, timeout), extractors,
 //!   handlers, and errors as problem+json.
+//! - [`live`]: who waits on which record (long-polls, event streams), woken on every change.
 //! - [`service`]: the operations (read, the atomic write loop, delete), free of HTTP.
 //! - [`domain`]: ids, the record, validation, merge patch, derived fields; no I/O.
 //! - [`store`]: one trait, one implementation per tier (memory, Redis).
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod error;
 pub mod healthcheck;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod service;
 pub mod settings;

@@ -10,6 +10,7 @@ use crate::domain::{
     StoredRecord, Timestamp, Touched, WritePolicy,
 };
 use crate::error::Error;
+use crate::live::Live;
 use crate::store::ProgressStore;
 
 /// How many times a write re-reads after losing a compare-and-set race.
@@ -64,12 +65,19 @@ pub struct ProgressService {
     store: Arc<dyn ProgressStore>,
     policy: WritePolicy,
     max_ttl_seconds: u64,
+    live: Live,
 }
 
 impl ProgressService {
     /// A service over `store`.
     pub fn new(store: Arc<dyn ProgressStore>, policy: WritePolicy, max_ttl_seconds: u64) -> Self {
-        Self { store, policy, max_ttl_seconds }
+        let live = Live::new(store.clone());
+        Self { store, policy, max_ttl_seconds, live }
+    }
+
+    /// Who waits on which record; told of every write through this service.
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     /// The store underneath.
@@ -91,6 +99,7 @@ impl ProgressService {
             check_if_match(version, Some(condition))?;
             if self.store.compare_and_delete(id, version.unwrap_or(0)).await? {
                 crate::metrics::records_deleted(1);
+                self.live.changed(id, 0);
                 return Ok(true);
             }
         }
@@ -102,6 +111,7 @@ impl ProgressService {
         let deleted = self.store.delete(id).await?;
         if deleted {
             crate::metrics::records_deleted(1);
+            self.live.changed(id, 0);
         }
         Ok(deleted)
     }
@@ -150,6 +160,7 @@ impl ProgressService {
             let expected = current.as_ref().map_or(0, StoredRecord::version);
             if self.store.compare_and_set(id, expected, &stored, ttl_ms(record.ttl_seconds)).await? {
                 crate::metrics::record_written(current.is_none());
+                self.live.changed(id, stored.version());
                 return Ok(Written { record: stored, created: current.is_none() });
             }
             // Lost a race: back off a random while (growing with each loss)

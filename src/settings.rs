@@ -54,6 +54,8 @@ pub struct Settings {
     pub max_json_depth: usize,
     /// A running record with no write for this long is stalled (`PROGRESS_HEARTBEAT_SECONDS`).
     pub heartbeat_seconds: u64,
+    /// Event streams send a comment after this long without an event (`PROGRESS_SSE_HEARTBEAT_SECONDS`).
+    pub sse_heartbeat_seconds: u64,
     /// Most Redis connections in the pool (`PROGRESS_REDIS_POOL_SIZE`).
     pub redis_pool_size: usize,
     /// Multiplexed Redis connections shared by all requests (`PROGRESS_REDIS_CONNECTIONS`).
@@ -116,6 +118,7 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("max_body_bytes", Some("65536"), "largest request body; larger gets 413"),
     ("max_json_depth", Some("32"), "deepest JSON nesting accepted in a body"),
     ("heartbeat_seconds", Some("60"), "a running record with no write for this long is stalled"),
+    ("sse_heartbeat_seconds", Some("15"), "an event stream sends a comment after this long without an event"),
     ("redis_pool_size", Some("16"), "most Redis connections in the pool"),
     ("redis_connections", Some("1"), "multiplexed Redis connections shared by all requests"),
     ("redis_timeout_ms", Some("1000"), "bound on connecting to Redis and on each Redis operation"),
@@ -209,6 +212,11 @@ impl Settings {
             max_body_bytes: typed("max_body_bytes", &parse("max_body_bytes")?, "a number of bytes")?,
             max_json_depth: typed("max_json_depth", &parse("max_json_depth")?, "a whole number")?,
             heartbeat_seconds: typed("heartbeat_seconds", &parse("heartbeat_seconds")?, "a whole number of seconds")?,
+            sse_heartbeat_seconds: typed(
+                "sse_heartbeat_seconds",
+                &parse("sse_heartbeat_seconds")?,
+                "a whole number of seconds",
+            )?,
             redis_pool_size: typed("redis_pool_size", &parse("redis_pool_size")?, "a whole number")?,
             redis_connections: typed("redis_connections", &parse("redis_connections")?, "a whole number")?,
             redis_timeout_ms: typed("redis_timeout_ms", &parse("redis_timeout_ms")?, "a whole number of milliseconds")?,
@@ -249,6 +257,9 @@ impl Settings {
         }
         if self.heartbeat_seconds == 0 {
             return bad("heartbeat_seconds", "must be at least 1".into());
+        }
+        if self.sse_heartbeat_seconds == 0 {
+            return bad("sse_heartbeat_seconds", "must be at least 1".into());
         }
         if self.redis_pool_size == 0 {
             return bad("redis_pool_size", "must be at least 1".into());
@@ -357,6 +368,7 @@ impl fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_json_depth", &self.max_json_depth)
             .field("heartbeat_seconds", &self.heartbeat_seconds)
+            .field("sse_heartbeat_seconds", &self.sse_heartbeat_seconds)
             .field("redis_pool_size", &self.redis_pool_size)
             .field("redis_connections", &self.redis_connections)
             .field("redis_timeout_ms", &self.redis_timeout_ms)

@@ -53,9 +53,11 @@ impl AccessTokens {
             Access::Read if self.read.is_empty() => return Ok(()),
             Access::Write if self.write.is_empty() => return Ok(()),
             Access::Admin if self.admin.is_none() => return Err(Error::AdminDisabled),
+            Access::List if self.read.is_empty() && self.admin.is_none() => return Ok(()),
             Access::Read => matches_any(presented.token(), self.read.iter().chain(&self.write).chain(admin)),
             Access::Write => matches_any(presented.token(), self.write.iter().chain(admin)),
             Access::Admin => matches_any(presented.token(), admin),
+            Access::List => matches_any(presented.token(), self.read.iter().chain(admin)),
         };
         if allowed {
             Ok(())
@@ -208,6 +210,30 @@ mod tests {
         for (access, header, expected) in rows {
             assert_eq!(decide(&t, *access, *header), *expected, "{access:?} with {header:?}");
         }
+    }
+
+    #[test]
+    fn listing_needs_a_read_or_the_admin_token_once_either_is_set() {
+        let everything = tokens(&["r1"], &["w1"], Some("adm"));
+        let read_only = tokens(&["r1"], &[], None);
+        let admin_only = tokens(&[], &["w1"], Some("adm"));
+        let rows: &[(&AccessTokens, Option<&str>, &str)] = &[
+            (&everything, None, "unauthorized"),
+            (&everything, Some("Bearer r1"), "ok"),
+            (&everything, Some("Bearer adm"), "ok"),
+            (&everything, Some("Bearer w1"), "unauthorized+invalid_token"),
+            (&read_only, None, "unauthorized"),
+            (&read_only, Some("Bearer r1"), "ok"),
+            (&admin_only, None, "unauthorized"),
+            (&admin_only, Some("Bearer w1"), "unauthorized+invalid_token"),
+            (&admin_only, Some("Bearer adm"), "ok"),
+        ];
+        for (t, header, expected) in rows {
+            assert_eq!(decide(t, Access::List, *header), *expected, "{t:?} with {header:?}");
+        }
+        // Neither read tokens nor an admin token: open, even with write tokens.
+        assert_eq!(decide(&tokens(&[], &["w1"], None), Access::List, None), "ok");
+        assert_eq!(decide(&tokens(&[], &[], None), Access::List, None), "ok");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::settings::Settings;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest `?wait=` a long-poll may ask for; the timeout grows by it.
-const MAX_WAIT_SECONDS: u64 = 60;
+pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
 
 /// Responses smaller than this are sent as they are: gzip would save
 /// little and cost a buffer. A record is well above it.

@@ -18,10 +18,13 @@ use crate::error::Error;
 use crate::service::ProgressService;
 
 mod admin;
+mod assets;
 mod auth;
+mod events;
 mod extract;
 mod health;
 mod layers;
+mod list;
 mod problem;
 mod progress;
 
@@ -49,6 +52,8 @@ pub struct AppState {
     pub tokens: Arc<AccessTokens>,
     /// CORS origins and the request timeout of the outer layers.
     pub layers: LayerSettings,
+    /// Longest an event stream stays silent before a comment line.
+    pub heartbeat: std::time::Duration,
 }
 
 /// Who may call a route (see `PROGRESS_*_TOKENS` in the README).
@@ -62,6 +67,9 @@ pub enum Access {
     Write,
     /// The admin token; refused entirely when none is configured.
     Admin,
+    /// Listing (`GET /progress`): the admin token or a read token when
+    /// either is configured (write tokens do not list); open when neither is.
+    List,
 }
 
 /// One row of the route table.
@@ -91,7 +99,13 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/healthz", Access::Public, healthz),
         route(Method::GET, "/metrics", Access::Public, crate::metrics::scrape),
         route(Method::GET, "/readyz", Access::Public, health::readyz),
+        route(Method::GET, "/client.js", Access::Public, assets::client_js),
+        route(Method::GET, "/dashboard", Access::Public, assets::dashboard),
+        route(Method::GET, "/dashboard/app.js", Access::Public, assets::dashboard_js),
+        route(Method::GET, "/dashboard/app.css", Access::Public, assets::dashboard_css),
+        route(Method::GET, "/progress", Access::List, list::list),
         route(Method::GET, "/progress/{id}", Access::Read, progress::get),
+        route(Method::GET, "/progress/{id}/events", Access::Read, events::events),
         route(Method::PUT, "/progress/{id}", Access::Write, progress::put),
         route(Method::PATCH, "/progress/{id}", Access::Write, progress::patch),
         route(Method::DELETE, "/progress/{id}", Access::Write, progress::delete),

@@ -1,28 +1,78 @@
 //! `/progress/{id}`: GET, PUT, PATCH, DELETE.
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::extract::{Conditions, JsonBody, PathId};
+use super::layers::MAX_WAIT_SECONDS;
 use super::AppState;
 use crate::domain::{StoredRecord, Timestamp};
 use crate::error::Error;
+use crate::live::Snapshot;
 use crate::service::{Preconditions, WriteBody, Written};
 
-/// `GET /progress/{id}`: the record, or 304 when `If-None-Match` names its version.
-pub async fn get(State(state): State<AppState>, PathId(id): PathId, conditions: Conditions) -> Result<Response, Error> {
-    let record = state
+/// `GET /progress/{id}`: the record, or 304 when `If-None-Match` names its
+/// version. With `?wait=N` and `If-None-Match`, a 304 is held for up to `N`
+/// seconds: the answer is the record as soon as it moves (or 404 when it is
+/// deleted), else 304 when the time runs out.
+pub async fn get(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    conditions: Conditions,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Error> {
+    let wait = wait_seconds(query.as_deref())?.filter(|_| conditions.if_none_match.is_some());
+    // Subscribed before the read, so a change just after it is not missed.
+    let mut watch = wait.map(|_| state.service.live().watch(&id));
+    let mut record = state
         .service
         .get(&id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no progress record {id}")))?;
-    if conditions.if_none_match.is_some_and(|c| c.matches(Some(record.version()))) {
+    let unchanged = |r: &StoredRecord| conditions.if_none_match.as_ref().is_some_and(|c| c.matches(Some(r.version())));
+    if let (Some(seconds), Some(watch)) = (wait, watch.as_mut()) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        while unchanged(&record) {
+            match tokio::time::timeout_at(deadline, watch.changed_from(Some(record.recency()))).await {
+                Ok(Some(Snapshot::Present(next))) => record = next,
+                Ok(Some(Snapshot::Absent)) => return Err(Error::NotFound(format!("progress record {id} was deleted"))),
+                // Timed out, or the service is shutting down: nothing moved.
+                Ok(Some(Snapshot::Unknown) | None) | Err(_) => break,
+            }
+        }
+    }
+    if unchanged(&record) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         set_validators(&mut response, &record);
         return Ok(response);
     }
     Ok(record_response(StatusCode::OK, &record))
+}
+
+/// `?wait=N`: whole seconds from 0 to 60; other query parameters are
+/// ignored (cache busters like `?_=123` are common in browsers).
+fn wait_seconds(query: Option<&str>) -> Result<Option<u64>, Error> {
+    let mut wait = None;
+    for (name, value) in form_urlencoded_pairs(query.unwrap_or("")) {
+        if name != "wait" {
+            continue;
+        }
+        if wait.is_some() {
+            return Err(Error::InvalidQuery("wait is given more than once".into()));
+        }
+        let seconds = value.parse::<u64>().ok().filter(|s| *s <= MAX_WAIT_SECONDS).ok_or_else(|| {
+            Error::InvalidQuery(format!("wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}, not {value:?}"))
+        })?;
+        wait = Some(seconds);
+    }
+    Ok(wait.filter(|s| *s > 0))
+}
+
+fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
 /// `PUT /progress/{id}`: create (201) or replace (200) the client fields.
@@ -66,7 +116,7 @@ pub async fn delete(State(state): State<AppState>, PathId(id): PathId, condition
 }
 
 /// The record as a JSON response with its validators.
-fn record_response(status: StatusCode, record: &StoredRecord) -> Response {
+pub(super) fn record_response(status: StatusCode, record: &StoredRecord) -> Response {
     let body = record.render(Timestamp::now().millis());
     let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

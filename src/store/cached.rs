@@ -3,7 +3,7 @@
 //! Every write and delete in Redis publishes `{version}:{id}` on the
 //! channel `{prefix}progress:changes` from inside its Lua script, so the
 //! notice leaves Redis in the same atomic step as the change. Each
-//! instance listens ([`spawn_change_listener`]) and drops the entry. A read
+//! instance listens ([`super::ChangeNotices`]) and drops the entry. A read
 //! that misses fetches from Redis and caches the result only if no change
 //! notice for that id (nor a reconnect) arrived while it was in flight, so
 //! an old version can never be cached after a newer one was announced.
@@ -20,10 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
-
+use super::listing::{ListPage, ListQuery};
 use super::maintenance::{CleanupReport, RecordFilter, StatusCounts, TierHealth};
-use super::{ProgressStore, StoreError};
+use super::{ChangeSink, ProgressStore, StoreError};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 
 const SHARDS: usize = 16;
@@ -226,64 +225,21 @@ impl ProgressStore for CachedStore {
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
         self.inner.count_by_status().await
     }
+
+    // Pages are not cached: each is one bounded round trip to the inner store.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        self.inner.list(query).await
+    }
 }
 
-/// Keeps `cache` live while a subscription to `channel` works: forwards
-/// change notices as invalidations, pings to catch a connection that died
-/// silently, and reconnects with backoff. Runs until the cache is dropped.
-pub fn spawn_change_listener(client: redis::Client, channel: String, cache: &Arc<CachedStore>, ping_every: Duration) {
-    let weak = Arc::downgrade(cache);
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let Some(cache) = weak.upgrade() else { return };
-            let connected = tokio::time::timeout(ping_every, async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            })
-            .await;
-            let Ok(Ok(pubsub)) = connected else {
-                tracing::debug!("change listener cannot subscribe yet; the read cache stays off");
-                drop(cache);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            };
-            backoff = Duration::from_millis(100);
-            let (mut sink, mut messages) = pubsub.split();
-            cache.reset(true);
-            tracing::debug!(%channel, "read cache live");
-            let weak_cache = Arc::downgrade(&cache);
-            drop(cache);
-            let mut ping = tokio::time::interval(ping_every);
-            ping.tick().await;
-            loop {
-                tokio::select! {
-                    message = messages.next() => {
-                        let Some(message) = message else { break };
-                        let Some(cache) = weak_cache.upgrade() else { return };
-                        let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-                        match std::str::from_utf8(&payload).ok().and_then(|p| p.split_once(':')) {
-                            Some((_version, id)) => cache.invalidate(id),
-                            // Not a notice of ours: the safe answer is to forget everything.
-                            None => cache.reset(true),
-                        }
-                    }
-                    _ = ping.tick() => {
-                        let pong = tokio::time::timeout(ping_every, sink.ping::<redis::Value>()).await;
-                        if !matches!(pong, Ok(Ok(_))) {
-                            break;
-                        }
-                    }
-                }
-            }
-            if let Some(cache) = weak_cache.upgrade() {
-                cache.reset(false);
-                tracing::warn!("change notices stopped; read cache off until they resume");
-            }
-        }
-    });
+impl ChangeSink for CachedStore {
+    fn changed(&self, id: &str, _version: u64) {
+        self.invalidate(id);
+    }
+
+    fn listening(&self, live: bool) {
+        self.reset(live);
+    }
 }
 
 #[cfg(test)]

@@ -190,8 +190,8 @@ pub struct CleanupReport {
     pub postgres_expired_rows: Option<u64>,
     /// Expired entries dropped from process memory.
     pub memory_expired: Option<u64>,
-    /// Redis expires keys by itself; the only orphans would be entries of a
-    /// secondary index, and there is none yet, so this is always 0.
+    /// Redis expires keys by itself; what outlives them are their entries
+    /// in the listing indexes, removed by cleanup.
     pub redis_orphaned_index_entries: Option<u64>,
 }
 

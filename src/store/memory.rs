@@ -1,30 +1,73 @@
 //! The embedded hot tier: a map in process memory with the same TTL
 //! semantics as Redis. What `cargo run` gives a new user.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::listing::{merge_descending, walk, ListCursor, ListPage, ListQuery, Verdict};
 use super::maintenance::{delete_page, status_of, timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth};
 use super::{ProgressStore, StoreError};
 use crate::metrics::store_op;
-use crate::domain::{ProgressId, StoredRecord};
+use crate::domain::{ProgressId, Status, StoredRecord};
 
 /// In-process store. Expired records are invisible at once and swept
 /// from memory by a background task.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    // A std Mutex: the critical sections are a hash lookup and never await.
-    records: Mutex<HashMap<String, Entry>>,
+    // A std Mutex: the critical sections are a hash lookup (or one bounded
+    // page of the listing index) and never await.
+    records: Mutex<Records>,
+}
+
+/// The records and the listing indexes over them, changed together.
+#[derive(Debug, Default)]
+struct Records {
+    map: HashMap<String, Entry>,
+    /// Every held record by `(created ms, id)`: the listing order, reversed.
+    index: BTreeSet<ListCursor>,
+    /// The same per status, in the order of [`Status::ALL`].
+    by_status: [BTreeSet<ListCursor>; 5],
 }
 
 #[derive(Debug)]
 struct Entry {
     record: StoredRecord,
     expires_at: Instant,
+    status: Status,
+}
+
+fn status_slot(status: Status) -> usize {
+    Status::ALL.iter().position(|s| *s == status).expect("ALL holds every status")
+}
+
+impl Records {
+    fn insert(&mut self, id: &str, entry: Entry) {
+        self.remove(id);
+        let key = ListCursor::of(id, &entry.record);
+        self.by_status[status_slot(entry.status)].insert(key.clone());
+        self.index.insert(key);
+        self.map.insert(id.to_owned(), entry);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.map.remove(id)?;
+        let key = ListCursor::of(id, &entry.record);
+        self.index.remove(&key);
+        self.by_status[status_slot(entry.status)].remove(&key);
+        Some(entry)
+    }
+
+    fn get(&self, id: &str) -> Option<&Entry> {
+        self.map.get(id)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 impl MemoryStore {
@@ -41,9 +84,12 @@ impl MemoryStore {
     pub fn sweep_expired(&self) -> usize {
         let now = Instant::now();
         let mut records = self.lock();
-        let before = records.len();
-        records.retain(|_, e| e.expires_at > now);
-        before - records.len()
+        let expired: Vec<String> =
+            records.map.iter().filter(|(_, e)| e.expires_at <= now).map(|(id, _)| id.clone()).collect();
+        for id in &expired {
+            records.remove(id);
+        }
+        expired.len()
     }
 
     /// Records held, expired or not.
@@ -62,13 +108,14 @@ impl MemoryStore {
         let now = Instant::now();
         let records = self.lock();
         records
+            .map
             .iter()
             .filter(|(id, e)| e.expires_at > now && keep(id))
             .filter_map(|(id, e)| Some((ProgressId::parse(id).ok()?, e.record.clone())))
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
         // A panic while holding the lock cannot leave a half-written entry
         // (inserts are single calls), so a poisoned map is still consistent.
         self.records.lock().unwrap_or_else(|p| p.into_inner())
@@ -119,7 +166,8 @@ impl ProgressStore for MemoryStore {
         }
         let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
         let expires_at = now.checked_add(ttl).unwrap_or(now + Duration::from_secs(86_400 * 365 * 100));
-        records.insert(id.as_str().to_owned(), Entry { record: record.clone(), expires_at });
+        let status = status_of(record)?;
+        records.insert(id.as_str(), Entry { record: record.clone(), expires_at, status });
         Ok(true)
     }
 
@@ -160,6 +208,30 @@ impl ProgressStore for MemoryStore {
     async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
         let candidates = self.snapshot(|id| filter.matches_id(id));
         Ok(delete_page(self, candidates, filter).await?.len() as u64)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        store_op!("memory", "list").succeeded();
+        let now = Instant::now();
+        let records = self.lock();
+        let sources: Vec<&BTreeSet<ListCursor>> = if query.statuses.is_empty() {
+            vec![&records.index]
+        } else {
+            query.statuses.iter().map(|s| &records.by_status[status_slot(*s)]).collect()
+        };
+        let entries = merge_descending(
+            sources
+                .into_iter()
+                .map(|set| match &query.after {
+                    Some(after) => set.range(..after.clone()).rev().cloned(),
+                    None => set.range::<ListCursor, _>(..).rev().cloned(),
+                })
+                .collect(),
+        );
+        Ok(walk(query, entries, |key| match (records.get(&key.id), ProgressId::parse(&key.id)) {
+            (Some(e), Ok(id)) if e.expires_at > now && query.matches_status(e.status) => Verdict::Take(id, e.record.clone()),
+            _ => Verdict::Skip,
+        }))
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {

@@ -12,6 +12,8 @@ use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
 
 mod breaker;
 mod cached;
+mod changes;
+mod listing;
 mod maintenance;
 mod memory;
 mod postgres;
@@ -22,7 +24,9 @@ mod write_behind;
 pub use self::breaker::{BreakerState, CircuitBreaker};
 pub use self::tiered::{HotTier, TieredConfig, TieredStore};
 pub use self::write_behind::{PendingWrite, WriteBehind};
-pub use self::cached::{spawn_change_listener, CacheConfig, CachedStore};
+pub use self::cached::{CacheConfig, CachedStore};
+pub use self::changes::{ChangeNotices, ChangeSink};
+pub use self::listing::{ListCursor, ListPage, ListQuery, MalformedCursor, DEFAULT_LIMIT, MAX_LIMIT, SCAN_BUDGET};
 pub use self::maintenance::{
     spawn_cleanup, BacklogSummary, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, TierState,
     MAINTENANCE_BATCH,
@@ -102,6 +106,12 @@ pub trait ProgressStore: Send + Sync + 'static {
     /// Deletes every live record matching `filter` from every tier; how many.
     async fn delete_matching(&self, _filter: &RecordFilter) -> Result<u64, StoreError> {
         Err(StoreError::Unavailable { tier: self.kind(), reason: "bulk deletes are not supported".into() })
+    }
+
+    /// One page of live records, newest first (`created_at`, then id, both
+    /// descending), filtered and continued as `query` says (see `listing`).
+    async fn list(&self, _query: &ListQuery) -> Result<ListPage, StoreError> {
+        Err(StoreError::Unavailable { tier: self.kind(), reason: "listing is not supported".into() })
     }
 
     /// Live records per status.

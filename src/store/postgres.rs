@@ -25,6 +25,7 @@ use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
+use super::listing::{ListCursor, ListPage, ListQuery};
 use super::maintenance::{timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH};
 use super::{ProgressStore, StoreError};
 use crate::metrics::{store_op, StoreOp};
@@ -468,6 +469,52 @@ expires_at = greatest(progress.expires_at, now() + interval '1 day')";
 const COUNT_BY_STATUS: &str =
     "SELECT status, count(*) FROM progress WHERE NOT deleted AND expires_at > now() GROUP BY status";
 
+/// The live rows of a listing page, newest first, resuming after the cursor
+/// (`$1` created_at, `$2` id), at most `$4` of them: the window a page
+/// examines. `$3` is the id prefix ('' for none). `{status}` narrows it to
+/// `s.status` when the rows are read per status (see [`LIST_BY_STATUS`]).
+macro_rules! list_window {
+    ($status:literal) => {
+        concat!(
+            "SELECT id COLLATE \"C\" AS id, created_at, record, starts_with(id, $3) AS hit
+             FROM progress
+             WHERE NOT deleted ", $status, " AND expires_at > now()
+               AND (created_at, id COLLATE \"C\") < ($1, $2)
+             ORDER BY created_at DESC, id COLLATE \"C\" DESC
+             LIMIT $4"
+        )
+    };
+}
+
+/// The rows of the window a page needs: the matching ones up to `$5` (one
+/// more than the limit, to tell whether there is more), plus the window's
+/// last row (where the next page starts when the window runs out first),
+/// each with the window's size.
+macro_rules! list_page {
+    ($window:expr) => {
+        concat!(
+            "SELECT id, created_at, CASE WHEN hit THEN record END, hit, total FROM (
+                 SELECT w.*, count(*) FILTER (WHERE hit) OVER o AS hits, row_number() OVER o AS n, count(*) OVER () AS total
+                 FROM (", $window, ") w
+                 WINDOW o AS (ORDER BY created_at DESC, id DESC ROWS UNBOUNDED PRECEDING)
+             ) x
+             WHERE (hit AND hits <= $5) OR n = total
+             ORDER BY created_at DESC, id DESC"
+        )
+    };
+}
+
+/// A listing page over every status (index `progress_listing`).
+const LIST_ALL: &str = list_page!(list_window!(""));
+
+/// A listing page over the statuses `$6`: each status's newest rows after
+/// the cursor (index `progress_listing_status`), merged.
+const LIST_BY_STATUS: &str = list_page!(concat!(
+    "SELECT p.* FROM unnest($6::text[]) AS s(status) CROSS JOIN LATERAL (",
+    list_window!("AND status = s.status"),
+    ") p ORDER BY created_at DESC, id DESC LIMIT $4"
+));
+
 /// The newest migration this build carries.
 fn latest_migration() -> i64 {
     static LATEST: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
@@ -664,6 +711,59 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// One listing page (see [`crate::store::ListQuery`]). Without a prefix
+    /// every row read is listed, so the window is one row more than the
+    /// limit; with one, the window is the page's budget of rows.
+    pub async fn list_page(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        let (after_at, after_id) = match &query.after {
+            Some(c) => (system_time(c.created_ms), c.id.as_str()),
+            None => (system_time(i64::MAX), ""),
+        };
+        let prefix = query.id_prefix.as_deref().unwrap_or("");
+        let cap = i64::try_from(query.limit + 1).unwrap_or(i64::MAX);
+        let window = if prefix.is_empty() { cap } else { i64::try_from(query.budget()).unwrap_or(i64::MAX) };
+        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+        let rows = self
+            .bounded_counted(store_op!("postgres", "list"), async {
+                let db = self.session().await?;
+                let rows = if statuses.is_empty() {
+                    let statement = db.prepare_cached(LIST_ALL).await.map_err(pg)?;
+                    db.query(&statement, &[&after_at, &after_id, &prefix, &window, &cap]).await
+                } else {
+                    let statement = db.prepare_cached(LIST_BY_STATUS).await.map_err(pg)?;
+                    db.query(&statement, &[&after_at, &after_id, &prefix, &window, &cap, &statuses]).await
+                }
+                .map_err(pg)?;
+                db.done();
+                Ok(rows)
+            })
+            .await?;
+        let (mut page, mut hits, mut last) = (ListPage::default(), 0, None);
+        let mut window_full = false;
+        for row in rows {
+            let key = ListCursor::new(millis(row.get(1)).millis(), row.get(0));
+            window_full = row.get::<_, i64>(4) >= window;
+            if row.get::<_, bool>(3) {
+                hits += 1;
+                if hits > query.limit {
+                    // `last` is the limit-th match: only matches and the
+                    // window's last row come back.
+                    page.next = last;
+                    return Ok(page);
+                }
+                let record: Vec<u8> = row.get(2);
+                let id = ProgressId::parse(&key.id)
+                    .map_err(|e| CorruptRecord(format!("row id {:?} is not a valid id: {}", key.id, e.0)))?;
+                page.items.push((id, StoredRecord::decode(Bytes::from(record))?));
+            }
+            last = Some(key);
+        }
+        if window_full {
+            page.next = last;
+        }
+        Ok(page)
+    }
+
     /// Live records per status.
     pub async fn count_statuses(&self) -> Result<StatusCounts, StoreError> {
         let rows = self
@@ -853,5 +953,9 @@ impl ProgressStore for PostgresStore {
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
         self.count_statuses().await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        self.list_page(query).await
     }
 }

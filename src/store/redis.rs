@@ -3,6 +3,22 @@
 //! Record `id` lives at `{prefix}progress:{id}` as the stored form of
 //! [`StoredRecord`], with a TTL refreshed on every write.
 //!
+//! Listing indexes, kept by the write and delete scripts in the same atomic
+//! step as the record (outside the `progress:` key space, so that no record
+//! id can collide with them):
+//! - `{prefix}progressd:index`: every record; a sorted set whose members all
+//!   have score 0 and read `<created ms, 15 digits>:<id>`, so that its lex
+//!   order is the listing order and `ZREVRANGEBYLEX` resumes exactly after a
+//!   cursor, ties on `created_at` included.
+//! - `{prefix}progressd:index:{status}`: the same, per status.
+//! - `{prefix}progressd:expiry`: the same members scored by `expires_at` ms.
+//!   Keys expire by themselves; cleanup walks this set up to now and removes
+//!   the members whose key is gone (or holds another incarnation) from all
+//!   the indexes. Listing skips such members until then.
+//!
+//! Per write this costs one `ZADD` on the expiry set; a create adds two
+//! `ZADD`s (index, status set), a status change a `ZREM` and a `ZADD`.
+//!
 //! deadpool-redis PINGs a connection on every checkout, which costs one
 //! extra round trip per request. A multiplexed connection serves any number
 //! of concurrent requests, so the store checks out a few connections once,
@@ -26,39 +42,84 @@ use super::maintenance::{
     delete_page, glob_escape, status_of, timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth,
     MAINTENANCE_BATCH,
 };
+use super::listing::{ListCursor, ListPage, ListQuery};
 use super::{ProgressStore, StoreError};
 use crate::metrics::{store_op, StoreOp};
-use crate::domain::{CorruptRecord, ProgressId, StoredRecord, Timestamp};
+use crate::domain::{CorruptRecord, ProgressId, Status, StoredRecord, Timestamp};
 
-/// Reads the stored version into `current` (0: absent) and the creation
-/// time into `created` from the header prefix alone, never decoding the document; returns -1 from the script
-/// when the key holds something that is not ours.
+/// Reads the stored version into `current` (0: absent), the creation time
+/// into `created` from the header line, and the status into `old_status`
+/// from the head of the body (`{"id":…,"version":…,"status":"…"`), never
+/// decoding the document; returns -1 from the script when the key holds
+/// something that is not ours. 512 bytes hold the header and a 128-character id.
 const READ_VERSION: &str = r#"
-local head = redis.call('GETRANGE', KEYS[1], 0, 127)
+local head = redis.call('GETRANGE', KEYS[1], 0, 511)
 local current = 0
 local created = 0
+local old_status = nil
 if head ~= '' then
   current = tonumber(string.match(head, '^{"v":(%d+)'))
   if current == nil then return -1 end
-  created = tonumber(string.match(head, '"c":(%d+)')) or 0
+  local nl = string.find(head, '\n', 1, true)
+  created = tonumber(string.match(nl and string.sub(head, 1, nl - 1) or head, '"c":(%d+)')) or 0
+  if nl then old_status = string.match(head, '^{"id":"[^"]*","version":%d+,"status":"(%a+)"', nl + 1) end
+end
+"#;
+
+/// The listing indexes in a script's `KEYS`, from `KEYS[IX]` (the script
+/// sets `IX`): the index, the expiry set, then the status sets in the order
+/// of `Status::ALL`.
+const INDEX_HELPERS: &str = r#"
+local STATUS_KEY = {pending = IX + 2, running = IX + 3, completed = IX + 4, failed = IX + 5, cancelled = IX + 6}
+local function member_of(c, id) return string.format('%015d', c) .. ':' .. id end
+local function unindex(member)
+  for i = IX, IX + 6 do redis.call('ZREM', KEYS[i], member) end
+end
+"#;
+
+/// Keeps the indexes in step with a write; after [`READ_VERSION`] and
+/// [`INDEX_HELPERS`] (whose locals it uses).
+const INDEX_WRITE: &str = r#"
+-- After storing record `id` created at `c` with `status`, expiring at `x`:
+-- what the previous value (`current`, `created`, `old_status`) needs changed.
+local function index_write(id, c, status, x)
+  local member = member_of(c, id)
+  local fresh = current == 0
+  if current ~= 0 and created ~= c then
+    unindex(member_of(created, id))
+    fresh = true
+  end
+  if fresh then
+    redis.call('ZADD', KEYS[IX], 0, member)
+    redis.call('ZADD', KEYS[STATUS_KEY[status]], 0, member)
+  elseif old_status ~= status then
+    local old = STATUS_KEY[old_status or '']
+    if old then redis.call('ZREM', KEYS[old], member) end
+    redis.call('ZADD', KEYS[STATUS_KEY[status]], 0, member)
+  end
+  redis.call('ZADD', KEYS[IX + 1], x, member)
 end
 "#;
 
 /// Stores `ARGV[2]` with TTL `ARGV[3]` ms when the stored version equals
-/// `ARGV[1]` (0: absent), and announces `ARGV[5]` on channel `ARGV[4]`.
-/// 1 when stored, 0 on a version mismatch.
+/// `ARGV[1]` (0: absent), indexes it (id `ARGV[6]`, created `ARGV[7]`,
+/// status `ARGV[8]`, expiry `ARGV[9]`), and announces `ARGV[5]` on channel
+/// `ARGV[4]`. 1 when stored, 0 on a version mismatch.
 const COMPARE_AND_SET: &str = r#"
 if current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+index_write(ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 "#;
 
-/// Deletes the key when the stored version equals `ARGV[1]` and announces
-/// `ARGV[3]` on channel `ARGV[2]`. 1 when deleted, 0 on a mismatch or when absent.
+/// Deletes the key when the stored version equals `ARGV[1]`, unindexes id
+/// `ARGV[4]`, and announces `ARGV[3]` on channel `ARGV[2]`. 1 when deleted,
+/// 0 on a mismatch or when absent.
 const COMPARE_AND_DELETE: &str = r#"
 if current == 0 or current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
+unindex(member_of(created, ARGV[4]))
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
@@ -66,31 +127,205 @@ return 1
 /// Stores `ARGV[2]` with TTL `ARGV[3]` ms unless Redis already holds
 /// version `ARGV[1]` of the incarnation created at `ARGV[6]`, or something
 /// newer (a later incarnation, or a higher version of the same one);
+/// indexes it (id `ARGV[7]`, status `ARGV[8]`, expiry `ARGV[9]`) and
 /// announces `ARGV[5]` on channel `ARGV[4]`. 1 when stored, 0 otherwise.
 const PUT_IF_NEWER: &str = r#"
 local c, v = tonumber(ARGV[6]), tonumber(ARGV[1])
 if current ~= 0 and (created > c or (created == c and current >= v)) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+index_write(ARGV[7], c, ARGV[8], ARGV[9])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 "#;
 
 /// Deletes the key when it holds the incarnation created at `ARGV[1]` or an
-/// older one, and announces `ARGV[3]` on channel `ARGV[2]`. 1 when deleted.
+/// older one, unindexes id `ARGV[4]`, and announces `ARGV[3]` on channel
+/// `ARGV[2]`. 1 when deleted.
 const DELETE_INCARNATION: &str = r#"
 if current == 0 or created > tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
+unindex(member_of(created, ARGV[4]))
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
 
-/// Deletes the key whatever its version and announces `ARGV[2]` on channel
-/// `ARGV[1]`. The number of keys deleted.
+/// Deletes the key whatever its version (unindexing id `ARGV[3]` when it is
+/// a record of ours) and announces `ARGV[2]` on channel `ARGV[1]`. The
+/// number of keys deleted.
 const DELETE: &str = r#"
+local created = tonumber(string.match(redis.call('GETRANGE', KEYS[1], 0, 255), '^{"v":%d+[^\n]*"c":(%d+)'))
 local removed = redis.call('DEL', KEYS[1])
-if removed > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+if removed > 0 then
+  if created then unindex(member_of(created, ARGV[3])) end
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
 return removed
 "#;
+
+/// One page of the listing, read-only. `KEYS`: the index sets to merge
+/// (the whole index, or one set per status asked for). `ARGV[1]`: where to
+/// start (`+`, or `(` and the cursor's member), `ARGV[2]` limit, `ARGV[3]`
+/// budget of members examined, `ARGV[4]` id prefix (empty: none),
+/// `ARGV[5]` the record key prefix (`{prefix}progress:`).
+///
+/// Walks the members newest first, merging the sets (compared bytewise:
+/// Lua's `<` follows the server's locale), and GETs the record of each
+/// member whose id has the prefix; a member whose key is gone or holds
+/// another incarnation is skipped. Stops at `limit` records or after
+/// `budget` members. Returns the next cursor's member (empty at the end)
+/// followed by member, value pairs.
+const LIST: &str = r#"
+local limit, budget, prefix, kp = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local n = #KEYS
+local chunk = limit + 1
+if prefix ~= '' then chunk = math.min(budget, math.max(chunk, 256)) end
+local bufs, pos, bounds, done = {}, {}, {}, {}
+for i = 1, n do bufs[i], pos[i], bounds[i], done[i] = {}, 1, ARGV[1], false end
+local function head(i)
+  if pos[i] > #bufs[i] then
+    if done[i] then return nil end
+    local got = redis.call('ZREVRANGEBYLEX', KEYS[i], bounds[i], '-', 'LIMIT', 0, chunk)
+    bufs[i], pos[i] = got, 1
+    if #got < chunk then done[i] = true end
+    if #got == 0 then return nil end
+    bounds[i] = '(' .. got[#got]
+  end
+  return bufs[i][pos[i]]
+end
+local function greater(a, b)
+  local la, lb = #a, #b
+  for j = 1, math.min(la, lb) do
+    local x, y = string.byte(a, j), string.byte(b, j)
+    if x ~= y then return x > y end
+  end
+  return la > lb
+end
+local out, taken, examined, last = {''}, 0, 0, ''
+while true do
+  local best = nil
+  for i = 1, n do
+    local h = head(i)
+    if h and (best == nil or (h ~= best and greater(h, best))) then best = h end
+  end
+  if best == nil then return out end
+  if taken >= limit or examined >= budget then
+    out[1] = last
+    return out
+  end
+  for i = 1, n do
+    if head(i) == best then pos[i] = pos[i] + 1 end
+  end
+  examined = examined + 1
+  last = best
+  local id = string.sub(best, 17)
+  if prefix == '' or string.sub(id, 1, #prefix) == prefix then
+    local value = redis.call('GET', kp .. id)
+    if value then
+      local c = string.match(value, '^{[^\n]*"c":(%d+)')
+      if c and tonumber(c) == tonumber(string.sub(best, 1, 15)) then
+        out[#out + 1] = best
+        out[#out + 1] = value
+        taken = taken + 1
+      end
+    end
+  end
+end
+"#;
+
+/// Prunes the listing indexes: walks the expiry set up to `ARGV[1]` ms (at
+/// most `ARGV[2]` members) and removes from every index the members whose
+/// key (`ARGV[3]` .. id) is gone or holds another incarnation; a member
+/// whose record lives on (its TTL was extended) is rescored by its TTL.
+/// `KEYS`: the indexes (`IX` = 1). Returns {pruned, examined}.
+const PRUNE_INDEX: &str = r#"
+local now, kp = tonumber(ARGV[1]), ARGV[3]
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local pruned = 0
+for _, member in ipairs(due) do
+  local key = kp .. string.sub(member, 17)
+  local head = redis.call('GETRANGE', key, 0, 255)
+  local c = string.match(head, '^{[^\n]*"c":(%d+)')
+  if c and tonumber(c) == tonumber(string.sub(member, 1, 15)) then
+    local ttl = redis.call('PTTL', key)
+    if ttl >= 0 then redis.call('ZADD', KEYS[2], now + ttl + 1, member) else redis.call('ZADD', KEYS[2], '+inf', member) end
+  else
+    unindex(member)
+    pruned = pruned + 1
+  end
+end
+return {pruned, #due}
+"#;
+
+/// Indexes records written before the indexes existed: for each id of
+/// `ARGV[2..]` whose key (`ARGV[1]` .. id) holds a record of ours, adds
+/// its members unless present. `KEYS` as for [`PRUNE_INDEX`]. Returns how
+/// many records were indexed.
+const BACKFILL_INDEX: &str = r#"
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. id
+  local head = redis.call('GETRANGE', key, 0, 511)
+  local nl = string.find(head, '\n', 1, true)
+  if nl and string.match(head, '^{"v":%d+') then
+    local header = string.sub(head, 1, nl - 1)
+    local c = tonumber(string.match(header, '"c":(%d+)'))
+    local x = tonumber(string.match(header, '"x":(%d+)')) or 0
+    local status = string.match(head, '^{"id":"[^"]*","version":%d+,"status":"(%a+)"', nl + 1)
+    if c and status and STATUS_KEY[status] then
+      local member = member_of(c, id)
+      redis.call('ZADD', KEYS[1], 'NX', 0, member)
+      redis.call('ZADD', KEYS[STATUS_KEY[status]], 'NX', 0, member)
+      redis.call('ZADD', KEYS[2], 'NX', x, member)
+      n = n + 1
+    end
+  end
+end
+return n
+"#;
+
+/// A script on one record (`KEYS[1]`) and the indexes (`KEYS[2..8]`): reads
+/// the stored head, then runs `body` with the index helpers at hand.
+fn record_script(body: &str) -> Script {
+    Script::new(&format!("local IX = 2\n{READ_VERSION}{INDEX_HELPERS}{INDEX_WRITE}{body}"))
+}
+
+/// The keys of the listing indexes (see the module documentation).
+#[derive(Debug, Clone)]
+struct IndexKeys {
+    /// `{prefix}progressd:index`
+    all: String,
+    /// `{prefix}progressd:expiry`
+    expiry: String,
+    /// `{prefix}progressd:index:{status}`, in the order of [`Status::ALL`].
+    by_status: [String; 5],
+    /// Set once records written before the indexes existed are indexed.
+    backfilled: String,
+}
+
+impl IndexKeys {
+    fn new(key_prefix: &str) -> Self {
+        Self {
+            all: format!("{key_prefix}progressd:index"),
+            expiry: format!("{key_prefix}progressd:expiry"),
+            by_status: Status::ALL.map(|s| format!("{key_prefix}progressd:index:{}", s.as_str())),
+            backfilled: format!("{key_prefix}progressd:index-backfilled"),
+        }
+    }
+
+    /// The index, the expiry set and the status sets, as `KEYS` from `IX`.
+    fn add_to(&self, script: &mut redis::ScriptInvocation<'_>) {
+        script.key(&self.all).key(&self.expiry);
+        for key in &self.by_status {
+            script.key(key);
+        }
+    }
+
+    /// The set to walk for one status.
+    fn of(&self, status: Status) -> &str {
+        &self.by_status[Status::ALL.iter().position(|s| *s == status).expect("ALL holds every status")]
+    }
+}
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -119,7 +354,12 @@ pub struct RedisStore {
     delete: Script,
     put_if_newer: Script,
     delete_incarnation: Script,
+    list: Script,
+    prune_index: Script,
+    backfill_index: Script,
     changes_channel: String,
+    /// The listing indexes: the index, the expiry set, the status sets.
+    index_keys: IndexKeys,
     /// The most recent failure, for `/readyz`.
     last_error: LastError,
 }
@@ -165,12 +405,16 @@ impl RedisStore {
             timeout: config.timeout,
             slots,
             next_slot: AtomicUsize::new(0),
-            compare_and_set: Script::new(&format!("{READ_VERSION}{COMPARE_AND_SET}")),
-            compare_and_delete: Script::new(&format!("{READ_VERSION}{COMPARE_AND_DELETE}")),
-            delete: Script::new(DELETE),
-            put_if_newer: Script::new(&format!("{READ_VERSION}{PUT_IF_NEWER}")),
-            delete_incarnation: Script::new(&format!("{READ_VERSION}{DELETE_INCARNATION}")),
+            compare_and_set: record_script(COMPARE_AND_SET),
+            compare_and_delete: record_script(COMPARE_AND_DELETE),
+            delete: Script::new(&format!("local IX = 2\n{INDEX_HELPERS}{DELETE}")),
+            put_if_newer: record_script(PUT_IF_NEWER),
+            delete_incarnation: record_script(DELETE_INCARNATION),
+            list: Script::new(LIST),
+            prune_index: Script::new(&format!("local IX = 1\n{INDEX_HELPERS}{PRUNE_INDEX}")),
+            backfill_index: Script::new(&format!("local IX = 1\n{INDEX_HELPERS}{BACKFILL_INDEX}")),
             changes_channel: format!("{}progress:changes", config.key_prefix),
+            index_keys: IndexKeys::new(&config.key_prefix),
             last_error: LastError::for_url(&config.url),
         })
     }
@@ -183,6 +427,11 @@ impl RedisStore {
 
     fn key(&self, id: &ProgressId) -> String {
         format!("{}progress:{}", self.key_prefix, id.as_str())
+    }
+
+    /// The record key prefix the scripts add ids to.
+    fn record_key_prefix(&self) -> String {
+        format!("{}progress:", self.key_prefix)
     }
 
     /// A shared connection, checking one out of the pool if the slot is empty.
@@ -244,16 +493,23 @@ impl RedisStore {
         let (script, channel) = (&self.put_if_newer, &self.changes_channel);
         let notice = format!("{}:{}", record.version(), id.as_str());
         let value = record.raw().as_ref();
+        let status = status_of(record)?.as_str();
+        let expires = expiry_score(record, ttl_ms);
+        let indexes = &self.index_keys;
         let outcome: i64 = self
             .run_counted(store_op!("redis", "put_if_newer"), |mut conn| async move {
-                script
-                    .key(&key)
+                let mut invocation = script.key(&key);
+                indexes.add_to(&mut invocation);
+                invocation
                     .arg(record.version())
                     .arg(value)
                     .arg(ttl_ms.max(1))
                     .arg(channel)
                     .arg(notice)
                     .arg(record.meta().c)
+                    .arg(id.as_str())
+                    .arg(status)
+                    .arg(expires)
                     .invoke_async(&mut conn)
                     .await
             })
@@ -269,7 +525,9 @@ impl RedisStore {
         let (script, channel, notice) = (&self.delete_incarnation, &self.changes_channel, format!("0:{}", id.as_str()));
         let outcome: i64 = self
             .run_counted(store_op!("redis", "delete_incarnation"), |mut conn| async move {
-                script.key(&key).arg(created_at.millis()).arg(channel).arg(notice).invoke_async(&mut conn).await
+                let mut invocation = script.key(&key);
+                self.index_keys.add_to(&mut invocation);
+                invocation.arg(created_at.millis()).arg(channel).arg(notice).arg(id.as_str()).invoke_async(&mut conn).await
             })
             .await?;
         self.script_outcome(id, outcome)
@@ -369,6 +627,90 @@ impl RedisStore {
     }
 }
 
+/// The listing indexes' upkeep (the cleanup side; writes keep them in step).
+impl RedisStore {
+    /// Removes index entries of records that expired (or were replaced by
+    /// another incarnation), in batches of [`MAINTENANCE_BATCH`]; how many.
+    async fn prune_index(&self) -> Result<u64, StoreError> {
+        let (script, record_keys) = (&self.prune_index, self.record_key_prefix());
+        let mut pruned = 0;
+        loop {
+            let now = Timestamp::now().millis();
+            let (n, examined): (u64, usize) = self
+                .run_counted(store_op!("redis", "prune_index"), |mut conn| {
+                    let record_keys = record_keys.clone();
+                    async move {
+                        let mut invocation = script.prepare_invoke();
+                        self.index_keys.add_to(&mut invocation);
+                        invocation.arg(now).arg(MAINTENANCE_BATCH).arg(record_keys).invoke_async(&mut conn).await
+                    }
+                })
+                .await?;
+            pruned += n;
+            if examined < MAINTENANCE_BATCH {
+                return Ok(pruned);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Once per key prefix: indexes the records written before the listing
+    /// indexes existed (found with SCAN), then sets a marker key.
+    async fn backfill_index(&self) -> Result<(), StoreError> {
+        let marker = self.index_keys.backfilled.clone();
+        let done: bool = self
+            .run(|mut conn| {
+                let marker = marker.clone();
+                async move { redis::cmd("EXISTS").arg(marker).query_async(&mut conn).await }
+            })
+            .await?;
+        if done {
+            return Ok(());
+        }
+        let record_keys = self.record_key_prefix();
+        let pattern = format!("{}*", glob_escape(&record_keys));
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .run(|mut conn| {
+                    let pattern = pattern.clone();
+                    async move {
+                        redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(MAINTENANCE_BATCH).query_async(&mut conn).await
+                    }
+                })
+                .await?;
+            let ids: Vec<&str> = keys
+                .iter()
+                .filter_map(|key| key.strip_prefix(&record_keys))
+                .filter(|id| ProgressId::parse(id).is_ok())
+                .collect();
+            if !ids.is_empty() {
+                let script = &self.backfill_index;
+                let _: u64 = self
+                    .run(|mut conn| {
+                        let record_keys = record_keys.clone();
+                        async move {
+                            let mut invocation = script.prepare_invoke();
+                            self.index_keys.add_to(&mut invocation);
+                            invocation.arg(record_keys);
+                            for id in ids {
+                                invocation.arg(id);
+                            }
+                            invocation.invoke_async(&mut conn).await
+                        }
+                    })
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+            tokio::task::yield_now().await;
+        }
+        self.run(|mut conn| async move { redis::cmd("SET").arg(marker).arg(1).query_async::<()>(&mut conn).await }).await
+    }
+}
+
 /// Longest the Redis cleanup lock is held if its holder dies before releasing it.
 const CLEANUP_LOCK_HOLD: Duration = Duration::from_secs(60);
 
@@ -385,6 +727,15 @@ impl RedisStore {
 
 fn unavailable(reason: String) -> StoreError {
     StoreError::Unavailable { tier: "redis", reason }
+}
+
+/// The score of a record in the expiry set: its `expires_at` in ms, or for
+/// a header from before it carried one, now plus the TTL.
+fn expiry_score(record: &StoredRecord, ttl_ms: i64) -> i64 {
+    match record.meta().x {
+        x if x > 0 => x,
+        _ => Timestamp::now().millis().saturating_add(ttl_ms.max(1)),
+    }
 }
 
 fn is_connection_failure(e: &RedisError) -> bool {
@@ -425,15 +776,23 @@ impl ProgressStore for RedisStore {
         let value = record.raw().as_ref();
         let channel = &self.changes_channel;
         let notice = format!("{}:{}", record.version(), id.as_str());
+        let status = status_of(record)?.as_str();
+        let expires = expiry_score(record, ttl_ms);
+        let indexes = &self.index_keys;
         let outcome: i64 = self
             .run_counted(store_op!("redis", "compare_and_set"), |mut conn| async move {
-                script
-                    .key(&key)
+                let mut invocation = script.key(&key);
+                indexes.add_to(&mut invocation);
+                invocation
                     .arg(expected)
                     .arg(value)
                     .arg(ttl_ms.max(1))
                     .arg(channel)
                     .arg(notice)
+                    .arg(id.as_str())
+                    .arg(record.meta().c)
+                    .arg(status)
+                    .arg(expires)
                     .invoke_async(&mut conn)
                     .await
             })
@@ -447,7 +806,9 @@ impl ProgressStore for RedisStore {
         let (channel, notice) = (&self.changes_channel, format!("0:{}", id.as_str()));
         let outcome: i64 = self
             .run_counted(store_op!("redis", "compare_and_delete"), |mut conn| async move {
-                script.key(&key).arg(expected).arg(channel).arg(notice).invoke_async(&mut conn).await
+                let mut invocation = script.key(&key);
+                self.index_keys.add_to(&mut invocation);
+                invocation.arg(expected).arg(channel).arg(notice).arg(id.as_str()).invoke_async(&mut conn).await
             })
             .await?;
         self.script_outcome(id, outcome)
@@ -466,7 +827,9 @@ impl ProgressStore for RedisStore {
         let (script, channel, notice) = (&self.delete, &self.changes_channel, format!("0:{}", id.as_str()));
         let removed: i64 = self
             .run_counted(store_op!("redis", "delete"), |mut conn| async move {
-                script.key(&key).arg(channel).arg(notice).invoke_async(&mut conn).await
+                let mut invocation = script.key(&key);
+                self.index_keys.add_to(&mut invocation);
+                invocation.arg(channel).arg(notice).arg(id.as_str()).invoke_async(&mut conn).await
             })
             .await?;
         Ok(removed > 0)
@@ -486,13 +849,64 @@ impl ProgressStore for RedisStore {
         } else {
             None
         };
-        // Keys expire by themselves (every write sets a TTL), and there is no
-        // secondary index whose entries could outlive their keys: nothing to purge.
-        let report = CleanupReport { redis_orphaned_index_entries: Some(0), ..CleanupReport::default() };
+        // Keys expire by themselves (every write sets a TTL); what outlives
+        // them is their entries in the listing indexes.
+        let pruned = async {
+            self.backfill_index().await?;
+            self.prune_index().await
+        }
+        .await;
         if let Some(token) = token {
             self.unlock_cleanup(&token).await?;
         }
-        Ok(Some(report))
+        Ok(Some(CleanupReport { redis_orphaned_index_entries: Some(pruned?), ..CleanupReport::default() }))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        let start = query.after.as_ref().map_or_else(|| "+".to_owned(), |c| format!("({}", c.index_member()));
+        let sources: Vec<&str> = if query.statuses.is_empty() {
+            vec![&self.index_keys.all]
+        } else {
+            query.statuses.iter().map(|s| self.index_keys.of(*s)).collect()
+        };
+        let prefix = query.id_prefix.as_deref().unwrap_or("");
+        let record_keys = self.record_key_prefix();
+        let (script, limit, budget) = (&self.list, query.limit, query.budget());
+        let reply: Vec<Vec<u8>> = self
+            .run_counted(store_op!("redis", "list"), |mut conn| async move {
+                let mut invocation = script.prepare_invoke();
+                for key in sources {
+                    invocation.key(key);
+                }
+                invocation.arg(start).arg(limit).arg(budget).arg(prefix).arg(record_keys).invoke_async(&mut conn).await
+            })
+            .await?;
+        let mut reply = reply.into_iter();
+        let next = reply.next().filter(|m| !m.is_empty());
+        let mut page = ListPage {
+            items: Vec::with_capacity(reply.len() / 2),
+            next: next.and_then(|m| ListCursor::from_index_member(std::str::from_utf8(&m).ok()?)),
+        };
+        while let (Some(member), Some(value)) = (reply.next(), reply.next()) {
+            let member = String::from_utf8_lossy(&member);
+            let listed = ListCursor::from_index_member(&member)
+                .and_then(|c| ProgressId::parse(&c.id).ok())
+                .ok_or_else(|| CorruptRecord(format!("index member {member:?} is not <created>:<id>")))
+                .and_then(|id| Ok((id, StoredRecord::decode(Bytes::from(value))?)));
+            let (id, stored) = match listed {
+                Ok(listed) => listed,
+                Err(e) => {
+                    tracing::warn!(member = %member, error = %e, "listing skips a key that is not a record");
+                    continue;
+                }
+            };
+            // The status sets follow every write; this only guards against
+            // entries left by writers that did not keep them.
+            if query.statuses.is_empty() || status_of(&stored).is_ok_and(|s| query.matches_status(s)) {
+                page.items.push((id, stored));
+            }
+        }
+        Ok(page)
     }
 
     async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {

@@ -23,8 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::breaker::{BreakerState, CircuitBreaker};
+use super::listing::{ListPage, ListQuery};
 use super::maintenance::{
-    delete_page, BacklogSummary, CleanupReport, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH,
+    delete_page, status_of, BacklogSummary, CleanupReport, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH,
 };
 use super::write_behind::{PendingWrite, WriteBehind};
 use super::{CachedStore, DurableRow, PostgresStore, ProgressStore, RedisStore, StoreError};
@@ -504,6 +505,38 @@ impl ProgressStore for TieredStore {
             cache.forget_all();
         }
         Ok(deleted)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        if let Some(hot) = self.hot_usable() {
+            match Self::observe(&self.hot_breaker, hot.store.list(query).await) {
+                Ok(page) => return Ok(page),
+                Err(StoreError::Unavailable { .. }) => {}
+                Err(corrupt) => return Err(corrupt),
+            }
+        }
+        if !self.durable_breaker.allows() {
+            let tier = if self.hot.is_some() { "redis" } else { "postgres" };
+            return Err(unavailable(tier, if self.hot.is_some() { "both tiers are down" } else { "circuit breaker open" }));
+        }
+        let mut page = Self::observe(&self.durable_breaker, self.durable.list_page(query).await)?;
+        // PostgreSQL may be behind this instance's own acknowledged writes.
+        let now = Timestamp::now().millis();
+        page.items.retain_mut(|(id, theirs)| match self.backlog.pending(id) {
+            Some(PendingWrite::Delete) => false,
+            Some(PendingWrite::Upsert(mine)) if mine.recency() > theirs.recency() => {
+                // Same incarnation (same place in the order), still live and still matching.
+                let keep = mine.meta().c == theirs.meta().c
+                    && mine.meta().x > now
+                    && status_of(&mine).is_ok_and(|s| query.matches_status(s));
+                if keep {
+                    *theirs = mine;
+                }
+                keep
+            }
+            _ => true,
+        });
+        Ok(page)
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {

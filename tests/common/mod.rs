@@ -6,6 +6,7 @@ pub mod binary;
 pub mod postgres;
 pub mod proxy;
 pub mod redis_server;
+pub mod sse;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

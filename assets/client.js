@@ -1,0 +1,365 @@
+/*! progressd client — watch a progress record from a browser. No dependencies.
+ *
+ *   <script src="https://progressd.example/client.js"></script>
+ *   <script>
+ *     const handle = progressd.watch('book-42', record => render(record), { token: 'ui-secret' });
+ *     // later: handle.cancel();
+ *   </script>
+ *
+ * watch(id, onUpdate, options) calls onUpdate(record) once for every new
+ * version of the record, oldest first, and stops by itself after delivering
+ * a terminal status (completed, failed, cancelled) or when the record is
+ * deleted. It reads GET /progress/{id}/events with fetch() (so it can send
+ * `Authorization`, and `Last-Event-ID` when it reconnects) and falls back to
+ * ETag polling (`If-None-Match`, `?wait=` long-polls) when the event stream
+ * is unavailable or keeps failing. Errors back off exponentially.
+ *
+ * Options (all optional):
+ *   baseUrl     where progressd answers; default: the origin this script was loaded from
+ *   token       bearer token (a string, or a function returning one)
+ *   onError     (error) => …  every failure; error.status, error.code, error.problem,
+ *               error.fatal (true when watching has stopped because of it)
+ *   onDeleted   (id) => …  the record was deleted; watching has stopped
+ *   onEnd       (reason) => …  watching stopped: 'terminal', 'deleted', 'cancelled' or 'error'
+ *   transport   'auto' (default), 'sse' (never poll) or 'poll' (never stream)
+ *   wait        long-poll seconds for the polling fallback, 0–60; default 25
+ *   interval    least milliseconds between two polls that found no change; default 2000
+ *   maxBackoff  longest wait in milliseconds between retries after errors; default 30000
+ *   retryNotFound  keep retrying while the record does not exist yet (404); default false
+ *   idleTimeout reconnect when the stream sends nothing (not even a heartbeat) for this
+ *               many milliseconds; default 75000 (the server's heartbeat is every 15 s)
+ *
+ * The handle: { cancel(), done (a Promise of the end reason), transport, lastVersion }.
+ */
+(function (root) {
+  'use strict';
+
+  var TERMINAL = { completed: true, failed: true, cancelled: true };
+
+  // The origin this script came from: the natural default for baseUrl when
+  // the page includes <script src="https://progressd.example/client.js">.
+  var scriptOrigin = '';
+  try {
+    var current = root.document && root.document.currentScript;
+    if (current && current.src) scriptOrigin = new URL(current.src, root.location.href).origin;
+  } catch (e) { /* not in a browser page: baseUrl must be given */ }
+
+  function isTerminal(record) {
+    return !!record && TERMINAL[record.status] === true;
+  }
+
+  function WatchError(message, fields) {
+    var error = new Error(message);
+    error.name = 'ProgressdError';
+    for (var key in fields) if (Object.prototype.hasOwnProperty.call(fields, key)) error[key] = fields[key];
+    return error;
+  }
+
+  // A problem+json body (or whatever came) as an Error with status and code.
+  function httpError(response, text) {
+    var problem = null;
+    try { problem = JSON.parse(text); } catch (e) { /* not JSON */ }
+    var detail = problem && (problem.detail || problem.title);
+    return WatchError(
+      'progressd answered ' + response.status + (detail ? ': ' + detail : ''),
+      { status: response.status, code: problem && problem.code, problem: problem, retryAfter: retryAfter(response) }
+    );
+  }
+
+  function retryAfter(response) {
+    var value = response.headers.get('Retry-After');
+    var seconds = value == null ? NaN : Number(value);
+    return isFinite(seconds) && seconds >= 0 ? seconds * 1000 : null;
+  }
+
+  // Statuses that retrying cannot fix.
+  function isFatalStatus(status) {
+    return status === 400 || status === 401 || status === 403 || status === 410;
+  }
+
+  function watch(id, onUpdate, options) {
+    if (typeof id !== 'string' || id === '') throw new TypeError('progressd.watch: id must be a non-empty string');
+    if (typeof onUpdate !== 'function') throw new TypeError('progressd.watch: onUpdate must be a function');
+    var opts = options || {};
+    var baseUrl = String(opts.baseUrl != null ? opts.baseUrl : scriptOrigin).replace(/\/+$/, '');
+    var recordUrl = baseUrl + '/progress/' + encodeURIComponent(id);
+    var mode = opts.transport || 'auto';
+    var waitSeconds = Math.max(0, Math.min(60, opts.wait != null ? Number(opts.wait) : 25));
+    var interval = opts.interval != null ? Number(opts.interval) : 2000;
+    var maxBackoff = opts.maxBackoff != null ? Number(opts.maxBackoff) : 30000;
+    var idleTimeout = opts.idleTimeout != null ? Number(opts.idleTimeout) : 75000;
+    var streamFailuresBeforePolling = 3;
+
+    var stopped = false;
+    var lastVersion = null;      // version of the last record delivered
+    var lastCreatedAt = null;    // to tell a re-created record from an old one
+    var etag = null;             // ETag of the last record delivered
+    var failures = 0;            // consecutive failures, for the backoff
+    var streamFailures = 0;      // consecutive event streams that delivered nothing
+    var controller = null;       // aborts the request in flight
+    var timer = null;            // the pending retry or poll
+    var resolveDone;
+    var handle = {
+      transport: mode === 'poll' ? 'poll' : 'sse',
+      lastVersion: null,
+      done: new Promise(function (resolve) { resolveDone = resolve; }),
+      cancel: function () { finish('cancelled'); }
+    };
+
+    function headers(extra) {
+      var h = { Accept: extra && extra.accept || 'application/json' };
+      var token = typeof opts.token === 'function' ? opts.token() : opts.token;
+      if (token) h.Authorization = 'Bearer ' + token;
+      if (extra && extra.lastEventId != null) h['Last-Event-ID'] = String(extra.lastEventId);
+      if (extra && extra.ifNoneMatch) h['If-None-Match'] = extra.ifNoneMatch;
+      return h;
+    }
+
+    function call(callback, value) {
+      if (typeof callback !== 'function') return;
+      try { callback(value); } catch (e) {
+        // A bug in the page's callback must not stop the watch loop silently.
+        if (root.console) root.console.error('progressd.watch callback failed', e);
+      }
+    }
+
+    function finish(reason, error) {
+      if (stopped) return;
+      stopped = true;
+      if (timer !== null) { clearTimeout(timer); timer = null; }
+      if (controller) { controller.abort(); controller = null; }
+      if (error) { error.fatal = true; call(opts.onError, error); }
+      if (reason === 'deleted') call(opts.onDeleted, id);
+      call(opts.onEnd, reason);
+      resolveDone(reason);
+    }
+
+    // Hands a record to the page if it is newer than the last one; true when watching is over.
+    function deliver(record, tag) {
+      if (!record || typeof record.version !== 'number') return false;
+      var recreated = lastCreatedAt !== null && record.created_at !== lastCreatedAt;
+      if (lastVersion === null || record.version > lastVersion || recreated) {
+        lastVersion = record.version;
+        lastCreatedAt = record.created_at;
+        etag = tag || '"' + record.version + '"';
+        handle.lastVersion = lastVersion;
+        call(onUpdate, record);
+      }
+      if (isTerminal(record)) { finish('terminal'); return true; }
+      return false;
+    }
+
+    function backoff(error) {
+      failures += 1;
+      var delay = Math.min(maxBackoff, 1000 * Math.pow(2, failures - 1));
+      delay = delay / 2 + Math.random() * delay / 2;          // jitter: many tabs do not retry in step
+      if (error && error.retryAfter != null) delay = Math.max(delay, error.retryAfter);
+      return delay;
+    }
+
+    function later(fn, delay) {
+      if (stopped) return;
+      timer = setTimeout(function () { timer = null; if (!stopped) fn(); }, delay);
+    }
+
+    function failed(error, retry) {
+      if (stopped) return;
+      if (error && error.name === 'AbortError') return;
+      if (error && isFatalStatus(error.status)) { finish('error', error); return; }
+      call(opts.onError, error);
+      later(retry, backoff(error));
+    }
+
+    function notFound(error) {
+      // After the record was seen, a 404 means it was deleted.
+      if (lastVersion !== null) { finish('deleted'); return; }
+      if (opts.retryNotFound) { call(opts.onError, error); later(poll, backoff(error)); return; }
+      finish('error', error);
+    }
+
+    // ---- the event stream, read with fetch() --------------------------------
+
+    function stream() {
+      if (stopped) return;
+      var ctrl = new AbortController();
+      controller = ctrl;
+      var delivered = false;
+      var idle = null;
+      function touch() {
+        if (idle !== null) clearTimeout(idle);
+        // No byte (not even a heartbeat) for this long: the connection is dead.
+        idle = setTimeout(function () { ctrl.abort(); }, idleTimeout);
+      }
+      function done() { if (idle !== null) { clearTimeout(idle); idle = null; } }
+
+      fetch(baseUrl + '/progress/' + encodeURIComponent(id) + '/events', {
+        headers: headers({ accept: 'text/event-stream', lastEventId: lastVersion }),
+        cache: 'no-store',
+        signal: ctrl.signal
+      }).then(function (response) {
+        if (stopped) return null;
+        var type = response.headers.get('Content-Type') || '';
+        if (response.status === 204) {
+          // Nothing will follow the version we hold: it was terminal.
+          done();
+          finish('terminal');
+          return null;
+        }
+        if (response.status === 404 || response.status === 405 || response.status === 501 ||
+            (response.ok && type.indexOf('text/event-stream') !== 0) || (response.ok && !response.body)) {
+          // No event stream here (an older server, a proxy, no ReadableStream):
+          // polling says whether the record exists.
+          done();
+          if (response.body) response.body.cancel().catch(function () {});
+          return switchToPolling();
+        }
+        if (!response.ok) {
+          return response.text().then(function (text) { throw httpError(response, text); });
+        }
+        touch();
+        var reader = response.body.getReader();
+        var parser = sseParser(function (event) {
+          if (stopped) return;
+          if (event.type === 'deleted') { finish('deleted'); return; }
+          if (event.type !== 'progress' && event.type !== 'message') return;
+          var record;
+          try { record = JSON.parse(event.data); } catch (e) { return; }
+          delivered = true;
+          streamFailures = 0;
+          failures = 0;
+          deliver(record, event.id ? '"' + event.id + '"' : null);
+        });
+        function pump() {
+          return reader.read().then(function (chunk) {
+            if (stopped) { reader.cancel().catch(function () {}); return null; }
+            if (chunk.done) {
+              done();
+              // The server closed the stream without a terminal event: reconnect
+              // with Last-Event-ID (at once if it was a healthy stream).
+              if (!delivered) streamFailures += 1;
+              return reconnect(delivered ? 0 : null);
+            }
+            touch();
+            parser(chunk.value);
+            return pump();
+          });
+        }
+        return pump();
+      }).catch(function (error) {
+        done();
+        if (stopped || (error && error.name === 'AbortError' && controller !== ctrl)) return;
+        if (error && error.name === 'AbortError') error = WatchError('the event stream went quiet', { status: 0 });
+        if (error && isFatalStatus(error.status)) { finish('error', error); return; }
+        if (error && error.status === undefined) error.status = 0;
+        if (!delivered) streamFailures += 1;
+        call(opts.onError, error);
+        reconnect(null, error);
+      });
+    }
+
+    function reconnect(delay, error) {
+      if (stopped) return null;
+      if (mode === 'auto' && streamFailures >= streamFailuresBeforePolling) return switchToPolling();
+      later(stream, delay === 0 ? 0 : backoff(error));
+      return null;
+    }
+
+    function switchToPolling() {
+      if (mode === 'sse') {
+        finish('error', WatchError('progressd has no event stream for ' + id, { status: 404 }));
+        return null;
+      }
+      handle.transport = 'poll';
+      failures = 0;
+      poll();
+      return null;
+    }
+
+    // ---- ETag polling with long-polls -------------------------------------
+
+    function poll() {
+      if (stopped) return;
+      var ctrl = new AbortController();
+      controller = ctrl;
+      var started = Date.now();
+      var url = recordUrl + (etag && waitSeconds > 0 ? '?wait=' + waitSeconds : '');
+      fetch(url, { headers: headers({ ifNoneMatch: etag }), cache: 'no-store', signal: ctrl.signal })
+        .then(function (response) {
+          if (stopped) return null;
+          if (response.status === 304) {
+            failures = 0;
+            // A server that ignores ?wait answers at once: keep to the interval.
+            later(poll, Math.max(0, interval - (Date.now() - started)));
+            return null;
+          }
+          return response.text().then(function (text) {
+            if (stopped) return;
+            if (response.status === 404) { notFound(httpError(response, text)); return; }
+            if (!response.ok) throw httpError(response, text);
+            failures = 0;
+            var before = lastVersion;
+            var record = JSON.parse(text);
+            if (!deliver(record, response.headers.get('ETag'))) {
+              // Long-poll again at once after a change; an unchanged 200 (a
+              // proxy that drops If-None-Match) waits like a 304 would.
+              var moved = lastVersion !== before && waitSeconds > 0;
+              later(poll, moved ? 0 : Math.max(0, interval - (Date.now() - started)));
+            }
+          });
+        })
+        .catch(function (error) {
+          if (error && error.status === undefined) error.status = 0;
+          failed(error, poll);
+        });
+    }
+
+    if (mode === 'poll') poll(); else stream();
+    return handle;
+  }
+
+  // Server-Sent Events framing (the WHATWG parsing rules): feed it bytes,
+  // it calls onEvent({type, data, id}) for each complete event.
+  function sseParser(onEvent) {
+    var decoder = new TextDecoder();
+    var buffer = '';
+    var data = [];
+    var type = '';
+    var lastId = '';
+    var sawCR = false;
+    function line(text) {
+      if (text === '') {
+        if (data.length) onEvent({ type: type || 'message', data: data.join('\n'), id: lastId });
+        data = [];
+        type = '';
+        return;
+      }
+      if (text.charCodeAt(0) === 58) return;               // ':' a comment (heartbeat)
+      var colon = text.indexOf(':');
+      var field = colon < 0 ? text : text.slice(0, colon);
+      var value = colon < 0 ? '' : text.slice(colon + 1);
+      if (value.charCodeAt(0) === 32) value = value.slice(1);
+      if (field === 'data') data.push(value);
+      else if (field === 'event') type = value;
+      else if (field === 'id' && value.indexOf('\0') < 0) lastId = value;
+    }
+    return function (bytes) {
+      buffer += decoder.decode(bytes, { stream: true });
+      var start = 0;
+      for (var i = 0; i < buffer.length; i++) {
+        var c = buffer.charCodeAt(i);
+        if (c === 10 && sawCR) { sawCR = false; start = i + 1; continue; }   // the \n of \r\n
+        sawCR = false;
+        if (c === 10 || c === 13) {
+          line(buffer.slice(start, i));
+          sawCR = c === 13;
+          start = i + 1;
+        }
+      }
+      buffer = buffer.slice(start);
+    };
+  }
+
+  var api = { watch: watch, isTerminal: isTerminal, version: '1' };
+  if (typeof module === 'object' && module && module.exports) module.exports = api;
+  root.progressd = Object.assign(root.progressd || {}, api);
+})(typeof window !== 'undefined' ? window : globalThis);

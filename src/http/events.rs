@@ -1,0 +1,137 @@
+//! `GET /progress/{id}/events`: the record as Server-Sent Events.
+//!
+//! ```text
+//! retry: 2000
+//! id: 7
+//! event: progress
+//! data: {"id":"job-1","status":"running",…}
+//!
+//! : heartbeat
+//!
+//! event: deleted
+//! data: {"id":"job-1"}
+//! ```
+//!
+//! The first event is the record as it is now, unless `Last-Event-ID`
+//! names that very version (a reconnect that saw it already); then one
+//! event per change. Each event carries the whole record, so a client that
+//! reconnects never misses the newest state: versions overwritten in between
+//! exist nowhere any more. After a terminal status the stream ends; a
+//! reconnect that has seen the terminal version gets 204, which tells
+//! `EventSource` to stop reconnecting.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+
+use super::extract::PathId;
+use super::AppState;
+use crate::domain::{ProgressId, StoredRecord, Timestamp};
+use crate::error::Error;
+use crate::live::{Snapshot, Watch};
+
+/// How long `EventSource` waits before reconnecting after a dropped stream.
+const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+
+/// `GET /progress/{id}/events`.
+pub async fn events(State(state): State<AppState>, PathId(id): PathId, headers: HeaderMap) -> Result<Response, Error> {
+    let last_seen = last_event_id(&headers)?;
+    // Subscribed before the read, so a change just after it is not missed.
+    let watch = state.service.live().watch(&id);
+    let record = state
+        .service
+        .get(&id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no progress record {id}")))?;
+    let seen_current = last_seen == Some(record.version());
+    if seen_current && record.meta().d {
+        // Finished, and the client has the last event: nothing will follow.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let first = (!seen_current).then(|| record.clone());
+    let stream = updates(id, watch, record.recency(), first);
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat"))
+        .into_response();
+    // nginx and some platform proxies buffer responses unless told not to.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// `Last-Event-ID`: a version this client has seen.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let Some(value) = headers.get("last-event-id") else { return Ok(None) };
+    let text = value.to_str().unwrap_or("").trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<u64>()
+        .map(Some)
+        .map_err(|_| Error::InvalidHeader(format!("Last-Event-ID must be a version this service sent, not {text:?}")))
+}
+
+enum Step {
+    /// Send this record next (the first event, or the reconnect's catch-up).
+    Send(StoredRecord),
+    /// Wait for the record to move from what was last sent.
+    Wait,
+    Done,
+}
+
+struct StreamState {
+    id: ProgressId,
+    watch: Watch,
+    seen: (i64, u64),
+    step: Step,
+    first: bool,
+}
+
+fn updates(
+    id: ProgressId,
+    watch: Watch,
+    seen: (i64, u64),
+    first: Option<StoredRecord>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let step = first.map_or(Step::Wait, Step::Send);
+    let state = StreamState { id, watch, seen, step, first: true };
+    stream::unfold(state, |mut s| async move {
+        loop {
+            match std::mem::replace(&mut s.step, Step::Done) {
+                Step::Done => return None,
+                Step::Send(record) => {
+                    let mut event = progress_event(&record);
+                    if std::mem::take(&mut s.first) {
+                        event = event.retry(RECONNECT_AFTER);
+                    }
+                    s.seen = record.recency();
+                    s.step = if record.meta().d { Step::Done } else { Step::Wait };
+                    return Some((Ok(event), s));
+                }
+                Step::Wait => match s.watch.changed_from(Some(s.seen)).await {
+                    Some(Snapshot::Present(record)) => s.step = Step::Send(record),
+                    Some(Snapshot::Absent) => {
+                        let data = serde_json::json!({ "id": s.id.as_str() }).to_string();
+                        return Some((Ok(Event::default().event("deleted").data(data)), s));
+                    }
+                    // Shutting down: end the stream; the client reconnects elsewhere.
+                    Some(Snapshot::Unknown) | None => return None,
+                },
+            }
+        }
+    })
+}
+
+fn progress_event(record: &StoredRecord) -> Event {
+    let body = record.render(Timestamp::now().millis());
+    let mut version = itoa::Buffer::new();
+    Event::default()
+        .id(version.format(record.version()))
+        .event("progress")
+        // serde_json writes no raw newline, so the record is one `data:` line.
+        .data(String::from_utf8_lossy(&body))
+}

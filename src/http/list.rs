@@ -1,0 +1,165 @@
+//! `GET /progress?status=&prefix=&limit=&cursor=` (`Access::List`): newest
+//! first listing for dashboards, a page at a time (see `store::listing`).
+
+use std::collections::HashSet;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, BytesMut};
+
+use super::AppState;
+use crate::domain::{ProgressId, Status, Timestamp};
+use crate::error::Error;
+use crate::store::{ListCursor, ListPage, ListQuery, DEFAULT_LIMIT, MAX_LIMIT};
+
+/// `GET /progress`: `{"items": [record, …], "next_cursor": "…" | null}`,
+/// each record exactly as `GET /progress/{id}` renders it.
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(pairs) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    let query = parse_query(pairs)?;
+    let page = state.service.store().list(&query).await?;
+    Ok(page_response(&page))
+}
+
+/// The listing query from the query string. Empty values count as absent;
+/// unknown or repeated parameters are refused rather than ignored (as on the
+/// admin routes), so a misspelt filter never silently widens a listing.
+fn parse_query(pairs: Vec<(String, String)>) -> Result<ListQuery, Error> {
+    let mut query = ListQuery::default();
+    let mut seen = HashSet::new();
+    for (name, value) in pairs {
+        if !seen.insert(name.clone()) {
+            return Err(Error::InvalidQuery(format!("{name} is given more than once")));
+        }
+        if value.is_empty() {
+            continue;
+        }
+        match name.as_str() {
+            "status" => query.statuses = parse_statuses(&value)?,
+            "prefix" => {
+                ProgressId::parse(&value)
+                    .map_err(|e| Error::InvalidQuery(format!("prefix must be the start of a valid id: {}", e.0)))?;
+                query.id_prefix = Some(value);
+            }
+            "limit" => query.limit = parse_limit(&value)?,
+            "cursor" => {
+                query.after = Some(ListCursor::decode(&value).map_err(|e| Error::InvalidQuery(e.to_string()))?);
+            }
+            other => {
+                return Err(Error::InvalidQuery(format!(
+                    "unknown query parameter {other:?}; the parameters are status, prefix, limit and cursor"
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// One status, or several separated by commas (`pending,running`).
+fn parse_statuses(value: &str) -> Result<Vec<Status>, Error> {
+    let mut statuses = Vec::new();
+    for name in value.split(',') {
+        let status = Status::parse(name.trim()).ok_or_else(|| {
+            Error::InvalidQuery(format!(
+                "status must be one or more of pending, running, completed, failed, cancelled, separated by commas; got {value:?}"
+            ))
+        })?;
+        if !statuses.contains(&status) {
+            statuses.push(status);
+        }
+    }
+    statuses.sort_by_key(|s| Status::ALL.iter().position(|a| a == s));
+    Ok(statuses)
+}
+
+fn parse_limit(value: &str) -> Result<usize, Error> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            Error::InvalidQuery(format!(
+                "limit must be a whole number from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}); got {value:?}"
+            ))
+        })
+}
+
+/// The page as JSON, built from the stored bytes of each record (no JSON
+/// work per record, as for a single GET).
+fn page_response(page: &ListPage) -> Response {
+    let now = Timestamp::now().millis();
+    let mut body = BytesMut::with_capacity(64 + page.items.iter().map(|(_, r)| r.raw().len() + 24).sum::<usize>());
+    body.put_slice(b"{\"items\":[");
+    for (i, (_, record)) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(&record.render(now));
+    }
+    body.put_slice(b"],\"next_cursor\":");
+    match &page.next {
+        // base64url: nothing to escape.
+        Some(cursor) => {
+            body.put_u8(b'"');
+            body.put_slice(cursor.encode().as_bytes());
+            body.put_u8(b'"');
+        }
+        None => body.put_slice(b"null"),
+    }
+    body.put_u8(b'}');
+    let mut response = (StatusCode::OK, body.freeze()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn refused(list: &[(&str, &str)]) -> String {
+        match parse_query(pairs(list)) {
+            Err(Error::InvalidQuery(detail)) => detail,
+            other => panic!("{list:?} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        assert_eq!(parse_query(pairs(&[])).unwrap(), ListQuery::default());
+        assert_eq!(parse_query(pairs(&[("limit", ""), ("status", "")])).unwrap(), ListQuery::default());
+        let cursor = ListCursor::new(1_700_000_000_000, "job-7");
+        let q = parse_query(pairs(&[
+            ("status", "running,pending, running"),
+            ("prefix", "job-"),
+            ("limit", "500"),
+            ("cursor", &cursor.encode()),
+        ]))
+        .unwrap();
+        assert_eq!(q.statuses, vec![Status::Pending, Status::Running]);
+        assert_eq!((q.id_prefix.as_deref(), q.limit, q.after), (Some("job-"), 500, Some(cursor)));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour_naming_the_parameter() {
+        for bad in ["0", "501", "-1", "abc", "1.5", "99999999999999999999999"] {
+            assert!(refused(&[("limit", bad)]).starts_with("limit "), "{bad}");
+        }
+        assert!(refused(&[("status", "done")]).starts_with("status "));
+        assert!(refused(&[("status", "running,")]).starts_with("status "));
+        assert!(refused(&[("prefix", "a/b")]).starts_with("prefix "));
+        assert!(refused(&[("cursor", "nope!")]).starts_with("cursor "));
+        assert!(refused(&[("limit", "5"), ("limit", "6")]).starts_with("limit is given more than once"));
+        assert!(refused(&[("stauts", "failed")]).contains("\"stauts\""));
+    }
+}
