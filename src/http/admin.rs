@@ -4,7 +4,6 @@
 //! request is cut short (the client goes away, or the request timeout
 //! fires on a very large delete), the batches still run to the end.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::time::Instant;
 
@@ -16,8 +15,9 @@ use chrono::DateTime;
 use serde_json::{json, Map, Value};
 
 use super::health::{millis, Readiness};
+use super::extract::{distinct_params, id_prefix};
 use super::AppState;
-use crate::domain::{ProgressId, Status, Timestamp};
+use crate::domain::{Status, Timestamp};
 use crate::error::Error;
 use crate::store::{RecordFilter, StoreError};
 
@@ -111,14 +111,7 @@ fn json_response(status: StatusCode, body: Value) -> Response {
 /// so a misspelt filter never widens a delete.
 fn parse_filter(pairs: Vec<(String, String)>, now: Timestamp) -> Result<RecordFilter, Error> {
     let mut filter = RecordFilter::default();
-    let mut seen = HashSet::new();
-    for (name, value) in pairs {
-        if !seen.insert(name.clone()) {
-            return Err(Error::InvalidQuery(format!("{name} is given more than once")));
-        }
-        if value.is_empty() {
-            continue;
-        }
+    for (name, value) in distinct_params(pairs)? {
         match name.as_str() {
             "status" => {
                 filter.status = Some(Status::parse(&value).ok_or_else(|| {
@@ -127,11 +120,7 @@ fn parse_filter(pairs: Vec<(String, String)>, now: Timestamp) -> Result<RecordFi
                     ))
                 })?);
             }
-            "prefix" => {
-                ProgressId::parse(&value)
-                    .map_err(|e| Error::InvalidQuery(format!("prefix must be the start of a valid id: {}", e.0)))?;
-                filter.id_prefix = Some(value);
-            }
+            "prefix" => filter.id_prefix = Some(id_prefix(value)?),
             "older_than" => filter.updated_before = Some(parse_older_than(&value, now).map_err(Error::InvalidQuery)?),
             other => {
                 return Err(Error::InvalidQuery(format!(

@@ -143,3 +143,26 @@ fn entity_tags(headers: &HeaderMap, name: HeaderName, weak_allowed: bool) -> Res
     }
     Ok(seen.then_some(IfMatch::Versions(versions)))
 }
+
+/// Query parameters with each name at most once (400 `invalid_query`
+/// otherwise); empty values count as absent and are dropped.
+pub(super) fn distinct_params(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>, Error> {
+    let mut seen = std::collections::HashSet::new();
+    let mut params = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if !seen.insert(name.clone()) {
+            return Err(Error::InvalidQuery(format!("{name} is given more than once")));
+        }
+        if !value.is_empty() {
+            params.push((name, value));
+        }
+    }
+    Ok(params)
+}
+
+/// A `prefix` parameter: the start of a valid id.
+pub(super) fn id_prefix(value: String) -> Result<String, Error> {
+    ProgressId::parse(&value)
+        .map_err(|e| Error::InvalidQuery(format!("prefix must be the start of a valid id: {}", e.0)))?;
+    Ok(value)
+}

@@ -1,7 +1,6 @@
 //! `GET /progress?status=&prefix=&limit=&cursor=` (`Access::List`): newest
 //! first listing for dashboards, a page at a time (see `store::listing`).
 
-use std::collections::HashSet;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -9,8 +8,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
 
+use super::extract::{distinct_params, id_prefix};
 use super::AppState;
-use crate::domain::{ProgressId, Status, Timestamp};
+use crate::domain::{Status, Timestamp};
 use crate::error::Error;
 use crate::store::{ListCursor, ListPage, ListQuery, DEFAULT_LIMIT, MAX_LIMIT};
 
@@ -31,21 +31,10 @@ pub async fn list(
 /// admin routes), so a misspelt filter never silently widens a listing.
 fn parse_query(pairs: Vec<(String, String)>) -> Result<ListQuery, Error> {
     let mut query = ListQuery::default();
-    let mut seen = HashSet::new();
-    for (name, value) in pairs {
-        if !seen.insert(name.clone()) {
-            return Err(Error::InvalidQuery(format!("{name} is given more than once")));
-        }
-        if value.is_empty() {
-            continue;
-        }
+    for (name, value) in distinct_params(pairs)? {
         match name.as_str() {
             "status" => query.statuses = parse_statuses(&value)?,
-            "prefix" => {
-                ProgressId::parse(&value)
-                    .map_err(|e| Error::InvalidQuery(format!("prefix must be the start of a valid id: {}", e.0)))?;
-                query.id_prefix = Some(value);
-            }
+            "prefix" => query.id_prefix = Some(id_prefix(value)?),
             "limit" => query.limit = parse_limit(&value)?,
             "cursor" => {
                 query.after = Some(ListCursor::decode(&value).map_err(|e| Error::InvalidQuery(e.to_string()))?);
