@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -135,7 +135,12 @@ fn browser(scenario: &str) -> Option<Browser> {
     if std::env::var("PROGRESS_REQUIRE_BROWSER").as_deref() == Ok("1") {
         panic!("{message}; PROGRESS_REQUIRE_BROWSER=1 requires the browser tests to run");
     }
-    eprintln!("\n{bar}\nSKIP {message}\nSKIP the browser tests did not run (set PROGRESS_REQUIRE_BROWSER=1 to make this a failure)\n{bar}\n", bar = "!".repeat(78));
+    // Straight to the process's stderr, past the test harness's capture, so it shows in every run.
+    let bar = "!".repeat(78);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\nSKIP {message}\nSKIP the browser tests did not run (set PROGRESS_REQUIRE_BROWSER=1 to make this a failure)\n{bar}\n"
+    );
     None
 }
 
@@ -227,8 +232,12 @@ async fn do_writes(app: &TestApp, ops: &Value, token: Option<&str>) -> Value {
     json!(statuses)
 }
 
+/// Creates a record, then lets the clock move: creation times have millisecond
+/// resolution, and the scenarios expect the listing's newest-first order to be
+/// the order of these calls.
 async fn put(app: &TestApp, id: &str, body: Value, token: Option<&str>) {
     do_writes(app, &json!([{"method": "PUT", "id": id, "body": body}]), token).await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
 }
 
 /// (a) The dashboard lists records, moves a bar when progress moves, filters,
