@@ -327,3 +327,50 @@ async fn shutdown_ends_streams_and_long_polls() {
     assert!(matches!(events.next(SOON).await, Next::End));
     assert_eq!(poll.await.unwrap().ok(), Some(StatusCode::NOT_MODIFIED));
 }
+
+/// PostgreSQL alone: the instance hears its own writes. Redis over
+/// PostgreSQL: writes through one instance reach streams on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_follow_records_on_the_durable_tiers() {
+    let db = common::postgres::TestDatabase::create().await;
+    let url = db.url().to_owned();
+    let alone = spawn_app_with(Backend::Memory, |s| s.database_url = Some(url.clone())).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !alone.put("pg-job", &json!({"status": "running", "current": 0})).await.status().is_success() {
+        assert!(Instant::now() < deadline, "PostgreSQL never became usable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut events = open(&alone, "pg-job", &[]).await;
+    let first = events.expect_event(SOON).await.version();
+    alone.patch_ok("pg-job", &json!({"current": 1})).await;
+    assert_eq!(events.expect_event(SOON).await.version(), first + 1);
+    let (status, _, body) = {
+        let etag = format!("\"{}\"", first + 1);
+        let poll = long_poll(&alone, "pg-job", 20, &etag);
+        let write = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            alone.patch_ok("pg-job", &json!({"status": "completed"})).await;
+        };
+        let (polled, ()) = tokio::join!(poll, write);
+        polled
+    };
+    assert_eq!((status, body.unwrap()["status"].as_str()), (StatusCode::OK, Some("completed")));
+    assert_eq!(events.expect_event(SOON).await.json()["status"], "completed");
+    assert!(matches!(events.next(SOON).await, Next::End));
+    alone.stop().await;
+
+    let a = spawn_app_with(Backend::Redis, |s| s.database_url = Some(url.clone())).await;
+    let prefix = a.settings.key_prefix.clone();
+    let b = spawn_app_with(Backend::Redis, |s| {
+        s.database_url = Some(url.clone());
+        s.key_prefix = prefix;
+    })
+    .await;
+    a.put_ok("tiered-job", &json!({"status": "running"})).await;
+    let mut on_b = open(&b, "tiered-job", &[]).await;
+    assert_eq!(on_b.expect_event(SOON).await.version(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.patch_ok("tiered-job", &json!({"current": 7})).await;
+    let event = on_b.expect_event(SOON).await;
+    assert_eq!((event.version(), event.json()["current"].as_u64()), (2, Some(7)));
+}
