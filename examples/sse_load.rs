@@ -183,7 +183,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sse_load: cannot start the runtime: {e}");
@@ -210,18 +214,27 @@ struct Target {
 }
 
 async fn target(url: &str) -> Result<Target, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("only http:// URLs are supported, not {url:?}"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("only http:// URLs are supported, not {url:?}"))?;
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || !rest.trim_start_matches(authority).trim_matches('/').is_empty() {
         return Err(format!("the URL must be http://HOST:PORT with no path, not {url:?}"));
     }
-    let with_port = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
+    let with_port = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
     let addr = tokio::net::lookup_host(with_port.as_str())
         .await
         .map_err(|e| format!("cannot resolve {authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority} resolves to no address"))?;
-    Ok(Target { addr, authority: authority.into() })
+    Ok(Target {
+        addr,
+        authority: authority.into(),
+    })
 }
 
 fn record_id(prefix: &str, record: usize) -> String {
@@ -243,9 +256,15 @@ struct Response {
 
 impl HttpConn {
     async fn connect(target: &Target) -> Result<Self, String> {
-        let stream = TcpStream::connect(target.addr).await.map_err(|e| format!("connect {}: {e}", target.authority))?;
+        let stream = TcpStream::connect(target.addr)
+            .await
+            .map_err(|e| format!("connect {}: {e}", target.authority))?;
         let _ = stream.set_nodelay(true);
-        Ok(Self { target: target.clone(), stream, buf: Vec::with_capacity(8192) })
+        Ok(Self {
+            target: target.clone(),
+            stream,
+            buf: Vec::with_capacity(8192),
+        })
     }
 
     /// Sends one request; returns the response and the instant just before
@@ -259,8 +278,14 @@ impl HttpConn {
             body.len()
         );
         let sent = Instant::now();
-        self.stream.write_all(req.as_bytes()).await.map_err(|e| format!("{method} {path}: write: {e}"))?;
-        let response = self.read_response().await.map_err(|e| format!("{method} {path}: {e}"))?;
+        self.stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("{method} {path}: write: {e}"))?;
+        let response = self
+            .read_response()
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
         Ok((response, sent))
     }
 
@@ -301,7 +326,10 @@ impl HttpConn {
             }
             self.buf.drain(..len).collect()
         };
-        Ok(Response { status: head.status, body })
+        Ok(Response {
+            status: head.status,
+            body,
+        })
     }
 }
 
@@ -327,7 +355,9 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
     let mut chunked = false;
     let mut content_length = None;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
             chunked = true;
@@ -335,7 +365,11 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
             content_length = value.parse().ok();
         }
     }
-    Ok(Head { status, chunked, content_length })
+    Ok(Head {
+        status,
+        chunked,
+        content_length,
+    })
 }
 
 /// The `"version":N` of a record's JSON.
@@ -405,7 +439,11 @@ impl Dechunker {
                     out(&input[i..i + take]);
                     i += take;
                     let left = left - take as u64;
-                    *self = if left == 0 { Dechunker::DataCr } else { Dechunker::Data(left) };
+                    *self = if left == 0 {
+                        Dechunker::DataCr
+                    } else {
+                        Dechunker::Data(left)
+                    };
                     continue;
                 }
                 Dechunker::DataCr => {
@@ -454,7 +492,12 @@ struct SseParser {
 
 impl SseParser {
     fn new() -> Self {
-        Self { line: [0; 40], len: 0, id: None, kind: Kind::Message }
+        Self {
+            line: [0; 40],
+            len: 0,
+            id: None,
+            kind: Kind::Message,
+        }
     }
 
     fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(Ev)) {
@@ -542,7 +585,11 @@ async fn subscriber(
     gate: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> SubResult {
-    let mut result = SubResult { record: spec.record, events: Vec::new(), error: None };
+    let mut result = SubResult {
+        record: spec.record,
+        events: Vec::new(),
+        error: None,
+    };
     let permit = gate.acquire_owned().await.ok();
     let outcome = tokio::select! {
         r = stream_events(&spec, &counters, permit, &mut result.events) => r,
@@ -562,13 +609,18 @@ async fn stream_events(
     mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
     events: &mut Vec<(u64, Instant)>,
 ) -> Result<(), String> {
-    let mut stream = TcpStream::connect(spec.target.addr).await.map_err(|e| format!("connect: {e}"))?;
+    let mut stream = TcpStream::connect(spec.target.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
         spec.path, spec.target.authority
     );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
 
     let mut buf = vec![0u8; 4096];
     let mut head: Vec<u8> = Vec::new();
@@ -669,7 +721,12 @@ async fn open_subscribers(args: &Args, target: &Target, keep_events: bool) -> Re
             path: format!("/progress/{}/events", record_id(&args.id_prefix, record)),
             keep_events,
         };
-        handles.push(tokio::spawn(subscriber(spec, counters.clone(), gate.clone(), stop_rx.clone())));
+        handles.push(tokio::spawn(subscriber(
+            spec,
+            counters.clone(),
+            gate.clone(),
+            stop_rx.clone(),
+        )));
     }
     let mut last_report = Instant::now();
     loop {
@@ -701,9 +758,17 @@ async fn open_subscribers(args: &Args, target: &Target, keep_events: bool) -> Re
                 *errors.entry(e).or_default() += 1;
             }
         }
-        return Err(format!("{failed} of {} subscribers failed to connect: {errors:?}", args.subscribers));
+        return Err(format!(
+            "{failed} of {} subscribers failed to connect: {errors:?}",
+            args.subscribers
+        ));
     }
-    Ok(Subscribers { counters, stop, handles, connect_time })
+    Ok(Subscribers {
+        counters,
+        stop,
+        handles,
+        connect_time,
+    })
 }
 
 impl Subscribers {
@@ -713,7 +778,11 @@ impl Subscribers {
         for h in self.handles {
             match h.await {
                 Ok(r) => results.push(r),
-                Err(e) => results.push(SubResult { record: 0, events: Vec::new(), error: Some(e.to_string()) }),
+                Err(e) => results.push(SubResult {
+                    record: 0,
+                    events: Vec::new(),
+                    error: Some(e.to_string()),
+                }),
             }
         }
         results
@@ -766,6 +835,29 @@ async fn seed(target: &Target, prefix: &str, records: usize, parallel: usize) ->
     Ok(versions)
 }
 
+/// `n` GET /healthz over `parallel` keep-alive connections.
+async fn healthz_traffic(target: &Target, n: usize, parallel: usize) -> Result<(), String> {
+    let mut tasks = Vec::new();
+    for k in 0..parallel {
+        let target = target.clone();
+        let count = n / parallel + usize::from(k < n % parallel);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = HttpConn::connect(&target).await?;
+            for _ in 0..count {
+                let (resp, _) = conn.request("GET", "/healthz", "").await?;
+                if resp.status != 200 {
+                    return Err(format!("GET /healthz: status {}", resp.status));
+                }
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
 // --- /proc -----------------------------------------------------------------------
 
 fn open_files_limit() -> Option<u64> {
@@ -786,7 +878,10 @@ fn mem_of(pid: &str) -> Option<Mem> {
         let line = status.lines().find(|l| l.starts_with(key))?;
         line.split_whitespace().nth(1)?.parse().ok()
     };
-    Some(Mem { rss_kb: kb("VmRSS:")?, hwm_kb: kb("VmHWM:")? })
+    Some(Mem {
+        rss_kb: kb("VmRSS:")?,
+        hwm_kb: kb("VmHWM:")?,
+    })
 }
 
 fn open_files(pid: u32) -> Option<usize> {
@@ -815,7 +910,11 @@ struct CpuClock {
 impl CpuClock {
     fn start(pids: Vec<String>) -> Self {
         let ticks = pids.iter().map(|p| cpu_ticks(p).unwrap_or(0)).collect();
-        Self { pids, start: Instant::now(), ticks }
+        Self {
+            pids,
+            start: Instant::now(),
+            ticks,
+        }
     }
 
     /// CPU used by these processes since `start`, as a percentage of one CPU.
@@ -886,12 +985,21 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let mut sent: HashMap<(usize, u64), usize> = HashMap::with_capacity(args.writes);
     let mut writes = Vec::with_capacity(args.writes);
+    // (record, version, PUT answered after) of each write, for the diagnosis of missing events.
+    let mut write_meta: Vec<(usize, u64, u64)> = Vec::with_capacity(args.writes);
     let mut put_us = Vec::with_capacity(args.writes);
     let mut write_errors = 0usize;
     let mut last_version = seeded.to_vec();
-    let begin = tokio::time::Instant::now() + Duration::from_millis(200);
+    // On the schedule, but never closer than `interval` to the previous
+    // write: after a slow PUT the writer falls behind instead of bunching
+    // writes up (a subscriber need not see versions written in a burst).
+    let mut next = tokio::time::Instant::now() + Duration::from_millis(200);
+    let mut late = 0usize;
     for i in 0..args.writes {
-        tokio::time::sleep_until(begin + interval * i as u32).await;
+        if tokio::time::Instant::now() > next + Duration::from_millis(5) {
+            late += 1;
+        }
+        tokio::time::sleep_until(next).await;
         let record = i % args.records;
         let path = format!("/progress/{}", record_id(&args.id_prefix, record));
         let body = format!(
@@ -900,6 +1008,7 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
             unix_ns()
         );
         let (resp, at) = conn.request("PUT", &path, &body).await?;
+        next = (next + interval).max(tokio::time::Instant::from_std(at) + interval);
         put_us.push(at.elapsed().as_micros() as u64);
         let version = version_of(&resp.body);
         match (resp.status, version) {
@@ -913,10 +1022,14 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
                 last_version[record] = v;
                 sent.insert((record, v), writes.len());
                 writes.push(at);
+                write_meta.push((record, v, at.elapsed().as_micros() as u64));
             }
             (status, _) => {
                 write_errors += 1;
-                eprintln!("sse_load: PUT {path}: status {status}: {}", String::from_utf8_lossy(&resp.body));
+                eprintln!(
+                    "sse_load: PUT {path}: status {status}: {}",
+                    String::from_utf8_lossy(&resp.body)
+                );
             }
         }
     }
@@ -935,6 +1048,7 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
     // Match each subscriber's events to the writes.
     let mut delays: Vec<u64> = Vec::with_capacity(expected as usize);
     let mut first = vec![u64::MAX; writes.len()];
+    let mut got = vec![0u64; writes.len()];
     let mut last = vec![0u64; writes.len()];
     let mut received = 0u64;
     let mut unmatched = 0u64;
@@ -964,6 +1078,7 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
                     first[w] = first[w].min(d);
                     last[w] = last[w].max(d);
                     received += 1;
+                    got[w] += 1;
                 }
                 None if version <= seeded[r.record] => {} // the first event: the record as seeded
                 None => unmatched += 1,
@@ -971,6 +1086,34 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
         }
     }
     let missing = expected.saturating_sub(received);
+    // A write no subscriber of its record saw was skipped by the server as a
+    // whole (its re-read already found a newer version); one only some missed
+    // was skipped by those streams (they were not polled before the next).
+    let mut missed_by_all = Vec::new();
+    let mut missed_by_some = 0usize;
+    for (w, &(record, version, put_us)) in write_meta.iter().enumerate() {
+        if got[w] == 0 {
+            missed_by_all.push((w, record, version, put_us));
+        } else if got[w] < per_record[record] {
+            missed_by_some += 1;
+        }
+    }
+    for &(w, record, version, put_us) in missed_by_all.iter().take(10) {
+        let next = (w + 1..write_meta.len()).find(|&n| write_meta[n].0 == record);
+        let next_text = next.map_or("no later write".to_string(), |n| {
+            format!(
+                "the next write (version {}) was sent {:.1} ms later and reached its first subscriber after {:.1} ms",
+                write_meta[n].1,
+                writes[n].saturating_duration_since(writes[w]).as_secs_f64() * 1000.0,
+                if first[n] == u64::MAX { f64::NAN } else { ms(first[n]) }
+            )
+        });
+        eprintln!(
+            "sse_load: write {w} (record {record}, version {version}, PUT answered in {:.1} ms) reached none of its {} subscribers; {next_text}",
+            ms(put_us),
+            per_record[record]
+        );
+    }
     delays.sort_unstable();
     put_us.sort_unstable();
     let seen: Vec<usize> = (0..writes.len()).filter(|&w| first[w] != u64::MAX).collect();
@@ -979,9 +1122,17 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
     firsts.sort_unstable();
     lasts.sort_unstable();
 
-    let (p50, p90, p99) = (percentile(&delays, 50.0), percentile(&delays, 90.0), percentile(&delays, 99.0));
+    let (p50, p90, p99) = (
+        percentile(&delays, 50.0),
+        percentile(&delays, 90.0),
+        percentile(&delays, 99.0),
+    );
     let max = delays.last().copied().unwrap_or(0);
-    let server_pct_text = server_pct.iter().map(|p| format!("{p:.0}")).collect::<Vec<_>>().join("+");
+    let server_pct_text = server_pct
+        .iter()
+        .map(|p| format!("{p:.0}"))
+        .collect::<Vec<_>>()
+        .join("+");
     println!(
         "{:<28} {:>6} {:>7} {:>6} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8}",
         "scenario",
@@ -1027,7 +1178,8 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
          received={received} missing={missing} unmatched={unmatched} duplicates={duplicates} out_of_order={out_of_order} \
          p50_us={p50} p90_us={p90} p99_us={p99} max_us={max} first_p50_us={} first_p99_us={} last_p50_us={} \
          last_p99_us={} put_p50_us={} put_p99_us={} server_cpu_pct={} loader_cpu_pct={loader_pct:.0} \
-         heartbeats={heartbeats} ended={ended} write_errors={write_errors} sub_errors={}",
+         writes_missed_by_all={} writes_missed_by_some={missed_by_some} late_writes={late} heartbeats={heartbeats} ended={ended} \
+         write_errors={write_errors} sub_errors={}",
         args.label.replace(' ', "_"),
         args.subscribers,
         args.records,
@@ -1041,6 +1193,7 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
         percentile(&put_us, 50.0),
         percentile(&put_us, 99.0),
         server_pct_text,
+        missed_by_all.len(),
         sub_errors.values().sum::<usize>(),
     );
     if !sub_errors.is_empty() {
@@ -1113,10 +1266,15 @@ async fn hold(args: &Args, sub_target: &Target, write_target: &Target) -> Result
     let released = closing.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (after, after_fds, _) = sample("disconnected")?;
+    // Memory freed by other threads goes back to its owner's heap (and to
+    // the OS) when that thread allocates again: show what a little traffic does.
+    healthz_traffic(sub_target, 1000, 8).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (traffic, _, _) = sample("after 1000 GETs")?;
 
     let per_conn_kb = connected.rss_kb.saturating_sub(idle.rss_kb) as f64 / args.subscribers as f64;
     println!(
-        "{:<28} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "{:<28} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
         "scenario",
         "subs",
         "records",
@@ -1124,6 +1282,7 @@ async fn hold(args: &Args, sub_target: &Target, write_target: &Target) -> Result
         "conn MB",
         "upd MB",
         "after MB",
+        "GETs MB",
         "HWM MB",
         "KB/sub",
         "connect s",
@@ -1131,7 +1290,7 @@ async fn hold(args: &Args, sub_target: &Target, write_target: &Target) -> Result
         "loader MB"
     );
     println!(
-        "{:<28} {:>6} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>9.2} {:>9.1}",
+        "{:<28} {:>6} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>9.2} {:>9.1}",
         args.label,
         args.subscribers,
         args.records,
@@ -1139,7 +1298,8 @@ async fn hold(args: &Args, sub_target: &Target, write_target: &Target) -> Result
         mb(connected.rss_kb),
         mb(updated.rss_kb),
         mb(after.rss_kb),
-        mb(after.hwm_kb),
+        mb(traffic.rss_kb),
+        mb(traffic.hwm_kb),
         per_conn_kb,
         connect_s,
         update_time.as_secs_f64(),
@@ -1147,7 +1307,7 @@ async fn hold(args: &Args, sub_target: &Target, write_target: &Target) -> Result
     );
     println!(
         "SSE_RESULT mode=hold label={} subs={} records={} idle_rss_kb={} connected_rss_kb={} updated_rss_kb={} \
-         after_rss_kb={} hwm_kb={} per_sub_kb={per_conn_kb:.1} connect_s={:.2} update_s={:.2} idle_fds={idle_fds} \
+         after_rss_kb={} traffic_rss_kb={} hwm_kb={} per_sub_kb={per_conn_kb:.1} connect_s={:.2} update_s={:.2} idle_fds={idle_fds} \
          connected_fds={connected_fds} after_fds={after_fds} release_s={:.2} loader_rss_kb={} ended={ended} \
          sub_errors={errors}",
         args.label.replace(' ', "_"),
@@ -1157,7 +1317,8 @@ async fn hold(args: &Args, sub_target: &Target, write_target: &Target) -> Result
         connected.rss_kb,
         updated.rss_kb,
         after.rss_kb,
-        after.hwm_kb,
+        traffic.rss_kb,
+        traffic.hwm_kb,
         connect_s,
         update_time.as_secs_f64(),
         released.as_secs_f64(),
@@ -1165,4 +1326,3 @@ async fn hold(args: &Args, sub_target: &Target, write_target: &Target) -> Result
     );
     Ok(errors == 0 && ended == 0)
 }
-

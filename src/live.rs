@@ -4,25 +4,31 @@
 //! Waiters of one id share one [`Watched`] entry. When a change is
 //! announced — by a write through this instance, or by a Redis change
 //! notice from any instance — the entry re-reads the record once and hands
-//! the new snapshot to all its waiters through a `watch` channel, so a
-//! thousand waiters on a record cost one read per change, and waiting costs
-//! no reads at all. Ids nobody waits on cost a map lookup per notice.
+//! the new snapshot to all its waiters, so a thousand waiters on a record
+//! cost one read per change, and waiting costs no reads at all. Ids nobody
+//! waits on cost a map lookup per notice.
 //!
 //! Re-reads of one id run one at a time; a notice that arrives during a
 //! re-read makes it read again afterwards, so the last snapshot is never
-//! older than the last notice. Waiters see the newest snapshot, not every
-//! intermediate one: a version that was overwritten before it could be read
-//! no longer exists anywhere.
+//! older than the last notice. Every snapshot read is queued for each
+//! waiter (up to [`QUEUED_SNAPSHOTS`]; one that falls further behind skips
+//! to the newest), so a slow stream still gets one event per version read.
+//! A version overwritten before it could be read exists nowhere any more
+//! and is not sent.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, watch};
 
 use crate::domain::{ProgressId, StoredRecord};
 use crate::store::{ChangeNotices, ChangeSink, ProgressStore};
+
+/// Snapshots queued per watched record for waiters that are behind.
+pub const QUEUED_SNAPSHOTS: usize = 16;
 
 /// How often a failed re-read is retried before waiting for the next notice.
 const REREAD_ATTEMPTS: u32 = 5;
@@ -66,7 +72,10 @@ struct Watched {
     id: ProgressId,
     /// How many [`Watch`]es hold this entry; changed under the map's lock.
     waiters: AtomicUsize,
+    /// The newest snapshot.
     snapshot: watch::Sender<Snapshot>,
+    /// Every snapshot, in order, for waiters that are behind.
+    queue: broadcast::Sender<Snapshot>,
     reread: Mutex<Reread>,
 }
 
@@ -108,6 +117,7 @@ impl Live {
                     id: id.clone(),
                     waiters: AtomicUsize::new(0),
                     snapshot: watch::channel(Snapshot::Unknown).0,
+                    queue: broadcast::channel(QUEUED_SNAPSHOTS).0,
                     reread: Mutex::new(Reread::default()),
                 })
             });
@@ -115,7 +125,8 @@ impl Live {
             Arc::clone(watched)
         };
         Watch {
-            rx: watched.snapshot.subscribe(),
+            latest: watched.snapshot.subscribe(),
+            queue: watched.queue.subscribe(),
             closing: self.inner.closing.subscribe(),
             watched,
             hub: Arc::downgrade(&self.inner),
@@ -173,7 +184,14 @@ impl Inner {
         tokio::spawn(async move {
             loop {
                 if let Some(snapshot) = read(store.as_ref(), &watched.id).await {
-                    watched.snapshot.send_if_modified(|current| replace_if_newer(current, snapshot));
+                    watched.snapshot.send_if_modified(|current| {
+                        let newer = replace_if_newer(current, snapshot);
+                        if newer {
+                            // No receiver (nobody waits any more) is not an error here.
+                            let _ = watched.queue.send(current.clone());
+                        }
+                        newer
+                    });
                 }
                 let mut state = watched.reread.lock().unwrap_or_else(|p| p.into_inner());
                 if !std::mem::take(&mut state.again) {
@@ -237,39 +255,57 @@ fn replace_if_newer(current: &mut Snapshot, next: Snapshot) -> bool {
 /// One waiter on one record. Dropping it stops the waiting.
 pub struct Watch {
     watched: Arc<Watched>,
-    rx: watch::Receiver<Snapshot>,
+    latest: watch::Receiver<Snapshot>,
+    queue: broadcast::Receiver<Snapshot>,
     closing: watch::Receiver<bool>,
     hub: Weak<Inner>,
 }
 
 impl Watch {
-    /// Waits until the record is no longer `seen` — another version or
-    /// incarnation, or gone — and returns what it is now. `None` when the
-    /// service is shutting down. `seen` of `None` means absent.
+    /// Waits until the record is newer than `seen` — a later version or
+    /// incarnation, or gone — and returns the oldest such snapshot not yet
+    /// returned, so successive calls walk through the versions in order.
+    /// `None` when the service is shutting down. `seen` of `None` means absent.
     pub async fn changed_from(&mut self, seen: Option<(i64, u64)>) -> Option<Snapshot> {
         loop {
             if *self.closing.borrow() {
                 return None;
             }
-            {
-                let snapshot = self.rx.borrow_and_update();
-                let differs = match (&*snapshot, seen) {
-                    (Snapshot::Unknown, _) => false,
-                    (Snapshot::Absent, None) => false,
-                    (s, seen) => s.recency() != seen,
-                };
-                if differs {
-                    return Some(snapshot.clone());
-                }
-            }
-            tokio::select! {
-                changed = self.rx.changed() => {
-                    if changed.is_err() {
-                        return None;
+            let next = match self.queue.try_recv() {
+                Ok(snapshot) => Some(snapshot),
+                Err(TryRecvError::Lagged(_)) => Some(self.latest.borrow().clone()),
+                Err(TryRecvError::Closed) => return None,
+                Err(TryRecvError::Empty) => {
+                    // Nothing queued since this waiter subscribed; the newest
+                    // snapshot may still be news (read just before it did).
+                    let latest = self.latest.borrow().clone();
+                    if self.is_news(&latest, seen) {
+                        return Some(latest);
+                    }
+                    tokio::select! {
+                        received = self.queue.recv() => match received {
+                            Ok(snapshot) => Some(snapshot),
+                            Err(RecvError::Lagged(_)) => Some(self.latest.borrow().clone()),
+                            Err(RecvError::Closed) => return None,
+                        },
+                        _ = self.closing.changed() => return None,
                     }
                 }
-                _ = self.closing.changed() => return None,
+            };
+            if let Some(snapshot) = next.filter(|s| self.is_news(s, seen)) {
+                return Some(snapshot);
             }
+        }
+    }
+
+    /// Whether `snapshot` tells something after `seen`: a newer record, or
+    /// that the record is gone (and still is).
+    fn is_news(&self, snapshot: &Snapshot, seen: Option<(i64, u64)>) -> bool {
+        match snapshot {
+            Snapshot::Unknown => false,
+            Snapshot::Present(record) => seen.is_none_or(|seen| record.recency() > seen),
+            // A delete queued before a new incarnation is old news once that exists.
+            Snapshot::Absent => seen.is_some() && matches!(*self.latest.borrow(), Snapshot::Absent),
         }
     }
 }
@@ -283,5 +319,92 @@ impl Drop for Watch {
         {
             map.remove(self.watched.id.as_str());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{apply_write, ClientFields, Timestamp, Touched, WritePolicy};
+    use crate::store::MemoryStore;
+
+    fn record(id: &ProgressId, version: u64) -> StoredRecord {
+        let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
+        let (mut r, mut m) =
+            apply_write(id, None, ClientFields::default(), Touched::default(), Timestamp::now(), &policy);
+        (r.version, m.v, m.c) = (version, version, 1);
+        StoredRecord::encode(&m, &r)
+    }
+
+    async fn settle(live: &Live, id: &ProgressId) {
+        // Re-reads run on spawned tasks: let them finish.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+            let watched = live.inner.lock().get(id.as_str()).cloned();
+            if watched.is_none_or(|w| !w.reread.lock().unwrap().running) {
+                return;
+            }
+        }
+    }
+
+    fn version(snapshot: Option<Snapshot>) -> Option<u64> {
+        match snapshot? {
+            Snapshot::Present(r) => Some(r.version()),
+            Snapshot::Absent => Some(0),
+            Snapshot::Unknown => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_is_behind_still_gets_every_version_read_in_order() {
+        let store = MemoryStore::start(Duration::from_secs(60));
+        let live = Live::new(store.clone());
+        let id = ProgressId::parse("job").unwrap();
+        store.compare_and_set(&id, 0, &record(&id, 1), 60_000).await.unwrap();
+        let mut slow = live.watch(&id);
+        for v in 2..=6 {
+            store.compare_and_set(&id, v - 1, &record(&id, v), 60_000).await.unwrap();
+            live.changed(&id, v);
+            settle(&live, &id).await;
+        }
+        let mut seen = (1, 1);
+        for expected in 2..=6 {
+            let next = slow.changed_from(Some(seen)).await;
+            assert_eq!(version(next.clone()), Some(expected));
+            seen = next.unwrap().recency().unwrap();
+        }
+        // A notice for a version already read costs nothing and wakes nobody.
+        live.changed(&id, 6);
+        settle(&live, &id).await;
+        let quiet = tokio::time::timeout(Duration::from_millis(50), slow.changed_from(Some(seen))).await;
+        assert!(quiet.is_err(), "no news: {quiet:?}");
+        // A waiter further behind than the queue skips to the newest.
+        let mut slower = live.watch(&id);
+        for v in 7..=(7 + QUEUED_SNAPSHOTS as u64 + 3) {
+            store.compare_and_set(&id, v - 1, &record(&id, v), 60_000).await.unwrap();
+            live.changed(&id, v);
+            settle(&live, &id).await;
+        }
+        let newest = 7 + QUEUED_SNAPSHOTS as u64 + 3;
+        assert_eq!(version(slower.changed_from(Some((1, 6))).await), Some(newest));
+        // Deleted: waiters hear it; then the entry goes with its last waiter.
+        store.delete(&id).await.unwrap();
+        live.changed(&id, 0);
+        settle(&live, &id).await;
+        assert_eq!(version(slower.changed_from(Some((1, newest))).await), Some(0));
+        drop((slow, slower));
+        assert_eq!(live.watched_records(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_ends_every_wait() {
+        let store = MemoryStore::start(Duration::from_secs(60));
+        let live = Live::new(store.clone());
+        let id = ProgressId::parse("job").unwrap();
+        let mut watch = live.watch(&id);
+        let waiting = tokio::spawn(async move { watch.changed_from(Some((1, 1))).await.is_none() });
+        tokio::task::yield_now().await;
+        live.close();
+        assert!(waiting.await.unwrap(), "a closed hub answers None");
     }
 }
