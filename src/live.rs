@@ -28,7 +28,7 @@ use crate::domain::{ProgressId, StoredRecord};
 use crate::store::{ChangeNotices, ChangeSink, ProgressStore};
 
 /// Snapshots queued per watched record for waiters that are behind.
-pub const QUEUED_SNAPSHOTS: usize = 16;
+pub const QUEUED_SNAPSHOTS: usize = 8;
 
 /// How often a failed re-read is retried before waiting for the next notice.
 const REREAD_ATTEMPTS: u32 = 5;
