@@ -2,10 +2,13 @@
 # bench/run.sh: load-test progressd with wrk against a real Redis and print
 # one table. See bench/README.md for what is measured and how to read it.
 #
-# Two instances of the release binary run on the same Redis and key prefix:
-# the main one in the default configuration (read cache on), which serves
-# every row but the "(cache off)" ones, and a second one started with
-# PROGRESS_CACHE_MAX_AGE_MS=0, so that its GETs always go to Redis.
+# Two instances of the release binary run on the same Redis and key prefix
+# (and, unless BENCH_POSTGRES=0, the same new PostgreSQL database as the
+# durable tier): the main one in the default configuration (read cache on),
+# which serves every row but the "(cache off)" ones, and a second one started
+# with PROGRESS_CACHE_MAX_AGE_MS=0, so that its GETs always go to Redis.
+# Both subscribe to the change notices (live updates), so Redis has two
+# subscribers on the channel.
 #
 # Environment (all optional):
 #   BENCH_DURATION     seconds (or wrk duration such as 30s, 1m) per scenario (default 10)
@@ -13,9 +16,19 @@
 #   BENCH_CONNECTIONS  wrk connections (default 64)
 #   BENCH_WARMUP       warm-up seconds before measuring, 0 to skip (default 2)
 #   BENCH_WRITE_IDS    ids the PUT and PATCH scenarios spread over (default 1000)
+#   BENCH_MIX_IDS      records of the 90 % GET / 10 % PATCH mix (default 10000)
+#   BENCH_RATE         requests/s of the fixed-rate mix run (default 5000; 0 skips it)
+#   BENCH_RATE_DURATION  seconds of the fixed-rate run (default 20)
+#   BENCH_OHA          the oha binary for the fixed-rate run (default: oha on PATH,
+#                      else ~/.cargo/bin/oha; install with `cargo install oha --locked`)
+#   BENCH_POSTGRES     1 (default): Redis over PostgreSQL (a new database, dropped
+#                      at exit); 0: Redis alone
+#   BENCH_PG_URL       PostgreSQL server, no database (default postgres://postgres@127.0.0.1:5432)
 #   BENCH_TARGET       wanted GET /progress/{id} ÷ GET /healthz ratio in the default
 #                      configuration, cache on (default 0.60)
-#   BENCH_STRICT       1: also exit non-zero when that (cache-on) GET ratio is below target
+#   BENCH_WRITE_TARGET wanted PUT and PATCH ÷ GET /healthz ratio (default 0.30)
+#   BENCH_P99_TARGET_MS  wanted p99 of the fixed-rate mix, in ms (default 2)
+#   BENCH_STRICT       1: also exit non-zero when a target is missed
 #   BENCH_SKIP_BUILD   1: use the existing target/release/progressd
 #   BENCH_LOG_LEVEL    server log level (default warn)
 #   REDIS_URL          Redis to use (default redis://127.0.0.1:6379)
@@ -35,7 +48,16 @@ WARMUP="${BENCH_WARMUP:-2}"
 THREADS="${BENCH_THREADS:-2}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 WRITE_IDS="${BENCH_WRITE_IDS:-1000}"
+MIX_IDS="${BENCH_MIX_IDS:-10000}"
+RATE="${BENCH_RATE:-5000}"
+RATE_DURATION="${BENCH_RATE_DURATION:-20}"
+POSTGRES="${BENCH_POSTGRES:-1}"
+PG_SERVER_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
+PG_SERVER_URL="${PG_SERVER_URL%/}"
 TARGET="${BENCH_TARGET:-0.60}"
+WRITE_TARGET="${BENCH_WRITE_TARGET:-0.30}"
+P99_TARGET_MS="${BENCH_P99_TARGET_MS:-2}"
+INSTANCES=2
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 KEY_PREFIX="bench-$$-$(date +%s):"
 READ_ID="bench-read"
@@ -43,6 +65,10 @@ export BENCH_WRITE_IDS="$WRITE_IDS"
 export BENCH_PUT_ID_PREFIX="bench-put-"
 export BENCH_PATCH_ID_PREFIX="bench-patch-"
 export BENCH_RECORD_JSON="$BENCH_DIR/record.json"
+export BENCH_MIX_IDS="$MIX_IDS"
+export BENCH_MIX_ID_PREFIX="bench-mix-"
+DB=""
+[[ "$POSTGRES" == 1 ]] && DB="progressd_bench_$$_$(date +%s)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/progressd-bench.XXXXXX")"
 # Main instance: default configuration (read cache on).
@@ -54,6 +80,8 @@ NOCACHE_LOG="$WORK/server-cache-off.log"
 NOCACHE_PID=""
 NOCACHE_BASE=""
 WRK_PID=""
+OHA_PIDS=()
+SAMPLER_PID=""
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "bench: $*"; exit 2; }
@@ -64,7 +92,7 @@ redis() { redis-cli -u "$REDIS_URL" --no-auth-warning "$@"; }
 
 delete_keys() {
   if command -v redis-cli >/dev/null 2>&1 && ! redis PING >/dev/null 2>&1; then
-    log "bench: cannot reach Redis at ${REDIS_URL%%@*} to delete keys under ${KEY_PREFIX} (they expire within 15 minutes)"
+    log "bench: cannot reach Redis at ${REDIS_URL%%@*} to delete keys under ${KEY_PREFIX} (records expire within 15 minutes; the ${KEY_PREFIX}progressd:* index keys do not: delete them by hand)"
   elif command -v redis-cli >/dev/null 2>&1; then
     # SCAN + DEL on our unique prefix only (never FLUSHALL: Redis is shared).
     # The prefix is [A-Za-z0-9:-], so it has no glob characters to escape.
@@ -75,7 +103,7 @@ delete_keys() {
     if [[ "$left" == "0" ]]; then
       log "bench: deleted the Redis keys under ${KEY_PREFIX}"
     else
-      log "bench: WARNING: ${left} keys under ${KEY_PREFIX} are left in Redis (they expire within 15 minutes)"
+      log "bench: WARNING: ${left} keys under ${KEY_PREFIX} are left in Redis (records expire within 15 minutes; the ${KEY_PREFIX}progressd:* index keys do not: delete them by hand)"
     fi
   else
     # No redis-cli: delete the records we created through the API of either instance.
@@ -89,8 +117,22 @@ delete_keys() {
     curl -s -o /dev/null -X DELETE "$base/progress/$READ_ID" || true
     curl -s -o /dev/null -X DELETE "$base/progress/${BENCH_PUT_ID_PREFIX}[0-$((WRITE_IDS - 1))]" || true
     curl -s -o /dev/null -X DELETE "$base/progress/${BENCH_PATCH_ID_PREFIX}[0-$((WRITE_IDS - 1))]" || true
+    curl -s -o /dev/null -X DELETE "$base/progress/${BENCH_MIX_ID_PREFIX}[0-$((MIX_IDS - 1))]" || true
     log "bench: redis-cli not found; deleted the bench records through the API"
   fi
+}
+
+psql_admin() { psql "$PG_SERVER_URL/postgres" -XAtq -v ON_ERROR_STOP=1 "$@"; }
+DB_CREATED=0
+drop_database() {
+  (( DB_CREATED )) || return 0
+  # WITH (FORCE) ends the connections to this database only (ours).
+  if psql_admin -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1; then
+    log "bench: dropped database $DB"
+  else
+    log "bench: WARNING: could not drop database $DB; drop it by hand"
+  fi
+  DB_CREATED=0
 }
 
 # Both instances, each by its own PID (never by name): SIGTERM to both, up to
@@ -124,8 +166,12 @@ cleanup() {
   local status=$?
   trap - EXIT INT TERM
   if [[ -n "$WRK_PID" ]]; then kill -TERM "$WRK_PID" 2>/dev/null || true; wait "$WRK_PID" 2>/dev/null || true; fi
+  local pid
+  for pid in "${OHA_PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  if [[ -n "$SAMPLER_PID" ]]; then kill -TERM "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; fi
   delete_keys
   stop_servers
+  drop_database
   log "bench: wrk output and server logs kept in $WORK"
   exit "$status"
 }
@@ -145,6 +191,9 @@ fi
 for tool in wrk curl awk cargo; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done
+[[ "$POSTGRES" == 0 ]] || command -v psql >/dev/null 2>&1 || die "psql is required (or BENCH_POSTGRES=0)"
+OHA="${BENCH_OHA:-$(command -v oha || true)}"
+[[ -n "$OHA" || ! -x "$HOME/.cargo/bin/oha" ]] || OHA="$HOME/.cargo/bin/oha"
 
 # --- what we run on -----------------------------------------------------------
 
@@ -162,6 +211,16 @@ echo "load avg:    $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 echo "commit:      ${commit}${dirty}"
 echo "wrk:         $( (wrk -v 2>&1 || true) | awk 'NR == 1 {print $2}'), ${THREADS} threads, ${CONNECTIONS} connections, ${DURATION} per scenario"
 echo "redis:       ${REDIS_URL%%@*}$([[ "$REDIS_URL" == *@* ]] && echo '@…') ${redis_version:+(Redis $redis_version)}, key prefix ${KEY_PREFIX}"
+if [[ "$POSTGRES" == 1 ]]; then
+  echo "postgres:    ${PG_SERVER_URL%%@*}@… ($(psql_admin -c 'SHOW server_version' 2>/dev/null || echo '?')), new database ${DB} (durable tier of both instances)"
+else
+  echo "postgres:    none (BENCH_POSTGRES=0: Redis alone)"
+fi
+echo "fixed rate:  $([[ "$RATE" == 0 ]] && echo "skipped (BENCH_RATE=0)" || echo "${RATE} requests/s for ${RATE_DURATION} s, ${OHA:-oha not found}")"
+# Other heavy processes now (by process name; the numbers move with them).
+busy="$( { ps -eo comm= | grep -E '^(sse_load|cargo|rustc|wrk|oha|perf|progressd)$' || true; } | sort | uniq -c \
+        | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }')"
+echo "busy:        ${busy:-none} (other heavy processes at the start, by name)"
 echo
 
 # --- build the way the Dockerfile does ---------------------------------------
@@ -209,8 +268,10 @@ start_instance() {
     main)      logfile="$SERVER_LOG" ;;
     cache-off) logfile="$NOCACHE_LOG" ;;
   esac
+  local database=(-u DATABASE_URL)
+  [[ -z "$DB" ]] || database=(DATABASE_URL="$PG_SERVER_URL/$DB")
   # `exec` keeps the PID: $! is the server itself, not a wrapper shell.
-  ( cd "$WORK" && exec env -u RUST_LOG "${inherited_progress_vars[@]}" \
+  ( cd "$WORK" && exec env -u RUST_LOG "${inherited_progress_vars[@]}" "${database[@]}" \
       PORT="$port" PROGRESS_HOST=127.0.0.1 REDIS_URL="$REDIS_URL" PROGRESS_KEY_PREFIX="$KEY_PREFIX" \
       PROGRESS_TTL_SECONDS=900 PROGRESS_LOG_LEVEL="${BENCH_LOG_LEVEL:-warn}" "$@" \
       "$BIN" ) >"$logfile" 2>&1 &
@@ -244,10 +305,36 @@ start_with_retries() {  # same arguments as start_instance
   die "the $1 instance would not start (log: $logfile)"
 }
 
+if [[ -n "$DB" ]]; then
+  psql_admin -c "CREATE DATABASE \"$DB\"" >/dev/null || die "cannot create database $DB on ${PG_SERVER_URL%%@*}@…"
+  DB_CREATED=1
+fi
+
 start_with_retries main
 log "bench: progressd (pid $SERVER_PID, default configuration: read cache on) is up at $BASE"
 start_with_retries cache-off PROGRESS_CACHE_MAX_AGE_MS=0
 log "bench: progressd (pid $NOCACHE_PID, PROGRESS_CACHE_MAX_AGE_MS=0: read cache off) is up at $NOCACHE_BASE"
+
+# Ready means every configured tier is up: with PostgreSQL, its migrations
+# have run (until then the durable tier's breaker is open and creates would
+# go to the write-behind backlog instead of PostgreSQL).
+for base in "$BASE" "$NOCACHE_BASE"; do
+  ready=0
+  for _ in $(seq 1 300); do
+    if [[ "$(curl -s --max-time 2 "$base/readyz" || true)" == *'"status":"ok"'* ]]; then ready=1; break; fi
+    sleep 0.1
+  done
+  (( ready )) || die "$base/readyz did not say ok within 30 s: $(curl -s --max-time 2 "$base/readyz" || true)"
+done
+
+# Resident memory of an instance, from /proc/PID/status: "VmRSS VmHWM" in MB.
+rss_of() {
+  awk '$1 == "VmRSS:" { r = $2 } $1 == "VmHWM:" { h = $2 } END { printf "%.1f %.1f\n", r / 1024, h / 1024 }' "/proc/$1/status" 2>/dev/null \
+    || echo "? ?"
+}
+sleep 1  # idle: up, ready, listeners subscribed, nothing asked yet
+read -r RSS_IDLE_MAIN _ < <(rss_of "$SERVER_PID")
+read -r RSS_IDLE_OFF _ < <(rss_of "$NOCACHE_PID")
 
 # --- seed ---------------------------------------------------------------------
 
@@ -283,22 +370,39 @@ seed_range() {
 }
 seed_range "$BENCH_PUT_ID_PREFIX"
 seed_range "$BENCH_PATCH_ID_PREFIX"
-log "bench: seeded $READ_ID (ETag $ETAG) and 2 × $WRITE_IDS write records"
+# The mix's records: 16 requests at a time (curl -Z), each a create.
+bad="$(curl -s -Z --parallel-max 16 -X PUT "${json[@]}" --data-binary "@$BENCH_RECORD_JSON" \
+        -o /dev/null -w '%{http_code}\n' "$BASE/progress/${BENCH_MIX_ID_PREFIX}[0-$((MIX_IDS - 1))]" 2>/dev/null \
+      | grep -cvE '^20[01]$' || true)"
+[[ "$bad" == 0 ]] || die "seeding ${BENCH_MIX_ID_PREFIX}* : $bad of $MIX_IDS PUTs did not answer 200/201"
+log "bench: seeded $READ_ID (ETag $ETAG), 2 × $WRITE_IDS write records and $MIX_IDS mix records"
+# The seeding inserted ~12,000 rows into an empty table: without this,
+# autovacuum (VACUUM and ANALYZE of the new rows) starts on its own a minute
+# later, in the middle of a measured scenario.
+if [[ -n "$DB" ]]; then
+  psql "$PG_SERVER_URL/$DB" -XAtq -c "VACUUM ANALYZE progress" >/dev/null 2>&1 || log "bench: VACUUM ANALYZE progress failed"
+fi
 
 # The main instance's read cache is live only while its change listener is
 # subscribed; otherwise its GETs go to Redis and the "cache on" rows would not
-# measure the default configuration. Exactly one subscriber is expected: the
-# cache-off instance has no listener. (Needs redis-cli; skipped without it.)
+# measure the default configuration. Every instance with Redis subscribes (the
+# notices also carry live updates), so at least $INSTANCES subscribers are
+# expected; fewer means some instance's listener is down. The prefix is this
+# run's own, so nobody else subscribes to the channel. (Needs redis-cli;
+# skipped without it.)
 CHANGES_CHANNEL="${KEY_PREFIX}progress:changes"
+subscribers() { redis PUBSUB NUMSUB "$CHANGES_CHANNEL" 2>/dev/null | sed -n 2p | tr -d '\r' || true; }
 check_listener() {  # when
   command -v redis-cli >/dev/null 2>&1 || return 0
   local n
-  n="$(redis PUBSUB NUMSUB "$CHANGES_CHANNEL" 2>/dev/null | sed -n 2p | tr -d '\r' || true)"
-  [[ "$n" == 1 ]] || problems+=("change listener $1: ${n:-?} subscribers on $CHANGES_CHANNEL, expected 1 (the main instance's); the cache-on rows may not have measured the cache")
+  n="$(subscribers)"
+  [[ "$n" =~ ^[0-9]+$ ]] && (( n >= INSTANCES )) || \
+    problems+=("change listeners $1: ${n:-?} subscribers on $CHANGES_CHANNEL, expected at least $INSTANCES (one per instance); the cache-on rows may not have measured the cache")
 }
 if command -v redis-cli >/dev/null 2>&1; then
-  for _ in $(seq 1 50); do  # the listener subscribes in the background after start-up
-    [[ "$(redis PUBSUB NUMSUB "$CHANGES_CHANNEL" 2>/dev/null | sed -n 2p | tr -d '\r' || true)" == 1 ]] && break
+  for _ in $(seq 1 50); do  # the listeners subscribe in the background after start-up
+    n="$(subscribers)"
+    [[ "$n" =~ ^[0-9]+$ ]] && (( n >= INSTANCES )) && break
     sleep 0.1
   done
 fi
@@ -309,8 +413,9 @@ check_listener "before the run"
 # $READ_ID, so its ETag stays valid for the 304 scenarios. The *_off scenarios
 # run against the second instance (PROGRESS_CACHE_MAX_AGE_MS=0); every other
 # one, /healthz included, against the main instance (default configuration).
+# The mix runs last among the wrk scenarios, then the fixed-rate mix (oha).
 
-NAMES=(healthz get get_304 get_off get_304_off put patch)
+NAMES=(healthz get get_304 get_off get_304_off put patch mix)
 declare -A LABEL=(
   [healthz]="GET /healthz"
   [get]="GET /progress/{id}"
@@ -319,8 +424,10 @@ declare -A LABEL=(
   [get_304_off]="GET /progress/{id} (304, cache off)"
   [put]="PUT /progress/{id}"
   [patch]="PATCH /progress/{id}"
+  [mix]="mix 90% GET / 10% PATCH, ${MIX_IDS} ids"
+  [rate]="same mix at ${RATE}/s (fixed rate)"
 )
-declare -A EXPECT=([healthz]=200 [get]=200 [get_304]=304 [get_off]=200 [get_304_off]=304 [put]=200 [patch]=200)
+declare -A EXPECT=([healthz]=200 [get]=200 [get_304]=304 [get_off]=200 [get_304_off]=304 [put]=200 [patch]=200 [mix]=200)
 wrk_args() {
   case "$1" in
     healthz)     echo "-s $BENCH_DIR/report.lua $BASE/healthz" ;;
@@ -330,6 +437,7 @@ wrk_args() {
     get_304_off) echo "-s $BENCH_DIR/report.lua $NOCACHE_BASE/progress/$READ_ID" ;;  # + If-None-Match below
     put)         echo "-s $BENCH_DIR/put.lua $BASE" ;;
     patch)       echo "-s $BENCH_DIR/patch.lua $BASE" ;;
+    mix)         echo "-s $BENCH_DIR/mix.lua $BASE" ;;
   esac
 }
 extra_headers() {
@@ -337,6 +445,7 @@ extra_headers() {
   return 0
 }
 
+MIX_PATCH_BODY='{"current":1,"message":"Processed 1 of 480 segments"}'
 # One request of each kind through curl: the status wrk should see, and the
 # response size that wrk's bytes/request should come close to.
 probe_scenario() {
@@ -349,6 +458,10 @@ probe_scenario() {
     put)     probe -X PUT "${json[@]}" --data-binary "@$BENCH_RECORD_JSON" "$BASE/progress/${BENCH_PUT_ID_PREFIX}0" ;;
     patch)   probe -X PATCH "${json[@]}" --data-binary '{"current":1,"message":"Processed 1 of 480 segments"}' \
                "$BASE/progress/${BENCH_PATCH_ID_PREFIX}0" ;;
+    mix)     # 9 GETs and 1 PATCH: the status of any that is not 200, the mean size
+             { for _ in 1 2 3 4 5 6 7 8 9; do probe "$BASE/progress/${BENCH_MIX_ID_PREFIX}0"; done
+               probe -X PATCH "${json[@]}" --data-binary "$MIX_PATCH_BODY" "$BASE/progress/${BENCH_MIX_ID_PREFIX}0"; } \
+               | awk '{ if ($1 != 200) code = $1; size += $2 } END { print (code ? code : 200), int(size / NR) }' ;;
   esac
 }
 
@@ -375,14 +488,50 @@ if [[ "$WARMUP" != 0s ]]; then
   run_wrk get_off "$WARMUP" "$WORK/warmup-get_off.txt" || true
 fi
 
+# With PostgreSQL, the write rows leave a write-behind backlog that is
+# flushed up to 10 s later (PROGRESS_PERSIST_INTERVAL_SECONDS): wait until the
+# main instance's backlog is empty (its /metrics gauge), at most 20 s, so that
+# a scenario does not pay for the previous one's flushes.
+backlog() { curl -s --max-time 2 "$BASE/metrics" | awk '$1 == "progressd_write_behind_backlog" { print $2 }'; }
+drain_backlog() {
+  [[ -n "$DB" ]] || return 0
+  local b=""
+  for _ in $(seq 1 80); do
+    b="$(backlog)"
+    [[ "$b" == 0 || -z "$b" ]] && return 0
+    sleep 0.25
+  done
+  log "bench: the write-behind backlog still holds ${b} records after 20 s"
+}
+
+# Other people's load: once a second, the heavy processes (by name) that are
+# not this script's children, with their command names. Each row then reports
+# the most seen during its run ("others" column): 0 means nobody else's
+# wrk/cargo/rustc/oha/perf/valgrind/sse_load/progressd was running.
+HEAVY='^(wrk|cargo|rustc|sse_load|oha|perf|valgrind|callgrind-amd64|addr2line|progressd)$'
+(
+  trap - EXIT INT TERM ERR
+  while :; do
+    n="$(ps -eo ppid=,comm= | awk -v me="$$" -v re="$HEAVY" '$1 != me && $2 ~ re { n++; names = names " " $2 } END { print n + 0, names }')"
+    echo "$(date +%s) $n"
+    sleep 1
+  done
+) >"$WORK/others.log" 2>/dev/null &
+SAMPLER_PID=$!
+others_between() {  # from to: most foreign heavy processes seen, and their names
+  awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b && $2 >= n { n = $2; $1 = ""; $2 = ""; names = $0 } END { print n + 0 }' "$WORK/others.log"
+}
+
 declare -A R=()
 for name in "${NAMES[@]}"; do
+  drain_backlog
   read -r pcode psize < <(probe_scenario "$name")
   if [[ "$pcode" != "${EXPECT[$name]}" ]]; then
     problems+=("${LABEL[$name]}: a probe request answered $pcode, expected ${EXPECT[$name]}")
   fi
-  log "bench: ${LABEL[$name]} for $DURATION"
+  log "bench: ${LABEL[$name]} for $DURATION (load avg $(cut -d' ' -f1 /proc/loadavg))"
   out="$WORK/$name.txt"
+  t_start=$(date +%s)
   if ! run_wrk "$name" "$DURATION" "$out"; then
     problems+=("${LABEL[$name]}: wrk failed: $(tail -n 2 "$out" | tr '\n' ' ')")
   fi
@@ -393,7 +542,54 @@ for name in "${NAMES[@]}"; do
   fi
   for kv in ${line#BENCH_RESULT }; do R[$name.${kv%%=*}]="${kv#*=}"; done
   R[$name.probe_size]="$psize"
+  R[$name.others]="$(others_between "$t_start" "$(date +%s)")"
 done
+
+# --- fixed rate: the mix at RATE requests/s, open loop -----------------------------
+# wrk is closed-loop: each connection waits for its answer before it sends
+# again, so a slow answer delays the requests behind it and they are never
+# timed (coordinated omission). oha -q sends on a schedule, and with
+# --latency-correction times each request from when it was due. oha sends one
+# method per process, so two run at once: GETs at 90 % of the rate and PATCHes
+# at 10 %, each over its own shuffled list of the mix's URLs; their
+# per-request CSVs are merged and the percentiles computed over every request.
+RATE_DONE=0
+if [[ "$RATE" != 0 ]]; then
+  if [[ -z "$OHA" || ! -x "$OHA" ]]; then
+    problems+=("fixed-rate run skipped: oha not found (cargo install oha --locked, or BENCH_OHA=/path/to/oha; BENCH_RATE=0 skips it)")
+  else
+    python3 "$BENCH_DIR/rate_mix.py" urls "$BASE" "$BENCH_MIX_ID_PREFIX" "$MIX_IDS" "$WORK"
+    drain_backlog
+    get_rate=$(( RATE * 9 / 10 ))
+    patch_rate=$(( RATE - get_rate ))
+    log "bench: ${LABEL[rate]} for ${RATE_DURATION}s: GET ${get_rate}/s + PATCH ${patch_rate}/s (load avg $(cut -d' ' -f1 /proc/loadavg))"
+    "$OHA" --no-tui -q "$get_rate" -z "${RATE_DURATION}s" -c 32 --latency-correction --urls-from-file "$WORK/rate-get.urls" \
+      -t 5s --output-format csv -o "$WORK/rate-get.csv" >"$WORK/rate-get.log" 2>&1 &
+    OHA_PIDS+=($!)
+    t_start=$(date +%s)
+    "$OHA" --no-tui -q "$patch_rate" -z "${RATE_DURATION}s" -c 8 --latency-correction --urls-from-file "$WORK/rate-patch.urls" \
+      -m PATCH -T application/json -d "$MIX_PATCH_BODY" -t 5s --output-format csv -o "$WORK/rate-patch.csv" >"$WORK/rate-patch.log" 2>&1 &
+    OHA_PIDS+=($!)
+    for pid in "${OHA_PIDS[@]}"; do
+      wait "$pid" || problems+=("${LABEL[rate]}: oha (pid $pid) failed: $(tail -q -n 2 "$WORK"/rate-*.log | tr '\n' ' ')")
+    done
+    OHA_PIDS=()
+    R[rate.others]="$(others_between "$t_start" "$(date +%s)")"
+    line="$(python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/rate-get.csv" "$WORK/rate-patch.csv" "$RATE_DURATION")" || line=""
+    if [[ -z "$line" ]]; then
+      problems+=("${LABEL[rate]}: no result (see $WORK/rate-*.log)")
+    else
+      for kv in ${line#BENCH_RESULT }; do R[rate.${kv%%=*}]="${kv#*=}"; done
+      RATE_DONE=1
+      R[rate.probe_size]="${R[mix.probe_size]:-}"
+      # Requests that the schedule asked for but that never finished are
+      # missing from the CSVs: the achieved rate tells.
+      if awk -v a="${R[rate.rps]}" -v w="$RATE" 'BEGIN { exit !(a < 0.97 * w) }'; then
+        problems+=("${LABEL[rate]}: only ${R[rate.rps]} requests/s completed of ${RATE} asked for")
+      fi
+    fi
+  fi
+fi
 
 # The record must not have changed during the reads, or the 304 runs measured
 # 200s. Asked through both instances: the cache-off one reads Redis itself.
@@ -403,6 +599,8 @@ for base in "$BASE" "$NOCACHE_BASE"; do
     problems+=("GET /progress/$READ_ID via $base: ETag moved from $ETAG to '${etag_after}' during the run")
 done
 check_listener "after the run"
+read -r RSS_AFTER_MAIN HWM_MAIN < <(rss_of "$SERVER_PID")
+read -r RSS_AFTER_OFF HWM_OFF < <(rss_of "$NOCACHE_PID")
 
 # --- table ----------------------------------------------------------------------
 
@@ -411,24 +609,48 @@ health_rps="$(get healthz.rps)"
 ratio() {  # rps → ratio to healthz
   awk -v a="$1" -v b="$health_rps" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
 }
+at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "" && a != "-" && b != "" && a + 0 >= b + 0) }'; }
+
+# The target of each row, and whether it was met (PASS / MISS).
+declare -A TGT=() VERDICT=()
+TGT[get]=">= ${TARGET}x"
+if at_least "$(ratio "$(get get.rps)")" "$TARGET"; then VERDICT[get]=PASS; else VERDICT[get]=MISS; fi
+TGT[get_304]=">= GET"
+if at_least "$(get get_304.rps)" "$(get get.rps)"; then VERDICT[get_304]=PASS; else VERDICT[get_304]=MISS; fi
+for w in put patch; do
+  TGT[$w]=">= ${WRITE_TARGET}x"
+  if at_least "$(ratio "$(get "$w.rps")")" "$WRITE_TARGET"; then VERDICT[$w]=PASS; else VERDICT[$w]=MISS; fi
+done
+ROW_NAMES=("${NAMES[@]}")
+if [[ "$RATE" != 0 ]]; then
+  ROW_NAMES+=(rate)
+  TGT[rate]="p99 < ${P99_TARGET_MS} ms"
+  if (( RATE_DONE )) && awk -v p="$(get rate.p99_us)" -v t="$P99_TARGET_MS" 'BEGIN { exit !(p < t * 1000) }'; then
+    VERDICT[rate]=PASS
+  else
+    VERDICT[rate]=MISS
+  fi
+fi
 
 echo
-printf '%-35s %11s %9s %9s %12s %11s %10s %10s\n' \
-  "scenario" "requests/s" "p50 us" "p99 us" "non-2xx/3xx" "socket err" "/ healthz" "bytes/req"
-printf '%-35s %11s %9s %9s %12s %11s %10s %10s\n' \
-  "-----------------------------------" "----------" "------" "------" "-----------" "----------" "---------" "---------"
-for name in "${NAMES[@]}"; do
+printf '%-38s %10s %8s %8s %8s %8s %6s %9s  %-16s %9s %6s\n' \
+  "scenario" "requests/s" "p50 us" "p99 us" "p99.9 us" "non-2xx" "sock" "/ healthz" "target" "bytes/req" "others"
+printf '%-38s %10s %8s %8s %8s %8s %6s %9s  %-16s %9s %6s\n' \
+  "--------------------------------------" "----------" "------" "------" "--------" "-------" "----" "---------" "----------------" "---------" "------"
+for name in "${ROW_NAMES[@]}"; do
   if [[ -z "$(get "$name.requests")" ]]; then
-    printf '%-35s %11s\n' "${LABEL[$name]}" "(no result)"
+    printf '%-38s %10s\n' "${LABEL[$name]}" "(no result)"
     continue
   fi
   req="$(get "$name.requests")"
   sock=$(( $(get "$name.connect") + $(get "$name.read") + $(get "$name.write") + $(get "$name.timeout") ))
   status="$(get "$name.status")"
   bpr="$(awk -v b="$(get "$name.bytes")" -v n="$req" 'BEGIN { printf "%d", (n > 0 ? b / n : 0) }')"
-  printf '%-35s %11.0f %9d %9d %12d %11d %10s %10d\n' \
-    "${LABEL[$name]}" "$(get "$name.rps")" "$(get "$name.p50_us")" "$(get "$name.p99_us")" \
-    "$status" "$sock" "$(ratio "$(get "$name.rps")")" "$bpr"
+  target="${TGT[$name]:-}"
+  [[ -z "$target" ]] || target="$target ${VERDICT[$name]}"
+  printf '%-38s %10.0f %8d %8d %8d %8d %6d %9s  %-16s %9d %6s\n' \
+    "${LABEL[$name]}" "$(get "$name.rps")" "$(get "$name.p50_us")" "$(get "$name.p99_us")" "$(get "$name.p999_us")" \
+    "$status" "$sock" "$([[ "$name" == rate ]] && echo - || ratio "$(get "$name.rps")")" "$target" "$bpr" "$(get "$name.others")"
 
   if (( req == 0 )); then problems+=("${LABEL[$name]}: no request completed"); fi
   if (( status > 0 )); then problems+=("${LABEL[$name]}: $status responses with status ≥ 400"); fi
@@ -436,32 +658,40 @@ for name in "${NAMES[@]}"; do
     problems+=("${LABEL[$name]}: socket errors connect $(get "$name.connect"), read $(get "$name.read"), write $(get "$name.write"), timeout $(get "$name.timeout")")
   fi
   # wrk counts 4xx/5xx only. A 200 where a 304 was expected (or an error body
-  # where a record was expected) shows up as a different response size.
+  # where a record was expected) shows up as a different response size. oha's
+  # CSV counts body bytes only, so the fixed-rate row is not compared.
   psize="$(get "$name.probe_size")"
-  if (( req > 0 )) && [[ -n "$psize" ]] && \
+  if [[ "$name" != rate ]] && (( req > 0 )) && [[ -n "$psize" ]] && \
      awk -v a="$bpr" -v b="$psize" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d > 0.25 * b + 16) }'; then
-    problems+=("${LABEL[$name]}: responses average $bpr bytes, but a ${EXPECT[$name]} response is $psize bytes: other statuses were answered")
+    problems+=("${LABEL[$name]}: responses average $bpr bytes, but a ${EXPECT[$name]:-200} response is $psize bytes: other statuses were answered")
   fi
 done
 echo
-
-get_ratio="$(ratio "$(get get.rps)")"
-verdict="BELOW TARGET"
-if [[ "$get_ratio" != "-" ]] && awk -v r="$get_ratio" -v t="$TARGET" 'BEGIN { exit !(r >= t) }'; then
-  verdict="PASS"
+if (( RATE_DONE )); then
+  echo "fixed rate, by kind:  GET $(get rate.get_n) requests, p50/p99/p99.9 $(get rate.get_p50_us)/$(get rate.get_p99_us)/$(get rate.get_p999_us) us;" \
+       "PATCH $(get rate.patch_n), $(get rate.patch_p50_us)/$(get rate.patch_p99_us)/$(get rate.patch_p999_us) us; slowest $(get rate.max_us) us"
 fi
-off_ratio="$(ratio "$(get get_off.rps)")"
-echo "GET ratio, default configuration (read cache on):   GET /progress/{id} ÷ GET /healthz = ${get_ratio}  (target >= ${TARGET}): ${verdict}"
-echo "GET ratio, cache off (PROGRESS_CACHE_MAX_AGE_MS=0): GET /progress/{id} ÷ GET /healthz = ${off_ratio}  (every read goes to Redis; for comparison, not the target)"
+echo "targets:              GET ÷ healthz $(ratio "$(get get.rps)") (>= ${TARGET}): ${VERDICT[get]};" \
+     "304 ÷ GET $(awk -v a="$(get get_304.rps)" -v b="$(get get.rps)" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }') (>= 1): ${VERDICT[get_304]};" \
+     "PUT $(ratio "$(get put.rps)") and PATCH $(ratio "$(get patch.rps)") (>= ${WRITE_TARGET}): ${VERDICT[put]}, ${VERDICT[patch]}"
+if [[ "$RATE" != 0 ]]; then
+  echo "                      mix p99 at ${RATE}/s: $( ((RATE_DONE)) && awk -v p="$(get rate.p99_us)" 'BEGIN { printf "%.2f ms", p / 1000 }' || echo "not measured") (< ${P99_TARGET_MS} ms): ${VERDICT[rate]}"
+fi
+echo "cache off:            GET ÷ healthz $(ratio "$(get get_off.rps)") (PROGRESS_CACHE_MAX_AGE_MS=0: every read goes to Redis; for comparison, no target)"
+echo "progressd VmRSS (MB): main instance idle ${RSS_IDLE_MAIN} (target <= 30), after the run ${RSS_AFTER_MAIN}, peak (VmHWM) ${HWM_MAIN};" \
+     "cache-off instance idle ${RSS_IDLE_OFF}, after ${RSS_AFTER_OFF}, peak ${HWM_OFF}"
+echo "load avg at the end:  $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if (( ${#problems[@]} > 0 )); then
   echo
   echo "FAILED: these results are not valid measurements:"
   printf '  - %s\n' "${problems[@]}"
-  echo "  (wrk output: $WORK; server log: $SERVER_LOG)"
+  echo "  (wrk and oha output: $WORK; server log: $SERVER_LOG)"
   exit 1
 fi
-if [[ "$verdict" != PASS && "${BENCH_STRICT:-0}" == 1 ]]; then
-  exit 1
+if [[ "${BENCH_STRICT:-0}" == 1 ]]; then
+  for name in get get_304 put patch rate; do
+    [[ -z "${VERDICT[$name]:-}" || "${VERDICT[$name]}" == PASS ]] || exit 1
+  done
 fi
 exit 0
