@@ -10,7 +10,7 @@
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
-BIN="$ROOT/target/release/progressd"
+BIN="${BENCH_BIN:-$ROOT/target/release/progressd}"
 
 # PostgreSQL server (no database path) and the database to connect to for
 # CREATE/DROP DATABASE. Trust auth on the shared server: no password.
@@ -149,7 +149,7 @@ print_machine() {
 }
 
 build_release() {
-  if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  if [[ "${BENCH_SKIP_BUILD:-0}" != 1 && -z "${BENCH_BIN:-}" ]]; then
     log "$BENCH_NAME: cargo build --release --locked"
     (cd "$ROOT" && cargo build --release --locked) >&2 || die "the release build failed"
   fi

@@ -30,6 +30,7 @@
 #   BENCH_P99_TARGET_MS  wanted p99 of the fixed-rate mix, in ms (default 2)
 #   BENCH_STRICT       1: also exit non-zero when a target is missed
 #   BENCH_SKIP_BUILD   1: use the existing target/release/progressd
+#   BENCH_BIN          run this binary instead of target/release/progressd (implies no build)
 #   BENCH_LOG_LEVEL    server log level (default warn)
 #   REDIS_URL          Redis to use (default redis://127.0.0.1:6379)
 #
@@ -225,8 +226,8 @@ echo
 
 # --- build the way the Dockerfile does ---------------------------------------
 
-BIN="$ROOT/target/release/progressd"
-if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+BIN="${BENCH_BIN:-$ROOT/target/release/progressd}"
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 && -z "${BENCH_BIN:-}" ]]; then
   log "bench: cargo build --release --locked"
   (cd "$ROOT" && cargo build --release --locked) >&2 || die "the release build failed"
 fi

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::domain::{
-    apply_write, check_top_level_keys, merge_patch, ttl_ms, ClientFields, ProgressId, ProgressRecord, RecordMeta,
-    StoredRecord, Timestamp, Touched, WritePolicy,
+    check_top_level_keys, next_record, ttl_ms, ClientFields, ProgressId, ServerState, StoredRecord, Timestamp, Touched,
+    WritePolicy,
 };
 use crate::error::Error;
 use crate::live::Live;
@@ -47,6 +47,15 @@ impl IfMatch {
 pub enum WriteBody {
     /// PUT: the whole client state.
     Replace(Value),
+    /// PUT: the whole client state, already read by
+    /// [`ClientFields::from_body_fast`] from `text` (read again from there
+    /// if the write has to be tried again).
+    Read {
+        /// The fields `text` holds.
+        fields: ClientFields,
+        /// The body as sent.
+        text: bytes::Bytes,
+    },
     /// PATCH: an RFC 7386 merge patch.
     Merge(Value),
 }
@@ -85,6 +94,11 @@ impl ProgressService {
         &self.store
     }
 
+    /// The largest `ttl_seconds` a write may ask for.
+    pub fn max_ttl_seconds(&self) -> u64 {
+        self.max_ttl_seconds
+    }
+
     /// The record, or `None`.
     pub async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, Error> {
         Ok(self.store.get(id).await?)
@@ -119,46 +133,36 @@ impl ProgressService {
     /// Applies a PUT or PATCH atomically under the request's preconditions.
     pub async fn write(&self, id: &ProgressId, body: WriteBody, conditions: &Preconditions) -> Result<Written, Error> {
         // Check the body itself before touching the store, so a bad body is
-        // a 4xx whatever the record's state.
-        let replacement = match &body {
-            WriteBody::Replace(value) => Some(ClientFields::from_json(value, self.max_ttl_seconds)?),
-            WriteBody::Merge(patch) => {
-                ClientFields::from_json(patch, self.max_ttl_seconds)?;
-                None
-            }
-        };
-        for attempt in 0..MAX_WRITE_ATTEMPTS {
-            let current = self.store.get(id).await?;
-            let prev = current
-                .as_ref()
-                .map(|s| s.record().map(|r| (r, *s.meta())))
-                .transpose()
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            check_preconditions(prev.as_ref().map(|(r, _)| r), conditions)?;
-
-            let (fields, touched) = match (&body, &replacement, &prev) {
-                (WriteBody::Replace(_), Some(fields), _) => (fields.clone(), Touched::replace(fields)),
-                (WriteBody::Merge(patch), _, Some((record, _))) => {
-                    let mut doc = record.client_json();
-                    // A record may predate a lower PROGRESS_MAX_TTL_SECONDS: the
-                    // bound applies to what this write asks for, so the stored
-                    // value is clamped rather than refused.
-                    if let Some(ttl) = doc.get_mut("ttl_seconds") {
-                        *ttl = Value::from(ttl.as_u64().unwrap_or(0).min(self.max_ttl_seconds));
-                    }
-                    merge_patch(&mut doc, patch);
-                    let fields = ClientFields::from_json(&doc, self.max_ttl_seconds)?;
-                    let patch = check_top_level_keys(patch)?;
-                    (fields, Touched::patch(patch))
-                }
-                (WriteBody::Merge(_), _, None) => return Err(Error::NotFound(format!("no progress record {id}"))),
-                (WriteBody::Replace(_), None, _) => unreachable!("a replacement was validated above"),
+        // a 4xx whatever the record's state. A PATCH's body is checked as
+        // the client fields it sets (a merge patch replaces each top-level
+        // field it names, or merges into it).
+        let mut body = body;
+        let mut validated = Some(match &mut body {
+            WriteBody::Replace(value) | WriteBody::Merge(value) => ClientFields::from_json(value, self.max_ttl_seconds)?,
+            WriteBody::Read { fields, .. } => std::mem::take(fields),
+        });
+        // The first read may come from the read cache, which can be a change
+        // notice behind: a refusal that rests on the record's state is only
+        // given after reading it again past the cache.
+        let mut maybe_cached = true;
+        let mut attempt = 0;
+        while attempt < MAX_WRITE_ATTEMPTS {
+            let current = if maybe_cached { self.store.get(id).await? } else { self.store.get_uncached(id).await? };
+            // The validated body is used up by the first try; a retry reads it again.
+            let fields = match validated.take() {
+                Some(fields) => fields,
+                None => self.read_again(&body)?,
             };
-            let prev_ref = prev.as_ref().map(|(r, m): &(ProgressRecord, RecordMeta)| (r, m));
-            let (record, meta) = apply_write(id, prev_ref, fields, touched, Timestamp::now(), &self.policy);
-            let stored = StoredRecord::encode(&meta, &record);
-            let expected = current.as_ref().map_or(0, StoredRecord::version);
-            if self.store.compare_and_set(id, expected, &stored, ttl_ms(record.ttl_seconds)).await? {
+            let (stored, ttl) = match self.next_version(id, &body, fields, current.as_ref(), conditions) {
+                Ok(next) => next,
+                // An absent record never comes from the cache.
+                Err(e) if maybe_cached && !matches!(e, Error::NotFound(_)) => {
+                    maybe_cached = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if self.store.compare_and_swap(id, current.as_ref(), &stored, ttl).await? {
                 crate::metrics::record_written(current.is_none());
                 self.live.changed(id, stored.version());
                 return Ok(Written { record: stored, created: current.is_none() });
@@ -168,8 +172,66 @@ impl ProgressService {
             // retrying in lock-step; cheap on Redis, vital on PostgreSQL.
             let ceiling_ms = 1u64 << attempt.min(5);
             tokio::time::sleep(std::time::Duration::from_micros(fastrand::u64(0..ceiling_ms * 1000))).await;
+            attempt += 1;
         }
         Err(Error::WriteContention)
+    }
+
+    /// A body's fields once more, for a retry (the same as the first time).
+    fn read_again(&self, body: &WriteBody) -> Result<ClientFields, Error> {
+        match body {
+            WriteBody::Replace(value) | WriteBody::Merge(value) => Ok(ClientFields::from_json(value, self.max_ttl_seconds)?),
+            WriteBody::Read { text, .. } => std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| ClientFields::from_body_fast(t, self.max_ttl_seconds, usize::MAX))
+                .ok_or_else(|| Error::Internal("a PUT body read once could not be read again".into())),
+        }
+    }
+
+    /// The record a write stores over `current` (`None`: absent), and its
+    /// time to live in ms; or why the write is refused. `body_fields` is
+    /// the body read by [`ClientFields::from_json`].
+    fn next_version(
+        &self,
+        id: &ProgressId,
+        body: &WriteBody,
+        body_fields: ClientFields,
+        current: Option<&StoredRecord>,
+        conditions: &Preconditions,
+    ) -> Result<(StoredRecord, i64), Error> {
+        let corrupt = |e: crate::domain::CorruptRecord| Error::Internal(e.to_string());
+        let (prev, fields, touched) = match body {
+            WriteBody::Replace(_) | WriteBody::Read { .. } => {
+                // A PUT replaces every client field: only the server's part
+                // of the previous version is read.
+                let prev = current.map(StoredRecord::server_state).transpose().map_err(corrupt)?;
+                check_preconditions(prev.as_ref(), conditions)?;
+                let touched = Touched::replace(&body_fields);
+                (prev, body_fields, touched)
+            }
+            WriteBody::Merge(patch) => {
+                let Some(current) = current else {
+                    check_preconditions(None, conditions)?;
+                    return Err(Error::NotFound(format!("no progress record {id}")));
+                };
+                let (state, mut fields) = current.record().map_err(corrupt)?.into_parts();
+                check_preconditions(Some(&state), conditions)?;
+                // A record may predate a lower PROGRESS_MAX_TTL_SECONDS: the
+                // bound applies to what this write asks for, so the stored
+                // value is clamped rather than refused.
+                fields.ttl_seconds = fields.ttl_seconds.map(|ttl| ttl.min(self.max_ttl_seconds));
+                let patch = check_top_level_keys(patch)?;
+                let fields = fields.merge(patch, body_fields)?;
+                (Some(state), fields, Touched::patch(patch))
+            }
+        };
+        let prev = prev.zip(current.map(|s| *s.meta()));
+        let (record, meta) = next_record(id, prev, fields, touched, Timestamp::now(), &self.policy);
+        let ttl = ttl_ms(record.ttl_seconds);
+        // The record goes along with its bytes: the read cache keeps it for
+        // the next write of the record, which then need not parse them.
+        let size_hint = current.map_or(1024, |c| c.raw().len() + 256);
+        Ok((StoredRecord::encode_owned(&meta, record, size_hint), ttl))
     }
 }
 
@@ -193,7 +255,7 @@ fn check_if_match(version: Option<u64>, if_match: Option<&IfMatch>) -> Result<()
     }
 }
 
-fn check_preconditions(prev: Option<&ProgressRecord>, conditions: &Preconditions) -> Result<(), Error> {
+fn check_preconditions(prev: Option<&ServerState>, conditions: &Preconditions) -> Result<(), Error> {
     let version = prev.map(|r| r.version);
     check_if_match(version, conditions.if_match.as_ref())?;
     if conditions.if_none_match.as_ref().is_some_and(|c| c.matches(version)) {
@@ -207,5 +269,96 @@ fn check_preconditions(prev: Option<&ProgressRecord>, conditions: &Preconditions
             Err(Error::ConflictTerminal { status: r.status, version: r.version })
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{MemoryStore, StoreError};
+
+    /// A store that refuses the first `losses` compare-and-sets, as if
+    /// another writer had come first each time.
+    struct Racy {
+        inner: Arc<MemoryStore>,
+        losses: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ProgressStore for Racy {
+        fn kind(&self) -> &'static str {
+            "racy"
+        }
+        async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn compare_and_set(&self, id: &ProgressId, e: u64, r: &StoredRecord, t: i64) -> Result<bool, StoreError> {
+            if self.losses.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return Ok(false);
+            }
+            self.inner.compare_and_set(id, e, r, t).await
+        }
+        async fn compare_and_delete(&self, id: &ProgressId, e: u64) -> Result<bool, StoreError> {
+            self.inner.compare_and_delete(id, e).await
+        }
+        async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
+            self.inner.delete(id).await
+        }
+    }
+
+    fn racy_service() -> (ProgressService, Arc<Racy>) {
+        let store = Arc::new(Racy { inner: MemoryStore::start(Duration::from_secs(60)), losses: AtomicUsize::new(0) });
+        let policy = WritePolicy { default_ttl_seconds: 77, heartbeat_ms: 1000 };
+        (ProgressService::new(store.clone(), policy, 3600), store)
+    }
+
+    async fn body(service: &ProgressService, id: &ProgressId, write: WriteBody) -> Value {
+        let written = service.write(id, write, &Preconditions::default()).await.unwrap();
+        serde_json::from_slice(&written.record.render(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_write_that_loses_races_stores_what_it_would_have_stored_at_once() {
+        let id = ProgressId::parse("job").unwrap();
+        let put = json!({"status": "running", "current": 1, "total": 4, "children": {"a": {"progress": 10}},
+                         "metadata": {"n": 9007199254740993u64}, "result": {"x": [1, null]}, "message": "m"});
+        let patch = json!({"current": 3, "children": {"b": {"weight": 2}}, "message": null});
+        let mut outcomes = Vec::new();
+        for losses in [0, 3] {
+            let (service, store) = racy_service();
+            store.losses.store(losses, Ordering::SeqCst);
+            // Without losses, the general path; with them, the fast one, read again for each retry.
+            let write = if losses == 0 {
+                WriteBody::Replace(put.clone())
+            } else {
+                let text = put.to_string();
+                WriteBody::Read { fields: ClientFields::from_body_fast(&text, 3600, 32).unwrap(), text: text.into() }
+            };
+            let first = body(&service, &id, write).await;
+            assert_eq!(store.losses.load(Ordering::SeqCst), 0, "every loss was retried");
+            // Derived, not sent: a PUT that lost races still derives them.
+            assert_eq!((first["progress"].clone(), first["ttl_seconds"].clone()), (json!(25), json!(77)));
+            store.losses.store(losses, Ordering::SeqCst);
+            let second = body(&service, &id, WriteBody::Merge(patch.clone())).await;
+            assert_eq!(store.losses.load(Ordering::SeqCst), 0, "every loss was retried");
+            outcomes.push((first, second));
+        }
+        let strip = |mut v: Value| {
+            for key in ["created_at", "updated_at", "started_at", "expires_at", "eta", "stages"] {
+                v.as_object_mut().unwrap().remove(key);
+            }
+            v
+        };
+        let [(a1, a2), (b1, b2)] = <[_; 2]>::try_from(outcomes).unwrap();
+        assert_eq!(strip(a1), strip(b1));
+        assert_eq!(strip(a2.clone()), strip(b2));
+        assert_eq!(a2["progress"], json!(75), "counters win over children: 3 / 4");
+        assert_eq!(a2["version"], json!(2));
     }
 }

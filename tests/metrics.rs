@@ -241,8 +241,10 @@ async fn store_metrics_move_with_redis() {
     let ops = |s: &Scrape, op| s.value(STORE_OPS, &[("tier", "redis"), ("op", op)]);
     assert_eq!(ops(&after, "compare_and_set") - ops(&before, "compare_and_set"), 2.0);
     assert_eq!(ops(&after, "delete") - ops(&before, "delete"), 1.0);
-    // The write path reads first; the GET may be answered by the read cache.
-    assert!(ops(&after, "get") - ops(&before, "get") >= 2.0);
+    // The write path reads first: the PUT asks Redis (nothing is cached for a
+    // new id); the PATCH and the GET may be answered by the read cache, which
+    // keeps what the PUT stored.
+    assert!(ops(&after, "get") - ops(&before, "get") >= 1.0);
     let errors = |s: &Scrape| s.value(STORE_ERRORS, &[("tier", "redis")]);
     assert_eq!(errors(&after), errors(&before), "a healthy Redis fails nothing");
     assert!(after.value("progressd_pool_connections", &[("tier", "redis")]) >= 1.0);

@@ -84,7 +84,10 @@ async fn the_store_reconnects_after_redis_restarts() {
     .await;
     app.put_ok("r", &json!({"status": "running"})).await;
     redis.stop();
-    assert_problem(app.get("r").await, 503, "storage_unavailable").await;
+    // A write must reach Redis (a read of "r" may still be answered by the
+    // read cache until the change listener notices the connection is gone).
+    assert_problem(app.patch("r", &json!({"message": "m"})).await, 503, "storage_unavailable").await;
+    assert_problem(app.get("never-cached").await, 503, "storage_unavailable").await;
     redis.start_again();
     // The first request after the restart may still meet the dead connection.
     let mut recovered = false;
@@ -98,4 +101,57 @@ async fn the_store_reconnects_after_redis_restarts() {
     assert!(recovered, "writes work again after Redis returns");
     assert_eq!(app.get_ok("r").await["version"], 1, "the restarted Redis was empty");
     redis.stop();
+}
+
+/// The compare-and-set of a write compares the whole header it read, so a
+/// write built on one incarnation of an id never lands on the next one,
+/// even at the same version (deleted, then created again meanwhile).
+#[tokio::test]
+async fn a_write_built_on_an_earlier_incarnation_is_refused() {
+    use progressd::domain::{next_record, ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy};
+    use progressd::store::{ProgressStore, RedisStore, RedisStoreConfig};
+
+    let prefix = common::unique_prefix();
+    let store = RedisStore::new(RedisStoreConfig {
+        url: common::redis_url(),
+        key_prefix: prefix.clone(),
+        pool_size: 2,
+        shared_connections: 1,
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let id = ProgressId::parse("again").unwrap();
+    let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
+    let write = |prev: Option<&StoredRecord>, at_ms: i64, body: serde_json::Value| {
+        let fields = ClientFields::from_json(&body, 3600).unwrap();
+        let touched = Touched::replace(&fields);
+        let prev = prev.map(|p| (p.server_state().unwrap(), *p.meta()));
+        let (record, meta) = next_record(&id, prev, fields, touched, Timestamp(at_ms), &policy);
+        StoredRecord::encode(&meta, &record)
+    };
+    let now = Timestamp::now().millis();
+    let first = write(None, now - 5_000, json!({"status": "running"}));
+    assert!(store.compare_and_swap(&id, None, &first, 60_000).await.unwrap());
+    assert!(store.delete(&id).await.unwrap());
+    let second = write(None, now - 1_000, json!({"status": "pending"}));
+    assert!(store.compare_and_swap(&id, None, &second, 60_000).await.unwrap());
+    assert_eq!((first.version(), second.version()), (1, 1));
+
+    let on_first = write(Some(&first), now, json!({"status": "completed"}));
+    assert!(!store.compare_and_swap(&id, Some(&first), &on_first, 60_000).await.unwrap(), "same version, other incarnation");
+    let on_second = write(Some(&second), now, json!({"status": "running"}));
+    assert!(store.compare_and_swap(&id, Some(&second), &on_second, 60_000).await.unwrap());
+    assert!(!store.compare_and_swap(&id, None, &second, 60_000).await.unwrap(), "a create over a record is refused");
+    let held = store.get(&id).await.unwrap().unwrap();
+    assert_eq!((held.version(), held.meta().c), (2, second.meta().c));
+
+    // The indexes moved with the status: the record is listed as running only.
+    let mut conn = redis_conn();
+    let member = format!("{:015}:again", second.meta().c);
+    for (status, listed) in [("pending", false), ("running", true), ("completed", false)] {
+        let score: Option<f64> =
+            redis::cmd("ZSCORE").arg(format!("{prefix}progressd:index:{status}")).arg(&member).query(&mut conn).unwrap();
+        assert_eq!(score.is_some(), listed, "{status}");
+    }
+    common::delete_keys(&common::redis_url(), &prefix);
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
 use super::id::ProgressId;
-use super::record::{Child, ClientFields, ProgressRecord, StageSpan, Status};
+use super::record::{Child, ClientFields, ProgressRecord, ServerState, StageSpan, Status};
 use super::time::Timestamp;
 
 /// Most entries kept in `stages`; the oldest go first.
@@ -87,24 +87,42 @@ pub fn apply_write(
     now: Timestamp,
     policy: &WritePolicy,
 ) -> (ProgressRecord, RecordMeta) {
-    let prev_record = prev.map(|(r, _)| r);
-    let prev_status = prev_record.map(|r| r.status);
+    next_record(id, prev.map(|(r, m)| (r.server_state(), *m)), fields, touched, now, policy)
+}
+
+/// [`apply_write`] from what the server keeps of the previous version.
+pub fn next_record(
+    id: &ProgressId,
+    prev: Option<(ServerState, RecordMeta)>,
+    fields: ClientFields,
+    touched: Touched,
+    now: Timestamp,
+    policy: &WritePolicy,
+) -> (ProgressRecord, RecordMeta) {
+    let (prev_record, prev_meta) = match prev {
+        Some((r, m)) => (Some(r), Some(m)),
+        None => (None, None),
+    };
+    let prev_status = prev_record.as_ref().map(|r| r.status);
     let status = fields.status;
 
     let progress = resolve_progress(&fields, touched, prev_status);
     let percent = progress.as_f64().unwrap_or(0.0);
 
     let started_at = prev_record
+        .as_ref()
         .and_then(|r| r.started_at)
         .or((status == Status::Running).then_some(now));
-    let completed_at = match (status.is_terminal(), prev_record) {
+    let completed_at = match (status.is_terminal(), &prev_record) {
         (false, _) => None,
         (true, Some(r)) if r.status.is_terminal() => r.completed_at.or(Some(now)),
         (true, _) => Some(now),
     };
-    let stages = next_stages(prev_record.map_or(&[][..], |r| &r.stages), fields.stage.as_deref(), status, now);
+    let version = prev_record.as_ref().map_or(1, |r| r.version + 1);
+    let created_at = prev_record.as_ref().map_or(now, |r| r.created_at);
+    let stages = next_stages(prev_record.map_or_else(Vec::new, |r| r.stages), fields.stage.as_deref(), status, now);
 
-    let sample = match (status, prev.and_then(|(_, m)| m.e)) {
+    let sample = match (status, prev_meta.and_then(|m| m.e)) {
         (Status::Running, Some((t0, p0))) if percent >= p0 => Some((t0, p0)),
         (Status::Running, _) => Some((now.millis(), percent)),
         _ => None,
@@ -112,7 +130,6 @@ pub fn apply_write(
     let eta = sample.and_then(|(t0, p0)| estimate_completion(t0, p0, now, percent));
 
     let ttl_seconds = fields.ttl_seconds.unwrap_or(policy.default_ttl_seconds);
-    let version = prev_record.map_or(1, |r| r.version + 1);
     let record = ProgressRecord {
         id: id.as_str().to_owned(),
         version,
@@ -127,7 +144,7 @@ pub fn apply_write(
         error: fields.error,
         metadata: fields.metadata,
         ttl_seconds,
-        created_at: prev_record.map_or(now, |r| r.created_at),
+        created_at,
         updated_at: now,
         started_at,
         completed_at,
@@ -216,10 +233,9 @@ fn percent_number(percent: f64) -> Number {
 
 /// Closes the open stage when `stage` changes or the record finishes, and
 /// opens one for a new `stage` value.
-fn next_stages(prev: &[StageSpan], stage: Option<&str>, status: Status, now: Timestamp) -> Vec<StageSpan> {
-    let mut stages = prev.to_vec();
-    let open = stages.last().filter(|s| s.finished_at.is_none()).map(|s| s.name.clone());
-    if open.as_deref() != stage {
+fn next_stages(mut stages: Vec<StageSpan>, stage: Option<&str>, status: Status, now: Timestamp) -> Vec<StageSpan> {
+    let open = stages.last().filter(|s| s.finished_at.is_none()).map(|s| s.name.as_str());
+    if open != stage {
         if let Some(last) = stages.last_mut().filter(|s| s.finished_at.is_none()) {
             close(last, now);
         }

@@ -31,6 +31,8 @@ pub const SERVER_FIELDS: &[&str] = &[
     "stages", "eta", "stalled",
 ];
 const CHILD_FIELDS: &[&str] = &["title", "status", "progress", "current", "total", "message", "weight"];
+// `Fields` holds the values of either kind of object in one array.
+const _: () = assert!(CHILD_FIELDS.len() <= CLIENT_FIELDS.len());
 
 /// Lifecycle of a job; the last three are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -228,6 +230,160 @@ impl ProgressRecord {
     }
 }
 
+/// The part of a stored record that the server keeps up and the next
+/// write builds on (the rest is the client fields).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ServerState {
+    /// +1 on every accepted write.
+    pub version: u64,
+    /// Lifecycle.
+    pub status: Status,
+    /// First write.
+    pub created_at: Timestamp,
+    /// First time the status was `running`.
+    pub started_at: Option<Timestamp>,
+    /// When the record entered its terminal status.
+    pub completed_at: Option<Timestamp>,
+    /// History of `stage` values.
+    pub stages: Vec<StageSpan>,
+}
+
+impl ProgressRecord {
+    /// What the next write builds on, copied out.
+    pub fn server_state(&self) -> ServerState {
+        ServerState {
+            version: self.version,
+            status: self.status,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            stages: self.stages.clone(),
+        }
+    }
+
+    /// Splits the record into what the server keeps up and the client
+    /// fields as a PATCH sees them: every field the record shows, with
+    /// `progress` and `ttl_seconds` at their current values. The same as
+    /// [`ProgressRecord::client_json`] read back by [`ClientFields::from_json`],
+    /// without the round trip through JSON values.
+    pub fn into_parts(self) -> (ServerState, ClientFields) {
+        let state = ServerState {
+            version: self.version,
+            status: self.status,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            stages: self.stages,
+        };
+        let fields = ClientFields {
+            status: self.status,
+            progress: Some(self.progress),
+            current: self.current,
+            total: self.total,
+            stage: self.stage,
+            message: self.message,
+            children: self.children,
+            result: self.result,
+            error: self.error,
+            metadata: self.metadata,
+            ttl_seconds: Some(self.ttl_seconds),
+        };
+        (state, fields)
+    }
+}
+
+impl ClientFields {
+    /// Applies a JSON merge patch (RFC 7386) to these fields (a record's, as
+    /// [`ProgressRecord::into_parts`] gives them). `patch` is the patch
+    /// object and `validated` the same patch read by [`ClientFields::from_json`],
+    /// which has already checked every value it carries.
+    ///
+    /// A merge patch works key by key at the top level, so only the fields
+    /// the patch names change; the result is what [`ClientFields::from_json`]
+    /// makes of `merge_patch(client_json, patch)`. Values that replace a
+    /// field whole come from `validated`; `result`, `error`, `metadata` and
+    /// `children` merge into what is there. The one rule a valid patch can
+    /// still break is the number of children.
+    pub fn merge(mut self, patch: &Map<String, Value>, mut validated: ClientFields) -> Result<Self, ValidationError> {
+        for (key, value) in patch {
+            match key.as_str() {
+                "status" => self.status = validated.status,
+                "progress" => self.progress = validated.progress.take(),
+                "current" => self.current = validated.current.take(),
+                "total" => self.total = validated.total.take(),
+                "stage" => self.stage = validated.stage.take(),
+                "message" => self.message = validated.message.take(),
+                "ttl_seconds" => self.ttl_seconds = validated.ttl_seconds,
+                "result" => self.result = merged(self.result.take(), value),
+                // A string or an object merged with a string, an object or
+                // null is again one of those (or absent).
+                "error" => self.error = merged(self.error.take(), value),
+                "metadata" => {
+                    self.metadata = match merged(self.metadata.take().map(Value::Object), value) {
+                        Some(Value::Object(map)) => Some(map),
+                        Some(other) => unreachable!("an object merged with an object is one, not {}", kind(&other)),
+                        None => None,
+                    }
+                }
+                "children" => {
+                    let children = validated.children.take().unwrap_or_default();
+                    self.children = merge_children(self.children.take(), value, children)?;
+                }
+                other => unreachable!("a validated patch has only client fields, not {other}"),
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// `merge_patch(current, patch)` for one field; `None` when the result is null.
+fn merged(current: Option<Value>, patch: &Value) -> Option<Value> {
+    let mut value = current.unwrap_or(Value::Null);
+    super::merge::merge_patch(&mut value, patch);
+    Some(value).filter(|v| !v.is_null())
+}
+
+/// The children after a merge patch of `children`: `patch` as sent (null,
+/// or child id → null or child), `validated` its non-null children.
+fn merge_children(
+    current: Option<IndexMap<String, Child>>,
+    patch: &Value,
+    mut validated: IndexMap<String, Child>,
+) -> Result<Option<IndexMap<String, Child>>, ValidationError> {
+    let Value::Object(patch) = patch else { return Ok(None) }; // null: all removed
+    let mut children = current.unwrap_or_default();
+    for (child_id, child_patch) in patch {
+        let Value::Object(child_patch) = child_patch else {
+            children.shift_remove(child_id); // null
+            continue;
+        };
+        let mut update = validated.swap_remove(child_id).unwrap_or_default();
+        let child = match children.get_mut(child_id) {
+            Some(child) => child,
+            None => children.entry(child_id.clone()).or_default(),
+        };
+        for key in child_patch.keys() {
+            match key.as_str() {
+                "title" => child.title = update.title.take(),
+                "status" => child.status = update.status.take(),
+                "progress" => child.progress = update.progress.take(),
+                "current" => child.current = update.current.take(),
+                "total" => child.total = update.total.take(),
+                "message" => child.message = update.message.take(),
+                "weight" => child.weight = update.weight.take(),
+                other => unreachable!("a validated child has only child fields, not {other}"),
+            }
+        }
+    }
+    if children.len() > MAX_CHILDREN {
+        return Err(ValidationError::new(
+            "children",
+            format!("has {} children; the limit is {MAX_CHILDREN}", children.len()),
+        ));
+    }
+    Ok(Some(children))
+}
+
 /// A body that breaks a rule of SPEC §1, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -280,7 +436,7 @@ impl ClientFields {
     /// `max_ttl_seconds` bounds `ttl_seconds`.
     pub fn from_json(body: &Value, max_ttl_seconds: u64) -> Result<Self, ValidationError> {
         let obj = check_top_level_keys(body)?;
-        let f = Fields { obj, prefix: String::new() };
+        let f = Fields::of(obj, CLIENT_FIELDS, None);
         Ok(Self {
             status: f.status("status")?.unwrap_or_default(),
             progress: f.number("progress", Some(100.0))?,
@@ -289,7 +445,7 @@ impl ClientFields {
             stage: f.string("stage", MAX_STAGE_CHARS)?,
             message: f.string("message", MAX_MESSAGE_CHARS)?,
             children: f.children("children")?,
-            result: obj.get("result").filter(|v| !v.is_null()).cloned(),
+            result: f.present("result").cloned(),
             error: f.error("error")?,
             metadata: f.object("metadata")?,
             ttl_seconds: f.ttl("ttl_seconds", max_ttl_seconds)?,
@@ -297,19 +453,179 @@ impl ClientFields {
     }
 }
 
-/// Typed access to one JSON object's fields, with errors that name the field.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    prefix: String,
+/// A PUT body read straight into types (see [`ClientFields::from_body_fast`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastBody {
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    progress: Option<Number>,
+    #[serde(default)]
+    current: Option<Number>,
+    #[serde(default)]
+    total: Option<Number>,
+    #[serde(default)]
+    stage: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    children: Option<IndexMap<String, Option<FastChild>>>,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    ttl_seconds: Option<Number>,
 }
 
-impl Fields<'_> {
-    fn path(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastChild {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    progress: Option<Number>,
+    #[serde(default)]
+    current: Option<Number>,
+    #[serde(default)]
+    total: Option<Number>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    weight: Option<Number>,
+}
+
+impl ClientFields {
+    /// A JSON body read straight into the fields, without building a
+    /// `serde_json::Value` of it first: `Some` only when it is exactly what
+    /// parsing `text`, checking its depth against `max_depth` and
+    /// [`ClientFields::from_json`] would give. `None` whenever this path
+    /// cannot tell (malformed JSON, an unknown or repeated field, a wrong
+    /// type, a value out of range, too deep): the caller then takes that
+    /// general path, which also words the error.
+    pub fn from_body_fast(text: &str, max_ttl_seconds: u64, max_depth: usize) -> Option<Self> {
+        let body: FastBody = serde_json::from_str(text).ok()?;
+        let number = |n: Option<Number>, max: Option<f64>| -> Option<Option<Number>> {
+            match n {
+                None => Some(None),
+                Some(n) => {
+                    let x = n.as_f64().unwrap_or(f64::NAN);
+                    (x.is_finite() && x >= 0.0 && max.is_none_or(|m| x <= m)).then_some(Some(n))
+                }
+            }
+        };
+        let string = |s: &Option<String>, max: usize| s.as_deref().is_none_or(|s| fits(s, max));
+        let mut depth = 1; // the body itself
+        let mut children_out = None;
+        if let Some(children) = body.children {
+            if children.len() > MAX_CHILDREN {
+                return None;
+            }
+            // The body, the map, and an object for any child that is not null.
+            depth = depth.max(2 + usize::from(children.values().any(Option::is_some)));
+            let mut out = IndexMap::with_capacity(children.len());
+            for (id, child) in children {
+                if id.is_empty() || !fits(&id, MAX_CHILD_ID_CHARS) {
+                    return None;
+                }
+                let Some(c) = child else { continue }; // null: removed
+                if !string(&c.title, MAX_TITLE_CHARS) || !string(&c.message, MAX_MESSAGE_CHARS) {
+                    return None;
+                }
+                let child = Child {
+                    title: c.title,
+                    status: c.status,
+                    progress: number(c.progress, Some(100.0))?,
+                    current: number(c.current, None)?,
+                    total: number(c.total, None)?,
+                    message: c.message,
+                    weight: number(c.weight, None)?,
+                };
+                out.insert(id, child);
+            }
+            children_out = Some(out);
+        }
+        match &body.error {
+            None => {}
+            Some(Value::String(text)) if fits(text, MAX_ERROR_CHARS) => {}
+            Some(Value::Object(_)) => {}
+            Some(_) => return None,
+        }
+        let ttl_seconds = match body.ttl_seconds {
+            None => None,
+            Some(n) => Some(n.as_u64().filter(|s| (1..=max_ttl_seconds).contains(s))?),
+        };
+        if !string(&body.stage, MAX_STAGE_CHARS) || !string(&body.message, MAX_MESSAGE_CHARS) {
+            return None;
+        }
+        for value in [&body.result, &body.error].into_iter().flatten() {
+            depth = depth.max(1 + super::merge::depth(value));
+        }
+        if let Some(metadata) = &body.metadata {
+            depth = depth.max(2 + metadata.values().map(super::merge::depth).max().unwrap_or(0));
+        }
+        if depth > max_depth {
+            return None;
+        }
+        Some(Self {
+            status: body.status.unwrap_or_default(),
+            progress: number(body.progress, Some(100.0))?,
+            current: number(body.current, None)?,
+            total: number(body.total, None)?,
+            stage: body.stage,
+            message: body.message,
+            children: children_out,
+            result: body.result,
+            error: body.error,
+            metadata: body.metadata,
+            ttl_seconds,
+        })
+    }
+}
+
+/// Whether `text` is at most `max_chars` characters long.
+fn fits(text: &str, max_chars: usize) -> bool {
+    text.len() <= max_chars || text.chars().count() <= max_chars
+}
+
+/// Typed access to one JSON object's fields, with errors that name the field.
+struct Fields<'a> {
+    /// The names that may appear (all checked beforehand).
+    names: &'static [&'static str],
+    /// The value of each name, found in one walk over the object (no hashing).
+    values: [Option<&'a Value>; CLIENT_FIELDS.len()],
+    /// The child id, when the object is a child (`children.{id}.…`).
+    child: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `obj`, whose keys are all among `names`.
+    fn of(obj: &'a Map<String, Value>, names: &'static [&'static str], child: Option<&'a str>) -> Self {
+        let mut values = [None; CLIENT_FIELDS.len()];
+        for (key, value) in obj {
+            if let Some(i) = names.iter().position(|n| *n == key) {
+                values[i] = Some(value);
+            }
+        }
+        Self { names, values, child }
     }
 
-    fn present(&self, key: &str) -> Option<&Value> {
-        self.obj.get(key).filter(|v| !v.is_null())
+    /// The dotted path of `key`, for an error (built only then).
+    fn path(&self, key: &str) -> String {
+        match self.child {
+            Some(child) => format!("children.{child}.{key}"),
+            None => key.to_owned(),
+        }
+    }
+
+    fn present(&self, key: &str) -> Option<&'a Value> {
+        let i = self.names.iter().position(|n| *n == key).expect("a field of the object's kind");
+        self.values[i].filter(|v| !v.is_null())
     }
 
     fn wrong_type(&self, key: &str, want: &str, got: &Value) -> ValidationError {
@@ -347,7 +663,7 @@ impl Fields<'_> {
     fn string(&self, key: &str, max_chars: usize) -> Result<Option<String>, ValidationError> {
         let Some(v) = self.present(key) else { return Ok(None) };
         let text = v.as_str().ok_or_else(|| self.wrong_type(key, "a string", v))?;
-        check_length(&self.path(key), text, max_chars)?;
+        check_length(|| self.path(key), text, max_chars)?;
         Ok(Some(text.to_owned()))
     }
 
@@ -359,7 +675,7 @@ impl Fields<'_> {
     fn error(&self, key: &str) -> Result<Option<Value>, ValidationError> {
         let Some(v) = self.present(key) else { return Ok(None) };
         match v {
-            Value::String(text) => check_length(&self.path(key), text, MAX_ERROR_CHARS)?,
+            Value::String(text) => check_length(|| self.path(key), text, MAX_ERROR_CHARS)?,
             Value::Object(_) => {}
             other => return Err(self.wrong_type(key, "a string or an object", other)),
         }
@@ -368,13 +684,13 @@ impl Fields<'_> {
 
     fn ttl(&self, key: &str, max: u64) -> Result<Option<u64>, ValidationError> {
         let Some(v) = self.present(key) else { return Ok(None) };
-        let want = format!("must be a whole number of seconds from 1 to {max}");
+        let want = || format!("must be a whole number of seconds from 1 to {max}");
         let Value::Number(n) = v else {
-            return Err(ValidationError::new(self.path(key), format!("{want}, not {}", kind(v))));
+            return Err(ValidationError::new(self.path(key), format!("{}, not {}", want(), kind(v))));
         };
         match n.as_u64() {
             Some(s) if (1..=max).contains(&s) => Ok(Some(s)),
-            _ => Err(ValidationError::new(self.path(key), format!("{want}, not {n}"))),
+            _ => Err(ValidationError::new(self.path(key), format!("{}, not {n}", want()))),
         }
     }
 
@@ -389,10 +705,10 @@ impl Fields<'_> {
         }
         let mut out = IndexMap::with_capacity(map.len());
         for (child_id, child) in map {
-            let path = format!("{}.{child_id}", self.path(key));
-            if child_id.is_empty() || child_id.chars().count() > MAX_CHILD_ID_CHARS {
+            let path = || format!("{}.{child_id}", self.path(key));
+            if child_id.is_empty() || (child_id.len() > MAX_CHILD_ID_CHARS && child_id.chars().count() > MAX_CHILD_ID_CHARS) {
                 return Err(ValidationError::new(
-                    path,
+                    path(),
                     format!("child ids must be 1 to {MAX_CHILD_ID_CHARS} characters"),
                 ));
             }
@@ -400,15 +716,15 @@ impl Fields<'_> {
                 continue; // a merge patch removed it
             }
             let obj = child.as_object().ok_or_else(|| {
-                ValidationError::new(path.clone(), format!("must be an object, not {}", kind(child)))
+                ValidationError::new(path(), format!("must be an object, not {}", kind(child)))
             })?;
             if let Some(unknown) = obj.keys().find(|k| !CHILD_FIELDS.contains(&k.as_str())) {
                 return Err(ValidationError::new(
-                    format!("{path}.{unknown}"),
+                    format!("{}.{unknown}", path()),
                     format!("unknown child field; child fields are {}", CHILD_FIELDS.join(", ")),
                 ));
             }
-            let f = Fields { obj, prefix: format!("{path}.") };
+            let f = Fields::of(obj, CHILD_FIELDS, Some(child_id));
             out.insert(
                 child_id.clone(),
                 Child {
@@ -426,13 +742,13 @@ impl Fields<'_> {
     }
 }
 
-fn check_length(path: &str, text: &str, max_chars: usize) -> Result<(), ValidationError> {
+fn check_length(path: impl FnOnce() -> String, text: &str, max_chars: usize) -> Result<(), ValidationError> {
     // Byte length bounds char count from above, so most strings skip the count.
     if text.len() > max_chars {
         let chars = text.chars().count();
         if chars > max_chars {
             return Err(ValidationError::new(
-                path,
+                path(),
                 format!("is {chars} characters long; the limit is {max_chars}"),
             ));
         }
@@ -517,5 +833,285 @@ mod tests {
     fn counts_characters_not_bytes() {
         assert!(parse(json!({"stage": "é".repeat(200)})).is_ok());
         assert!(parse(json!({"stage": "é".repeat(201)})).is_err());
+    }
+
+    /// What a PATCH did before `merge`: the record's client fields as JSON,
+    /// the patch merged in, the result read back.
+    fn merged_through_json(prev: &ProgressRecord, patch: &Value, max_ttl: u64) -> Result<ClientFields, ValidationError> {
+        let mut doc = prev.client_json();
+        if let Some(ttl) = doc.get_mut("ttl_seconds") {
+            *ttl = Value::from(ttl.as_u64().unwrap_or(0).min(max_ttl));
+        }
+        crate::domain::merge_patch(&mut doc, patch);
+        ClientFields::from_json(&doc, max_ttl)
+    }
+
+    fn merged_typed(prev: &ProgressRecord, patch: &Value, max_ttl: u64) -> Result<ClientFields, ValidationError> {
+        let validated = ClientFields::from_json(patch, max_ttl)?;
+        let (_, mut fields) = prev.clone().into_parts();
+        fields.ttl_seconds = fields.ttl_seconds.map(|t| t.min(max_ttl));
+        fields.merge(patch.as_object().unwrap(), validated)
+    }
+
+    fn pick<T: Clone>(rng: &mut fastrand::Rng, options: &[T]) -> T {
+        options[rng.usize(..options.len())].clone()
+    }
+
+    fn some_value(rng: &mut fastrand::Rng, depth: u32) -> Value {
+        match rng.u8(..if depth == 0 { 5 } else { 7 }) {
+            0 => Value::Null,
+            1 => json!(rng.bool()),
+            2 => pick(rng, &[json!(0), json!(9007199254740993u64), json!(0.1), json!(-3.5e-7)]),
+            3 => pick(rng, &[json!("x"), json!(""), json!("é")]),
+            4 => json!([1, null, {"a": null}]),
+            _ => {
+                let mut map = Map::new();
+                for _ in 0..rng.usize(..4) {
+                    map.insert(pick(rng, &["a", "b", "c"]).to_owned(), some_value(rng, depth - 1));
+                }
+                Value::Object(map)
+            }
+        }
+    }
+
+    fn some_child(rng: &mut fastrand::Rng, patch: bool) -> Value {
+        let mut child = Map::new();
+        for (key, values) in [
+            ("title", vec![json!("T"), json!("U")]),
+            ("status", vec![json!("running"), json!("completed")]),
+            ("progress", vec![json!(10), json!(55.5)]),
+            ("current", vec![json!(1), json!(2)]),
+            ("total", vec![json!(4)]),
+            ("message", vec![json!("m")]),
+            ("weight", vec![json!(0), json!(3)]),
+        ] {
+            match rng.u8(..4) {
+                0 => {}
+                1 if patch => {
+                    child.insert(key.to_owned(), Value::Null);
+                }
+                _ => {
+                    child.insert(key.to_owned(), pick(rng, &values));
+                }
+            }
+        }
+        Value::Object(child)
+    }
+
+    fn some_record(rng: &mut fastrand::Rng) -> ProgressRecord {
+        let mut body = Map::new();
+        let opt = |rng: &mut fastrand::Rng, body: &mut Map<String, Value>, key: &str, value: Value| {
+            if rng.bool() {
+                body.insert(key.to_owned(), value);
+            }
+        };
+        let status = pick(rng, &[json!("pending"), json!("running"), json!("failed")]);
+        opt(rng, &mut body, "status", status);
+        opt(rng, &mut body, "current", json!(3));
+        opt(rng, &mut body, "total", json!(12));
+        opt(rng, &mut body, "stage", json!("S"));
+        opt(rng, &mut body, "message", json!("hello"));
+        let ttl = pick(rng, &[json!(60), json!(7200)]);
+        opt(rng, &mut body, "ttl_seconds", ttl);
+        let result = some_value(rng, 2);
+        opt(rng, &mut body, "result", result);
+        let error = pick(rng, &[json!("boom"), json!({"code": 3, "at": {"x": 1}})]);
+        opt(rng, &mut body, "error", error);
+        opt(rng, &mut body, "metadata", json!({"a": 1, "b": {"c": [1, 2]}}));
+        if rng.bool() {
+            let mut children = Map::new();
+            for id in ["c1", "c2", "c3"] {
+                if rng.bool() {
+                    children.insert(id.to_owned(), some_child(rng, false));
+                }
+            }
+            body.insert("children".into(), Value::Object(children));
+        }
+        let fields = ClientFields::from_json(&Value::Object(body), 100_000).unwrap();
+        let id = crate::domain::ProgressId::parse("r").unwrap();
+        let policy = crate::domain::WritePolicy { default_ttl_seconds: 300, heartbeat_ms: 1000 };
+        let touched = crate::domain::Touched::replace(&fields);
+        crate::domain::apply_write(&id, None, fields, touched, super::super::time::Timestamp(1_000), &policy).0
+    }
+
+    fn some_patch(rng: &mut fastrand::Rng) -> Value {
+        let mut patch = Map::new();
+        let maybe = |rng: &mut fastrand::Rng, patch: &mut Map<String, Value>, key: &str, values: Vec<Value>| {
+            if rng.u8(..3) == 0 {
+                patch.insert(key.to_owned(), pick(rng, &values));
+            }
+        };
+        maybe(rng, &mut patch, "status", vec![Value::Null, json!("running"), json!("completed"), json!("nope")]);
+        maybe(rng, &mut patch, "progress", vec![Value::Null, json!(40), json!(101)]);
+        maybe(rng, &mut patch, "current", vec![Value::Null, json!(5)]);
+        maybe(rng, &mut patch, "total", vec![Value::Null, json!(0), json!(20)]);
+        maybe(rng, &mut patch, "stage", vec![Value::Null, json!("T"), json!({"a": null}), json!({})]);
+        maybe(rng, &mut patch, "message", vec![Value::Null, json!("bye")]);
+        maybe(rng, &mut patch, "ttl_seconds", vec![Value::Null, json!(30), json!(4000)]);
+        let values = vec![some_value(rng, 2), some_value(rng, 2), json!({"a": null, "c": {"d": null}})];
+        maybe(rng, &mut patch, "result", values.clone());
+        maybe(rng, &mut patch, "error", vec![Value::Null, json!("e"), json!({"code": null, "more": 1}), json!({}), json!(5)]);
+        maybe(rng, &mut patch, "metadata", vec![Value::Null, json!({"a": null, "z": {"y": null}}), json!({}), json!({"b": {"c": null}}), json!([1])]);
+        if rng.u8(..2) == 0 {
+            let children = match rng.u8(..6) {
+                0 => Value::Null,
+                1 => json!([]),
+                _ => {
+                    let mut children = Map::new();
+                    for id in ["c1", "c2", "c4"] {
+                        match rng.u8(..4) {
+                            0 => {}
+                            1 => {
+                                children.insert(id.to_owned(), Value::Null);
+                            }
+                            _ => {
+                                children.insert(id.to_owned(), some_child(rng, true));
+                            }
+                        }
+                    }
+                    Value::Object(children)
+                }
+            };
+            patch.insert("children".into(), children);
+        }
+        Value::Object(patch)
+    }
+
+    #[test]
+    fn merge_does_what_a_merge_patch_of_the_json_does() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut compared = 0;
+        for _ in 0..20_000 {
+            let prev = some_record(&mut rng);
+            let patch = some_patch(&mut rng);
+            let max_ttl = pick(&mut rng, &[3600, 100_000]);
+            let typed = merged_typed(&prev, &patch, max_ttl);
+            let through_json = match ClientFields::from_json(&patch, max_ttl) {
+                Err(e) => Err(e), // refused up front either way
+                Ok(_) => merged_through_json(&prev, &patch, max_ttl),
+            };
+            assert_eq!(typed, through_json, "prev {prev:?}\npatch {patch}");
+            compared += usize::from(typed.is_ok());
+        }
+        assert!(compared > 2_000, "enough valid patches: {compared}");
+    }
+
+    #[test]
+    fn merge_counts_the_children_it_ends_up_with() {
+        let children: Map<String, Value> = (0..MAX_CHILDREN).map(|n| (format!("c{n}"), json!({}))).collect();
+        let body = json!({"children": children});
+        let fields = ClientFields::from_json(&body, 60).unwrap();
+        let id = crate::domain::ProgressId::parse("r").unwrap();
+        let policy = crate::domain::WritePolicy { default_ttl_seconds: 300, heartbeat_ms: 1000 };
+        let touched = crate::domain::Touched::replace(&fields);
+        let prev = crate::domain::apply_write(&id, None, fields, touched, super::super::time::Timestamp(0), &policy).0;
+        let patch = json!({"children": {"one-more": {"progress": 1}}});
+        let e = merged_typed(&prev, &patch, 60).unwrap_err();
+        assert_eq!(e, merged_through_json(&prev, &patch, 60).unwrap_err());
+        assert_eq!(e.field, "children");
+        assert!(merged_typed(&prev, &json!({"children": {"c0": null, "one-more": {}}}), 60).is_ok());
+    }
+
+    #[test]
+    fn the_hand_written_encoder_writes_what_serde_writes() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let id = crate::domain::ProgressId::parse("r").unwrap();
+        let policy = crate::domain::WritePolicy { default_ttl_seconds: 300, heartbeat_ms: 1000 };
+        for n in 0..5_000 {
+            // A record, then a few patches later, for stages, eta and completion.
+            let mut record = some_record(&mut rng);
+            let mut meta = None;
+            for step in 0..rng.usize(..4) {
+                let patch = some_patch(&mut rng);
+                let Ok(validated) = ClientFields::from_json(&patch, 100_000) else { continue };
+                let (state, fields) = record.clone().into_parts();
+                let Ok(fields) = fields.merge(patch.as_object().unwrap(), validated) else { continue };
+                let touched = crate::domain::Touched::patch(patch.as_object().unwrap());
+                let at = super::super::time::Timestamp(2_000 + 1_000 * step as i64);
+                let prev = meta.map(|m| (state, m));
+                let (next, next_meta) = crate::domain::next_record(&id, prev, fields, touched, at, &policy);
+                (record, meta) = (next, Some(next_meta));
+            }
+            let mut ours = Vec::new();
+            super::super::encode::write_record(&mut ours, &record);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&record).unwrap(), "record {n}");
+        }
+    }
+
+    #[test]
+    fn the_hand_written_encoder_escapes_as_serde_does() {
+        let tricky = ["", "plain", "q\"uote", "back\\slash", "nl\n tab\t \u{1} \u{1f} \u{7f}", "é 🚀 \u{2028}", "</script>"];
+        for text in tricky {
+            let body = json!({"stage": text, "message": text, "metadata": {text: text}, "result": [text],
+                              "error": text, "children": {format!("c{text}"): {"title": text, "message": text}}});
+            let Ok(fields) = ClientFields::from_json(&body, 60) else { panic!("{text:?}") };
+            let id = crate::domain::ProgressId::parse("r").unwrap();
+            let policy = crate::domain::WritePolicy { default_ttl_seconds: 300, heartbeat_ms: 1000 };
+            let touched = crate::domain::Touched::replace(&fields);
+            let record = crate::domain::apply_write(&id, None, fields, touched, super::super::time::Timestamp(7), &policy).0;
+            let mut ours = Vec::new();
+            super::super::encode::write_record(&mut ours, &record);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&record).unwrap(), "{text:?}");
+        }
+    }
+
+    /// What a PUT body gives the general way: parsed, depth-checked, read.
+    fn body_the_general_way(text: &str, max_ttl: u64, max_depth: usize) -> Option<ClientFields> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        if crate::domain::depth(&value) > max_depth {
+            return None;
+        }
+        ClientFields::from_json(&value, max_ttl).ok()
+    }
+
+    #[test]
+    fn the_fast_body_path_agrees_with_the_general_one() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut texts: Vec<String> = vec![
+            include_str!("../../bench/record.json").to_owned(),
+            r#"{"status":"running","status":"pending"}"#.into(),
+            r#"{"st\u0061tus":"running"}"#.into(),
+            r#"{"status":"running","colour":1}"#.into(),
+            r#"{"version":3}"#.into(),
+            r#"[1,2]"#.into(),
+            r#""text""#.into(),
+            r#"{"children":{}}"#.into(),
+            r#"{"children":{"a":null}}"#.into(),
+            r#"{"children":{"":{}}}"#.into(),
+            r#"{"children":{"a":{"colour":1}}}"#.into(),
+            r#"{"children":{"a":{"progress":1},"a":{"title":"t"}}}"#.into(),
+            r#"{"children":{"a":{"title":null,"progress":null}}}"#.into(),
+            r#"{"metadata":{}}"#.into(),
+            r#"{"metadata":{"a":{"b":{"c":{"d":[[[1]]]}}}}}"#.into(),
+            r#"{"result":[[[[[[1]]]]]],"error":{"e":{}}}"#.into(),
+            r#"{"progress":1e2,"current":0.5e1,"total":12345678901234567890123}"#.into(),
+            r#"{"progress":100.0000001}"#.into(),
+            r#"{"ttl_seconds":60.0}"#.into(),
+            r#"{"ttl_seconds":0}"#.into(),
+            r#"{"stage":null,"message":null,"result":null,"error":null,"metadata":null,"children":null}"#.into(),
+            r#"{"status":"running"} trailing"#.into(),
+            r#"{}"#.into(),
+            format!(r#"{{"stage":"{}"}}"#, "é".repeat(200)),
+            format!(r#"{{"stage":"{}"}}"#, "é".repeat(201)),
+            format!(r#"{{"error":"{}"}}"#, "e".repeat(8001)),
+        ];
+        for _ in 0..20_000 {
+            let body = if rng.bool() { some_patch(&mut rng) } else { some_record(&mut rng).client_json() };
+            texts.push(body.to_string());
+        }
+        let (mut fast, mut general) = (0, 0);
+        for text in &texts {
+            for (max_ttl, max_depth) in [(3600, 32), (100_000, 32), (100_000, 3), (3600, 2), (3600, 1)] {
+                let reference = body_the_general_way(text, max_ttl, max_depth);
+                let quick = ClientFields::from_body_fast(text, max_ttl, max_depth);
+                if let Some(quick) = &quick {
+                    assert_eq!(Some(quick), reference.as_ref(), "{text} (ttl {max_ttl}, depth {max_depth})");
+                }
+                general += usize::from(reference.is_some());
+                fast += usize::from(quick.is_some());
+            }
+        }
+        assert!(general > 10_000, "enough valid bodies: {general}");
+        assert!(fast * 100 >= general * 95, "the fast path takes most valid bodies: {fast} of {general}");
     }
 }

@@ -6,17 +6,33 @@
 //! prefix match instead of decoding the document (Redis's cjson would
 //! re-encode numbers with 14 significant digits).
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::derive::RecordMeta;
-use super::record::ProgressRecord;
+use super::record::{ProgressRecord, ServerState};
 
 /// A stored record: its header parsed, its body kept as bytes.
-#[derive(Debug, Clone)]
+///
+/// A record a write has just built may also carry the [`ProgressRecord`]
+/// it was serialized from (see [`StoredRecord::encode_owned`]), so that the
+/// next write of it, when the read cache hands it back, need not parse the
+/// body again. That companion is a cache: `clone()` leaves it behind (only
+/// [`StoredRecord::clone_decoded`] keeps it), so that whatever holds records
+/// for long (the embedded store, the write-behind backlog) holds bytes only.
+#[derive(Debug)]
 pub struct StoredRecord {
     raw: Bytes,
     body_start: usize,
     meta: RecordMeta,
+    decoded: Option<Arc<ProgressRecord>>,
+}
+
+impl Clone for StoredRecord {
+    fn clone(&self) -> Self {
+        Self { raw: self.raw.clone(), body_start: self.body_start, meta: self.meta, decoded: None }
+    }
 }
 
 /// Stored bytes that are not a record this server wrote.
@@ -27,12 +43,44 @@ pub struct CorruptRecord(pub String);
 impl StoredRecord {
     /// Serializes a record and its server state.
     pub fn encode(meta: &RecordMeta, record: &ProgressRecord) -> Self {
-        let mut buf = BytesMut::with_capacity(512).writer();
+        Self::encode_sized(meta, record, 1024)
+    }
+
+    /// [`StoredRecord::encode`] into a buffer of `capacity` bytes to begin with.
+    fn encode_sized(meta: &RecordMeta, record: &ProgressRecord, capacity: usize) -> Self {
+        // A Vec writer: serde_json writes many small pieces, and a Vec takes
+        // each with less bookkeeping than a BytesMut.
+        let mut buf = Vec::with_capacity(capacity);
         serde_json::to_writer(&mut buf, meta).expect("the header always serializes");
-        buf.get_mut().put_u8(b'\n');
-        let body_start = buf.get_ref().len();
-        serde_json::to_writer(&mut buf, record).expect("the record always serializes");
-        Self { raw: buf.into_inner().freeze(), body_start, meta: *meta }
+        buf.push(b'\n');
+        let body_start = buf.len();
+        super::encode::write_record(&mut buf, record);
+        Self { raw: Bytes::from(buf), body_start, meta: *meta, decoded: None }
+    }
+
+    /// [`StoredRecord::encode`], keeping `record` beside the bytes (the
+    /// body parses back to exactly it). `size_hint`: about how long the
+    /// stored form will be (the previous version's length), so that the
+    /// buffer is allocated once.
+    pub fn encode_owned(meta: &RecordMeta, record: ProgressRecord, size_hint: usize) -> Self {
+        let mut stored = Self::encode_sized(meta, &record, size_hint.max(256));
+        stored.decoded = Some(Arc::new(record));
+        stored
+    }
+
+    /// A clone that keeps the decoded record, if this one has it.
+    pub fn clone_decoded(&self) -> Self {
+        Self { decoded: self.decoded.clone(), ..self.clone() }
+    }
+
+    /// Whether the decoded record travels with the bytes.
+    pub fn is_decoded(&self) -> bool {
+        self.decoded.is_some()
+    }
+
+    /// The status, when the decoded record travels with the bytes.
+    pub fn decoded_status(&self) -> Option<super::record::Status> {
+        self.decoded.as_ref().map(|r| r.status)
     }
 
     /// Parses the header of stored bytes; the body is checked only when read.
@@ -47,7 +95,7 @@ impl StoredRecord {
         if raw.len() < newline + 3 || raw.last() != Some(&b'}') {
             return Err(CorruptRecord("the body is not a JSON object".into()));
         }
-        Ok(Self { raw, body_start: newline + 1, meta })
+        Ok(Self { raw, body_start: newline + 1, meta, decoded: None })
     }
 
     /// The record's version.
@@ -71,9 +119,35 @@ impl StoredRecord {
         &self.raw
     }
 
-    /// Parses the body, for a write that builds on it.
+    /// The header line and its newline, as stored: which write produced
+    /// these bytes (version, times, and the creation time of the incarnation).
+    pub fn header(&self) -> &[u8] {
+        &self.raw[..self.body_start]
+    }
+
+    /// Parses the body, for a write that builds on it (a copy of the
+    /// decoded record when it travels with the bytes).
     pub fn record(&self) -> Result<ProgressRecord, CorruptRecord> {
-        serde_json::from_slice(&self.raw[self.body_start..]).map_err(|e| CorruptRecord(e.to_string()))
+        match &self.decoded {
+            Some(record) => Ok(ProgressRecord::clone(record)),
+            None => self.parse_body(),
+        }
+    }
+
+    /// Parses only what the server keeps up (a PUT replaces the rest): the
+    /// client fields are skipped over, not built.
+    pub fn server_state(&self) -> Result<ServerState, CorruptRecord> {
+        match &self.decoded {
+            Some(record) => Ok(record.server_state()),
+            None => self.parse_body(),
+        }
+    }
+
+    fn parse_body<T: serde::de::DeserializeOwned>(&self) -> Result<T, CorruptRecord> {
+        // The body is checked to be UTF-8 in one pass, so that serde_json
+        // need not check each string it reads on its own (from_slice does).
+        let body = std::str::from_utf8(&self.raw[self.body_start..]).map_err(|e| CorruptRecord(e.to_string()))?;
+        serde_json::from_str(body).map_err(|e| CorruptRecord(e.to_string()))
     }
 
     /// The response body at time `now_ms`: the stored JSON plus `stalled`.
@@ -126,6 +200,19 @@ mod tests {
         assert_eq!(stale["stalled"], json!(true));
         assert_eq!(stale["metadata"]["big"].to_string(), "9007199254740993");
         assert_eq!(stale["metadata"]["f"].to_string(), "0.1");
+    }
+
+    #[test]
+    fn the_decoded_record_is_what_the_bytes_parse_to_and_clones_leave_it() {
+        let plain = sample();
+        let record = plain.record().unwrap();
+        let owned = StoredRecord::encode_owned(plain.meta(), record.clone(), 0);
+        assert_eq!(owned.raw(), plain.raw());
+        assert!(owned.is_decoded() && owned.clone_decoded().is_decoded());
+        assert!(!owned.clone().is_decoded(), "a plain clone holds bytes only");
+        assert_eq!(owned.record().unwrap(), record);
+        assert_eq!(owned.clone().record().unwrap(), record, "parsed from the bytes");
+        assert_eq!(owned.server_state().unwrap(), owned.clone().server_state().unwrap());
     }
 
     #[test]

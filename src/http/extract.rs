@@ -2,6 +2,7 @@
 //! input gets a problem document instead of a bare framework message.
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use bytes::Bytes;
 use axum::http::{header, request::Parts, HeaderMap, HeaderName};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
@@ -33,43 +34,71 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
-        check_content_type(req.headers())?;
-        let limit = state.limits.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(Error::PayloadTooLarge { limit });
-        }
-        let bytes = Limited::new(req.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<LengthLimitError>().is_some() {
-                    Error::PayloadTooLarge { limit }
-                } else {
-                    Error::InvalidBody(format!("the body could not be read: {e}"))
-                }
-            })?
-            .to_bytes();
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::InvalidBody("the body is empty; send a JSON object".into()));
-        }
-        let max_depth = state.limits.max_json_depth;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            if e.to_string().contains("recursion limit") {
-                too_deep(max_depth)
-            } else {
-                Error::InvalidBody(format!("the body is not valid JSON: {e}"))
-            }
-        })?;
-        if depth(&value) > max_depth {
-            return Err(too_deep(max_depth));
-        }
-        Ok(JsonBody(value))
+        let bytes = read_json_body(req, state).await?;
+        parse_json(&bytes, state.limits.max_json_depth).map(JsonBody)
     }
+}
+
+/// A JSON body not parsed yet: JSON content type, within the size limit,
+/// not empty. [`parse_json`] parses it as [`JsonBody`] does.
+pub struct JsonText(pub Bytes);
+
+impl FromRequest<AppState> for JsonText {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        read_json_body(req, state).await.map(JsonText)
+    }
+}
+
+async fn read_json_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
+    check_content_type(req.headers())?;
+    let limit = state.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Error::PayloadTooLarge { limit });
+    }
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                Error::PayloadTooLarge { limit }
+            } else {
+                Error::InvalidBody(format!("the body could not be read: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::InvalidBody("the body is empty; send a JSON object".into()));
+    }
+    Ok(bytes)
+}
+
+/// Parses a JSON body that is not empty: well-formed, and not nested deeper
+/// than `max_depth`.
+pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, Error> {
+    // Checked for UTF-8 in one pass when it is (serde_json then need not
+    // check each string); otherwise from_slice says where it is not.
+    let parsed = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    };
+    let value: Value = parsed.map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            too_deep(max_depth)
+        } else {
+            Error::InvalidBody(format!("the body is not valid JSON: {e}"))
+        }
+    })?;
+    if depth(&value) > max_depth {
+        return Err(too_deep(max_depth));
+    }
+    Ok(value)
 }
 
 fn too_deep(max_depth: usize) -> Error {

@@ -6,10 +6,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{Conditions, JsonBody, PathId};
+use super::extract::{parse_json, Conditions, JsonBody, JsonText, PathId};
 use super::layers::MAX_WAIT_SECONDS;
 use super::AppState;
-use crate::domain::{StoredRecord, Timestamp};
+use crate::domain::{ClientFields, StoredRecord, Timestamp};
 use crate::error::Error;
 use crate::live::Snapshot;
 use crate::service::{Preconditions, WriteBody, Written};
@@ -80,10 +80,20 @@ pub async fn put(
     State(state): State<AppState>,
     PathId(id): PathId,
     conditions: Conditions,
-    JsonBody(body): JsonBody,
+    JsonText(text): JsonText,
 ) -> Result<Response, Error> {
-    let Written { record, created } =
-        state.service.write(&id, WriteBody::Replace(body), &conditions.into()).await?;
+    // Most bodies are read straight into the record's fields; any other
+    // (malformed, wrong types, too deep…) takes the general path, which
+    // words the error exactly as for every other JSON body.
+    let max_depth = state.limits.max_json_depth;
+    let fields = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| ClientFields::from_body_fast(t, state.service.max_ttl_seconds(), max_depth));
+    let body = match fields {
+        Some(fields) => WriteBody::Read { fields, text },
+        None => WriteBody::Replace(parse_json(&text, max_depth)?),
+    };
+    let Written { record, created } = state.service.write(&id, body, &conditions.into()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = record_response(status, &record);
     if created {

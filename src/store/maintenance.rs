@@ -168,6 +168,9 @@ impl RecordFilter {
 /// Anything else falls back to a full parse.
 pub fn status_of(stored: &StoredRecord) -> Result<Status, CorruptRecord> {
     const KEY: &[u8] = b",\"status\":\"";
+    if let Some(status) = stored.decoded_status() {
+        return Ok(status);
+    }
     let raw = stored.raw();
     let head = &raw[..raw.len().min(400)];
     let quick = head

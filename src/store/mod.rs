@@ -60,6 +60,13 @@ pub trait ProgressStore: Send + Sync + 'static {
     /// The record, or `None` when absent or expired.
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError>;
 
+    /// The record as the store of record holds it now, past any read cache:
+    /// what a write checks before it refuses a request on the strength of
+    /// the record's state (a cached version may be a notice behind).
+    async fn get_uncached(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        self.get(id).await
+    }
+
     /// Stores `record` with a time to live of `ttl_ms` if the stored version is
     /// `expected` (0: no record). `Ok(false)` means another write came first.
     async fn compare_and_set(
@@ -69,6 +76,21 @@ pub trait ProgressStore: Send + Sync + 'static {
         record: &StoredRecord,
         ttl_ms: i64,
     ) -> Result<bool, StoreError>;
+
+    /// Stores `record` if the store still holds `current`, the version the
+    /// write was built on (`None`: no record). The default compares versions
+    /// ([`ProgressStore::compare_and_set`]); a store may compare more (Redis
+    /// compares the whole stored header, which also tells two incarnations
+    /// of an id apart) and use what it knows of `current` to do less work.
+    async fn compare_and_swap(
+        &self,
+        id: &ProgressId,
+        current: Option<&StoredRecord>,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.compare_and_set(id, current.map_or(0, StoredRecord::version), record, ttl_ms).await
+    }
 
     /// Removes the record if its version is `expected`; `Ok(false)` when
     /// it is absent or has another version.

@@ -113,6 +113,40 @@ redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 "#;
 
+/// The compare-and-set of a write that read the record it replaces: stores
+/// `ARGV[2]` with TTL `ARGV[3]` ms when the key holds a record whose header
+/// line is `ARGV[1]` (the header and its newline, exactly as read: the
+/// version, and the creation time that tells incarnations apart), or when
+/// `ARGV[1]` is empty and the key does not exist. The caller knows that
+/// record, so it passes what the indexes need: the member `ARGV[6]` (the
+/// same before and after), the status sets `KEYS[4]` (the old status; the
+/// new one for a create) and `KEYS[5]` (the new status), the expiry score
+/// `ARGV[7]`; `KEYS[2]` is the index, `KEYS[3]` the expiry set. Announces
+/// `ARGV[5]` on channel `ARGV[4]`. 1 when stored, 0 otherwise.
+///
+/// No decoding in Lua at all: a GETRANGE of the header's length and one
+/// string comparison.
+const SWAP: &str = r#"
+local expected = ARGV[1]
+if expected == '' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+elseif redis.call('GETRANGE', KEYS[1], 0, #expected - 1) ~= expected then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local member = ARGV[6]
+if expected == '' then
+  redis.call('ZADD', KEYS[2], 0, member)
+  redis.call('ZADD', KEYS[5], 0, member)
+elseif KEYS[4] ~= KEYS[5] then
+  redis.call('ZREM', KEYS[4], member)
+  redis.call('ZADD', KEYS[5], 0, member)
+end
+redis.call('ZADD', KEYS[3], ARGV[7], member)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"#;
+
 /// Deletes the key when the stored version equals `ARGV[1]`, unindexes id
 /// `ARGV[4]`, and announces `ARGV[3]` on channel `ARGV[2]`. 1 when deleted,
 /// 0 on a mismatch or when absent.
@@ -350,6 +384,7 @@ pub struct RedisStore {
     slots: Vec<Slot>,
     next_slot: AtomicUsize,
     compare_and_set: Script,
+    swap: Script,
     compare_and_delete: Script,
     delete: Script,
     put_if_newer: Script,
@@ -406,6 +441,7 @@ impl RedisStore {
             slots,
             next_slot: AtomicUsize::new(0),
             compare_and_set: record_script(COMPARE_AND_SET),
+            swap: Script::new(SWAP),
             compare_and_delete: record_script(COMPARE_AND_DELETE),
             delete: Script::new(&format!("local IX = 2\n{INDEX_HELPERS}{DELETE}")),
             put_if_newer: record_script(PUT_IF_NEWER),
@@ -440,14 +476,21 @@ impl RedisStore {
         if let Some(held) = slot.held.load_full() {
             return Ok((slot, held));
         }
+        // Boxed: the pool's checkout future is large, and every operation's
+        // future would otherwise carry (and copy) it although it is rarely used.
+        Box::pin(self.check_out(slot)).await.map(|held| (slot, held))
+    }
+
+    /// Fills an empty slot with a connection from the pool.
+    async fn check_out(&self, slot: &Slot) -> Result<Arc<Held>, StoreError> {
         let _refreshing = slot.refreshing.lock().await;
         if let Some(held) = slot.held.load_full() {
-            return Ok((slot, held));
+            return Ok(held);
         }
         let object = self.pool.get().await.map_err(|e| unavailable(e.to_string()))?;
         let held = Arc::new(Held { conn: (*object).clone(), _object: object });
         slot.held.store(Some(held.clone()));
-        Ok((slot, held))
+        Ok(held)
     }
 
     /// Runs one operation on a shared connection within the timeout. A
@@ -729,6 +772,12 @@ fn unavailable(reason: String) -> StoreError {
     StoreError::Unavailable { tier: "redis", reason }
 }
 
+/// A record's member in the listing indexes: `<created ms, 15 digits>:<id>`
+/// (what the scripts' `member_of` builds).
+fn index_member(created_ms: i64, id: &ProgressId) -> String {
+    format!("{created_ms:015}:{}", id.as_str())
+}
+
 /// The score of a record in the expiry set: its `expires_at` in ms, or for
 /// a header from before it carried one, now plus the TTL.
 fn expiry_score(record: &StoredRecord, ttl_ms: i64) -> i64 {
@@ -792,6 +841,50 @@ impl ProgressStore for RedisStore {
                     .arg(id.as_str())
                     .arg(record.meta().c)
                     .arg(status)
+                    .arg(expires)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        self.script_outcome(id, outcome)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        id: &ProgressId,
+        current: Option<&StoredRecord>,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let created = record.meta().c;
+        // A header from before records carried their creation time, or a
+        // write that starts a new incarnation over an old one: the general
+        // script, which works the index changes out from what Redis holds.
+        if created == 0 || current.is_some_and(|c| c.meta().c != created) {
+            return self.compare_and_set(id, current.map_or(0, StoredRecord::version), record, ttl_ms).await;
+        }
+        let key = self.key(id);
+        let status = status_of(record)?;
+        let old_status = match current {
+            Some(current) => status_of(current)?,
+            None => status,
+        };
+        let expected: &[u8] = current.map_or(&[], StoredRecord::header);
+        let member = index_member(created, id);
+        let notice = format!("{}:{}", record.version(), id.as_str());
+        let expires = expiry_score(record, ttl_ms);
+        let (script, channel, indexes) = (&self.swap, &self.changes_channel, &self.index_keys);
+        let outcome: i64 = self
+            .run_counted(store_op!("redis", "compare_and_set"), |mut conn| async move {
+                let mut invocation = script.key(&key);
+                invocation.key(&indexes.all).key(&indexes.expiry).key(indexes.of(old_status)).key(indexes.of(status));
+                invocation
+                    .arg(expected)
+                    .arg(record.raw().as_ref())
+                    .arg(ttl_ms.max(1))
+                    .arg(channel)
+                    .arg(notice)
+                    .arg(member)
                     .arg(expires)
                     .invoke_async(&mut conn)
                     .await

@@ -125,6 +125,94 @@ impl TieredStore {
         Self::observe(&self.durable_breaker, self.durable.lookup(id).await)
     }
 
+    /// A read: Redis first (past the read cache when `uncached`), then
+    /// PostgreSQL and this instance's unflushed writes.
+    async fn read(&self, id: &ProgressId, uncached: bool) -> Result<Option<StoredRecord>, StoreError> {
+        let mut hot_missed = false;
+        if let Some(hot) = self.hot_usable() {
+            let read = if uncached { hot.store.get_uncached(id).await } else { hot.store.get(id).await };
+            match Self::observe(&self.hot_breaker, read) {
+                Ok(Some(record)) => return Ok(Some(record)),
+                Ok(None) => hot_missed = true,
+                Err(StoreError::Unavailable { .. }) => {}
+                Err(corrupt) => return Err(corrupt),
+            }
+        }
+        // Redis is down or missed: PostgreSQL, and our own newer writes that
+        // PostgreSQL has not seen yet (Redis may have lost them: a restart
+        // between two requests need not open the breaker).
+        let pending = self.backlog.pending(id);
+        let durable = match self.durable_lookup(id).await {
+            Ok(found) => found,
+            Err(_) if hot_missed => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if self.hot.is_some() {
+            metrics::fallback_read(hot_missed);
+        }
+        let newest = match (pending, durable) {
+            (Some(PendingWrite::Delete), _) => None,
+            (Some(PendingWrite::Upsert(mine)), DurableRow::Live(theirs)) if theirs.recency() > mine.recency() => Some(theirs),
+            // Deleted (by any instance) after the incarnation we hold was created.
+            (Some(PendingWrite::Upsert(mine)), DurableRow::Deleted { created_at }) if created_at.millis() >= mine.meta().c => None,
+            (Some(PendingWrite::Upsert(mine)), _) => Some(mine).filter(|r| r.meta().x > Timestamp::now().millis()),
+            (None, DurableRow::Live(found)) => Some(found),
+            (None, _) => None,
+        };
+        if let (true, Some(hot), Some(record)) = (hot_missed, self.hot.as_ref(), &newest) {
+            // Read repair: back into Redis with what is left of its TTL.
+            let ttl = record.meta().x - Timestamp::now().millis();
+            if ttl > 0 {
+                if let Err(e) = hot.redis.put_if_newer(id, record, ttl).await {
+                    tracing::debug!(error = %e, "could not put a record back into redis");
+                }
+            }
+        }
+        Ok(newest)
+    }
+
+    /// A compare-and-set of `expected` (the version of `current`, when the
+    /// caller has it): in Redis while it is usable, else in PostgreSQL.
+    async fn swap(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        current: Option<Option<&StoredRecord>>,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        if let Some(hot) = self.hot_usable() {
+            let written = match current {
+                Some(current) => hot.store.compare_and_swap(id, current, record, ttl_ms).await,
+                None => hot.store.compare_and_set(id, expected, record, ttl_ms).await,
+            };
+            let stored = Self::observe(&self.hot_breaker, written)?;
+            if stored {
+                self.persist(id, record, expected == 0 || record.meta().d).await;
+            }
+            return Ok(stored);
+        }
+        if self.hot.is_some() && !self.durable_breaker.allows() {
+            return Err(unavailable("redis", "both tiers are down"));
+        }
+        // PostgreSQL is the store of record now; first make it as new as
+        // what this instance acknowledged from Redis.
+        self.durable_writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        let result = async {
+            if let Some(PendingWrite::Upsert(mine)) = self.backlog.pending(id) {
+                Self::observe(&self.durable_breaker, self.durable.upsert_newer(&[(id.clone(), mine.clone())]).await)?;
+                self.backlog.supersede(id, mine.version());
+            }
+            if !self.durable_breaker.allows() {
+                return Err(unavailable("postgres", "circuit breaker open"));
+            }
+            Self::observe(&self.durable_breaker, self.durable.compare_and_set(id, expected, record, ttl_ms).await)
+        }
+        .await;
+        self.durable_writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
     /// Persists an acknowledged hot-tier write: at once when it matters
     /// (create, terminal status) and PostgreSQL is up, else via the backlog.
     async fn persist(&self, id: &ProgressId, record: &StoredRecord, urgent: bool) {
@@ -329,46 +417,11 @@ impl ProgressStore for TieredStore {
     }
 
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        let mut hot_missed = false;
-        if let Some(hot) = self.hot_usable() {
-            match Self::observe(&self.hot_breaker, hot.store.get(id).await) {
-                Ok(Some(record)) => return Ok(Some(record)),
-                Ok(None) => hot_missed = true,
-                Err(StoreError::Unavailable { .. }) => {}
-                Err(corrupt) => return Err(corrupt),
-            }
-        }
-        // Redis is down or missed: PostgreSQL, and our own newer writes that
-        // PostgreSQL has not seen yet (Redis may have lost them: a restart
-        // between two requests need not open the breaker).
-        let pending = self.backlog.pending(id);
-        let durable = match self.durable_lookup(id).await {
-            Ok(found) => found,
-            Err(_) if hot_missed => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if self.hot.is_some() {
-            metrics::fallback_read(hot_missed);
-        }
-        let newest = match (pending, durable) {
-            (Some(PendingWrite::Delete), _) => None,
-            (Some(PendingWrite::Upsert(mine)), DurableRow::Live(theirs)) if theirs.recency() > mine.recency() => Some(theirs),
-            // Deleted (by any instance) after the incarnation we hold was created.
-            (Some(PendingWrite::Upsert(mine)), DurableRow::Deleted { created_at }) if created_at.millis() >= mine.meta().c => None,
-            (Some(PendingWrite::Upsert(mine)), _) => Some(mine).filter(|r| r.meta().x > Timestamp::now().millis()),
-            (None, DurableRow::Live(found)) => Some(found),
-            (None, _) => None,
-        };
-        if let (true, Some(hot), Some(record)) = (hot_missed, self.hot.as_ref(), &newest) {
-            // Read repair: back into Redis with what is left of its TTL.
-            let ttl = record.meta().x - Timestamp::now().millis();
-            if ttl > 0 {
-                if let Err(e) = hot.redis.put_if_newer(id, record, ttl).await {
-                    tracing::debug!(error = %e, "could not put a record back into redis");
-                }
-            }
-        }
-        Ok(newest)
+        self.read(id, false).await
+    }
+
+    async fn get_uncached(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        self.read(id, true).await
     }
 
     async fn compare_and_set(
@@ -378,32 +431,17 @@ impl ProgressStore for TieredStore {
         record: &StoredRecord,
         ttl_ms: i64,
     ) -> Result<bool, StoreError> {
-        if let Some(hot) = self.hot_usable() {
-            let stored = Self::observe(&self.hot_breaker, hot.store.compare_and_set(id, expected, record, ttl_ms).await)?;
-            if stored {
-                self.persist(id, record, expected == 0 || record.meta().d).await;
-            }
-            return Ok(stored);
-        }
-        if self.hot.is_some() && !self.durable_breaker.allows() {
-            return Err(unavailable("redis", "both tiers are down"));
-        }
-        // PostgreSQL is the store of record now; first make it as new as
-        // what this instance acknowledged from Redis.
-        self.durable_writes_in_flight.fetch_add(1, Ordering::SeqCst);
-        let result = async {
-            if let Some(PendingWrite::Upsert(mine)) = self.backlog.pending(id) {
-                Self::observe(&self.durable_breaker, self.durable.upsert_newer(&[(id.clone(), mine.clone())]).await)?;
-                self.backlog.supersede(id, mine.version());
-            }
-            if !self.durable_breaker.allows() {
-                return Err(unavailable("postgres", "circuit breaker open"));
-            }
-            Self::observe(&self.durable_breaker, self.durable.compare_and_set(id, expected, record, ttl_ms).await)
-        }
-        .await;
-        self.durable_writes_in_flight.fetch_sub(1, Ordering::SeqCst);
-        result
+        self.swap(id, expected, None, record, ttl_ms).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        id: &ProgressId,
+        current: Option<&StoredRecord>,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.swap(id, current.map_or(0, StoredRecord::version), Some(current), record, ttl_ms).await
     }
 
     async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
