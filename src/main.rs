@@ -39,6 +39,7 @@ async fn main() -> ExitCode {
         }
     }
     telemetry::init(&settings);
+    let shutdown = app::shutdown_signal();
     let address = (settings.host, settings.port);
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
@@ -47,7 +48,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match progressd::run(settings, listener, app::shutdown_signal()).await {
+    match progressd::run(settings, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("progressd: {e:#}");

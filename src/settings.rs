@@ -344,16 +344,62 @@ fn typed<T: FromStr>(key: &str, raw: &str, expected: &str) -> Result<T, Settings
     })
 }
 
-/// A URL with its password replaced by `****`, safe for logs.
+/// A URL with its password replaced by `****`, safe for logs. Also for
+/// values that are not quite URLs, since those end up in error messages: a
+/// password with an unencoded `/`, `?`, `#` or `@` (everything up to the
+/// last `@` is credentials then), no `://` (`rediss//u:pw@h`), and
+/// PostgreSQL's `key=value` form (`password=…`).
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        let redacted = redact_key_value(url);
+        return match redacted.rfind('@') {
+            Some(at) => format!("****{}", &redacted[at..]),
+            None => redacted,
+        };
+    };
     let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let Some(at) = rest.rfind('@') else { return url.to_owned() };
     let userinfo = &rest[..at];
     let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-    let masked = if userinfo.contains(':') || !user.is_empty() { format!("{user}:****") } else { String::new() };
+    let masked = if user.contains(['/', '?', '#']) {
+        "****".to_owned()
+    } else if userinfo.contains(':') || !user.is_empty() {
+        format!("{user}:****")
+    } else {
+        String::new()
+    };
     format!("{}{}@{}", &url[..scheme_end], masked, &rest[at + 1..])
+}
+
+/// `host=h password='p w' dbname=d` with the password's value as `****`.
+fn redact_key_value(conninfo: &str) -> String {
+    let mut out = String::with_capacity(conninfo.len());
+    let mut rest = conninfo;
+    while let Some(at) = rest.find("password") {
+        let (before, after) = rest.split_at(at + "password".len());
+        out.push_str(before);
+        let value = after.trim_start();
+        let Some(value) = value.strip_prefix('=') else {
+            rest = after;
+            continue;
+        };
+        let value = value.trim_start();
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut escaped = false;
+            let closing = quoted.find(|c| {
+                let was_escaped = escaped;
+                escaped = !was_escaped && c == '\\';
+                !was_escaped && c == '\''
+            });
+            closing.map_or(value.len(), |i| i + 2)
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str("=****");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl fmt::Debug for Settings {
@@ -453,6 +499,16 @@ mod tests {
         assert_eq!(redact_url("redis://default:hunter2@db:6379/0"), "redis://default:****@db:6379/0");
         assert_eq!(redact_url("redis://:hunter2@db"), "redis://:****@db");
         assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
+        // Passwords that are not URL-encoded, typos, and PostgreSQL's key=value form.
+        assert_eq!(redact_url("redis://default:hun/ter2@db:6379/0"), "redis://default:****@db:6379/0");
+        assert_eq!(redact_url("postgres://u:hun?t#er@2@db/x?sslmode=disable"), "postgres://u:****@db/x?sslmode=disable");
+        assert_eq!(redact_url("redis://a/b@db"), "redis://****@db");
+        assert_eq!(redact_url("rediss//default:hunter2@db:6379"), "****@db:6379");
+        assert_eq!(redact_url("host=db user=u password=hunter2 dbname=x"), "host=db user=u password=**** dbname=x");
+        assert_eq!(redact_url("password = 'hun ter\\' 2' host=db"), "password=**** host=db");
+        assert_eq!(redact_url("host=db password='hunter2'"), "host=db password=****");
+        assert_eq!(redact_url("host=db password=hun@ter2 user=u"), "host=db password=**** user=u");
+        assert_eq!(redact_url("rediss//u:hunter2@db?x=1"), "****@db?x=1");
         let s = Settings::from_env_without_file(env(&[("REDIS_URL", "redis://u:hunter2@h:1")])).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
     }

@@ -26,6 +26,29 @@ fn quick(s: &mut Settings, redis_url: String, database_url: String) {
     s.database_timeout_ms = 500;
 }
 
+/// With `quick`'s persist interval of 1 s: how long after Redis goes away
+/// writes are refused (503) while every instance's backlog reaches
+/// PostgreSQL (one interval, two flush ticks of 250 ms, a second of slack).
+const SETTLE: Duration = Duration::from_millis(2500);
+
+/// Sends PATCHes of `id` until one is acknowledged, which must happen
+/// within the settling time (plus slack for the breaker to open); the
+/// ones before are refused with 503 `storage_unavailable`, nothing else.
+async fn writes_resume(app: &TestApp, id: &str) {
+    let mut refused = 0;
+    wait_for("writes to resume on PostgreSQL", SETTLE + Duration::from_secs(3), async || {
+        let res = app.patch(id, &json!({"message": "settling"})).await;
+        if res.status() == StatusCode::OK {
+            return true;
+        }
+        assert_problem(res, 503, "storage_unavailable").await;
+        refused += 1;
+        false
+    })
+    .await;
+    assert!(refused > 0, "the first writes after Redis went away were refused");
+}
+
 async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check().await {
@@ -76,8 +99,10 @@ async fn record(app: &TestApp, id: &str) -> Result<Value, StatusCode> {
     }
 }
 
-/// Mode 1: Redis is killed while a writer and a reader run. Once the
-/// breaker opens nothing fails, and every acknowledged write is readable.
+/// Mode 1: Redis is killed while a writer and a reader run. Reads go on
+/// from PostgreSQL once the breaker opens; writes are refused (503) until
+/// the backlogs have had time to land there, then go on too; every
+/// acknowledged write is readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_while_a_writer_and_a_reader_run() {
     let mut redis = OwnRedis::start();
@@ -118,20 +143,29 @@ async fn redis_killed_while_a_writer_and_a_reader_run() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked_before_the_kill = last_acked.lock().unwrap().1;
     redis.stop();
     let killed = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE + Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
     reader.await.unwrap();
 
     let failures = failures.lock().unwrap().clone();
-    // Before the breaker opens, up to `breaker_failures` writes may fail
-    // (not acknowledged); reads fall back to PostgreSQL at once.
-    assert!(failures.len() <= 3, "{failures:?}");
-    let late: Vec<_> = failures.iter().filter(|(at, _)| at.duration_since(killed) > Duration::from_millis(500)).collect();
-    assert!(late.is_empty(), "failures after the breaker opened: {late:?}");
+    // Reads fall back to PostgreSQL at once (a few may fail before the
+    // breaker opens); writes are refused for the settling time after it
+    // opened, and only then.
+    let (reads_failed, writes_failed): (Vec<_>, Vec<_>) = failures.iter().partition(|(_, what)| what.starts_with("GET"));
+    assert!(reads_failed.len() <= 3, "{reads_failed:?}");
+    let late_reads: Vec<_> = reads_failed.iter().filter(|(at, _)| at.duration_since(killed) > Duration::from_millis(500)).collect();
+    assert!(late_reads.is_empty(), "reads failed after the breaker opened: {late_reads:?}");
+    assert!(writes_failed.iter().all(|(_, what)| what == "PATCH 503 Service Unavailable"), "{writes_failed:?}");
+    assert!(!writes_failed.is_empty(), "writes right after the kill wait for the backlogs to land");
+    let late_writes: Vec<_> =
+        writes_failed.iter().filter(|(at, _)| at.duration_since(killed) > SETTLE + Duration::from_millis(700)).collect();
+    assert!(late_writes.is_empty(), "writes failed after the settling time: {late_writes:?}");
     assert!(reads.load(Ordering::SeqCst) > 20);
+    assert!(last_acked.lock().unwrap().1 > acked_before_the_kill + 5, "writes went on in PostgreSQL");
 
     let (current, version) = *last_acked.lock().unwrap();
     let now = record(&app, "job").await.expect("readable with Redis dead");
@@ -153,6 +187,9 @@ async fn redis_restarted_empty_serves_what_the_outage_acknowledged() {
     app.patch_ok("r", &json!({"current": 1})).await;
     durable_ready(&app, db.url()).await;
     redis.stop();
+    // Writes are refused (503) until the breaker has been open for the
+    // settling time, then go to PostgreSQL.
+    writes_resume(&app, "r").await;
     let mut acked = 0;
     let mut statuses = Vec::new();
     for n in 2..=6 {
@@ -186,6 +223,7 @@ async fn redis_back_with_old_data_never_shadows_the_outage() {
     }
     proxy.set_mode(Mode::Reset).await;
     proxy.set_mode(Mode::Refuse).await;
+    writes_resume(&app, "a").await;
     let mut acked = HashMap::new();
     for round in 2..=4 {
         for id in ["a", "b", "c"] {
@@ -296,7 +334,9 @@ async fn a_blackholed_redis_is_bounded_then_skipped() {
     // 250 ms leaves room for a loaded CI machine and still tells them apart.
     let after_open = &latencies[4..];
     assert!(after_open.iter().all(|l| *l < Duration::from_millis(250)), "breaker open: {latencies:?}");
-    // A write while the breaker is open goes to PostgreSQL without waiting on Redis.
+    // A write while the breaker is open goes to PostgreSQL without waiting
+    // on Redis, once the settling time since the breaker opened is over.
+    writes_resume(&app, "b").await;
     let started = Instant::now();
     app.patch_ok("b", &json!({"message": "during"})).await;
     assert!(started.elapsed() < Duration::from_millis(250), "no Redis timeout paid: {:?}", started.elapsed());
@@ -304,7 +344,7 @@ async fn a_blackholed_redis_is_bounded_then_skipped() {
     wait_for("Redis in use again", Duration::from_secs(5), async || {
         let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
         let raw: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{}progress:b", app.settings.key_prefix)).query(&mut conn).unwrap();
-        raw.is_some_and(|r| r.starts_with(b"{\"v\":2,"))
+        raw.is_some_and(|r| r.starts_with(b"{\"v\":3,"))
     })
     .await;
 }

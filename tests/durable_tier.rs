@@ -168,8 +168,9 @@ fn key(app: &TestApp, id: &str) -> String {
 async fn redis_record(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<(Value, Value)> {
     let raw: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(conn).await.unwrap();
     raw.map(|raw| {
-        let newline = raw.iter().position(|b| *b == b'\n').expect("header line");
-        (serde_json::from_slice(&raw[..newline]).unwrap(), serde_json::from_slice(&raw[newline + 1..]).unwrap())
+        let stored = progressd::store::from_redis(raw).expect("a record of ours");
+        let body = &stored.raw()[stored.header().len()..];
+        (serde_json::from_slice(stored.header()).unwrap(), serde_json::from_slice(body).unwrap())
     })
 }
 

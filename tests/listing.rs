@@ -456,13 +456,23 @@ async fn redis_indexes_follow_every_write_and_delete() {
     let expires_ms = chrono::DateTime::parse_from_rfc3339(created["expires_at"].as_str().unwrap()).unwrap().timestamp_millis();
     assert_eq!(expiry as i64, expires_ms);
 
-    // A status change moves the member between the status sets; the expiry follows every write.
+    // A status change moves the member between the status sets. The expiry
+    // score is a lower bound: a write that moves the expiry later leaves it
+    // (cleanup rescores a member whose record lives on), one that moves it
+    // earlier sets it.
     let updated = app.patch_ok("job:1", &json!({"status": "running"})).await;
     assert!(members(&mut conn, "index:pending").is_empty());
     assert_eq!(members(&mut conn, "index:running"), std::slice::from_ref(&member));
-    let expiry: f64 = ::redis::cmd("ZSCORE").arg(format!("{prefix}progressd:expiry")).arg(&member).query(&mut conn).unwrap();
-    let expires_ms = chrono::DateTime::parse_from_rfc3339(updated["expires_at"].as_str().unwrap()).unwrap().timestamp_millis();
-    assert_eq!(expiry as i64, expires_ms);
+    let score = |conn: &mut ::redis::Connection| -> i64 {
+        let score: f64 = ::redis::cmd("ZSCORE").arg(format!("{prefix}progressd:expiry")).arg(&member).query(conn).unwrap();
+        score as i64
+    };
+    let expires = |record: &Value| chrono::DateTime::parse_from_rfc3339(record["expires_at"].as_str().unwrap()).unwrap().timestamp_millis();
+    assert!(expires(&updated) > expires_ms);
+    assert_eq!(score(&mut conn), expires_ms, "a later expiry leaves the lower bound");
+    let shortened = app.patch_ok("job:1", &json!({"ttl_seconds": 60})).await;
+    assert!(expires(&shortened) < expires_ms);
+    assert_eq!(score(&mut conn), expires(&shortened), "an earlier expiry is set");
     app.patch_ok("job:1", &json!({"message": "same status"})).await;
     assert_eq!(members(&mut conn, "index:running"), std::slice::from_ref(&member));
     assert_eq!(members(&mut conn, "index"), std::slice::from_ref(&member));
@@ -715,8 +725,18 @@ async fn tiered_lists_from_redis_and_continues_from_postgres_when_redis_goes() {
     let mut running = first_running.ids();
     running.extend(ids_of(&pages_from(&app, "status=running&limit=2", first_running.next, &[], 10).await));
     assert_eq!(running, running_from_redis);
-    // Written while Redis is away: PostgreSQL lists them at once ...
-    app.put_ok("t-outage", &json!({"status": "running"})).await;
+    // Written while Redis is away (once the breaker has been open for the
+    // settling time: 503 until then): PostgreSQL lists them at once ...
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let res = app.put("t-outage", &json!({"status": "running"})).await;
+        if res.status() == StatusCode::OK || res.status() == StatusCode::CREATED {
+            break;
+        }
+        assert_problem(res, 503, "storage_unavailable").await;
+        assert!(std::time::Instant::now() < deadline, "writes did not resume on PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(app.send(Method::DELETE, "/progress/t-03", None, &[]).await.status(), StatusCode::NO_CONTENT);
     let during = ids_of(&all_pages(&app, "limit=50", 10).await);
     assert_eq!(during[0], "t-outage");

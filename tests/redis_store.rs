@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{assert_problem, redis_conn, spawn_app, spawn_app_with, Backend};
 use common::redis_server::OwnRedis;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -26,9 +26,17 @@ async fn records_live_at_the_prefixed_key_with_their_ttl() {
     app.patch_ok("layout", &json!({"ttl_seconds": 500})).await;
     let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
     assert!((498_000..=500_000).contains(&pttl), "a write refreshes the TTL: {pttl}");
+    // The header line as it is (the scripts read it), then the body
+    // compressed (`~`, an LZ4 block), which reads back as the record.
     let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
-    let text = String::from_utf8(value).unwrap();
-    assert!(text.starts_with("{\"v\":2,"), "{text}");
+    let newline = value.iter().position(|b| *b == b'\n').expect("a header line");
+    let header: Value = serde_json::from_slice(&value[..newline]).unwrap();
+    assert_eq!((header["v"].as_u64(), header["t"].as_str()), (Some(2), Some("running")), "{header}");
+    assert_eq!(value[newline + 1], b'~', "the body is stored compressed");
+    let stored = progressd::store::from_redis(value.clone()).unwrap();
+    assert!(value.len() < stored.raw().len(), "{} bytes stored for {}", value.len(), stored.raw().len());
+    let body: Value = serde_json::from_slice(&stored.raw()[newline + 1..]).unwrap();
+    assert_eq!((body["id"].as_str(), body["version"].as_u64(), body["ttl_seconds"].as_u64()), (Some("layout"), Some(2), Some(500)));
 }
 
 #[tokio::test]

@@ -40,6 +40,11 @@ pub struct RecordMeta {
     /// First (time ms, percent) sample of the current run, for the ETA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<(i64, f64)>,
+    /// The record's status, so that a Lua script can keep the listing's
+    /// status sets in step from the header alone (in Redis the body may be
+    /// compressed). Absent in records written before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t: Option<Status>,
 }
 
 /// Which client fields a write touched: a PUT touches all of them,
@@ -161,6 +166,7 @@ pub fn next_record(
         c: record.created_at.millis(),
         d: status.is_terminal(),
         e: sample,
+        t: Some(status),
     };
     (record, meta)
 }

@@ -458,7 +458,7 @@ impl ClientFields {
 #[serde(deny_unknown_fields)]
 struct FastBody {
     #[serde(default)]
-    status: Option<Status>,
+    status: Option<StatusText>,
     #[serde(default)]
     progress: Option<Number>,
     #[serde(default)]
@@ -470,7 +470,7 @@ struct FastBody {
     #[serde(default)]
     message: Option<String>,
     #[serde(default)]
-    children: Option<IndexMap<String, Option<FastChild>>>,
+    children: Option<IndexMap<String, Option<FromObject<FastChild>>>>,
     #[serde(default)]
     result: Option<Value>,
     #[serde(default)]
@@ -487,7 +487,7 @@ struct FastChild {
     #[serde(default)]
     title: Option<String>,
     #[serde(default)]
-    status: Option<Status>,
+    status: Option<StatusText>,
     #[serde(default)]
     progress: Option<Number>,
     #[serde(default)]
@@ -500,6 +500,47 @@ struct FastChild {
     weight: Option<Number>,
 }
 
+/// A struct read from a JSON object only: serde's derived `Deserialize`
+/// also reads a struct from an array of its fields in order (`["running"]`),
+/// which the general path refuses.
+struct FromObject<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for FromObject<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData)).map(FromObject)
+    }
+}
+
+/// A status read from a JSON string only: serde's derived enum also reads
+/// the map form `{"running": null}`, which the general path refuses.
+struct StatusText(Status);
+
+impl<'de> Deserialize<'de> for StatusText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Status;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a status name")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Status, E> {
+                Status::parse(text).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(text), &self))
+            }
+        }
+        deserializer.deserialize_str(Visit).map(StatusText)
+    }
+}
+
 impl ClientFields {
     /// A JSON body read straight into the fields, without building a
     /// `serde_json::Value` of it first: `Some` only when it is exactly what
@@ -509,7 +550,7 @@ impl ClientFields {
     /// type, a value out of range, too deep): the caller then takes that
     /// general path, which also words the error.
     pub fn from_body_fast(text: &str, max_ttl_seconds: u64, max_depth: usize) -> Option<Self> {
-        let body: FastBody = serde_json::from_str(text).ok()?;
+        let FromObject(body): FromObject<FastBody> = serde_json::from_str(text).ok()?;
         let number = |n: Option<Number>, max: Option<f64>| -> Option<Option<Number>> {
             match n {
                 None => Some(None),
@@ -533,13 +574,13 @@ impl ClientFields {
                 if id.is_empty() || !fits(&id, MAX_CHILD_ID_CHARS) {
                     return None;
                 }
-                let Some(c) = child else { continue }; // null: removed
+                let Some(FromObject(c)) = child else { continue }; // null: removed
                 if !string(&c.title, MAX_TITLE_CHARS) || !string(&c.message, MAX_MESSAGE_CHARS) {
                     return None;
                 }
                 let child = Child {
                     title: c.title,
-                    status: c.status,
+                    status: c.status.map(|s| s.0),
                     progress: number(c.progress, Some(100.0))?,
                     current: number(c.current, None)?,
                     total: number(c.total, None)?,
@@ -573,7 +614,7 @@ impl ClientFields {
             return None;
         }
         Some(Self {
-            status: body.status.unwrap_or_default(),
+            status: body.status.map_or_else(Status::default, |s| s.0),
             progress: number(body.progress, Some(100.0))?,
             current: number(body.current, None)?,
             total: number(body.total, None)?,
@@ -688,7 +729,12 @@ impl<'a> Fields<'a> {
         let Value::Number(n) = v else {
             return Err(ValidationError::new(self.path(key), format!("{}, not {}", want(), kind(v))));
         };
-        match n.as_u64() {
+        // A whole number in any JSON spelling (`60`, `60.0`, `6e1`), as JSON
+        // Schema's `integer` (openapi.yaml) counts it; never a fraction.
+        let whole = n.as_u64().or_else(|| {
+            n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= max as f64).map(|f| f as u64)
+        });
+        match whole {
             Some(s) if (1..=max).contains(&s) => Ok(Some(s)),
             _ => Err(ValidationError::new(self.path(key), format!("{}, not {n}", want()))),
         }
@@ -793,6 +839,18 @@ mod tests {
     }
 
     #[test]
+    fn ttl_seconds_is_a_whole_number_in_any_spelling() {
+        for text in [r#"{"ttl_seconds": 60}"#, r#"{"ttl_seconds": 60.0}"#, r#"{"ttl_seconds": 6e1}"#, r#"{"ttl_seconds": 6.0E+1}"#] {
+            let body: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(parse(body).unwrap().ttl_seconds, Some(60), "{text}");
+        }
+        for text in [r#"{"ttl_seconds": 60.5}"#, r#"{"ttl_seconds": 0.0}"#, r#"{"ttl_seconds": 1e300}"#, r#"{"ttl_seconds": -6e1}"#] {
+            let body: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(parse(body).unwrap_err().field, "ttl_seconds", "{text}");
+        }
+    }
+
+    #[test]
     fn names_unknown_and_server_fields() {
         let e = parse(json!({"colour": 1})).unwrap_err();
         assert_eq!(e.field, "colour");
@@ -818,6 +876,7 @@ mod tests {
             (json!({"ttl_seconds": 0}), "ttl_seconds"),
             (json!({"ttl_seconds": 3601}), "ttl_seconds"),
             (json!({"ttl_seconds": 1.5}), "ttl_seconds"),
+            (json!({"ttl_seconds": 3601.0}), "ttl_seconds"),
             (json!({"children": {"a": {"progress": 101}}}), "children.a.progress"),
             (json!({"children": {"a": {"colour": 1}}}), "children.a.colour"),
             (json!({"children": {"a": 1}}), "children.a"),

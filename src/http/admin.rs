@@ -147,6 +147,10 @@ fn parse_older_than(text: &str, now: Timestamp) -> Result<Timestamp, String> {
     };
     let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
+    // At most 9 digits (as `openapi.yaml` says): 999999999d still fits.
+    if number.is_empty() || number.len() > 9 {
+        return Err(invalid());
+    }
     let number: i64 = number.parse().map_err(|_| invalid())?;
     let unit_ms: i64 = match unit {
         "s" => 1_000,

@@ -63,16 +63,20 @@ pub async fn events(State(state): State<AppState>, PathId(id): PathId, headers: 
     Ok(response)
 }
 
-/// `Last-Event-ID`: a version this client has seen.
+/// `Last-Event-ID`: a version this client has seen, 1 to 19 digits (every
+/// version fits); empty counts as absent. Anything else (also spaces or
+/// bytes that are not ASCII) is a 400, as `openapi.yaml` says.
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let Some(value) = headers.get("last-event-id") else { return Ok(None) };
-    let text = value.to_str().unwrap_or("").trim();
+    let bad = |text: &str| Error::InvalidHeader(format!("Last-Event-ID must be a version this service sent, not {text:?}"));
+    let text = value.to_str().map_err(|_| bad(&String::from_utf8_lossy(value.as_bytes())))?;
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse::<u64>()
-        .map(Some)
-        .map_err(|_| Error::InvalidHeader(format!("Last-Event-ID must be a version this service sent, not {text:?}")))
+    if text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(text));
+    }
+    text.parse::<u64>().map(Some).map_err(|_| bad(text))
 }
 
 enum Step {

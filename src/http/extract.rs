@@ -140,37 +140,95 @@ impl<S: Send + Sync> FromRequestParts<S> for Conditions {
     }
 }
 
-/// Parses a list of entity tags. Our tags are versions: `"7"` (a bare `7` is
-/// accepted for curl users). Weak tags match only where weak comparison is
-/// allowed (`If-None-Match`); tags that are not versions never match.
+/// Parses a list of entity tags (RFC 9110 §13.1.1–2: `*` alone, or a list
+/// of `"<etagc>*"` or `W/"<etagc>*"`, empty list elements ignored, at least
+/// one tag; a quoted tag may hold a comma). Our tags are versions: `"7"` (a
+/// bare `7` is accepted for curl users). Weak tags match only where weak
+/// comparison is allowed (`If-None-Match`); tags that are not versions never
+/// match. Anything else (an empty value, `*` inside a list, a space or `"`
+/// inside a tag) is a 400, as `openapi.yaml`'s `EntityTags` pattern says.
 fn entity_tags(headers: &HeaderMap, name: HeaderName, weak_allowed: bool) -> Result<Option<IfMatch>, Error> {
     let mut versions = Vec::new();
-    let mut seen = false;
+    let mut any = false;
+    let mut lines = 0;
     for value in headers.get_all(&name) {
-        seen = true;
+        lines += 1;
         let bad = || Error::InvalidHeader(format!("{name} must be * or a list of entity tags such as \"3\""));
         let text = value.to_str().map_err(|_| bad())?;
-        for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            if tag == "*" {
-                return Ok(Some(IfMatch::Any));
-            }
-            let (weak, tag) = match tag.strip_prefix("W/") {
-                Some(rest) => (true, rest),
-                None => (false, tag),
-            };
-            let inner = match tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-                Some(inner) => inner,
-                None if !weak && tag.bytes().all(|b| b.is_ascii_digit()) => tag,
-                None => return Err(bad()),
-            };
-            if let Ok(v) = inner.parse::<u64>() {
+        if text.trim_matches([' ', '\t']) == "*" {
+            any = true;
+            continue;
+        }
+        let tags = entity_tag_list(text).ok_or_else(bad)?;
+        for (weak, tag) in tags {
+            if let Ok(v) = tag.parse::<u64>() {
                 if !weak || weak_allowed {
                     versions.push(v);
                 }
             }
         }
     }
-    Ok(seen.then_some(IfMatch::Versions(versions)))
+    match (any, lines) {
+        (true, 1) => Ok(Some(IfMatch::Any)),
+        (true, _) => Err(Error::InvalidHeader(format!("{name}: * must stand alone, not in a list of entity tags"))),
+        (false, 0) => Ok(None),
+        (false, _) => Ok(Some(IfMatch::Versions(versions))),
+    }
+}
+
+/// `#entity-tag` (or bare versions): each tag as (weak, opaque-tag without
+/// its quotes); `None` unless it is such a list with at least one tag.
+fn entity_tag_list(text: &str) -> Option<Vec<(bool, &str)>> {
+    let bytes = text.as_bytes();
+    let ows = |mut i: usize| {
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
+            i += 1;
+        }
+        i
+    };
+    let mut tags = Vec::new();
+    let mut i = 0;
+    loop {
+        i = ows(i);
+        if i == bytes.len() {
+            break;
+        }
+        if bytes[i] == b',' {
+            i += 1; // an empty list element
+            continue;
+        }
+        let weak = text[i..].starts_with("W/");
+        if weak {
+            i += 2;
+        }
+        let tag = if bytes.get(i) == Some(&b'"') {
+            // etagc: %x21 / %x23-7E (obs-text never gets past to_str).
+            let len = bytes[i + 1..].iter().position(|&b| b == b'"')?;
+            let inner = &text[i + 1..i + 1 + len];
+            if !inner.bytes().all(|b| b == 0x21 || (0x23..=0x7e).contains(&b)) {
+                return None;
+            }
+            i += len + 2;
+            inner
+        } else {
+            let len = bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if weak || len == 0 {
+                return None;
+            }
+            i += len;
+            &text[i - len..i]
+        };
+        tags.push((weak, tag));
+        i = ows(i);
+        if i == bytes.len() {
+            break;
+        }
+        if bytes[i] != b',' {
+            return None;
+        }
+        i += 1;
+    }
+    (!tags.is_empty()).then_some(tags)
 }
 
 /// Query parameters with each name at most once (400 `invalid_query`
@@ -194,4 +252,19 @@ pub(super) fn id_prefix(value: String) -> Result<String, Error> {
     ProgressId::parse(&value)
         .map_err(|e| Error::InvalidQuery(format!("prefix must be the start of a valid id: {}", e.0)))?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entity_tag_list;
+
+    #[test]
+    fn entity_tag_lists_follow_rfc_9110() {
+        assert_eq!(entity_tag_list(r#""7""#), Some(vec![(false, "7")]));
+        assert_eq!(entity_tag_list(r#" , "7" ,, W/"8",9 , "a,b""#), Some(vec![(false, "7"), (true, "8"), (false, "9"), (false, "a,b")]));
+        assert_eq!(entity_tag_list("\t\"\"\t"), Some(vec![(false, "")]));
+        for bad in ["", " ", ",", " , ,", "abc", "\"1", "W/abc", "W/7", "W/ \"7\"", "\"a b\"", "\"1\"\"2\"", "7\"8\"", "\"1\", *", "1 2"] {
+            assert_eq!(entity_tag_list(bad), None, "{bad:?}");
+        }
+    }
 }

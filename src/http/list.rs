@@ -49,11 +49,12 @@ fn parse_query(pairs: Vec<(String, String)>) -> Result<ListQuery, Error> {
     Ok(query)
 }
 
-/// One status, or several separated by commas (`pending,running`).
+/// One status, or several separated by commas (`pending,running`; spaces
+/// around a name are allowed, as `openapi.yaml`'s pattern says).
 fn parse_statuses(value: &str) -> Result<Vec<Status>, Error> {
     let mut statuses = Vec::new();
     for name in value.split(',') {
-        let status = Status::parse(name.trim()).ok_or_else(|| {
+        let status = Status::parse(name.trim_matches(' ')).ok_or_else(|| {
             Error::InvalidQuery(format!(
                 "status must be one or more of pending, running, completed, failed, cancelled, separated by commas; got {value:?}"
             ))

@@ -84,6 +84,8 @@ struct Shard {
     writes: HashMap<String, WritesInFlight>,
     /// Entries whose record carries its decoded form.
     decoded: usize,
+    /// When `drop_stale` last swept the shard.
+    swept_at: Option<Instant>,
 }
 
 /// The change notices heard for one id while writes of it were in flight.
@@ -111,6 +113,23 @@ impl Shard {
         if let Some(entry) = self.entries.remove(id) {
             self.decoded -= usize::from(entry.record.is_decoded());
         }
+    }
+
+    /// Drops the entries older than `max_age` (never served again), at most
+    /// once per `max_age`, so that records nobody reads any more do not hold
+    /// memory until the shard is full.
+    fn drop_stale(&mut self, max_age: Duration) {
+        let now = Instant::now();
+        if self.swept_at.is_some_and(|t| now.duration_since(t) < max_age) {
+            return;
+        }
+        self.swept_at = Some(now);
+        let decoded = &mut self.decoded;
+        self.entries.retain(|_, entry| {
+            let keep = now.duration_since(entry.cached_at) < max_age;
+            *decoded -= usize::from(!keep && entry.record.is_decoded());
+            keep
+        });
     }
 
     /// Caches `record` for `id`, making room in a full shard.
@@ -200,7 +219,10 @@ impl<'a> WriteGuard<'a> {
             unchanged.then(|| Entry { record: record.clone_decoded(), cached_at: Instant::now(), awaiting_own_notice })
         });
         match keep {
-            Some(entry) => shard.insert(cache.capacity(), self.id, entry),
+            Some(entry) => {
+                shard.drop_stale(cache.config.max_age);
+                shard.insert(cache.capacity(), self.id, entry);
+            }
             None => shard.remove(self.id),
         }
     }
@@ -296,6 +318,7 @@ impl CachedStore {
             && self.epochs[i].load(Ordering::SeqCst) == epoch;
         if unchanged {
             let entry = Entry { record: record.clone(), cached_at: Instant::now(), awaiting_own_notice: false };
+            shard.drop_stale(self.config.max_age);
             shard.insert(self.capacity(), id.as_str(), entry);
         }
         drop(shard);

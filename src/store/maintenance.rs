@@ -168,7 +168,7 @@ impl RecordFilter {
 /// Anything else falls back to a full parse.
 pub fn status_of(stored: &StoredRecord) -> Result<Status, CorruptRecord> {
     const KEY: &[u8] = b",\"status\":\"";
-    if let Some(status) = stored.decoded_status() {
+    if let Some(status) = stored.decoded_status().or(stored.meta().t) {
         return Ok(status);
     }
     let raw = stored.raw();

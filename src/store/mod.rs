@@ -33,7 +33,7 @@ pub use self::maintenance::{
 };
 pub use self::memory::MemoryStore;
 pub use self::postgres::{DurableRow, PostgresStore, PostgresStoreConfig};
-pub use self::redis::{RedisStore, RedisStoreConfig};
+pub use self::redis::{from_redis, RedisStore, RedisStoreConfig};
 
 /// Why a store could not answer.
 #[derive(Debug, thiserror::Error)]

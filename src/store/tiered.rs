@@ -195,6 +195,9 @@ impl TieredStore {
         if self.hot.is_some() && !self.durable_breaker.allows() {
             return Err(unavailable("redis", "both tiers are down"));
         }
+        if self.hot.is_some() && Timestamp::now() < self.hot_breaker.opened_at().plus_millis(self.settle_ms()) {
+            return Err(unavailable("redis", "redis is down; writes resume on postgresql once every instance's backlog has reached it"));
+        }
         // PostgreSQL is the store of record now; first make it as new as
         // what this instance acknowledged from Redis.
         self.durable_writes_in_flight.fetch_add(1, Ordering::SeqCst);
@@ -317,6 +320,22 @@ impl TieredStore {
 
 fn unavailable(tier: &'static str, reason: &str) -> StoreError {
     StoreError::Unavailable { tier, reason: reason.to_owned() }
+}
+
+impl TieredStore {
+    /// How long after Redis went away writes wait before PostgreSQL takes
+    /// them: Redis may have lost updates that other instances acknowledged
+    /// and hold in their backlogs, due in PostgreSQL within the persist
+    /// interval. A write on PostgreSQL's older version before they land
+    /// would fork the record, and whichever version lands last would undo
+    /// an acknowledged write. One persist interval, two flush ticks and a
+    /// second of slack cover every backlog (an instance that sees Redis
+    /// fail flushes all of its backlog at once).
+    fn settle_ms(&self) -> i64 {
+        let interval = self.config.persist_interval;
+        let settle = interval + flush_tick(interval) * 2 + Duration::from_secs(1);
+        i64::try_from(settle.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// The flusher wakes this often, at a fixed rate.

@@ -186,6 +186,20 @@ impl OwnPostgres {
         self.last_start = started.elapsed();
     }
 
+    /// Replaces the cluster's `pg_hba.conf` with `contents` and tells the
+    /// running server to reload it (SIGHUP to the process this fixture
+    /// started). The reload is asynchronous: poll for its effect.
+    pub fn set_hba(&self, contents: &str) {
+        let path = self.data_dir().join("pg_hba.conf");
+        std::fs::write(&path, contents).unwrap();
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").args(["-HUP", &child.id().to_string()]).status();
+        }
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -6,7 +6,7 @@
 //! connection watches the mode through a `tokio::sync::watch` channel.
 //! [`Proxy::set_mode`] returns once new connections see the new mode (the
 //! listener is closed for `Refuse` and bound again, on the same port, when
-//! leaving it). Dropping the proxy aborts all its tasks.
+//! leaving it) and, for `Reset`, once every existing connection was reset. Dropping the proxy aborts all its tasks.
 //!
 //! Works both as `pub mod proxy;` in `tests/common/mod.rs` and as
 //! `#[path = "common/proxy.rs"] mod proxy;` in a test file.
@@ -86,6 +86,23 @@ impl Proxy {
     pub async fn set_mode(&self, mode: Mode) {
         let mut acceptor = self.acceptor.lock().await;
         self.mode.send_replace(mode);
+        if mode == Mode::Reset {
+            // A connection watches only the latest mode: wait until every
+            // one has seen this one and reset, so that a switch to another
+            // mode right after (say `Refuse`) cannot hide it from them.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let open = {
+                    let mut conns = self.conns.lock().unwrap();
+                    while conns.try_join_next().is_some() {}
+                    conns.len()
+                };
+                if open == 0 || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         match (mode, acceptor.take()) {
             (Mode::Refuse, Some(task)) => {
                 task.abort();

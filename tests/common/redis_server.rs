@@ -19,17 +19,25 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct OwnRedis {
     port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments, kept for restarts.
+    extra_args: Vec<String>,
 }
 
 impl OwnRedis {
     /// Starts an empty, non-persistent `redis-server` on a free 127.0.0.1
     /// port and returns once it answers PING.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`OwnRedis::start`], with extra `redis-server` arguments (e.g.
+    /// `["--requirepass", "pw"]`), used again by [`OwnRedis::start_again`].
+    pub fn start_with(extra_args: &[&str]) -> Self {
         // The free port can be taken between choosing and binding it; then
         // redis-server exits at once and another port is tried.
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut redis = Self { port, child: None };
+            let mut redis = Self { port, child: None, extra_args: extra_args.iter().map(|a| a.to_string()).collect() };
             if redis.try_start().is_ok() {
                 return redis;
             }
@@ -79,6 +87,7 @@ impl OwnRedis {
         let port = self.port.to_string();
         let child = Command::new("redis-server")
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -116,5 +125,6 @@ fn answers_ping(port: u16) -> bool {
     };
     let _ = conn.set_read_timeout(Some(timeout));
     let mut reply = [0u8; 7];
-    conn.write_all(b"PING\r\n").is_ok() && conn.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    // `-NOAUTH …` is a server with `--requirepass` that is up.
+    conn.write_all(b"PING\r\n").is_ok() && conn.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
 }

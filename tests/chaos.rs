@@ -1,0 +1,32 @@
+//! A short chaos run in `cargo test` (the long one is `bench/chaos.sh`):
+//! its own Redis, its own PostgreSQL cluster and three instances of the
+//! binary, writers and readers through random instances while Redis,
+//! PostgreSQL and one instance at a time are SIGKILLed and restarted; then
+//! every acknowledged write must be readable through every instance and held
+//! by PostgreSQL. What counts as a regression or a lost write, and which are
+//! the README's documented windows, is printed at the start of the run
+//! (`examples/chaos.rs`, `HEADER`). `CHAOS_SECONDS` (default 15) and
+//! `CHAOS_SEED` (default random, printed) replay or lengthen it.
+
+#[path = "../examples/chaos.rs"]
+mod chaos;
+
+// Ignored until the lost write it found is fixed: one 15 s run lost an
+// acknowledged PATCH made through an instance while Redis was down (seq 28 of
+// chaos-w1-4, acknowledged 0.1 s after Redis was SIGKILLed; PostgreSQL and
+// every instance ended at the write before it); see bench/README.md,
+// "chaos.sh". Run it with `cargo test --test chaos -- --ignored`.
+#[test]
+#[ignore = "finds an undocumented lost write (a PATCH acknowledged while Redis was down); see bench/README.md, chaos.sh"]
+fn chaos_loses_no_acknowledged_write_and_reads_never_go_back() {
+    let mut config = chaos::Config::from_env_and_args(&[]).expect("CHAOS_* settings");
+    config.bin = env!("CARGO_BIN_EXE_progressd").into();
+    if std::env::var("CHAOS_SECONDS").map_or(true, |v| v.is_empty()) {
+        config.seconds = 15;
+    }
+    match chaos::run(config) {
+        Ok(true) => {}
+        Ok(false) => panic!("the chaos run found violations (counts and the first of them above; CHAOS_SEED replays the fault schedule)"),
+        Err(e) => panic!("the chaos run could not be set up: {e}"),
+    }
+}
