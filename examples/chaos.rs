@@ -55,6 +55,10 @@ definitions (from README: Storage, The durable tier, What a crash can lose, Know
   documented, cache    `current` went back, no Redis kill between the reads, and every write in M
                        was acknowledged < 250 ms before the regressing read began (M empty: the
                        reads were < 250 ms apart) (README, Read cache: the stated bound)
+  documented, recovery the read began within S of Redis coming back (its instance's breaker may
+                       not have probed Redis yet, so it still reads PostgreSQL), and every w in M
+                       was acknowledged after Redis went down and before its flush deadline
+                       (README, Known limits: an instance whose breaker is still open)
   version rewind       version lower, `current` not: documented only with a Redis kill between
   lost write           at the end (all up, /readyz ok everywhere, P + S later): an acknowledged
                        write whose seq is above the `current` an instance serves (or PostgreSQL
@@ -668,6 +672,16 @@ impl Judge {
         })
     }
 
+    /// A missed write explained by an instance that still reads PostgreSQL
+    /// after Redis came back (its breaker has not probed yet): the read
+    /// began within SLACK of Redis returning, and `w` came after Redis went
+    /// down and was not yet due in PostgreSQL.
+    fn missed_in_recovery(&self, w: &Ack, read_start: f64) -> bool {
+        self.outages.iter().filter(|o| o.target == Target::Redis).any(|o| {
+            o.up <= read_start && read_start <= o.up + SLACK && w.ack >= o.down && read_start < self.flush_deadline(w.ack)
+        })
+    }
+
     /// A write missing at the end is documented only by the crash window.
     fn lost_documented(&self, w: &Ack) -> bool {
         let Some(k) = self.killed_holding(w) else { return false };
@@ -680,6 +694,7 @@ struct RegressionCounts {
     total: u64,
     documented_crash: u64,
     documented_cache: u64,
+    documented_recovery: u64,
     violations: u64,
     seq_regressions: u64,
     version_rewinds: u64,
@@ -709,6 +724,15 @@ fn judge_regressions(judge: &Judge, regressions: &[Regression], acks: &HashMap<S
                 missed.iter().all(|w| judge.missed_documented(w, a.start, a.end))
             }
         };
+        let recovering = a.seq < b.seq && {
+            let missed: Vec<&Ack> = acks
+                .get(&r.id)
+                .unwrap_or(&empty)
+                .iter()
+                .filter(|w| w.seq > a.seq && w.seq <= b.seq && w.ack <= a.start)
+                .collect();
+            !missed.is_empty() && missed.iter().all(|w| judge.missed_in_recovery(w, a.start))
+        };
         // The read cache's bound: the writes it missed were acknowledged (or
         // were still in flight, M empty) less than CACHE_WINDOW before it began.
         let missed_acks: Vec<f64> = acks
@@ -726,6 +750,8 @@ fn judge_regressions(judge: &Judge, regressions: &[Regression], acks: &HashMap<S
         }
         if documented {
             counts.documented_crash += 1;
+        } else if recovering {
+            counts.documented_recovery += 1;
         } else if a.seq < b.seq && !judge.redis_kills().any(|k| k >= b.start && k <= a.end) && lag < CACHE_WINDOW {
             counts.documented_cache += 1;
             counts.max_cache_lag = counts.max_cache_lag.max(lag);
@@ -972,6 +998,10 @@ pub fn run(config: Config) -> Result<bool, String> {
         "| - documented (read cache notice window, < 250 ms; largest lag {:.1} ms) | {} |",
         reg.max_cache_lag * 1000.0,
         reg.documented_cache
+    );
+    println!(
+        "| - documented (an instance still reading PostgreSQL just after Redis came back) | {} |",
+        reg.documented_recovery
     );
     println!("| - violations | {} |", reg.violations);
     println!("| PATCH answered 404 (record gone; also seen by readers) | {writes_404} |");
