@@ -249,25 +249,12 @@ impl Pg {
 
     /// SIGKILL to the postmaster (its backends notice and exit by themselves).
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Fast shutdown (SIGINT to our postmaster), for the end of the run.
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.wait();
+        signal_child(&mut self.child, "-INT", Duration::from_secs(10));
     }
 }
 
@@ -334,25 +321,36 @@ impl Instance {
     }
 
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(25);
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        signal_child(&mut self.child, "-TERM", Duration::from_secs(25));
+    }
+}
+
+/// SIGKILL to a child this run started, and reaps it.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Sends `signal` (as `kill` spells it) to a child this run started, waits
+/// up to `grace` for it to exit, then SIGKILLs it; reaps it either way.
+fn signal_child(child: &mut Option<Child>, signal: &str, grace: Duration) {
+    let Some(mut child) = child.take() else { return };
+    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    let deadline = Instant::now() + grace;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
 }
 
 impl Drop for Instance {
