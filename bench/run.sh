@@ -560,9 +560,24 @@ if [[ "$RATE" != 0 ]]; then
     problems+=("fixed-rate run skipped: oha not found (cargo install oha --locked, or BENCH_OHA=/path/to/oha; BENCH_RATE=0 skips it)")
   else
     python3 "$BENCH_DIR/rate_mix.py" urls "$BASE" "$BENCH_MIX_ID_PREFIX" "$MIX_IDS" "$WORK"
-    drain_backlog
     get_rate=$(( RATE * 9 / 10 ))
     patch_rate=$(( RATE - get_rate ))
+    # The floor of this measurement on this machine: GET /healthz through the
+    # same two oha processes at the same rates and connections (so the same
+    # load generator CPU and scheduling), right before the mix.
+    for n in $(seq 1 100); do echo "$BASE/healthz"; done >"$WORK/rate-healthz.urls"
+    log "bench: /healthz at ${RATE}/s through the same harness for ${RATE_DURATION}s"
+    "$OHA" --no-tui -q "$get_rate" -z "${RATE_DURATION}s" -c 32 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
+      -t 5s --output-format csv -o "$WORK/rate-healthz-a.csv" >"$WORK/rate-healthz-a.log" 2>&1 &
+    OHA_PIDS+=($!)
+    "$OHA" --no-tui -q "$patch_rate" -z "${RATE_DURATION}s" -c 8 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
+      -t 5s --output-format csv -o "$WORK/rate-healthz-b.csv" >"$WORK/rate-healthz-b.log" 2>&1 &
+    OHA_PIDS+=($!)
+    for pid in "${OHA_PIDS[@]}"; do wait "$pid" || true; done
+    OHA_PIDS=()
+    line="$(python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/rate-healthz-a.csv" "$WORK/rate-healthz-b.csv" "$RATE_DURATION")" || line=""
+    for kv in ${line#BENCH_RESULT }; do R[rate_healthz.${kv%%=*}]="${kv#*=}"; done
+    drain_backlog
     log "bench: ${LABEL[rate]} for ${RATE_DURATION}s: GET ${get_rate}/s + PATCH ${patch_rate}/s (load avg $(cut -d' ' -f1 /proc/loadavg))"
     "$OHA" --no-tui -q "$get_rate" -z "${RATE_DURATION}s" -c 32 --latency-correction --urls-from-file "$WORK/rate-get.urls" \
       -t 5s --output-format csv -o "$WORK/rate-get.csv" >"$WORK/rate-get.log" 2>&1 &
@@ -669,6 +684,8 @@ for name in "${ROW_NAMES[@]}"; do
 done
 echo
 if (( RATE_DONE )); then
+  echo "fixed rate, floor:    /healthz through the same two oha processes: $(get rate_healthz.requests) requests, p50/p99/p99.9" \
+       "$(get rate_healthz.p50_us)/$(get rate_healthz.p99_us)/$(get rate_healthz.p999_us) us"
   echo "fixed rate, by kind:  GET $(get rate.get_n) requests, p50/p99/p99.9 $(get rate.get_p50_us)/$(get rate.get_p99_us)/$(get rate.get_p999_us) us;" \
        "PATCH $(get rate.patch_n), $(get rate.patch_p50_us)/$(get rate.patch_p99_us)/$(get rate.patch_p999_us) us; slowest $(get rate.max_us) us"
 fi

@@ -46,10 +46,11 @@ definitions (from README: Storage, The durable tier, What a crash can lose, Know
                        `current` or version lower than it saw before (404 counts as 0)
   missed writes M      the acknowledged writes the regressing read did not show (seq above what
                        it showed, up to what was seen before, acknowledged before it began)
-  documented, crash    every w in M: a Redis kill R with ack(w) <= R <= the read, and either
+  sent(w)              when w's request went out: it took effect somewhere in [sent(w), ack(w)]
+  documented, crash    every w in M: a Redis kill R with sent(w) <= R <= the read, and either
                        the read began before flush deadline(w) (README, Known limits: readers
                        elsewhere see the last persisted version until that instance flushes) or
-                       the instance that took w was SIGKILLed at K, ack(w) <= K < deadline(w),
+                       the instance that took w was SIGKILLed at K, sent(w) <= K < deadline(w),
                        K <= R (README, What a crash can lose); M empty (only unacknowledged
                        writes missed): a Redis kill between the two reads (minus P + S)
   documented, cache    `current` went back, no Redis kill between the reads, and every write in M
@@ -396,6 +397,9 @@ struct Outage {
 struct Ack {
     seq: u64,
     version: u64,
+    /// When the request went out: it may have taken effect any time
+    /// between this and `ack`.
+    sent: f64,
     ack: f64,
     instance: usize,
 }
@@ -480,6 +484,7 @@ async fn writer(shared: Arc<Shared>, index: usize, ids: usize, deadline: f64, mu
             client.patch(&url).header("content-type", "application/json").body(format!(r#"{{"current":{s},"message":"seq {s}"}}"#))
         };
         shared.counts.lock().unwrap().writes_sent += 1;
+        let sent = shared.now();
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -492,7 +497,7 @@ async fn writer(shared: Arc<Shared>, index: usize, ids: usize, deadline: f64, mu
                         counts.writes_acked += 1;
                         drop(counts);
                         created[k] = true;
-                        shared.acks.lock().unwrap().entry(id).or_default().push(Ack { seq: s, version, ack: now, instance });
+                        shared.acks.lock().unwrap().entry(id).or_default().push(Ack { seq: s, version, sent, ack: now, instance });
                     }
                     (200 | 201, None) => counts.etag_mismatch += 1,
                     (404, _) if !put => {
@@ -656,7 +661,7 @@ impl Judge {
         let deadline = self.flush_deadline(w.ack);
         self.outages
             .iter()
-            .filter(|o| o.target == Target::Instance(w.instance) && o.down >= w.ack && o.down < deadline)
+            .filter(|o| o.target == Target::Instance(w.instance) && o.down >= w.sent && o.down < deadline)
             .map(|o| o.down)
             .reduce(f64::min)
     }
@@ -666,7 +671,7 @@ impl Judge {
         let deadline = self.flush_deadline(w.ack);
         let killed = self.killed_holding(w);
         self.redis_kills().any(|r| {
-            r >= w.ack && r <= read_end && (read_start < deadline || killed.is_some_and(|k| k <= r))
+            r >= w.sent && r <= read_end && (read_start < deadline || killed.is_some_and(|k| k <= r))
         })
     }
 

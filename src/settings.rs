@@ -134,7 +134,7 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("cors_origins", Some(""), "origins browsers may call from, comma-separated, or *; empty: none"),
     ("request_timeout_seconds", Some("30"), "longest a request may take (long-polls and event streams excepted)"),
     ("cleanup_interval_seconds", Some("300"), "how often expired data is purged in the background"),
-    ("cache_max_age_ms", Some("2000"), "longest a cached read is served without asking Redis; 0 turns the cache off"),
+    ("cache_max_age_ms", Some("30000"), "longest a cached read is served without asking Redis; 0 turns the cache off"),
     ("cache_max_entries", Some("100000"), "most records held in the read cache"),
     ("log_format", Some("pretty"), "pretty or json"),
     ("log_level", Some("info"), "log filter (RUST_LOG wins when set)"),
