@@ -357,7 +357,14 @@ fn to_redis(record: &StoredRecord) -> std::borrow::Cow<'_, [u8]> {
     out[..header.len()].copy_from_slice(header);
     out[header.len()] = COMPRESSED;
     out[header.len() + 1..start].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    match lz4_flex::block::compress_into(body, &mut out[start..]) {
+    thread_local! {
+        // The compressor's hash table, allocated once per thread.
+        static TABLE: std::cell::RefCell<lz4_flex::block::CompressTable> = Default::default();
+    }
+    let compressed = TABLE.with(|table| {
+        lz4_flex::block::compress_into_with_table(body, &mut out[start..], &mut table.borrow_mut())
+    });
+    match compressed {
         Ok(n) if start + n < raw.len() => {
             out.truncate(start + n);
             out.into()
