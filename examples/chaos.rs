@@ -711,41 +711,23 @@ fn judge_regressions(judge: &Judge, regressions: &[Regression], acks: &HashMap<S
         counts.total += 1;
         let (b, a) = (&r.before, &r.after);
         let redis_between = judge.redis_kills().any(|k| k >= b.start - judge.p - SLACK && k <= a.end);
-        let documented = if a.seq >= b.seq {
-            // version rewind only
-            redis_between
-        } else {
-            let missed: Vec<&Ack> = acks
-                .get(&r.id)
-                .unwrap_or(&empty)
-                .iter()
-                .filter(|w| w.seq > a.seq && w.seq <= b.seq && w.ack <= a.start)
-                .collect();
-            if missed.is_empty() {
-                redis_between
-            } else {
-                missed.iter().all(|w| judge.missed_documented(w, a.start, a.end))
-            }
-        };
-        let recovering = a.seq < b.seq && {
-            let missed: Vec<&Ack> = acks
-                .get(&r.id)
-                .unwrap_or(&empty)
-                .iter()
-                .filter(|w| w.seq > a.seq && w.seq <= b.seq && w.ack <= a.start)
-                .collect();
-            !missed.is_empty() && missed.iter().all(|w| judge.missed_in_recovery(w, a.start))
-        };
-        // The read cache's bound: the writes it missed were acknowledged (or
-        // were still in flight, M empty) less than CACHE_WINDOW before it began.
-        let missed_acks: Vec<f64> = acks
+        // M: the acknowledged writes the regressing read did not show (none
+        // for a version rewind, where `current` did not go back).
+        let missed: Vec<&Ack> = acks
             .get(&r.id)
             .unwrap_or(&empty)
             .iter()
             .filter(|w| w.seq > a.seq && w.seq <= b.seq && w.ack <= a.start)
-            .map(|w| w.ack)
             .collect();
-        let lag = missed_acks.iter().copied().reduce(f64::min).map_or(a.start - b.end, |first| a.start - first);
+        let documented = if missed.is_empty() {
+            redis_between
+        } else {
+            missed.iter().all(|w| judge.missed_documented(w, a.start, a.end))
+        };
+        let recovering = !missed.is_empty() && missed.iter().all(|w| judge.missed_in_recovery(w, a.start));
+        // The read cache's bound: the writes it missed were acknowledged (or
+        // were still in flight, M empty) less than CACHE_WINDOW before it began.
+        let lag = missed.iter().map(|w| w.ack).reduce(f64::min).map_or(a.start - b.end, |first| a.start - first);
         if a.seq < b.seq {
             counts.seq_regressions += 1;
         } else {

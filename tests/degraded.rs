@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::postgres::{OwnPostgres, TestDatabase};
 use common::proxy::{Mode, Proxy};
 use common::redis_server::OwnRedis;
-use common::{assert_problem, spawn_app_with, Backend, TestApp};
+use common::{assert_problem, spawn_app_with, until_writes_resume, Backend, TestApp};
 use progressd::Settings;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -35,17 +35,7 @@ const SETTLE: Duration = Duration::from_millis(2500);
 /// within the settling time (plus slack for the breaker to open); the
 /// ones before are refused with 503 `storage_unavailable`, nothing else.
 async fn writes_resume(app: &TestApp, id: &str) {
-    let mut refused = 0;
-    wait_for("writes to resume on PostgreSQL", SETTLE + Duration::from_secs(3), async || {
-        let res = app.patch(id, &json!({"message": "settling"})).await;
-        if res.status() == StatusCode::OK {
-            return true;
-        }
-        assert_problem(res, 503, "storage_unavailable").await;
-        refused += 1;
-        false
-    })
-    .await;
+    let refused = until_writes_resume(SETTLE + Duration::from_secs(3), async || app.patch(id, &json!({"message": "settling"})).await).await;
     assert!(refused > 0, "the first writes after Redis went away were refused");
 }
 

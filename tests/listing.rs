@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::postgres::TestDatabase;
 use common::proxy::{Mode, Proxy};
-use common::{assert_problem, delete_keys, redis_conn, redis_url, spawn_app, spawn_app_with, unique_prefix, Backend, TestApp};
+use common::{assert_problem, delete_keys, until_writes_resume, redis_conn, redis_url, spawn_app, spawn_app_with, unique_prefix, Backend, TestApp};
 use progressd::domain::{apply_write, ClientFields, ProgressId, Status, StoredRecord, Timestamp, Touched, WritePolicy};
 use progressd::store::{
     ListCursor, ListPage, ListQuery, MemoryStore, PostgresStore, PostgresStoreConfig, ProgressStore, RedisStore,
@@ -727,16 +727,7 @@ async fn tiered_lists_from_redis_and_continues_from_postgres_when_redis_goes() {
     assert_eq!(running, running_from_redis);
     // Written while Redis is away (once the breaker has been open for the
     // settling time: 503 until then): PostgreSQL lists them at once ...
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
-    loop {
-        let res = app.put("t-outage", &json!({"status": "running"})).await;
-        if res.status() == StatusCode::OK || res.status() == StatusCode::CREATED {
-            break;
-        }
-        assert_problem(res, 503, "storage_unavailable").await;
-        assert!(std::time::Instant::now() < deadline, "writes did not resume on PostgreSQL");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_writes_resume(Duration::from_secs(8), async || app.put("t-outage", &json!({"status": "running"})).await).await;
     assert_eq!(app.send(Method::DELETE, "/progress/t-03", None, &[]).await.status(), StatusCode::NO_CONTENT);
     let during = ids_of(&all_pages(&app, "limit=50", 10).await);
     assert_eq!(during[0], "t-outage");

@@ -200,6 +200,25 @@ pub fn redis_conn() -> redis::Connection {
 }
 
 /// Asserts a problem+json response with this status and code; returns the document.
+/// Sends `write` until it is acknowledged (200 or 201), which must happen
+/// within `limit`; every answer before that must be 503
+/// `storage_unavailable` (after Redis goes away, writes wait for every
+/// instance's backlog to reach PostgreSQL). Returns how many were refused.
+pub async fn until_writes_resume(limit: Duration, mut write: impl AsyncFnMut() -> Response) -> usize {
+    let deadline = std::time::Instant::now() + limit;
+    let mut refused = 0;
+    loop {
+        let res = write().await;
+        if res.status() == StatusCode::OK || res.status() == StatusCode::CREATED {
+            return refused;
+        }
+        assert_problem(res, 503, "storage_unavailable").await;
+        refused += 1;
+        assert!(std::time::Instant::now() < deadline, "writes did not resume on PostgreSQL within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
     let got = res.status().as_u16();
     let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
