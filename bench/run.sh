@@ -29,6 +29,9 @@
 #   BENCH_WRITE_TARGET wanted PUT and PATCH ÷ GET /healthz ratio (default 0.30)
 #   BENCH_P99_TARGET_MS  wanted p99 of the fixed-rate mix, in ms (default 2)
 #   BENCH_STRICT       1: also exit non-zero when a target is missed
+#   BENCH_SCENARIOS    run only these rows, by name (space-separated, of: get get_304
+#                      get_off get_304_off put patch mix rate; /healthz always runs,
+#                      since the ratios are to it); default: every row
 #   BENCH_SKIP_BUILD   1: use the existing target/release/progressd
 #   BENCH_BIN          run this binary instead of target/release/progressd (implies no build)
 #   BENCH_LOG_LEVEL    server log level (default warn)
@@ -417,6 +420,12 @@ check_listener "before the run"
 # The mix runs last among the wrk scenarios, then the fixed-rate mix (oha).
 
 NAMES=(healthz get get_304 get_off get_304_off put patch mix)
+if [[ -n "${BENCH_SCENARIOS:-}" ]]; then
+  chosen=(healthz)
+  for name in "${NAMES[@]:1}"; do [[ " $BENCH_SCENARIOS " == *" $name "* ]] && chosen+=("$name"); done
+  [[ " $BENCH_SCENARIOS " == *" rate "* ]] || RATE=0
+  NAMES=("${chosen[@]}")
+fi
 declare -A LABEL=(
   [healthz]="GET /healthz"
   [get]="GET /progress/{id}"
@@ -566,6 +575,7 @@ if [[ "$RATE" != 0 ]]; then
     # same two oha processes at the same rates and connections (so the same
     # load generator CPU and scheduling), right before the mix.
     for n in $(seq 1 100); do echo "$BASE/healthz"; done >"$WORK/rate-healthz.urls"
+    drain_backlog
     log "bench: /healthz at ${RATE}/s through the same harness for ${RATE_DURATION}s"
     "$OHA" --no-tui -q "$get_rate" -z "${RATE_DURATION}s" -c 32 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
       -t 5s --output-format csv -o "$WORK/rate-healthz-a.csv" >"$WORK/rate-healthz-a.log" 2>&1 &

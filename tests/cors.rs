@@ -193,6 +193,53 @@ async fn a_record_is_gzipped_on_request() {
     assert_eq!(decoded, record);
 }
 
+/// A gzipped record response: whole, with its length (not chunked), and
+/// what it decodes to.
+async fn gzipped_record(res: reqwest::Response) -> Value {
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(header(res.headers(), "content-encoding"), Some("gzip"));
+    assert!(list(res.headers(), "vary").contains(&"accept-encoding".to_owned()));
+    assert!(header(res.headers(), "transfer-encoding").is_none(), "sent whole");
+    let length: usize = header(res.headers(), "content-length").expect("a length").parse().unwrap();
+    let bytes = res.bytes().await.unwrap();
+    assert_eq!(bytes.len(), length);
+    serde_json::from_str(&gunzip(&bytes)).unwrap()
+}
+
+#[tokio::test]
+async fn every_record_answer_is_gzipped_on_request_on_both_stores() {
+    for backend in [Backend::Memory, Backend::Redis] {
+        let app = spawn_app(backend).await;
+        let gzip = [("accept-encoding", "gzip, deflate, br")];
+        let body = json!({"status": "running", "message": "m".repeat(500)});
+        let created = gzipped_record(app.send(Method::PUT, "/progress/big", Some(&body), &gzip).await).await;
+        assert_eq!((created["version"].clone(), created["message"].clone()), (json!(1), body["message"].clone()));
+        // Twice: on Redis the second comes from the read cache, with the
+        // body compressed by the first.
+        for _ in 0..2 {
+            let read = gzipped_record(app.send(Method::GET, "/progress/big", None, &gzip).await).await;
+            assert_eq!(read["version"], json!(1));
+            assert_eq!(read["message"], body["message"]);
+        }
+        let patched = gzipped_record(app.send(Method::PATCH, "/progress/big", Some(&json!({"current": 3})), &gzip).await).await;
+        assert_eq!((patched["version"].clone(), patched["current"].clone()), (json!(2), json!(3)));
+        let read = gzipped_record(app.send(Method::GET, "/progress/big", None, &gzip).await).await;
+        assert_eq!(read, patched, "the read after the write gets the written version");
+
+        // gzip refused, or not asked for: the plain JSON, with its length.
+        for refused in [&[("accept-encoding", "gzip;q=0, br")][..], &[("accept-encoding", "identity")], &[]] {
+            let res = app.send(Method::GET, "/progress/big", None, refused).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            assert!(header(res.headers(), "content-encoding").is_none(), "{refused:?}");
+            assert!(list(res.headers(), "vary").contains(&"accept-encoding".to_owned()));
+            let length = header(res.headers(), "content-length").map(str::to_owned);
+            let text = res.text().await.unwrap();
+            assert_eq!(length, Some(text.len().to_string()));
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), patched);
+        }
+    }
+}
+
 #[tokio::test]
 async fn small_responses_are_not_compressed() {
     let app = spawn_app(Backend::Memory).await;

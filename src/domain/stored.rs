@@ -6,7 +6,7 @@
 //! prefix match instead of decoding the document (Redis's cjson would
 //! re-encode numbers with 14 significant digits).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -18,20 +18,31 @@ use super::record::{ProgressRecord, ServerState};
 /// A record a write has just built may also carry the [`ProgressRecord`]
 /// it was serialized from (see [`StoredRecord::encode_owned`]), so that the
 /// next write of it, when the read cache hands it back, need not parse the
-/// body again. That companion is a cache: `clone()` leaves it behind (only
-/// [`StoredRecord::clone_decoded`] keeps it), so that whatever holds records
-/// for long (the embedded store, the write-behind backlog) holds bytes only.
+/// body again; and a record the read cache holds (or a write has just
+/// built) carries a slot for its compressed response bodies, filled by the
+/// first response that needs one and shared by its clones (see
+/// [`StoredRecord::packed`]), so that a record polled a thousand times is
+/// compressed once. Both companions are caches: `clone()` leaves them
+/// behind (only [`StoredRecord::clone_decoded`] keeps them), so that
+/// whatever holds records for long (the embedded store, the write-behind
+/// backlog) holds bytes only.
 #[derive(Debug)]
 pub struct StoredRecord {
     raw: Bytes,
     body_start: usize,
     meta: RecordMeta,
     decoded: Option<Arc<ProgressRecord>>,
+    packed: Option<Arc<PackedBodies>>,
 }
+
+/// The compressed response body, once computed, for each value of
+/// `stalled` (index 0: not stalled); `None` inside: it does not compress.
+#[derive(Debug, Default)]
+struct PackedBodies([OnceLock<Option<Bytes>>; 2]);
 
 impl Clone for StoredRecord {
     fn clone(&self) -> Self {
-        Self { raw: self.raw.clone(), body_start: self.body_start, meta: self.meta, decoded: None }
+        Self { raw: self.raw.clone(), body_start: self.body_start, meta: self.meta, decoded: None, packed: None }
     }
 }
 
@@ -55,7 +66,7 @@ impl StoredRecord {
         buf.push(b'\n');
         let body_start = buf.len();
         super::encode::write_record(&mut buf, record);
-        Self { raw: Bytes::from(buf), body_start, meta: *meta, decoded: None }
+        Self { raw: Bytes::from(buf), body_start, meta: *meta, decoded: None, packed: None }
     }
 
     /// [`StoredRecord::encode`], keeping `record` beside the bytes (the
@@ -65,12 +76,26 @@ impl StoredRecord {
     pub fn encode_owned(meta: &RecordMeta, record: ProgressRecord, size_hint: usize) -> Self {
         let mut stored = Self::encode_sized(meta, &record, size_hint.max(256));
         stored.decoded = Some(Arc::new(record));
+        stored.packed = Some(Arc::default());
         stored
     }
 
-    /// A clone that keeps the decoded record, if this one has it.
+    /// A clone that keeps the decoded record and the compressed bodies
+    /// (shared with this one), if this one has them.
     pub fn clone_decoded(&self) -> Self {
-        Self { decoded: self.decoded.clone(), ..self.clone() }
+        Self { decoded: self.decoded.clone(), packed: self.packed.clone(), ..self.clone() }
+    }
+
+    /// This record with a slot for its compressed bodies (see
+    /// [`StoredRecord::packed`]), if it has none: for the read cache.
+    pub fn with_packed_bodies(mut self) -> Self {
+        self.packed.get_or_insert_with(Arc::default);
+        self
+    }
+
+    /// Leaves the decoded record behind, keeping the compressed bodies.
+    pub fn drop_decoded(&mut self) {
+        self.decoded = None;
     }
 
     /// Whether the decoded record travels with the bytes.
@@ -95,7 +120,7 @@ impl StoredRecord {
         if raw.len() < newline + 3 || raw.last() != Some(&b'}') {
             return Err(CorruptRecord("the body is not a JSON object".into()));
         }
-        Ok(Self { raw, body_start: newline + 1, meta, decoded: None })
+        Ok(Self { raw, body_start: newline + 1, meta, decoded: None, packed: None })
     }
 
     /// The record's version.
@@ -152,16 +177,32 @@ impl StoredRecord {
 
     /// The response body at time `now_ms`: the stored JSON plus `stalled`.
     pub fn render(&self, now_ms: i64) -> Bytes {
+        self.render_stalled(self.stalled_at(now_ms))
+    }
+
+    fn stalled_at(&self, now_ms: i64) -> bool {
+        self.meta.s != 0 && now_ms > self.meta.s
+    }
+
+    fn render_stalled(&self, stalled: bool) -> Bytes {
         let body = &self.raw[self.body_start..self.raw.len() - 1];
-        let stalled: &[u8] = if self.meta.s != 0 && now_ms > self.meta.s {
-            b",\"stalled\":true}"
-        } else {
-            b",\"stalled\":false}"
-        };
+        let stalled: &[u8] = if stalled { b",\"stalled\":true}" } else { b",\"stalled\":false}" };
         let mut out = BytesMut::with_capacity(body.len() + stalled.len());
         out.put_slice(body);
         out.put_slice(stalled);
         out.freeze()
+    }
+
+    /// The response body at time `now_ms` run through `pack` (a
+    /// compressor; `None`: not smaller). A record with a slot for
+    /// compressed bodies runs it once per value of `stalled` and keeps the
+    /// answer for its clones; any other runs it every time.
+    pub fn packed(&self, now_ms: i64, pack: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<Bytes> {
+        let stalled = self.stalled_at(now_ms);
+        match &self.packed {
+            Some(bodies) => bodies.0[usize::from(stalled)].get_or_init(|| pack(&self.render_stalled(stalled))).clone(),
+            None => pack(&self.render_stalled(stalled)),
+        }
     }
 }
 
@@ -189,6 +230,36 @@ mod tests {
         let back = StoredRecord::decode(s.raw().clone()).unwrap();
         assert_eq!(back.version(), 1);
         assert_eq!(back.record().unwrap(), s.record().unwrap());
+    }
+
+    #[test]
+    fn compressed_bodies_are_made_once_per_stalled_state_and_shared_only_by_cache_clones() {
+        use std::cell::Cell;
+        let calls = Cell::new(0);
+        let pack = |body: &[u8]| {
+            calls.set(calls.get() + 1);
+            Some(Bytes::copy_from_slice(&body[body.len() - 16..]))
+        };
+        // 6,000 is the sample's stall deadline.
+        let cached = sample().with_packed_bodies();
+        assert_eq!(cached.packed(5_500, pack).unwrap(), &b"\"stalled\":false}"[..]);
+        assert_eq!(cached.packed(5_900, pack).unwrap(), &b"\"stalled\":false}"[..]);
+        assert_eq!(calls.get(), 1, "the second read reuses the first one's");
+        assert_eq!(cached.packed(6_001, pack).unwrap(), &b",\"stalled\":true}"[..]);
+        assert_eq!(calls.get(), 2, "stalled has its own body");
+        // What the cache hands out shares them; a plain clone (what stores
+        // and the backlog keep) and a decoded record do not carry them.
+        let served = cached.clone_decoded();
+        assert!(served.packed(5_000, |_| panic!("already made")).is_some());
+        assert!(served.packed(7_000, |_| panic!("already made")).is_some());
+        cached.clone().packed(5_000, pack);
+        sample().packed(5_000, pack);
+        sample().packed(5_000, pack);
+        assert_eq!(calls.get(), 5);
+        // A body that does not shrink is remembered as such.
+        let none = sample().with_packed_bodies();
+        assert!(none.packed(5_000, |_| None).is_none());
+        assert!(none.packed(5_000, |_| panic!("already tried")).is_none());
     }
 
     #[test]

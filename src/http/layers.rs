@@ -24,7 +24,7 @@ pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
 
 /// Responses smaller than this are sent as they are: gzip would save
 /// little and cost a buffer. A record is well above it.
-const COMPRESS_ABOVE_BYTES: u64 = 256;
+pub(crate) const COMPRESS_ABOVE_BYTES: u64 = 256;
 
 /// How long browsers may cache a preflight answer.
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);

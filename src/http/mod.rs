@@ -22,6 +22,7 @@ mod assets;
 mod auth;
 mod events;
 mod extract;
+mod gzip;
 mod health;
 mod layers;
 mod list;

@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::extract::{parse_json, Conditions, JsonBody, JsonText, PathId};
+use super::gzip::{gzip, AcceptsGzip, GZIP_FROM_BYTES};
 use super::layers::MAX_WAIT_SECONDS;
 use super::AppState;
 use crate::domain::{ClientFields, StoredRecord, Timestamp};
@@ -22,6 +23,7 @@ pub async fn get(
     State(state): State<AppState>,
     PathId(id): PathId,
     conditions: Conditions,
+    AcceptsGzip(accepts_gzip): AcceptsGzip,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
     let wait = wait_seconds(query.as_deref())?.filter(|_| conditions.if_none_match.is_some());
@@ -49,7 +51,7 @@ pub async fn get(
         set_validators(&mut response, &record);
         return Ok(response);
     }
-    Ok(record_response(StatusCode::OK, &record))
+    Ok(record_response(StatusCode::OK, &record, accepts_gzip))
 }
 
 /// `?wait=N`: whole seconds from 0 to 60; other query parameters are
@@ -80,6 +82,7 @@ pub async fn put(
     State(state): State<AppState>,
     PathId(id): PathId,
     conditions: Conditions,
+    AcceptsGzip(accepts_gzip): AcceptsGzip,
     JsonText(text): JsonText,
 ) -> Result<Response, Error> {
     // Most bodies are read straight into the record's fields; any other
@@ -95,7 +98,7 @@ pub async fn put(
     };
     let Written { record, created } = state.service.write(&id, body, &conditions.into()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut response = record_response(status, &record);
+    let mut response = record_response(status, &record, accepts_gzip);
     if created {
         if let Ok(location) = HeaderValue::from_str(&format!("/progress/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);
@@ -109,10 +112,11 @@ pub async fn patch(
     State(state): State<AppState>,
     PathId(id): PathId,
     conditions: Conditions,
+    AcceptsGzip(accepts_gzip): AcceptsGzip,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Error> {
     let Written { record, .. } = state.service.write(&id, WriteBody::Merge(body), &conditions.into()).await?;
-    Ok(record_response(StatusCode::OK, &record))
+    Ok(record_response(StatusCode::OK, &record, accepts_gzip))
 }
 
 /// `DELETE /progress/{id}`: 204, or 404 when there is no record; 412 when
@@ -125,11 +129,26 @@ pub async fn delete(State(state): State<AppState>, PathId(id): PathId, condition
     }
 }
 
-/// The record as a JSON response with its validators.
-pub(super) fn record_response(status: StatusCode, record: &StoredRecord) -> Response {
-    let body = record.render(Timestamp::now().millis());
+/// The record as a JSON response with its validators; gzipped here when
+/// the client takes it (see `super::gzip`), so the compression layer
+/// leaves it alone.
+pub(super) fn record_response(status: StatusCode, record: &StoredRecord, accepts_gzip: bool) -> Response {
+    let now = Timestamp::now().millis();
+    let packed = accepts_gzip.then(|| record.packed(now, |body| (body.len() >= GZIP_FROM_BYTES).then(|| gzip(body)).flatten())).flatten();
+    let gzipped = packed.is_some();
+    let body = packed.unwrap_or_else(|| record.render(now));
+    // Said outright: the compression layer's body wrapper hides the length
+    // from hyper, which would then send it chunked.
+    let length = HeaderValue::from(body.len());
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, length);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if gzipped {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    // The layer adds `Vary` only to what it compresses itself.
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     set_validators(&mut response, record);
     response
 }

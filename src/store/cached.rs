@@ -144,7 +144,7 @@ impl Shard {
         }
         self.decoded -= usize::from(replaced == Some(true));
         if entry.record.is_decoded() && self.decoded >= DECODED_PER_SHARD {
-            entry.record = entry.record.clone(); // the bytes only
+            entry.record.drop_decoded(); // the bytes (and the compressed bodies) only
         }
         self.decoded += usize::from(entry.record.is_decoded());
         match self.entries.get_mut(id) {
@@ -316,11 +316,14 @@ impl CachedStore {
         let unchanged = self.is_live()
             && self.generation.load(Ordering::SeqCst) == generation
             && self.epochs[i].load(Ordering::SeqCst) == epoch;
-        if unchanged {
-            let entry = Entry { record: record.clone(), cached_at: Instant::now(), awaiting_own_notice: false };
-            shard.drop_stale(self.config.max_age);
-            shard.insert(self.capacity(), id.as_str(), entry);
+        if !unchanged {
+            return Ok(Some(record));
         }
+        // The caller's copy shares the entry's compressed bodies.
+        let record = record.with_packed_bodies();
+        let entry = Entry { record: record.clone_decoded(), cached_at: Instant::now(), awaiting_own_notice: false };
+        shard.drop_stale(self.config.max_age);
+        shard.insert(self.capacity(), id.as_str(), entry);
         drop(shard);
         Ok(Some(record))
     }
