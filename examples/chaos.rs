@@ -21,16 +21,17 @@
 
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use postgres::{free_port, OwnPostgres};
 use redis_server::OwnRedis;
 
 /// What the run promises to check, printed before it starts.
@@ -120,156 +121,9 @@ impl Config {
 
 // --- processes ----------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{}_{nanos}", std::process::id())
-}
-
-/// The newest `/usr/lib/postgresql/<version>/bin` with an initdb.
-fn pg_bin_dir() -> Result<PathBuf, String> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .map_err(|e| format!("/usr/lib/postgresql: {e}"))?
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, bin)| bin).ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".into())
-}
-
-fn os_user(name: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string(Path::new("/etc/passwd")).ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.first() == Some(&name) && fields.len() > 3).then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))?
-    })
-}
-
-/// A PostgreSQL cluster of this run (temp dir, free port, trust auth, no
-/// fsync), run as the OS user `postgres` when we are root. `kill` is SIGKILL
-/// to the postmaster this run started; `start` retries while the orphaned
-/// backends of a killed postmaster still hold its shared memory.
-struct Pg {
-    dir: PathBuf,
-    port: u16,
-    bin: PathBuf,
-    owner: Option<(u32, u32)>,
-    child: Option<Child>,
-}
-
-impl Pg {
-    fn init() -> Result<Self, String> {
-        let owner = if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0) == 0 {
-            Some(os_user("postgres").ok_or("running as root needs an OS user `postgres` to run the cluster")?)
-        } else {
-            None
-        };
-        let dir = std::env::temp_dir().join(format!("progressd-chaos-pg-{}", unique_suffix()));
-        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
-        }
-        let pg = Self { dir, port: free_port(), bin: pg_bin_dir()?, owner, child: None };
-        let output = pg
-            .command("initdb")
-            .arg("-D")
-            .arg(pg.dir.join("data"))
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("initdb: {e}"))?;
-        if !output.status.success() {
-            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)));
-        }
-        Ok(pg)
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut command = Command::new(self.bin.join(program));
-        command.current_dir(&self.dir).env("LC_ALL", "C");
-        if let Some((uid, gid)) = self.owner {
-            command.uid(uid).gid(gid);
-        }
-        command
-    }
-
-    fn start(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = File::options().create(true).append(true).open(self.dir.join("postgres.log")).map_err(|e| e.to_string())?;
-            let mut child = self
-                .command("postgres")
-                .arg("-D")
-                .arg(self.dir.join("data"))
-                .args(["-p", &self.port.to_string(), "-k"])
-                .arg(&self.dir)
-                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"])
-                .args(["-c", "synchronous_commit=off", "-c", "shared_buffers=16MB", "-c", "max_connections=100"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(|e| e.to_string())?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("postgres: {e}"))?;
-            loop {
-                if child.try_wait().map_err(|e| e.to_string())?.is_some() {
-                    break; // exited: shared memory of the killed one still in use, most likely; try again
-                }
-                let ready = self
-                    .command("pg_isready")
-                    .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-t", "1"])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ready {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("postgres did not start on {}: see {}", self.port, self.dir.join("postgres.log").display()));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("postgres would not start again: see {}", self.dir.join("postgres.log").display()));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// SIGKILL to the postmaster (its backends notice and exit by themselves).
-    fn kill(&mut self) {
-        kill_child(&mut self.child);
-    }
-
-    /// Fast shutdown (SIGINT to our postmaster), for the end of the run.
-    fn stop(&mut self) {
-        signal_child(&mut self.child, "-INT", Duration::from_secs(10));
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        self.stop();
-        // Orphaned backends of a killed postmaster may still be exiting.
-        for _ in 0..50 {
-            if std::fs::remove_dir_all(&self.dir).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
 /// One progressd process on a fixed port (the same across restarts).
@@ -592,7 +446,7 @@ async fn reader(shared: Arc<Shared>, ids: Vec<String>, deadline: f64, mut rng: f
 fn chaos_loop(
     shared: &Shared,
     redis: &mut OwnRedis,
-    pg: &mut Pg,
+    pg: &mut OwnPostgres,
     instances: &mut [Instance],
     deadline: f64,
     rng: &mut fastrand::Rng,
@@ -619,7 +473,7 @@ fn chaos_loop(
         std::thread::sleep(Duration::from_secs_f64(down_for));
         match target {
             Target::Redis => redis.start_again(),
-            Target::Postgres => pg.start()?,
+            Target::Postgres => pg.start_again(),
             Target::Instance(i) => instances[i].start()?,
         }
         let up = shared.now();
@@ -770,8 +624,7 @@ pub fn run(config: Config) -> Result<bool, String> {
     println!();
 
     let mut redis = OwnRedis::start();
-    let mut pg = Pg::init()?;
-    pg.start()?;
+    let mut pg = OwnPostgres::start();
     let prefix = format!("chaos-{}:", unique_suffix());
     let env = vec![
         ("REDIS_URL".to_string(), redis.url()),
@@ -799,8 +652,8 @@ pub fn run(config: Config) -> Result<bool, String> {
     println!(
         "setup:       redis 127.0.0.1:{}, postgres 127.0.0.1:{} ({}), 3 instances on {:?}, key prefix {prefix}",
         redis.port(),
-        pg.port,
-        pg.dir.display(),
+        pg.port(),
+        pg.dir().display(),
         instances.iter().map(|i| i.port).collect::<Vec<_>>()
     );
     println!(

@@ -178,7 +178,20 @@ impl OwnPostgres {
         let _ = child.wait();
     }
 
-    /// Starts the stopped server again on the same port and data directory.
+    /// SIGKILL to the postmaster this fixture started (its backends notice
+    /// and exit by themselves): a crash, for chaos runs.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The cluster's directory (data, socket and `postgres.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts the stopped (or killed) server again on the same port and data directory.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "start_again on a running server");
         let started = Instant::now();
@@ -214,38 +227,46 @@ impl OwnPostgres {
         command
     }
 
+    /// Starts the postmaster and waits until it answers. After a
+    /// [`OwnPostgres::kill`] the orphaned backends may still hold the shared
+    /// memory for a while, and the new postmaster exits at once: it is
+    /// started again until it stays up.
     fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("postgres.log")).unwrap();
-        let child = self
-            .command("postgres")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-p", &self.port.to_string(), "-k"])
-            .arg(&self.dir)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"])
-            .args(["-c", "synchronous_commit=off", "-c", "shared_buffers=16MB", "-c", "max_connections=40"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("postgres runs");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!("postgres exited with {status}: {}", self.log());
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("postgres.log")).unwrap();
+            let child = self
+                .command("postgres")
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-p", &self.port.to_string(), "-k"])
+                .arg(&self.dir)
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"])
+                .args(["-c", "synchronous_commit=off", "-c", "shared_buffers=16MB", "-c", "max_connections=100"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("postgres runs");
+            self.child = Some(child);
+            loop {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    self.child = None;
+                    assert!(Instant::now() < deadline, "postgres exited with {status}: {}", self.log());
+                    break;
+                }
+                let ready = self
+                    .command("pg_isready")
+                    .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-t", "1"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ready {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "postgres on {} did not start: {}", self.port, self.log());
+                std::thread::sleep(Duration::from_millis(20));
             }
-            let ready = self
-                .command("pg_isready")
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-t", "1"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                return;
-            }
-            assert!(Instant::now() < deadline, "postgres on {} did not start: {}", self.port, self.log());
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -257,7 +278,13 @@ impl OwnPostgres {
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Orphaned backends of a killed postmaster may still be exiting.
+        for _ in 0..50 {
+            if std::fs::remove_dir_all(&self.dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
