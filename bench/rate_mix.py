@@ -6,7 +6,7 @@
         BASE/progress/ID_PREFIX0 … ID_PREFIX{N-1}, each file in its own
         random order, for `oha --urls-from-file`.
 
-    rate_mix.py summary GET.csv PATCH.csv SECONDS
+    rate_mix.py summary GET.csv PATCH.csv SECONDS [WARMUP]
         Merges oha's per-request CSVs (`--output-format csv`: request-start,
         DNS, DNS+dialup, Response-delay, request-duration, bytes, status) and
         prints one `BENCH_RESULT key=value …` line like bench/report.lua's:
@@ -16,6 +16,10 @@
         off at the deadline), and per kind get_n, get_p50_us, … patch_p999_us.
         With --latency-correction each request-duration counts from the time
         the schedule had the request due, not from when it went out.
+        Requests due in the first WARMUP seconds (default 0) are left out of
+        all of that (oha opens its connections then, and the read cache
+        fills), as wrk2 leaves out its calibration period; warmup_n and
+        warmup_p99_us say how many they were and how slow.
 """
 
 import csv
@@ -39,12 +43,16 @@ def pct(sorted_vals, p):
     return sorted_vals[max(0, math.ceil(p / 100 * len(sorted_vals)) - 1)]
 
 
-def cmd_summary(get_csv, patch_csv, seconds):
-    every, failed, by_kind, size, bad = [], 0, {}, 0, 0
+def cmd_summary(get_csv, patch_csv, seconds, warmup="0"):
+    every, failed, by_kind, size, bad, early = [], 0, {}, 0, 0, []
     for kind, path in (("get", get_csv), ("patch", patch_csv)):
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 status = (row.get("status") or "").strip()
+                if float(row.get("request-start") or 0) < float(warmup):
+                    if status.isdigit():
+                        early.append(float(row["request-duration"]))
+                    continue
                 if not status.isdigit():
                     failed += 1
                     continue
@@ -65,6 +73,8 @@ def cmd_summary(get_csv, patch_csv, seconds):
         "bytes": size,
         "connect": 0, "read": 0, "write": 0, "timeout": failed,
         "status": bad,
+        "warmup_n": len(early),
+        "warmup_p99_us": us(pct(sorted(early), 99)),
     }
     for kind in ("get", "patch"):
         vals = sorted(by_kind.get(kind, []))

@@ -19,6 +19,7 @@
 #   BENCH_MIX_IDS      records of the 90 % GET / 10 % PATCH mix (default 10000)
 #   BENCH_RATE         requests/s of the fixed-rate mix run (default 5000; 0 skips it)
 #   BENCH_RATE_DURATION  seconds of the fixed-rate run (default 20)
+#   BENCH_RATE_WARMUP  seconds before them, at the same rate, not counted (default 2)
 #   BENCH_OHA          the oha binary for the fixed-rate run (default: oha on PATH,
 #                      else ~/.cargo/bin/oha; install with `cargo install oha --locked`)
 #   BENCH_POSTGRES     1 (default): Redis over PostgreSQL (a new database, dropped
@@ -58,6 +59,7 @@ WRITE_IDS="${BENCH_WRITE_IDS:-1000}"
 MIX_IDS="${BENCH_MIX_IDS:-10000}"
 RATE="${BENCH_RATE:-5000}"
 RATE_DURATION="${BENCH_RATE_DURATION:-20}"
+RATE_WARMUP="${BENCH_RATE_WARMUP:-2}"
 POSTGRES="${BENCH_POSTGRES:-1}"
 PG_SERVER_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
 PG_SERVER_URL="${PG_SERVER_URL%/}"
@@ -588,23 +590,23 @@ if [[ "$RATE" != 0 ]]; then
     for n in $(seq 1 100); do echo "$BASE/healthz"; done >"$WORK/rate-healthz.urls"
     drain_backlog
     log "bench: /healthz at ${RATE}/s through the same harness for ${RATE_DURATION}s"
-    "$OHA" --no-tui -q "$get_rate" -z "${RATE_DURATION}s" -c 32 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
+    "$OHA" --no-tui -q "$get_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 32 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
       -t 5s --output-format csv -o "$WORK/rate-healthz-a.csv" >"$WORK/rate-healthz-a.log" 2>&1 &
     OHA_PIDS+=($!)
-    "$OHA" --no-tui -q "$patch_rate" -z "${RATE_DURATION}s" -c 8 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
+    "$OHA" --no-tui -q "$patch_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 8 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
       -t 5s --output-format csv -o "$WORK/rate-healthz-b.csv" >"$WORK/rate-healthz-b.log" 2>&1 &
     OHA_PIDS+=($!)
     for pid in "${OHA_PIDS[@]}"; do wait "$pid" || true; done
     OHA_PIDS=()
-    line="$(python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/rate-healthz-a.csv" "$WORK/rate-healthz-b.csv" "$RATE_DURATION")" || line=""
+    line="$(python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/rate-healthz-a.csv" "$WORK/rate-healthz-b.csv" "$RATE_DURATION" "$RATE_WARMUP")" || line=""
     for kv in ${line#BENCH_RESULT }; do R[rate_healthz.${kv%%=*}]="${kv#*=}"; done
     drain_backlog
     log "bench: ${LABEL[rate]} for ${RATE_DURATION}s: GET ${get_rate}/s + PATCH ${patch_rate}/s (load avg $(cut -d' ' -f1 /proc/loadavg))"
-    "$OHA" --no-tui -q "$get_rate" -z "${RATE_DURATION}s" -c 32 --latency-correction --urls-from-file "$WORK/rate-get.urls" \
+    "$OHA" --no-tui -q "$get_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 32 --latency-correction --urls-from-file "$WORK/rate-get.urls" \
       -t 5s --output-format csv -o "$WORK/rate-get.csv" >"$WORK/rate-get.log" 2>&1 &
     OHA_PIDS+=($!)
     t_start=$(date +%s)
-    "$OHA" --no-tui -q "$patch_rate" -z "${RATE_DURATION}s" -c 8 --latency-correction --urls-from-file "$WORK/rate-patch.urls" \
+    "$OHA" --no-tui -q "$patch_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 8 --latency-correction --urls-from-file "$WORK/rate-patch.urls" \
       -m PATCH -T application/json -d "$MIX_PATCH_BODY" -t 5s --output-format csv -o "$WORK/rate-patch.csv" >"$WORK/rate-patch.log" 2>&1 &
     OHA_PIDS+=($!)
     for pid in "${OHA_PIDS[@]}"; do
@@ -612,7 +614,7 @@ if [[ "$RATE" != 0 ]]; then
     done
     OHA_PIDS=()
     R[rate.others]="$(others_between "$t_start" "$(date +%s)")"
-    line="$(python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/rate-get.csv" "$WORK/rate-patch.csv" "$RATE_DURATION")" || line=""
+    line="$(python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/rate-get.csv" "$WORK/rate-patch.csv" "$RATE_DURATION" "$RATE_WARMUP")" || line=""
     if [[ -z "$line" ]]; then
       problems+=("${LABEL[rate]}: no result (see $WORK/rate-*.log)")
     else
@@ -713,6 +715,8 @@ if (( RATE_DONE )); then
        "$(get rate_healthz.p50_us)/$(get rate_healthz.p99_us)/$(get rate_healthz.p999_us) us"
   echo "fixed rate, by kind:  GET $(get rate.get_n) requests, p50/p99/p99.9 $(get rate.get_p50_us)/$(get rate.get_p99_us)/$(get rate.get_p999_us) us;" \
        "PATCH $(get rate.patch_n), $(get rate.patch_p50_us)/$(get rate.patch_p99_us)/$(get rate.patch_p999_us) us; slowest $(get rate.max_us) us"
+  echo "fixed rate, warm-up:  the first ${RATE_WARMUP} s, not counted: $(get rate.warmup_n) requests of the mix, p99 $(get rate.warmup_p99_us) us" \
+       "(floor: $(get rate_healthz.warmup_n), p99 $(get rate_healthz.warmup_p99_us) us)"
 fi
 bases="$(for name in "${NAMES[@]:1}"; do get "$name.base"; echo; done | awk 'NF { n++; if (!n0 || $1 < lo) lo = $1; if ($1 > hi) hi = $1; n0 = 1 } END { if (n) printf "%.0f-%.0f requests/s over %d runs", lo, hi, n }')"
 [[ -z "$bases" ]] || echo "healthz beside rows:  $bases (each row's ratio is to the run right before it)"
