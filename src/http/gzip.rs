@@ -8,9 +8,16 @@
 //! (the layer's streamed body goes out chunked); the layer leaves a response
 //! that already has a `Content-Encoding` alone. Other routes keep the layer.
 //!
-//! Measured with oha at 5,000 GET/s of a cached record (`Accept-Encoding:
-//! gzip`, this machine): through the layer p50 0.53 ms, p99 2.4 ms; with no
-//! compression at all p50 0.28 ms, p99 1.1 ms.
+//! The read cache keeps the result beside the record (see
+//! `StoredRecord::packed`), so a record polled many times is compressed once.
+//!
+//! Measured (this machine, the 818-byte `bench/record.json`): a new
+//! default-level gzip encoder per call, as the layer does, 28.6 µs with
+//! flate2's default miniz_oxide backend; a kept and reset fast-level one
+//! 18.4 µs; the same on the zlib-rs backend (enabled in Cargo.toml, which
+//! also serves the layer) 5.9 µs. With oha at 5,000 GET/s of one cached
+//! record, the server's CPU per request went from 95 µs (the layer) to
+//! 48 µs (`/healthz`: 44 µs).
 
 use std::cell::RefCell;
 
