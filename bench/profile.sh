@@ -38,7 +38,8 @@
 #                       uses one (default: none, Redis alone)
 #   REDIS_URL           Redis to use (default redis://127.0.0.1:6379)
 #
-# Scenarios (arguments): healthz, get (cache hit), get_off (a second
+# Scenarios (arguments): healthz, get (cache hit), get_304 (the same with
+# the record's ETag in If-None-Match: a 304), get_off (a second
 # instance with the read cache off: one Redis GET per request), patch, put.
 
 set -Eeuo pipefail
@@ -137,11 +138,17 @@ seed() {  # base [ids]
   done
 }
 
+# The ETag of bench-read through base.
+etag_of() {
+  curl -fsI "$1/progress/bench-read" | tr -d '\r' | awk 'tolower($1) == "etag:" { print $2 }'
+}
+
 # wrk arguments of a scenario against base; $1 scenario, $2 base.
 wrk_target() {
   case "$1" in
     healthz) echo "-s $BENCH_DIR/report.lua $2/healthz" ;;
     get|get_off) echo "-s $BENCH_DIR/report.lua $2/progress/bench-read" ;;
+    get_304) echo "-H If-None-Match:$(etag_of "$2") -s $BENCH_DIR/report.lua $2/progress/bench-read" ;;
     patch) echo "-s $BENCH_DIR/patch.lua $2" ;;
     put) echo "-s $BENCH_DIR/put.lua $2" ;;
     *) die "unknown scenario $1" ;;
@@ -217,6 +224,7 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
     case "$1" in
       healthz) "${c[@]}" "$2/healthz?[1-$REQUESTS]" ;;
       get|get_off) "${c[@]}" "$2/progress/bench-read?[1-$REQUESTS]" ;;
+      get_304) "${c[@]}" -H "If-None-Match: $(etag_of "$2")" "$2/progress/bench-read?[1-$REQUESTS]" ;;
       patch|put)
         local r
         for r in $(seq 1 "$rounds"); do
