@@ -108,13 +108,21 @@ impl StoredRecord {
         self.decoded.as_ref().map(|r| r.status)
     }
 
+    /// Where the header line of stored bytes ends: its newline, within the
+    /// first 256 bytes.
+    pub fn header_end(raw: &[u8]) -> Option<usize> {
+        raw.iter().take(256).position(|b| *b == b'\n')
+    }
+
     /// Parses the header of stored bytes; the body is checked only when read.
     pub fn decode(raw: Bytes) -> Result<Self, CorruptRecord> {
-        let newline = raw
-            .iter()
-            .take(256)
-            .position(|b| *b == b'\n')
-            .ok_or_else(|| CorruptRecord("no header line".into()))?;
+        let newline = Self::header_end(&raw).ok_or_else(|| CorruptRecord("no header line".into()))?;
+        Self::decode_split(raw, newline)
+    }
+
+    /// [`StoredRecord::decode`] of bytes whose header ends at `newline`
+    /// (from [`StoredRecord::header_end`]).
+    pub fn decode_split(raw: Bytes, newline: usize) -> Result<Self, CorruptRecord> {
         let meta: RecordMeta =
             serde_json::from_slice(&raw[..newline]).map_err(|e| CorruptRecord(e.to_string()))?;
         if raw.len() < newline + 3 || raw.last() != Some(&b'}') {

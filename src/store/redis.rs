@@ -376,10 +376,12 @@ fn to_redis(record: &StoredRecord) -> std::borrow::Cow<'_, [u8]> {
 /// A record as Redis holds it (see the module documentation), compressed
 /// or not: for tools and tests that read the keys themselves.
 pub fn from_redis(value: Vec<u8>) -> Result<StoredRecord, CorruptRecord> {
-    let newline = value.iter().take(256).position(|b| *b == b'\n');
-    let Some(newline) = newline.filter(|nl| value.get(nl + 1) == Some(&COMPRESSED)) else {
-        return StoredRecord::decode(Bytes::from(value));
+    let Some(newline) = StoredRecord::header_end(&value) else {
+        return StoredRecord::decode(Bytes::from(value)); // and its error
     };
+    if value.get(newline + 1) != Some(&COMPRESSED) {
+        return StoredRecord::decode_split(Bytes::from(value), newline);
+    }
     let corrupt = |e: lz4_flex::block::DecompressError| CorruptRecord(format!("compressed body: {e}"));
     let (size, block) = lz4_flex::block::uncompressed_size(&value[newline + 2..]).map_err(corrupt)?;
     if size > MAX_BODY {
@@ -392,7 +394,7 @@ pub fn from_redis(value: Vec<u8>) -> Result<StoredRecord, CorruptRecord> {
     if n != size {
         return Err(CorruptRecord(format!("compressed body holds {n} bytes, not {size}")));
     }
-    StoredRecord::decode(Bytes::from(raw))
+    StoredRecord::decode_split(Bytes::from(raw), newline)
 }
 
 /// A script on one record (`KEYS[1]`) and the indexes (`KEYS[2..8]`): reads
