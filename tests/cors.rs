@@ -225,6 +225,12 @@ async fn every_record_answer_is_gzipped_on_request_on_both_stores() {
         assert_eq!((patched["version"].clone(), patched["current"].clone()), (json!(2), json!(3)));
         let read = gzipped_record(app.send(Method::GET, "/progress/big", None, &gzip).await).await;
         assert_eq!(read, patched, "the read after the write gets the written version");
+        // A 304 names what the 200 varies on (RFC 9110 §15.4.5).
+        let res = app.send(Method::GET, "/progress/big", None, &[gzip[0], ("if-none-match", "\"2\"")]).await;
+        assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(header(res.headers(), "etag"), Some("\"2\""));
+        assert!(list(res.headers(), "vary").contains(&"accept-encoding".to_owned()));
+        assert!(header(res.headers(), "content-encoding").is_none());
 
         // gzip refused, or not asked for: the plain JSON, with its length.
         for refused in [&[("accept-encoding", "gzip;q=0, br")][..], &[("accept-encoding", "identity")], &[]] {

@@ -147,15 +147,16 @@ pub(super) fn record_response(status: StatusCode, record: &StoredRecord, accepts
     if gzipped {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    // The layer adds `Vary` only to what it compresses itself.
-    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     set_validators(&mut response, record);
     response
 }
 
 /// `ETag` is the version; `no-cache` makes browsers revalidate on every poll.
+/// `Vary`, since the body depends on `Accept-Encoding`: on a 304 too (RFC
+/// 9110 §15.4.5), and the layer adds it only to what it compresses itself.
 fn set_validators(response: &mut Response, record: &StoredRecord) {
     let headers = response.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     let mut etag = itoa::Buffer::new();
     let tag = format!("\"{}\"", etag.format(record.version()));
     headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("digits and quotes are a valid header"));
