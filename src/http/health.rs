@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::AppState;
 use crate::domain::Timestamp;
-use crate::store::{ProgressStore, TierHealth, TierState};
+use crate::store::{BreakerState, ProgressStore, TierHealth, TierState};
 
 /// The dependencies `/readyz` always reports, configured or not.
 const DEPENDENCIES: [&str; 3] = ["memory", "redis", "postgres"];
@@ -60,13 +60,7 @@ impl Readiness {
     /// other), so the service is unavailable only when none is.
     pub async fn check(store: &dyn ProgressStore) -> Self {
         let tiers = store.health().await;
-        let up = tiers.iter().filter(|t| t.state == TierState::Up).count();
-        let overall = match up {
-            0 => Overall::Unavailable,
-            n if n == tiers.len() => Overall::Ok,
-            _ => Overall::Degraded,
-        };
-        Self { overall, tiers, checked_at: Timestamp::now() }
+        Self { overall: overall_of(&tiers), tiers, checked_at: Timestamp::now() }
     }
 
     /// Whether reads and writes are served.
@@ -114,6 +108,19 @@ impl Readiness {
     }
 }
 
+/// What the tiers add up to. A tier counts as serving when its probe
+/// succeeded and its breaker (where it has one) is not open: requests skip
+/// a tier whose breaker is open until the next breaker probe lets them try
+/// it again, also when it answers this probe already.
+fn overall_of(tiers: &[TierHealth]) -> Overall {
+    let serving = tiers.iter().filter(|t| t.state == TierState::Up && t.breaker != Some(BreakerState::Open)).count();
+    match serving {
+        0 => Overall::Unavailable,
+        n if n == tiers.len() => Overall::Ok,
+        _ => Overall::Degraded,
+    }
+}
+
 fn tier_json(tier: &TierHealth) -> Value {
     let (at, error) = match &tier.last_error {
         Some((at, error)) => (json!(at), json!(error)),
@@ -146,4 +153,34 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn tier(tier: &'static str, state: TierState, breaker: Option<BreakerState>) -> TierHealth {
+        TierHealth { tier, state, latency: Duration::ZERO, last_error: None, breaker }
+    }
+
+    #[test]
+    fn a_tier_whose_breaker_is_open_does_not_serve_even_when_it_answers() {
+        use BreakerState::{Closed, HalfOpen, Open};
+        use TierState::{Down, Up};
+        let pg = |state, breaker| vec![tier("postgres", state, Some(breaker))];
+        assert_eq!(overall_of(&pg(Up, Closed)), Overall::Ok);
+        assert_eq!(overall_of(&pg(Up, HalfOpen)), Overall::Ok, "half open: requests try it");
+        assert_eq!(overall_of(&pg(Up, Open)), Overall::Unavailable, "PostgreSQL alone, back but not yet let in");
+        assert_eq!(overall_of(&pg(Down, Closed)), Overall::Unavailable);
+        let both = |redis: (TierState, BreakerState), pg: (TierState, BreakerState)| {
+            vec![tier("redis", redis.0, Some(redis.1)), tier("postgres", pg.0, Some(pg.1))]
+        };
+        assert_eq!(overall_of(&both((Up, Closed), (Up, Closed))), Overall::Ok);
+        assert_eq!(overall_of(&both((Up, Open), (Up, Closed))), Overall::Degraded);
+        assert_eq!(overall_of(&both((Down, Open), (Up, Closed))), Overall::Degraded);
+        assert_eq!(overall_of(&both((Up, Open), (Up, Open))), Overall::Unavailable);
+        assert_eq!(overall_of(&[tier("redis", Up, None)]), Overall::Ok, "Redis alone has no breaker");
+        assert_eq!(overall_of(&[tier("redis", Down, None)]), Overall::Unavailable);
+    }
 }
