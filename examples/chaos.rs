@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::{free_port, OwnPostgres};
+use postgres::{free_port, kill_child, signal_child, OwnPostgres};
 use redis_server::OwnRedis;
 
 /// What the run promises to check, printed before it starts.
@@ -182,30 +182,6 @@ impl Instance {
     fn terminate(&mut self) {
         signal_child(&mut self.child, "-TERM", Duration::from_secs(25));
     }
-}
-
-/// SIGKILL to a child this run started, and reaps it.
-fn kill_child(child: &mut Option<Child>) {
-    if let Some(mut child) = child.take() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// Sends `signal` (as `kill` spells it) to a child this run started, waits
-/// up to `grace` for it to exit, then SIGKILLs it; reaps it either way.
-fn signal_child(child: &mut Option<Child>, signal: &str, grace: Duration) {
-    let Some(mut child) = child.take() else { return };
-    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
-    let deadline = Instant::now() + grace;
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.wait();
 }
 
 impl Drop for Instance {

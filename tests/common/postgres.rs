@@ -165,25 +165,13 @@ impl OwnPostgres {
 
     /// Fast shutdown (SIGINT to the process this fixture started); waits for it to exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.wait();
+        signal_child(&mut self.child, "-INT", Duration::from_secs(10));
     }
 
     /// SIGKILL to the postmaster this fixture started (its backends notice
     /// and exit by themselves): a crash, for chaos runs.
     pub fn kill(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_child(&mut self.child);
     }
 
     /// The cluster's directory (data, socket and `postgres.log`).
@@ -286,6 +274,30 @@ impl Drop for OwnPostgres {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// SIGKILL to a child this process started, and reaps it.
+pub fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Sends `signal` (as `kill` spells it) to a child this process started,
+/// waits up to `grace` for it to exit, then SIGKILLs it; reaps it either way.
+pub fn signal_child(child: &mut Option<Child>, signal: &str, grace: Duration) {
+    let Some(mut child) = child.take() else { return };
+    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    let deadline = Instant::now() + grace;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.wait();
 }
 
 /// A port nothing listens on right now.
