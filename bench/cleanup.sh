@@ -36,9 +36,9 @@ LIVE="${CLEANUP_LIVE:-1000}"
 BASELINE="${CLEANUP_BASELINE:-5}"
 PATCH_MS="${CLEANUP_PATCH_MS:-100}"
 ADMIN_TOKEN=bench-admin
-[[ "$ROWS" =~ ^[0-9]+$ && "$ROWS" -ge 1 ]] || die "CLEANUP_ROWS must be a whole number ≥ 1"
-[[ "$LIVE" =~ ^[0-9]+$ && "$LIVE" -ge 1 ]] || die "CLEANUP_LIVE must be a whole number ≥ 1"
-[[ "$BASELINE" =~ ^[0-9]+$ && "$BASELINE" -ge 1 ]] || die "CLEANUP_BASELINE must be a whole number ≥ 1"
+require_count "$ROWS" CLEANUP_ROWS
+require_count "$LIVE" CLEANUP_LIVE
+require_count "$BASELINE" CLEANUP_BASELINE
 
 need_tools curl awk psql python3 wrk redis-cli
 problems=()

@@ -29,6 +29,8 @@ REDIS_PREFIXES=()  # key prefixes we used on the shared Redis
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "$BENCH_NAME: $*"; exit 2; }
+# require_count VALUE NAME: VALUE must be a whole number ≥ 1 (NAME: the setting, for the message).
+require_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]] || die "$2 must be a whole number ≥ 1 (got '$1')"; }
 
 # --- processes ---------------------------------------------------------------
 

@@ -42,7 +42,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 N="${MEMORY_RECORDS:-10000}"
 TARGET_BYTES="${MEMORY_TARGET_BYTES:-1536}"
 RSS_TARGET_MB="${MEMORY_RSS_TARGET_MB:-30}"
-[[ "$N" =~ ^[1-9][0-9]*$ ]] || die "MEMORY_RECORDS must be a positive whole number"
+require_count "$N" MEMORY_RECORDS
 need_tools curl awk python3 redis-cli
 redis() { redis-cli -u "$SHARED_REDIS_URL" --no-auth-warning "$@"; }
 [[ "$(redis PING 2>/dev/null || true)" == PONG ]] || die "Redis at ${SHARED_REDIS_URL%%@*} does not answer PING"

@@ -42,8 +42,8 @@ INTERVAL_SETTING="${PERSIST_INTERVAL:-}"
 INTERVAL="${INTERVAL_SETTING:-10}"   # the server's default
 JOBS="${PERSIST_JOBS:-20}"
 TARGET="${PERSIST_TARGET:-0.10}"
-[[ "$STEPS" =~ ^[0-9]+$ && "$STEPS" -ge 1 ]] || die "PERSIST_SECONDS must be a whole number ≥ 1"
-[[ "$INTERVAL" =~ ^[0-9]+$ && "$INTERVAL" -ge 1 ]] || die "PERSIST_INTERVAL must be a whole number of seconds ≥ 1"
+require_count "$STEPS" PERSIST_SECONDS
+require_count "$INTERVAL" PERSIST_INTERVAL
 [[ "$JOBS" =~ ^[0-9]+$ ]] || die "PERSIST_JOBS must be a whole number"
 
 need_tools curl awk psql python3 cargo

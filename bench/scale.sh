@@ -62,9 +62,7 @@ for n in "${SIZES[@]}"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] && (( n > prev )) || die "SCALE_SIZES must be ascending positive whole numbers"
   prev="$n"
 done
-for v in DURATION STARTS EXPIRED; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "SCALE_$v must be a positive whole number"
-done
+for v in DURATION STARTS EXPIRED; do require_count "${!v}" "SCALE_$v"; done
 need_tools curl awk psql python3 wrk redis-cli
 rds() { redis-cli -u "$SCALE_REDIS_URL" --no-auth-warning "$@"; }
 [[ "$(rds PING 2>/dev/null || true)" == PONG ]] || die "Redis at ${SCALE_REDIS_URL%%@*} does not answer PING"

@@ -40,9 +40,7 @@ TTL="${SOAK_TTL:-5}"
 INTERVAL="${SOAK_INTERVAL:-10}"
 CLEANUP="${SOAK_CLEANUP:-30}"
 WARMUP="${SOAK_WARMUP:-$((CLEANUP + 2 * TTL))}"
-for v in SECONDS_TOTAL RATE TTL INTERVAL CLEANUP WARMUP; do
-  [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -ge 1 ]] || die "$v must be a whole number ≥ 1 (got '${!v}')"
-done
+for v in SECONDS_TOTAL RATE TTL INTERVAL CLEANUP WARMUP; do require_count "${!v}" "$v"; done
 
 need_tools curl psql python3 redis-cli cargo
 redis() { redis-cli -u "$SHARED_REDIS_URL" --no-auth-warning "$@"; }

@@ -59,7 +59,7 @@ P99_TARGET_MS="${SSE_P99_TARGET_MS:-50}"
 LOADER="$ROOT/target/release/examples/sse_load"
 
 for v in RSS_SUBS DELAY_SUBS WRITES REPEAT RSS_TARGET_MB P99_TARGET_MS; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive whole number, not '${!v}'"
+  require_count "${!v}" "$v"
 done
 [[ "$RATE" =~ ^[0-9]+([.][0-9]+)?$ ]] && awk -v r="$RATE" 'BEGIN { exit !(r > 0) }' || die "SSE_RATE must be a positive number, not '$RATE'"
 for r in "${RSS_RECORDS[@]}" "${DELAY_RECORDS[@]}"; do
