@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(cached.packed(6_001, pack).unwrap(), &b",\"stalled\":true}"[..]);
         assert_eq!(calls.get(), 2, "stalled has its own body");
         // What the cache hands out shares them; a plain clone (what stores
-        // and the backlog keep) and a decoded record do not carry them.
+        // and the backlog keep) and a record never given a slot do not carry them.
         let served = cached.clone_decoded();
         assert!(served.packed(5_000, |_| panic!("already made")).is_some());
         assert!(served.packed(7_000, |_| panic!("already made")).is_some());
