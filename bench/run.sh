@@ -2,23 +2,26 @@
 # bench/run.sh: load-test progressd with wrk against a real Redis and print
 # one table. See bench/README.md for what is measured and how to read it.
 #
-# Two instances of the release binary run on the same Redis and key prefix
-# (and, unless BENCH_POSTGRES=0, the same new PostgreSQL database as the
-# durable tier): the main one in the default configuration (read cache on),
-# which serves every row but the "(cache off)" ones, and a second one started
-# with PROGRESS_CACHE_MAX_AGE_MS=0, so that its GETs always go to Redis.
-# Both subscribe to the change notices (live updates), so Redis has two
-# subscribers on the channel.
+# The release binary runs in the default configuration (read cache on) on
+# Redis (and, unless BENCH_POSTGRES=0, a new PostgreSQL database as the
+# durable tier) and serves every row but the "(cache off)" ones. Those are
+# served by a second instance on the same Redis, key prefix and database,
+# started with PROGRESS_CACHE_MAX_AGE_MS=0 (its GETs always go to Redis) for
+# those rows only: every instance hears every change notice and holds its
+# share of the two CPUs, so it would take from whatever else is measured.
+# Each row runs BENCH_ROUNDS times, each right after its own /healthz run.
 #
 # Environment (all optional):
-#   BENCH_DURATION     seconds (or wrk duration such as 30s, 1m) per scenario (default 10)
+#   BENCH_DURATION     seconds (or wrk duration such as 30s, 1m) per scenario and round (default 5)
+#   BENCH_ROUNDS       how many times each row runs (each right after its own /healthz run);
+#                      the round with the median ratio is reported, the others give its range (default 3)
 #   BENCH_THREADS      wrk threads (default 2)
 #   BENCH_CONNECTIONS  wrk connections (default 64)
 #   BENCH_WARMUP       warm-up seconds before measuring, 0 to skip (default 2)
 #   BENCH_WRITE_IDS    ids the PUT and PATCH scenarios spread over (default 1000)
 #   BENCH_MIX_IDS      records of the 90 % GET / 10 % PATCH mix (default 10000)
 #   BENCH_RATE         requests/s of the fixed-rate mix run (default 5000; 0 skips it)
-#   BENCH_RATE_DURATION  seconds of the fixed-rate run (default 20)
+#   BENCH_RATE_DURATION  seconds of each round of the fixed-rate run (default 10)
 #   BENCH_RATE_WARMUP  seconds before them, at the same rate, not counted (default 2)
 #   BENCH_OHA          the oha binary for the fixed-rate run (default: oha on PATH,
 #                      else ~/.cargo/bin/oha; install with `cargo install oha --locked`)
@@ -49,7 +52,9 @@ set -Eeuo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 
-DURATION="${BENCH_DURATION:-10}"
+DURATION="${BENCH_DURATION:-5}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || { echo "bench: BENCH_ROUNDS must be a whole number from 1 to 99, not '$ROUNDS'" >&2; exit 2; }
 [[ "$DURATION" =~ ^[0-9]+$ ]] && DURATION="${DURATION}s"
 WARMUP="${BENCH_WARMUP:-2}"
 [[ "$WARMUP" =~ ^[0-9]+$ ]] && WARMUP="${WARMUP}s"
@@ -58,7 +63,7 @@ CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 WRITE_IDS="${BENCH_WRITE_IDS:-1000}"
 MIX_IDS="${BENCH_MIX_IDS:-10000}"
 RATE="${BENCH_RATE:-5000}"
-RATE_DURATION="${BENCH_RATE_DURATION:-20}"
+RATE_DURATION="${BENCH_RATE_DURATION:-10}"
 RATE_WARMUP="${BENCH_RATE_WARMUP:-2}"
 POSTGRES="${BENCH_POSTGRES:-1}"
 PG_SERVER_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
@@ -66,7 +71,7 @@ PG_SERVER_URL="${PG_SERVER_URL%/}"
 TARGET="${BENCH_TARGET:-0.60}"
 WRITE_TARGET="${BENCH_WRITE_TARGET:-0.30}"
 P99_TARGET_MS="${BENCH_P99_TARGET_MS:-2}"
-INSTANCES=2
+INSTANCES=1  # instances running now: 2 while the cache-off one serves its rows
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 KEY_PREFIX="bench-$$-$(date +%s):"
 READ_ID="bench-read"
@@ -144,11 +149,11 @@ drop_database() {
   DB_CREATED=0
 }
 
-# Both instances, each by its own PID (never by name): SIGTERM to both, up to
+# Instances, each by its own PID (never by name): SIGTERM to each, up to
 # 5 s for them to finish, then SIGKILL to any that is still there.
-stop_servers() {
+stop_pids() {
   local pids=() pid _
-  for pid in "$SERVER_PID" "$NOCACHE_PID"; do
+  for pid in "$@"; do
     [[ -n "$pid" ]] || continue
     pids+=("$pid")
     kill -TERM "$pid" 2>/dev/null || true
@@ -167,6 +172,9 @@ stop_servers() {
     fi
     wait "$pid" 2>/dev/null || true
   done
+}
+stop_servers() {
+  stop_pids "$SERVER_PID" "$NOCACHE_PID"
   SERVER_PID=""
   NOCACHE_PID=""
 }
@@ -218,14 +226,14 @@ echo "date:        $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine:     $(nproc) CPUs, ${cpu_model:-unknown CPU model}, $(uname -sr)"
 echo "load avg:    $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 echo "commit:      ${commit}${dirty}"
-echo "wrk:         $( (wrk -v 2>&1 || true) | awk 'NR == 1 {print $2}'), ${THREADS} threads, ${CONNECTIONS} connections, ${DURATION} per scenario"
+echo "wrk:         $( (wrk -v 2>&1 || true) | awk 'NR == 1 {print $2}'), ${THREADS} threads, ${CONNECTIONS} connections, ${DURATION} per scenario and round, ${ROUNDS} rounds"
 echo "redis:       ${REDIS_URL%%@*}$([[ "$REDIS_URL" == *@* ]] && echo '@…') ${redis_version:+(Redis $redis_version)}, key prefix ${KEY_PREFIX}"
 if [[ "$POSTGRES" == 1 ]]; then
-  echo "postgres:    ${PG_SERVER_URL%%@*}@… ($(psql_admin -c 'SHOW server_version' 2>/dev/null || echo '?')), new database ${DB} (durable tier of both instances)"
+  echo "postgres:    ${PG_SERVER_URL%%@*}@… ($(psql_admin -c 'SHOW server_version' 2>/dev/null || echo '?')), new database ${DB} (the durable tier)"
 else
   echo "postgres:    none (BENCH_POSTGRES=0: Redis alone)"
 fi
-echo "fixed rate:  $([[ "$RATE" == 0 ]] && echo "skipped (BENCH_RATE=0)" || echo "${RATE} requests/s for ${RATE_DURATION} s, ${OHA:-oha not found}")"
+echo "fixed rate:  $([[ "$RATE" == 0 ]] && echo "skipped (BENCH_RATE=0)" || echo "${RATE} requests/s for ${RATE_DURATION} s, ${ROUNDS} rounds, ${OHA:-oha not found}")"
 # Other heavy processes now (by process name; the numbers move with them).
 busy="$( { ps -eo comm= | grep -E '^(sse_load|cargo|rustc|wrk|oha|perf|progressd)$' || true; } | sort | uniq -c \
         | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }')"
@@ -319,22 +327,21 @@ if [[ -n "$DB" ]]; then
   DB_CREATED=1
 fi
 
-start_with_retries main
-log "bench: progressd (pid $SERVER_PID, default configuration: read cache on) is up at $BASE"
-start_with_retries cache-off PROGRESS_CACHE_MAX_AGE_MS=0
-log "bench: progressd (pid $NOCACHE_PID, PROGRESS_CACHE_MAX_AGE_MS=0: read cache off) is up at $NOCACHE_BASE"
-
 # Ready means every configured tier is up: with PostgreSQL, its migrations
 # have run (until then the durable tier's breaker is open and creates would
 # go to the write-behind backlog instead of PostgreSQL).
-for base in "$BASE" "$NOCACHE_BASE"; do
-  ready=0
+wait_ready() {  # base
+  local _
   for _ in $(seq 1 300); do
-    if [[ "$(curl -s --max-time 2 "$base/readyz" || true)" == *'"status":"ok"'* ]]; then ready=1; break; fi
+    if [[ "$(curl -s --max-time 2 "$1/readyz" || true)" == *'"status":"ok"'* ]]; then return 0; fi
     sleep 0.1
   done
-  (( ready )) || die "$base/readyz did not say ok within 30 s: $(curl -s --max-time 2 "$base/readyz" || true)"
-done
+  die "$1/readyz did not say ok within 30 s: $(curl -s --max-time 2 "$1/readyz" || true)"
+}
+
+start_with_retries main
+log "bench: progressd (pid $SERVER_PID, default configuration: read cache on) is up at $BASE"
+wait_ready "$BASE"
 
 # Resident memory of an instance, from /proc/PID/status: "VmRSS VmHWM" in MB.
 rss_of() {
@@ -343,7 +350,7 @@ rss_of() {
 }
 sleep 1  # idle: up, ready, listeners subscribed, nothing asked yet
 read -r RSS_IDLE_MAIN _ < <(rss_of "$SERVER_PID")
-read -r RSS_IDLE_OFF _ < <(rss_of "$NOCACHE_PID")
+RSS_IDLE_OFF="-" RSS_AFTER_OFF="-" HWM_OFF="-"  # set while the cache-off instance runs
 
 # --- seed ---------------------------------------------------------------------
 
@@ -363,9 +370,6 @@ etag_of() {  # base id
 ETAG="$(etag_of "$BASE" "$READ_ID")"
 [[ "$ETAG" =~ ^\"[0-9]+\"$ ]] || die "GET /progress/$READ_ID has no ETag like \"<version>\" (got '${ETAG}')"
 problems=()
-etag_off="$(etag_of "$NOCACHE_BASE" "$READ_ID")"
-[[ "$etag_off" == "$ETAG" ]] || \
-  problems+=("GET /progress/$READ_ID: the cache-off instance answered ETag '${etag_off}', the main instance $ETAG")
 
 # The write scenarios start from existing records: PATCH needs them, and PUT then
 # measures replacing (200) rather than creating (201). curl's [a-b] globbing sends
@@ -408,13 +412,16 @@ check_listener() {  # when
   [[ "$n" =~ ^[0-9]+$ ]] && (( n >= INSTANCES )) || \
     problems+=("change listeners $1: ${n:-?} subscribers on $CHANGES_CHANNEL, expected at least $INSTANCES (one per instance); the cache-on rows may not have measured the cache")
 }
-if command -v redis-cli >/dev/null 2>&1; then
-  for _ in $(seq 1 50); do  # the listeners subscribe in the background after start-up
+wait_listeners() {  # the listeners subscribe in the background after start-up
+  command -v redis-cli >/dev/null 2>&1 || return 0
+  local n _
+  for _ in $(seq 1 50); do
     n="$(subscribers)"
-    [[ "$n" =~ ^[0-9]+$ ]] && (( n >= INSTANCES )) && break
+    [[ "$n" =~ ^[0-9]+$ ]] && (( n >= INSTANCES )) && return 0
     sleep 0.1
   done
-fi
+}
+wait_listeners
 check_listener "before the run"
 
 # --- scenarios ----------------------------------------------------------------
@@ -497,11 +504,50 @@ run_wrk() {  # name duration outfile
 case "$BASE$NOCACHE_BASE$BENCH_DIR" in *' '*) die "paths with spaces are not supported ($BENCH_DIR)";; esac
 
 if [[ "$WARMUP" != 0s ]]; then
-  log "bench: warming up ($WARMUP each on healthz, get and get with the cache off)"
+  log "bench: warming up ($WARMUP each on healthz and get)"
   run_wrk healthz "$WARMUP" "$WORK/warmup-healthz.txt" || true
   run_wrk get "$WARMUP" "$WORK/warmup-get.txt" || true
-  run_wrk get_off "$WARMUP" "$WORK/warmup-get_off.txt" || true
 fi
+
+# The version of $READ_ID as Redis holds it (the header line of the stored
+# value, read directly): what every ETag check compares with.
+stored_etag() {
+  command -v redis-cli >/dev/null 2>&1 || { echo "$ETAG"; return 0; }
+  redis GETRANGE "${KEY_PREFIX}progress:$READ_ID" 0 63 2>/dev/null | grep -oE '^\{"v":[0-9]+' | sed 's/.*:/"/; s/$/"/' || true
+}
+
+# The cache-off instance runs only for its own rows. Every instance hears
+# every change notice (one more Redis PUBLISH delivery, one more process
+# waking per write) and holds its share of two CPUs even when idle, so while
+# it runs it takes from whatever else is measured; the other rows measure
+# the main instance alone, as /healthz does.
+start_cache_off() {
+  start_with_retries cache-off PROGRESS_CACHE_MAX_AGE_MS=0
+  log "bench: progressd (pid $NOCACHE_PID, PROGRESS_CACHE_MAX_AGE_MS=0: read cache off) is up at $NOCACHE_BASE"
+  wait_ready "$NOCACHE_BASE"
+  sleep 1
+  read -r RSS_IDLE_OFF _ < <(rss_of "$NOCACHE_PID")
+  INSTANCES=2
+  wait_listeners
+  check_listener "with the cache-off instance"
+  local etag_off
+  etag_off="$(etag_of "$NOCACHE_BASE" "$READ_ID")"
+  [[ "$etag_off" == "$ETAG" ]] || \
+    problems+=("GET /progress/$READ_ID: the cache-off instance answered ETag '${etag_off}', the main instance $ETAG")
+  [[ "$WARMUP" == 0s ]] || run_wrk get_off "$WARMUP" "$WORK/warmup-get_off.txt" || true
+}
+stop_cache_off() {
+  [[ -n "$NOCACHE_PID" ]] || return 0
+  local etag_after
+  etag_after="$(etag_of "$NOCACHE_BASE" "$READ_ID")"
+  [[ "$etag_after" == "$ETAG" ]] || \
+    problems+=("GET /progress/$READ_ID via the cache-off instance: ETag moved from $ETAG to '${etag_after}' during its rows")
+  read -r RSS_AFTER_OFF HWM_OFF < <(rss_of "$NOCACHE_PID")
+  stop_pids "$NOCACHE_PID"
+  NOCACHE_PID=""
+  INSTANCES=1
+  log "bench: stopped the cache-off instance"
+}
 
 # With PostgreSQL, the write rows leave a write-behind backlog that is
 # flushed up to 10 s later (PROGRESS_PERSIST_INTERVAL_SECONDS): wait until the
@@ -539,33 +585,60 @@ others_between() {  # from to: most foreign heavy processes seen, and their name
 
 declare -A R=()
 for name in "${NAMES[@]}"; do
+  if [[ "$name" == *_off ]]; then
+    [[ -n "$NOCACHE_PID" ]] || start_cache_off
+  else
+    stop_cache_off
+  fi
   drain_backlog
   read -r pcode psize < <(probe_scenario "$name")
   if [[ "$pcode" != "${EXPECT[$name]}" ]]; then
     problems+=("${LABEL[$name]}: a probe request answered $pcode, expected ${EXPECT[$name]}")
   fi
   # The machine's speed drifts over minutes (other tenants of the host):
-  # /healthz right before the row, for as long, is what the row is divided by.
-  if [[ "$name" != healthz && "${BENCH_PAIRED:-1}" == 1 ]]; then
-    run_wrk healthz "$DURATION" "$WORK/$name.healthz.txt" || true
-    line="$(grep -m1 '^BENCH_RESULT ' "$WORK/$name.healthz.txt" || true)"
-    for kv in ${line#BENCH_RESULT }; do [[ "${kv%%=*}" == rps ]] && R[$name.base]="${kv#*=}"; done
-    [[ -n "${R[$name.base]:-}" ]] || problems+=("${LABEL[$name]}: the /healthz run before it printed no result (see $WORK/$name.healthz.txt)")
-  fi
-  log "bench: ${LABEL[$name]} for $DURATION (load avg $(cut -d' ' -f1 /proc/loadavg))"
-  out="$WORK/$name.txt"
+  # /healthz right before the row, for as long, is what the row is divided
+  # by; and the pair runs $ROUNDS times, the round with the median ratio
+  # being the one reported (the other rounds give the row's range).
+  paired=0
+  [[ "$name" != healthz && "${BENCH_PAIRED:-1}" == 1 ]] && paired=1
   t_start=$(date +%s)
-  if ! run_wrk "$name" "$DURATION" "$out"; then
-    problems+=("${LABEL[$name]}: wrk failed: $(tail -n 2 "$out" | tr '\n' ' ')")
-  fi
-  line="$(grep -m1 '^BENCH_RESULT ' "$out" || true)"
-  if [[ -z "$line" ]]; then
-    problems+=("${LABEL[$name]}: wrk printed no result (see $out)")
-    continue
-  fi
-  for kv in ${line#BENCH_RESULT }; do R[$name.${kv%%=*}]="${kv#*=}"; done
-  R[$name.probe_size]="$psize"
+  rounds=()  # "<ratio, or requests/s when unpaired> <round> <healthz requests/s>"
+  for round in $(seq 1 "$ROUNDS"); do
+    (( round == 1 )) || drain_backlog
+    base="-"
+    if (( paired )); then
+      run_wrk healthz "$DURATION" "$WORK/$name.$round.healthz.txt" || true
+      line="$(grep -m1 '^BENCH_RESULT ' "$WORK/$name.$round.healthz.txt" || true)"
+      for kv in ${line#BENCH_RESULT }; do [[ "${kv%%=*}" == rps ]] && base="${kv#*=}"; done
+      if [[ "$base" == - ]]; then
+        problems+=("${LABEL[$name]}: the /healthz run before round $round printed no result (see $WORK/$name.$round.healthz.txt)")
+        continue
+      fi
+    fi
+    log "bench: ${LABEL[$name]} for $DURATION, round $round of $ROUNDS (load avg $(cut -d' ' -f1 /proc/loadavg))"
+    out="$WORK/$name.$round.txt"
+    if ! run_wrk "$name" "$DURATION" "$out"; then
+      problems+=("${LABEL[$name]}: wrk failed in round $round: $(tail -n 2 "$out" | tr '\n' ' ')")
+    fi
+    line="$(grep -m1 '^BENCH_RESULT ' "$out" || true)"
+    if [[ -z "$line" ]]; then
+      problems+=("${LABEL[$name]}: wrk printed no result in round $round (see $out)")
+      continue
+    fi
+    rps=""
+    for kv in ${line#BENCH_RESULT }; do [[ "${kv%%=*}" == rps ]] && rps="${kv#*=}"; done
+    rounds+=("$(awk -v a="$rps" -v b="$base" 'BEGIN { if (b == "-") print a; else printf "%.4f", a / b }') $round $base")
+  done
   R[$name.others]="$(others_between "$t_start" "$(date +%s)")"
+  (( ${#rounds[@]} > 0 )) || continue
+  # With an even number of rounds, the lower of the two middle ones.
+  read -r _ round base < <(printf '%s\n' "${rounds[@]}" | sort -g | awk '{ r[NR] = $0 } END { print r[int((NR + 1) / 2)] }')
+  line="$(grep -m1 '^BENCH_RESULT ' "$WORK/$name.$round.txt")"
+  for kv in ${line#BENCH_RESULT }; do R[$name.${kv%%=*}]="${kv#*=}"; done
+  [[ "$base" == - ]] || R[$name.base]="$base"
+  R[$name.rounds]="$(printf '%s\n' "${rounds[@]}" | awk '{ v = $1 + 0; if (NR == 1 || v < lo) lo = v; if (NR == 1 || v > hi) hi = v }
+    END { f = (hi < 10 ? "%.2f" : "%.0f"); printf f "-" f "/%d", lo, hi, NR }')"
+  R[$name.probe_size]="$psize"
 done
 
 # --- fixed rate: the mix at RATE requests/s, open loop -----------------------------
@@ -588,58 +661,77 @@ if [[ "$RATE" != 0 ]]; then
     # same two oha processes at the same rates and connections (so the same
     # load generator CPU and scheduling), right before the mix.
     for n in $(seq 1 100); do echo "$BASE/healthz"; done >"$WORK/rate-healthz.urls"
-    drain_backlog
-    log "bench: /healthz at ${RATE}/s through the same harness for ${RATE_DURATION}s"
-    "$OHA" --no-tui -q "$get_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 32 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
-      -t 5s --output-format csv -o "$WORK/rate-healthz-a.csv" >"$WORK/rate-healthz-a.log" 2>&1 &
-    OHA_PIDS+=($!)
-    "$OHA" --no-tui -q "$patch_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 8 --latency-correction --urls-from-file "$WORK/rate-healthz.urls" \
-      -t 5s --output-format csv -o "$WORK/rate-healthz-b.csv" >"$WORK/rate-healthz-b.log" 2>&1 &
-    OHA_PIDS+=($!)
-    for pid in "${OHA_PIDS[@]}"; do wait "$pid" || true; done
-    OHA_PIDS=()
-    line="$(python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/rate-healthz-a.csv" "$WORK/rate-healthz-b.csv" "$RATE_DURATION" "$RATE_WARMUP")" || line=""
-    for kv in ${line#BENCH_RESULT }; do R[rate_healthz.${kv%%=*}]="${kv#*=}"; done
-    drain_backlog
-    log "bench: ${LABEL[rate]} for ${RATE_DURATION}s: GET ${get_rate}/s + PATCH ${patch_rate}/s (load avg $(cut -d' ' -f1 /proc/loadavg))"
-    "$OHA" --no-tui -q "$get_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 32 --latency-correction --urls-from-file "$WORK/rate-get.urls" \
-      -t 5s --output-format csv -o "$WORK/rate-get.csv" >"$WORK/rate-get.log" 2>&1 &
-    OHA_PIDS+=($!)
+    # oha_pair TAG GET-URLS OTHER-URLS PATCH: oha at get_rate over GET-URLS and,
+    # at the same time, at patch_rate over OTHER-URLS (PATCHes when PATCH is 1,
+    # else GETs); the merged summary goes to $WORK/TAG.result.
+    oha_pair() {
+      local tag="$1" get_urls="$2" other_urls="$3" method=() pid failed=0
+      [[ "$4" == 1 ]] && method=(-m PATCH -T application/json -d "$MIX_PATCH_BODY")
+      "$OHA" --no-tui -q "$get_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 32 --latency-correction --urls-from-file "$get_urls" \
+        -t 5s --output-format csv -o "$WORK/$tag-a.csv" >"$WORK/$tag-a.log" 2>&1 &
+      OHA_PIDS+=($!)
+      "$OHA" --no-tui -q "$patch_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 8 --latency-correction --urls-from-file "$other_urls" \
+        "${method[@]}" -t 5s --output-format csv -o "$WORK/$tag-b.csv" >"$WORK/$tag-b.log" 2>&1 &
+      OHA_PIDS+=($!)
+      for pid in "${OHA_PIDS[@]}"; do wait "$pid" || failed=1; done
+      OHA_PIDS=()
+      (( ! failed )) || problems+=("${LABEL[rate]}: oha failed ($tag): $(tail -q -n 2 "$WORK/$tag"-*.log | tr '\n' ' ')")
+      python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/$tag-a.csv" "$WORK/$tag-b.csv" "$RATE_DURATION" "$RATE_WARMUP" \
+        >"$WORK/$tag.result" 2>>"$WORK/$tag-a.log" || true
+    }
+    p99_of() { grep -m1 -oE ' p99_us=[0-9]+' "$1" 2>/dev/null | cut -d= -f2 || true; }
+    # Like the wrk rows, $ROUNDS rounds of floor then mix; the round with the
+    # median mix p99 is reported, the others give its range.
     t_start=$(date +%s)
-    "$OHA" --no-tui -q "$patch_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 8 --latency-correction --urls-from-file "$WORK/rate-patch.urls" \
-      -m PATCH -T application/json -d "$MIX_PATCH_BODY" -t 5s --output-format csv -o "$WORK/rate-patch.csv" >"$WORK/rate-patch.log" 2>&1 &
-    OHA_PIDS+=($!)
-    for pid in "${OHA_PIDS[@]}"; do
-      wait "$pid" || problems+=("${LABEL[rate]}: oha (pid $pid) failed: $(tail -q -n 2 "$WORK"/rate-*.log | tr '\n' ' ')")
+    rate_rounds=()  # "<mix p99 us> <round> <floor p99 us>"
+    for round in $(seq 1 "$ROUNDS"); do
+      drain_backlog
+      log "bench: /healthz at ${RATE}/s through the same harness for ${RATE_DURATION}s, round $round of $ROUNDS"
+      oha_pair "rate-healthz-$round" "$WORK/rate-healthz.urls" "$WORK/rate-healthz.urls" 0
+      drain_backlog
+      log "bench: ${LABEL[rate]} for ${RATE_DURATION}s: GET ${get_rate}/s + PATCH ${patch_rate}/s, round $round of $ROUNDS (load avg $(cut -d' ' -f1 /proc/loadavg))"
+      oha_pair "rate-$round" "$WORK/rate-get.urls" "$WORK/rate-patch.urls" 1
+      mix_p99="$(p99_of "$WORK/rate-$round.result")"
+      if [[ -z "$mix_p99" ]]; then
+        problems+=("${LABEL[rate]}: no result in round $round (see $WORK/rate-$round-*.log)")
+        continue
+      fi
+      rate_rounds+=("$mix_p99 $round $(p99_of "$WORK/rate-healthz-$round.result")")
     done
-    OHA_PIDS=()
     R[rate.others]="$(others_between "$t_start" "$(date +%s)")"
-    line="$(python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/rate-get.csv" "$WORK/rate-patch.csv" "$RATE_DURATION" "$RATE_WARMUP")" || line=""
-    if [[ -z "$line" ]]; then
-      problems+=("${LABEL[rate]}: no result (see $WORK/rate-*.log)")
-    else
+    if (( ${#rate_rounds[@]} > 0 )); then
+      # With an even number of rounds, the slower of the two middle ones.
+      read -r _ round _ < <(printf '%s\n' "${rate_rounds[@]}" | sort -g | awk '{ r[NR] = $0 } END { print r[int(NR / 2) + 1] }')
+      line="$(cat "$WORK/rate-$round.result")"
       for kv in ${line#BENCH_RESULT }; do R[rate.${kv%%=*}]="${kv#*=}"; done
+      line="$(cat "$WORK/rate-healthz-$round.result" 2>/dev/null || true)"
+      for kv in ${line#BENCH_RESULT }; do R[rate_healthz.${kv%%=*}]="${kv#*=}"; done
+      R[rate.rounds]="$(printf '%s\n' "${rate_rounds[@]}" | sort -n -k2 | awk '{ printf "%s%.2f (floor %.2f)", (NR > 1 ? ", " : ""), $1 / 1000, $3 / 1000 }')"
+      R[rate.range]="$(printf '%s\n' "${rate_rounds[@]}" | awk '{ v = $1 / 1000; if (NR == 1 || v < lo) lo = v; if (NR == 1 || v > hi) hi = v }
+        END { printf "%.1f-%.1fms/%d", lo, hi, NR }')"
       RATE_DONE=1
       R[rate.probe_size]="${R[mix.probe_size]:-}"
       # Requests that the schedule asked for but that never finished are
       # missing from the CSVs: the achieved rate tells.
       if awk -v a="${R[rate.rps]}" -v w="$RATE" 'BEGIN { exit !(a < 0.97 * w) }'; then
-        problems+=("${LABEL[rate]}: only ${R[rate.rps]} requests/s completed of ${RATE} asked for")
+        problems+=("${LABEL[rate]}: only ${R[rate.rps]} requests/s completed of ${RATE} asked for (round $round)")
       fi
     fi
   fi
 fi
 
+stop_cache_off
 # The record must not have changed during the reads, or the 304 runs measured
-# 200s. Asked through both instances: the cache-off one reads Redis itself.
-for base in "$BASE" "$NOCACHE_BASE"; do
-  etag_after="$(etag_of "$base" "$READ_ID")"
-  [[ "$etag_after" == "$ETAG" ]] || \
-    problems+=("GET /progress/$READ_ID via $base: ETag moved from $ETAG to '${etag_after}' during the run")
-done
+# 200s. Asked through the main instance and of Redis itself (the cache-off
+# instance was asked after its rows).
+etag_after="$(etag_of "$BASE" "$READ_ID")"
+[[ "$etag_after" == "$ETAG" ]] || \
+  problems+=("GET /progress/$READ_ID: ETag moved from $ETAG to '${etag_after}' during the run")
+etag_after="$(stored_etag)"
+[[ "$etag_after" == "$ETAG" ]] || \
+  problems+=("$READ_ID in Redis: version moved from $ETAG to '${etag_after}' during the run")
 check_listener "after the run"
 read -r RSS_AFTER_MAIN HWM_MAIN < <(rss_of "$SERVER_PID")
-read -r RSS_AFTER_OFF HWM_OFF < <(rss_of "$NOCACHE_PID")
 
 # --- table ----------------------------------------------------------------------
 
@@ -676,10 +768,10 @@ if [[ "$RATE" != 0 ]]; then
 fi
 
 echo
-printf '%-38s %10s %8s %8s %8s %8s %6s %9s  %-16s %9s %6s\n' \
-  "scenario" "requests/s" "p50 us" "p99 us" "p99.9 us" "non-2xx" "sock" "/ healthz" "target" "bytes/req" "others"
-printf '%-38s %10s %8s %8s %8s %8s %6s %9s  %-16s %9s %6s\n' \
-  "--------------------------------------" "----------" "------" "------" "--------" "-------" "----" "---------" "----------------" "---------" "------"
+printf '%-38s %10s %8s %8s %8s %8s %6s %9s %16s  %-16s %9s %6s\n' \
+  "scenario" "requests/s" "p50 us" "p99 us" "p99.9 us" "non-2xx" "sock" "/ healthz" "rounds: range/n" "target" "bytes/req" "others"
+printf '%-38s %10s %8s %8s %8s %8s %6s %9s %16s  %-16s %9s %6s\n' \
+  "--------------------------------------" "----------" "------" "------" "--------" "-------" "----" "---------" "----------------" "----------------" "---------" "------"
 for name in "${ROW_NAMES[@]}"; do
   if [[ -z "$(get "$name.requests")" ]]; then
     printf '%-38s %10s\n' "${LABEL[$name]}" "(no result)"
@@ -691,9 +783,11 @@ for name in "${ROW_NAMES[@]}"; do
   bpr="$(awk -v b="$(get "$name.bytes")" -v n="$req" 'BEGIN { printf "%d", (n > 0 ? b / n : 0) }')"
   target="${TGT[$name]:-}"
   [[ -z "$target" ]] || target="$target ${VERDICT[$name]}"
-  printf '%-38s %10.0f %8d %8d %8d %8d %6d %9s  %-16s %9d %6s\n' \
+  range="$(get "$name.rounds")"
+  [[ "$name" != rate ]] || range="$(get rate.range)"
+  printf '%-38s %10.0f %8d %8d %8d %8d %6d %9s %16s  %-16s %9d %6s\n' \
     "${LABEL[$name]}" "$(get "$name.rps")" "$(get "$name.p50_us")" "$(get "$name.p99_us")" "$(get "$name.p999_us")" \
-    "$status" "$sock" "$([[ "$name" == rate ]] && echo - || ratio "$name")" "$target" "$bpr" "$(get "$name.others")"
+    "$status" "$sock" "$([[ "$name" == rate ]] && echo - || ratio "$name")" "${range:--}" "$target" "$bpr" "$(get "$name.others")"
 
   if (( req == 0 )); then problems+=("${LABEL[$name]}: no request completed"); fi
   if (( status > 0 )); then problems+=("${LABEL[$name]}: $status responses with status ≥ 400"); fi
@@ -711,6 +805,7 @@ for name in "${ROW_NAMES[@]}"; do
 done
 echo
 if (( RATE_DONE )); then
+  echo "fixed rate, rounds:   mix p99 in ms by round: $(get rate.rounds); the table shows the median round"
   echo "fixed rate, floor:    /healthz through the same two oha processes: $(get rate_healthz.requests) requests, p50/p99/p99.9" \
        "$(get rate_healthz.p50_us)/$(get rate_healthz.p99_us)/$(get rate_healthz.p999_us) us"
   echo "fixed rate, by kind:  GET $(get rate.get_n) requests, p50/p99/p99.9 $(get rate.get_p50_us)/$(get rate.get_p99_us)/$(get rate.get_p999_us) us;" \
