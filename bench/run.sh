@@ -579,6 +579,15 @@ HEAVY='^(wrk|cargo|rustc|sse_load|oha|perf|valgrind|callgrind-amd64|addr2line|pr
   done
 ) >"$WORK/others.log" 2>/dev/null &
 SAMPLER_PID=$!
+# The share of CPU time the hypervisor gave to other guests ("steal", from
+# /proc/stat) between two snapshots: on a shared VM the rows that lost more
+# of it are the slower ones, whatever the code did.
+cpu_snapshot() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
+steal_since() {  # "steal total" of an earlier snapshot → percent since
+  local now
+  now="$(cpu_snapshot)"
+  awk -v a="$1" -v b="$now" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }'
+}
 others_between() {  # from to: most foreign heavy processes seen, and their names
   awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b && $2 >= n { n = $2; $1 = ""; $2 = ""; names = $0 } END { print n + 0 }' "$WORK/others.log"
 }
@@ -602,6 +611,7 @@ for name in "${NAMES[@]}"; do
   paired=0
   [[ "$name" != healthz && "${BENCH_PAIRED:-1}" == 1 ]] && paired=1
   t_start=$(date +%s)
+  cpu_start="$(cpu_snapshot)"
   rounds=()  # "<ratio, or requests/s when unpaired> <round> <healthz requests/s>"
   for round in $(seq 1 "$ROUNDS"); do
     (( round == 1 )) || drain_backlog
@@ -630,6 +640,7 @@ for name in "${NAMES[@]}"; do
     rounds+=("$(awk -v a="$rps" -v b="$base" 'BEGIN { if (b == "-") print a; else printf "%.4f", a / b }') $round $base")
   done
   R[$name.others]="$(others_between "$t_start" "$(date +%s)")"
+  R[$name.steal]="$(steal_since "$cpu_start")"
   (( ${#rounds[@]} > 0 )) || continue
   # With an even number of rounds, the lower of the two middle ones.
   read -r _ round base < <(printf '%s\n' "${rounds[@]}" | sort -g | awk '{ r[NR] = $0 } END { print r[int((NR + 1) / 2)] }')
@@ -684,8 +695,10 @@ if [[ "$RATE" != 0 ]]; then
     # median mix p99 is reported, the others give its range.
     t_start=$(date +%s)
     rate_rounds=()  # "<mix p99 us> <round> <floor p99 us>"
+    cpu_start="$(cpu_snapshot)"
     for round in $(seq 1 "$ROUNDS"); do
       drain_backlog
+      round_start="$(cpu_snapshot)"
       log "bench: /healthz at ${RATE}/s through the same harness for ${RATE_DURATION}s, round $round of $ROUNDS"
       oha_pair "rate-healthz-$round" "$WORK/rate-healthz.urls" "$WORK/rate-healthz.urls" 0
       drain_backlog
@@ -696,9 +709,10 @@ if [[ "$RATE" != 0 ]]; then
         problems+=("${LABEL[rate]}: no result in round $round (see $WORK/rate-$round-*.log)")
         continue
       fi
-      rate_rounds+=("$mix_p99 $round $(p99_of "$WORK/rate-healthz-$round.result")")
+      rate_rounds+=("$mix_p99 $round $(p99_of "$WORK/rate-healthz-$round.result") $(steal_since "$round_start")")
     done
     R[rate.others]="$(others_between "$t_start" "$(date +%s)")"
+    R[rate.steal]="$(steal_since "$cpu_start")"
     if (( ${#rate_rounds[@]} > 0 )); then
       # With an even number of rounds, the slower of the two middle ones.
       read -r _ round _ < <(printf '%s\n' "${rate_rounds[@]}" | sort -g | awk '{ r[NR] = $0 } END { print r[int(NR / 2) + 1] }')
@@ -706,7 +720,7 @@ if [[ "$RATE" != 0 ]]; then
       for kv in ${line#BENCH_RESULT }; do R[rate.${kv%%=*}]="${kv#*=}"; done
       line="$(cat "$WORK/rate-healthz-$round.result" 2>/dev/null || true)"
       for kv in ${line#BENCH_RESULT }; do R[rate_healthz.${kv%%=*}]="${kv#*=}"; done
-      R[rate.rounds]="$(printf '%s\n' "${rate_rounds[@]}" | sort -n -k2 | awk '{ printf "%s%.2f (floor %.2f)", (NR > 1 ? ", " : ""), $1 / 1000, $3 / 1000 }')"
+      R[rate.rounds]="$(printf '%s\n' "${rate_rounds[@]}" | sort -n -k2 | awk '{ printf "%s%.2f (floor %.2f, steal %s %%)", (NR > 1 ? ", " : ""), $1 / 1000, $3 / 1000, $4 }')"
       R[rate.range]="$(printf '%s\n' "${rate_rounds[@]}" | awk '{ v = $1 / 1000; if (NR == 1 || v < lo) lo = v; if (NR == 1 || v > hi) hi = v }
         END { printf "%.1f-%.1fms/%d", lo, hi, NR }')"
       RATE_DONE=1
@@ -768,10 +782,10 @@ if [[ "$RATE" != 0 ]]; then
 fi
 
 echo
-printf '%-38s %10s %8s %8s %8s %8s %6s %9s %16s  %-16s %9s %6s\n' \
-  "scenario" "requests/s" "p50 us" "p99 us" "p99.9 us" "non-2xx" "sock" "/ healthz" "rounds: range/n" "target" "bytes/req" "others"
-printf '%-38s %10s %8s %8s %8s %8s %6s %9s %16s  %-16s %9s %6s\n' \
-  "--------------------------------------" "----------" "------" "------" "--------" "-------" "----" "---------" "----------------" "----------------" "---------" "------"
+printf '%-38s %10s %8s %8s %8s %8s %6s %9s %16s  %-16s %9s %6s %7s\n' \
+  "scenario" "requests/s" "p50 us" "p99 us" "p99.9 us" "non-2xx" "sock" "/ healthz" "rounds: range/n" "target" "bytes/req" "others" "steal %"
+printf '%-38s %10s %8s %8s %8s %8s %6s %9s %16s  %-16s %9s %6s %7s\n' \
+  "--------------------------------------" "----------" "------" "------" "--------" "-------" "----" "---------" "----------------" "----------------" "---------" "------" "-------"
 for name in "${ROW_NAMES[@]}"; do
   if [[ -z "$(get "$name.requests")" ]]; then
     printf '%-38s %10s\n' "${LABEL[$name]}" "(no result)"
@@ -785,9 +799,9 @@ for name in "${ROW_NAMES[@]}"; do
   [[ -z "$target" ]] || target="$target ${VERDICT[$name]}"
   range="$(get "$name.rounds")"
   [[ "$name" != rate ]] || range="$(get rate.range)"
-  printf '%-38s %10.0f %8d %8d %8d %8d %6d %9s %16s  %-16s %9d %6s\n' \
+  printf '%-38s %10.0f %8d %8d %8d %8d %6d %9s %16s  %-16s %9d %6s %7s\n' \
     "${LABEL[$name]}" "$(get "$name.rps")" "$(get "$name.p50_us")" "$(get "$name.p99_us")" "$(get "$name.p999_us")" \
-    "$status" "$sock" "$([[ "$name" == rate ]] && echo - || ratio "$name")" "${range:--}" "$target" "$bpr" "$(get "$name.others")"
+    "$status" "$sock" "$([[ "$name" == rate ]] && echo - || ratio "$name")" "${range:--}" "$target" "$bpr" "$(get "$name.others")" "$(get "$name.steal")"
 
   if (( req == 0 )); then problems+=("${LABEL[$name]}: no request completed"); fi
   if (( status > 0 )); then problems+=("${LABEL[$name]}: $status responses with status ≥ 400"); fi
