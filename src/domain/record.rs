@@ -470,7 +470,7 @@ struct FastBody {
     #[serde(default)]
     message: Option<String>,
     #[serde(default)]
-    children: Option<IndexMap<String, Option<FromObject<FastChild>>>>,
+    children: Option<ChildList>,
     #[serde(default)]
     result: Option<Value>,
     #[serde(default)]
@@ -521,6 +521,32 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for FromObject<T> {
     }
 }
 
+/// The `children` object of a body as its members in order, repeats
+/// included: a map would hash every id once here and again where the
+/// fields are built. [`ClientFields::from_body_fast`] leaves bodies with a
+/// repeated id to the general path, which says which one wins.
+struct ChildList(Vec<(String, Option<FromObject<FastChild>>)>);
+
+impl<'de> Deserialize<'de> for ChildList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ChildList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ChildList, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(MAX_CHILDREN));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(ChildList(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
 /// A status read from a JSON string only: serde's derived enum also reads
 /// the map form `{"running": null}`, which the general path refuses.
 struct StatusText(Status);
@@ -563,18 +589,22 @@ impl ClientFields {
         let string = |s: &Option<String>, max: usize| s.as_deref().is_none_or(|s| fits(s, max));
         let mut depth = 1; // the body itself
         let mut children_out = None;
-        if let Some(children) = body.children {
+        if let Some(ChildList(children)) = body.children {
             if children.len() > MAX_CHILDREN {
                 return None;
             }
             // The body, the map, and an object for any child that is not null.
-            depth = depth.max(2 + usize::from(children.values().any(Option::is_some)));
+            depth = depth.max(2 + usize::from(children.iter().any(|(_, child)| child.is_some())));
             let mut out = IndexMap::with_capacity(children.len());
+            let mut removed = Vec::new();
             for (id, child) in children {
                 if id.is_empty() || !fits(&id, MAX_CHILD_ID_CHARS) {
                     return None;
                 }
-                let Some(FromObject(c)) = child else { continue }; // null: removed
+                let Some(FromObject(c)) = child else {
+                    removed.push(id); // null: removed
+                    continue;
+                };
                 if !string(&c.title, MAX_TITLE_CHARS) || !string(&c.message, MAX_MESSAGE_CHARS) {
                     return None;
                 }
@@ -587,7 +617,12 @@ impl ClientFields {
                     message: c.message,
                     weight: number(c.weight, None)?,
                 };
-                out.insert(id, child);
+                if out.insert(id, child).is_some() {
+                    return None; // a repeated id
+                }
+            }
+            if removed.iter().any(|id| out.contains_key(id)) {
+                return None; // an id both set and removed
             }
             children_out = Some(out);
         }
@@ -1139,6 +1174,11 @@ mod tests {
             r#"{"children":{"":{}}}"#.into(),
             r#"{"children":{"a":{"colour":1}}}"#.into(),
             r#"{"children":{"a":{"progress":1},"a":{"title":"t"}}}"#.into(),
+            r#"{"children":{"a":{"progress":1},"a":null}}"#.into(),
+            r#"{"children":{"a":null,"b":{"progress":2},"a":{"progress":1}}}"#.into(),
+            r#"{"children":{"a":null,"a":null,"b":{}}}"#.into(),
+            r#"{"children":{"b":{},"a":{},"b":{"weight":2}}}"#.into(),
+            r#"{"children":[{"a":{}}]}"#.into(),
             r#"{"children":{"a":{"title":null,"progress":null}}}"#.into(),
             r#"{"metadata":{}}"#.into(),
             r#"{"metadata":{"a":{"b":{"c":{"d":[[[1]]]}}}}}"#.into(),

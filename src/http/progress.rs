@@ -157,9 +157,16 @@ pub(super) fn record_response(status: StatusCode, record: &StoredRecord, accepts
 fn set_validators(response: &mut Response, record: &StoredRecord) {
     let headers = response.headers_mut();
     headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    let mut etag = itoa::Buffer::new();
-    let tag = format!("\"{}\"", etag.format(record.version()));
-    headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("digits and quotes are a valid header"));
+    // Built by hand: `format!` and `HeaderValue::from_str` cost two
+    // allocations and the formatting machinery on every response.
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(record.version());
+    let mut tag = Vec::with_capacity(digits.len() + 2);
+    tag.push(b'"');
+    tag.extend_from_slice(digits.as_bytes());
+    tag.push(b'"');
+    let tag = HeaderValue::from_maybe_shared(bytes::Bytes::from(tag)).expect("digits and quotes are a valid header");
+    headers.insert(header::ETAG, tag);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 

@@ -613,7 +613,7 @@ impl RedisStore {
     pub async fn put_if_newer(&self, id: &ProgressId, record: &StoredRecord, ttl_ms: i64) -> Result<bool, StoreError> {
         let key = self.key(id);
         let (script, channel) = (&self.put_if_newer, &self.changes_channel);
-        let notice = format!("{}:{}", record.version(), id.as_str());
+        let notice = change_notice(record.version(), id);
         let value = to_redis(record);
         let status = status_of(record)?.as_str();
         let expires = expiry_score(record, ttl_ms);
@@ -644,7 +644,7 @@ impl RedisStore {
     /// delete PostgreSQL took while Redis was away reaches Redis.
     pub async fn delete_incarnation(&self, id: &ProgressId, created_at: Timestamp) -> Result<bool, StoreError> {
         let key = self.key(id);
-        let (script, channel, notice) = (&self.delete_incarnation, &self.changes_channel, format!("0:{}", id.as_str()));
+        let (script, channel, notice) = (&self.delete_incarnation, &self.changes_channel, change_notice(0, id));
         let outcome: i64 = self
             .run_counted(store_op!("redis", "delete_incarnation"), |mut conn| async move {
                 let mut invocation = script.key(&key);
@@ -854,7 +854,31 @@ fn unavailable(reason: String) -> StoreError {
 /// A record's member in the listing indexes: `<created ms, 15 digits>:<id>`
 /// (what the scripts' `member_of` builds).
 fn index_member(created_ms: i64, id: &ProgressId) -> String {
-    format!("{created_ms:015}:{}", id.as_str())
+    // What `format!("{created_ms:015}:{id}")` gives, without the formatting
+    // machinery on every write (a fifth of the cost of building a write's
+    // arguments); a negative time (never written) takes that way.
+    if created_ms < 0 {
+        return format!("{created_ms:015}:{}", id.as_str());
+    }
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(created_ms);
+    let mut member = String::with_capacity(16 + id.as_str().len());
+    member.extend(std::iter::repeat_n('0', 15usize.saturating_sub(digits.len())));
+    member.push_str(digits);
+    member.push(':');
+    member.push_str(id.as_str());
+    member
+}
+
+/// The change notice of a write: `{version}:{id}` (`0:{id}` for a delete).
+fn change_notice(version: u64, id: &ProgressId) -> String {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(version);
+    let mut notice = String::with_capacity(digits.len() + 1 + id.as_str().len());
+    notice.push_str(digits);
+    notice.push(':');
+    notice.push_str(id.as_str());
+    notice
 }
 
 /// The score of a record in the expiry set: its `expires_at` in ms, or for
@@ -916,7 +940,7 @@ impl ProgressStore for RedisStore {
         let script = &self.compare_and_set;
         let value = to_redis(record);
         let channel = &self.changes_channel;
-        let notice = format!("{}:{}", record.version(), id.as_str());
+        let notice = change_notice(record.version(), id);
         let status = status_of(record)?.as_str();
         let expires = expiry_score(record, ttl_ms);
         let indexes = &self.index_keys;
@@ -963,7 +987,7 @@ impl ProgressStore for RedisStore {
         };
         let expected: &[u8] = current.map_or(&[], StoredRecord::header);
         let member = index_member(created, id);
-        let notice = format!("{}:{}", record.version(), id.as_str());
+        let notice = change_notice(record.version(), id);
         let expires = expiry_to_set(current, record, ttl_ms);
         let (script, channel, indexes) = (&self.swap, &self.changes_channel, &self.index_keys);
         let outcome: i64 = self
@@ -988,7 +1012,7 @@ impl ProgressStore for RedisStore {
     async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
         let key = self.key(id);
         let script = &self.compare_and_delete;
-        let (channel, notice) = (&self.changes_channel, format!("0:{}", id.as_str()));
+        let (channel, notice) = (&self.changes_channel, change_notice(0, id));
         let outcome: i64 = self
             .run_counted(store_op!("redis", "compare_and_delete"), |mut conn| async move {
                 let mut invocation = script.key(&key);
@@ -1009,7 +1033,7 @@ impl ProgressStore for RedisStore {
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         let key = self.key(id);
-        let (script, channel, notice) = (&self.delete, &self.changes_channel, format!("0:{}", id.as_str()));
+        let (script, channel, notice) = (&self.delete, &self.changes_channel, change_notice(0, id));
         let removed: i64 = self
             .run_counted(store_op!("redis", "delete"), |mut conn| async move {
                 let mut invocation = script.key(&key);
@@ -1135,6 +1159,17 @@ mod tests {
         let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
         let (record, meta) = next_record(&id, None, fields, touched, Timestamp(1_700_000_000_000), &policy);
         StoredRecord::encode(&meta, &record)
+    }
+
+    #[test]
+    fn index_members_and_notices_are_what_format_gives() {
+        let id = ProgressId::parse("a.b:c-1").unwrap();
+        for created in [0, 7, 1_700_000_000_000, 999_999_999_999_999, 1_000_000_000_000_000, i64::MAX, -1, -42, i64::MIN] {
+            assert_eq!(index_member(created, &id), format!("{created:015}:a.b:c-1"), "{created}");
+        }
+        for version in [0, 1, 10, 9_007_199_254_740_993, u64::MAX] {
+            assert_eq!(change_notice(version, &id), format!("{version}:a.b:c-1"));
+        }
     }
 
     fn large() -> StoredRecord {
