@@ -15,25 +15,6 @@ local id_prefix = os.getenv("BENCH_PATCH_ID_PREFIX") or "bench-patch-"
 wrk.method = "PATCH"
 wrk.headers["Content-Type"] = "application/json"
 
-local next_id = spread_over(ids)
-
--- Built once per thread, as in put.lua: VARIANTS requests per id, so that
--- request() only picks one and consecutive patches of a record differ.
-local VARIANTS = 4
-local requests = {}
-
-function init(args)
-  local headers = { ["Content-Type"] = "application/json" }
-  for v = 0, VARIANTS - 1 do
-    for i = 0, ids - 1 do
-      local c = (i + v * 97) % 481
-      local body = string.format('{"current":%d,"message":"Processed %d of 480 segments"}', c, c)
-      requests[v * ids + i] = wrk.format("PATCH", "/progress/" .. id_prefix .. i, headers, body)
-    end
-  end
-end
-
-function request()
-  local i, n = next_id()
-  return requests[(math.floor(n / ids) % VARIANTS) * ids + i]
-end
+prebuilt_writes("PATCH", id_prefix, ids, function(c)
+  return string.format('{"current":%d,"message":"Processed %d of 480 segments"}', c, c)
+end)
