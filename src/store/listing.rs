@@ -140,7 +140,25 @@ impl ListCursor {
 
 /// `<created ms, 15 digits>:<id>`: members of the Redis listing indexes.
 pub fn index_member(created_ms: i64, id: &str) -> String {
-    format!("{:015}:{id}", created_ms.clamp(0, 999_999_999_999_999))
+    padded_member(created_ms.clamp(0, 999_999_999_999_999), id)
+}
+
+/// `<created ms, zero-padded to 15 characters>:<id>`, as
+/// `format!("{created_ms:015}:{id}")` and the scripts' `%015d` give it,
+/// without the formatting machinery: every write builds one. A negative
+/// time (never written) takes that way.
+pub(crate) fn padded_member(created_ms: i64, id: &str) -> String {
+    let Ok(created) = u64::try_from(created_ms) else {
+        return format!("{created_ms:015}:{id}");
+    };
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(created);
+    let mut member = String::with_capacity(16 + id.len());
+    member.extend(std::iter::repeat_n('0', 15usize.saturating_sub(digits.len())));
+    member.push_str(digits);
+    member.push(':');
+    member.push_str(id);
+    member
 }
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
