@@ -148,17 +148,23 @@ pub fn index_member(created_ms: i64, id: &str) -> String {
 /// without the formatting machinery: every write builds one. A negative
 /// time (never written) takes that way.
 pub(crate) fn padded_member(created_ms: i64, id: &str) -> String {
-    let Ok(created) = u64::try_from(created_ms) else {
-        return format!("{created_ms:015}:{id}");
-    };
+    match u64::try_from(created_ms) {
+        Ok(created) => number_colon(created, 15, id),
+        Err(_) => format!("{created_ms:015}:{id}"),
+    }
+}
+
+/// `<number, zero-padded to at least width digits>:<id>`: what the listing
+/// indexes and the change notices (width 0) are made of.
+pub(crate) fn number_colon(number: u64, width: usize, id: &str) -> String {
     let mut digits = itoa::Buffer::new();
-    let digits = digits.format(created);
-    let mut member = String::with_capacity(16 + id.len());
-    member.extend(std::iter::repeat_n('0', 15usize.saturating_sub(digits.len())));
-    member.push_str(digits);
-    member.push(':');
-    member.push_str(id);
-    member
+    let digits = digits.format(number);
+    let mut out = String::with_capacity(width.max(digits.len()) + 1 + id.len());
+    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+    out.push_str(digits);
+    out.push(':');
+    out.push_str(id);
+    out
 }
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

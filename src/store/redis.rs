@@ -859,13 +859,7 @@ fn index_member(created_ms: i64, id: &ProgressId) -> String {
 
 /// The change notice of a write: `{version}:{id}` (`0:{id}` for a delete).
 fn change_notice(version: u64, id: &ProgressId) -> String {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(version);
-    let mut notice = String::with_capacity(digits.len() + 1 + id.as_str().len());
-    notice.push_str(digits);
-    notice.push(':');
-    notice.push_str(id.as_str());
-    notice
+    super::listing::number_colon(version, 0, id.as_str())
 }
 
 /// The score of a record in the expiry set: its `expires_at` in ms, or for
