@@ -588,6 +588,18 @@ steal_since() {  # "steal total" of an earlier snapshot → percent since
   now="$(cpu_snapshot)"
   awk -v a="$1" -v b="$now" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }'
 }
+# Rounds are lines "<value> <round> ...". middle_round lower|upper: the line
+# of the median value (with an even count, the lower or the upper of the two
+# middle ones). value_range SCALE FORMAT: "lo-hi/n" of value ÷ SCALE, in
+# FORMAT (auto: two decimals below 10, none above).
+middle_round() {
+  sort -g | awk -v upper="$([[ "$1" == upper ]] && echo 1 || echo 0)" \
+    '{ r[NR] = $0 } END { print r[upper ? int(NR / 2) + 1 : int((NR + 1) / 2)] }'
+}
+value_range() {
+  awk -v s="$1" -v f="$2" '{ v = $1 / s; if (NR == 1 || v < lo) lo = v; if (NR == 1 || v > hi) hi = v }
+    END { if (f == "auto") f = (hi < 10 ? "%.2f-%.2f/%d" : "%.0f-%.0f/%d"); printf f, lo, hi, NR }'
+}
 others_between() {  # from to: most foreign heavy processes seen, and their names
   awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b && $2 >= n { n = $2; $1 = ""; $2 = ""; names = $0 } END { print n + 0 }' "$WORK/others.log"
 }
@@ -643,12 +655,11 @@ for name in "${NAMES[@]}"; do
   R[$name.steal]="$(steal_since "$cpu_start")"
   (( ${#rounds[@]} > 0 )) || continue
   # With an even number of rounds, the lower of the two middle ones.
-  read -r _ round base < <(printf '%s\n' "${rounds[@]}" | sort -g | awk '{ r[NR] = $0 } END { print r[int((NR + 1) / 2)] }')
+  read -r _ round base < <(printf '%s\n' "${rounds[@]}" | middle_round lower)
   line="$(grep -m1 '^BENCH_RESULT ' "$WORK/$name.$round.txt")"
   for kv in ${line#BENCH_RESULT }; do R[$name.${kv%%=*}]="${kv#*=}"; done
   [[ "$base" == - ]] || R[$name.base]="$base"
-  R[$name.rounds]="$(printf '%s\n' "${rounds[@]}" | awk '{ v = $1 + 0; if (NR == 1 || v < lo) lo = v; if (NR == 1 || v > hi) hi = v }
-    END { f = (hi < 10 ? "%.2f" : "%.0f"); printf f "-" f "/%d", lo, hi, NR }')"
+  R[$name.rounds]="$(printf '%s\n' "${rounds[@]}" | value_range 1 auto)"
   R[$name.probe_size]="$psize"
 done
 
@@ -715,14 +726,13 @@ if [[ "$RATE" != 0 ]]; then
     R[rate.steal]="$(steal_since "$cpu_start")"
     if (( ${#rate_rounds[@]} > 0 )); then
       # With an even number of rounds, the slower of the two middle ones.
-      read -r _ round _ < <(printf '%s\n' "${rate_rounds[@]}" | sort -g | awk '{ r[NR] = $0 } END { print r[int(NR / 2) + 1] }')
+      read -r _ round _ < <(printf '%s\n' "${rate_rounds[@]}" | middle_round upper)
       line="$(cat "$WORK/rate-$round.result")"
       for kv in ${line#BENCH_RESULT }; do R[rate.${kv%%=*}]="${kv#*=}"; done
       line="$(cat "$WORK/rate-healthz-$round.result" 2>/dev/null || true)"
       for kv in ${line#BENCH_RESULT }; do R[rate_healthz.${kv%%=*}]="${kv#*=}"; done
       R[rate.rounds]="$(printf '%s\n' "${rate_rounds[@]}" | sort -n -k2 | awk '{ printf "%s%.2f (floor %.2f, steal %s %%)", (NR > 1 ? ", " : ""), $1 / 1000, $3 / 1000, $4 }')"
-      R[rate.range]="$(printf '%s\n' "${rate_rounds[@]}" | awk '{ v = $1 / 1000; if (NR == 1 || v < lo) lo = v; if (NR == 1 || v > hi) hi = v }
-        END { printf "%.1f-%.1fms/%d", lo, hi, NR }')"
+      R[rate.range]="$(printf '%s\n' "${rate_rounds[@]}" | value_range 1000 "%.1f-%.1fms/%d")"
       RATE_DONE=1
       R[rate.probe_size]="${R[mix.probe_size]:-}"
       # Requests that the schedule asked for but that never finished are
