@@ -248,7 +248,25 @@ pub struct ServerState {
     pub stages: Vec<StageSpan>,
 }
 
+/// The fields PostgreSQL keeps in columns beside the stored bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct DurableColumns {
+    /// Lifecycle.
+    pub status: Status,
+    /// First write.
+    pub created_at: Timestamp,
+    /// Last write.
+    pub updated_at: Timestamp,
+    /// When the record expires.
+    pub expires_at: Timestamp,
+}
+
 impl ProgressRecord {
+    /// The columns PostgreSQL keeps.
+    pub fn durable_columns(&self) -> DurableColumns {
+        DurableColumns { status: self.status, created_at: self.created_at, updated_at: self.updated_at, expires_at: self.expires_at }
+    }
+
     /// What the next write builds on, copied out.
     pub fn server_state(&self) -> ServerState {
         ServerState {
@@ -1185,6 +1203,15 @@ mod tests {
             r#"{"result":[[[[[[1]]]]]],"error":{"e":{}}}"#.into(),
             r#"{"progress":1e2,"current":0.5e1,"total":12345678901234567890123}"#.into(),
             r#"{"progress":100.0000001}"#.into(),
+            r#"{"progress":-0,"current":-0.0,"total":0E0}"#.into(),
+            r#"{"progress":"5"}"#.into(),
+            r#"{"current":true,"total":null}"#.into(),
+            r#"{"progress": 5 ,"children":{"a":{"weight": 1.50e0 ,"current":[1]}}}"#.into(),
+            r#"{"children":{"a":{"weight":-1}}}"#.into(),
+            r#"{"children":{"a":{"progress":{"n":1}}}}"#.into(),
+            r#"{"ttl_seconds":"60"}"#.into(),
+            r#"{"ttl_seconds":6e1}"#.into(),
+            r#"{"current":01}"#.into(),
             r#"{"ttl_seconds":60.0}"#.into(),
             r#"{"ttl_seconds":0}"#.into(),
             r#"{"stage":null,"message":null,"result":null,"error":null,"metadata":null,"children":null}"#.into(),

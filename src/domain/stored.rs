@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::derive::RecordMeta;
-use super::record::{ProgressRecord, ServerState};
+use super::record::{DurableColumns, ProgressRecord, ServerState};
 
 /// A stored record: its header parsed, its body kept as bytes.
 ///
@@ -176,6 +176,15 @@ impl StoredRecord {
         }
     }
 
+    /// The columns PostgreSQL keeps beside the bytes; the rest of the body
+    /// is skipped over, not built (a flush reads hundreds of records at once).
+    pub fn durable_columns(&self) -> Result<DurableColumns, CorruptRecord> {
+        match &self.decoded {
+            Some(record) => Ok(record.durable_columns()),
+            None => self.parse_body(),
+        }
+    }
+
     fn parse_body<T: serde::de::DeserializeOwned>(&self) -> Result<T, CorruptRecord> {
         // The body is checked to be UTF-8 in one pass, so that serde_json
         // need not check each string it reads on its own (from_slice does).
@@ -217,7 +226,7 @@ impl StoredRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{apply_write, ClientFields, ProgressId, Timestamp, Touched, WritePolicy};
+    use crate::domain::{apply_write, next_record, ClientFields, ProgressId, Status, Timestamp, Touched, WritePolicy};
     use serde_json::{json, Value};
 
     fn sample() -> StoredRecord {
@@ -289,9 +298,29 @@ mod tests {
         assert_eq!(owned.raw(), plain.raw());
         assert!(owned.is_decoded() && owned.clone_decoded().is_decoded());
         assert!(!owned.clone().is_decoded(), "a plain clone holds bytes only");
+        // The columns skimmed from the bytes are those of the whole record.
+        assert_eq!(plain.durable_columns().unwrap(), record.durable_columns());
+        assert_eq!(owned.durable_columns().unwrap(), record.durable_columns());
         assert_eq!(owned.record().unwrap(), record);
         assert_eq!(owned.clone().record().unwrap(), record, "parsed from the bytes");
         assert_eq!(owned.server_state().unwrap(), owned.clone().server_state().unwrap());
+    }
+
+    #[test]
+    fn durable_columns_are_skimmed_from_the_bytes() {
+        let first = sample();
+        let f = ClientFields::from_json(&json!({"status": "completed", "children": {"a": {"progress": 1}}}), 100).unwrap();
+        let policy = WritePolicy { default_ttl_seconds: 10, heartbeat_ms: 1_000 };
+        let prev = (first.server_state().unwrap(), *first.meta());
+        let (r, m) = next_record(&ProgressId::parse("a").unwrap(), Some(prev), f, Touched::default(), Timestamp(7_500), &policy);
+        let later = StoredRecord::decode(StoredRecord::encode(&m, &r).raw().clone()).unwrap();
+        assert!(!later.is_decoded());
+        let columns = later.durable_columns().unwrap();
+        assert_eq!(columns.status, Status::Completed);
+        assert_eq!(columns.created_at, Timestamp(5_000));
+        assert_eq!(columns.updated_at, Timestamp(7_500));
+        assert_eq!(columns.expires_at, r.expires_at);
+        assert_eq!(columns, r.durable_columns());
     }
 
     #[test]

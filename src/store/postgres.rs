@@ -390,7 +390,7 @@ struct Row<'a> {
 
 impl<'a> Row<'a> {
     fn of(id: &'a str, stored: &'a StoredRecord) -> Result<Self, CorruptRecord> {
-        let record = stored.record()?;
+        let record = stored.durable_columns()?;
         let version = i64::try_from(stored.version())
             .map_err(|_| CorruptRecord(format!("version {} does not fit a bigint", stored.version())))?;
         // The header's expiry; a header from before it carried one has the body's.

@@ -248,6 +248,7 @@ impl TieredStore {
                     PendingWrite::Delete => None,
                 })
                 .collect();
+            let started = std::time::Instant::now();
             let written = async {
                 if !upserts.is_empty() {
                     Self::observe(&self.durable_breaker, self.durable.upsert_newer(&upserts).await.map(|_| ()))?;
@@ -263,6 +264,7 @@ impl TieredStore {
                 return Err(e);
             }
             self.backlog.settle(&batch);
+            tracing::debug!(rows = batch.len(), took_us = started.elapsed().as_micros() as u64, "write-behind batch flushed");
             settled += batch.len();
             if batch.len() < FLUSH_BATCH {
                 return Ok(settled);
