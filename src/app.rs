@@ -9,7 +9,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::domain::WritePolicy;
-use crate::http::{self, AccessTokens, AppState, BodyLimits, LayerSettings};
+use crate::http::{self, AccessTokens, AppState, BodyLimits, LayerSettings, SharedState};
 use crate::live::Live;
 use crate::service::ProgressService;
 use crate::settings::{redact_url, Settings};
@@ -129,13 +129,13 @@ pub fn build_app(
     if let Some(notices) = notices {
         live.attach(notices);
     }
-    let state = AppState {
+    let state = AppState::new(SharedState {
         service,
         limits: BodyLimits { max_body_bytes: settings.max_body_bytes, max_json_depth: settings.max_json_depth },
         tokens: Arc::new(AccessTokens::from_settings(settings)),
         layers: LayerSettings::from_settings(settings),
         heartbeat: Duration::from_secs(settings.sse_heartbeat_seconds),
-    };
+    });
     (http::router(state), live)
 }
 
