@@ -689,6 +689,13 @@ if [[ "$RATE" != 0 ]]; then
     oha_pair() {
       local tag="$1" get_urls="$2" other_urls="$3" method=() pid failed=0
       [[ "$4" == 1 ]] && method=(-m PATCH -T application/json -d "$MIX_PATCH_BODY")
+      # When the pair started (Unix seconds): oha's CSV times count from here,
+      # so slow requests can be matched against the server log's times.
+      date +%s.%N >"$WORK/$tag.started"
+      # The hypervisor's steal, sampled every 10 ms, to tell the requests it
+      # stalled from those the server did.
+      python3 "$BENCH_DIR/rate_mix.py" steal "$WORK/$tag.steal" "$((RATE_WARMUP + RATE_DURATION + 1))" &
+      local sampler=$!
       "$OHA" --no-tui -q "$get_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 32 --latency-correction --urls-from-file "$get_urls" \
         -t 5s --output-format csv -o "$WORK/$tag-a.csv" >"$WORK/$tag-a.log" 2>&1 &
       OHA_PIDS+=($!)
@@ -697,11 +704,14 @@ if [[ "$RATE" != 0 ]]; then
       OHA_PIDS+=($!)
       for pid in "${OHA_PIDS[@]}"; do wait "$pid" || failed=1; done
       OHA_PIDS=()
+      wait "$sampler" || true
       (( ! failed )) || problems+=("${LABEL[rate]}: oha failed ($tag): $(tail -q -n 2 "$WORK/$tag"-*.log | tr '\n' ' ')")
       python3 "$BENCH_DIR/rate_mix.py" summary "$WORK/$tag-a.csv" "$WORK/$tag-b.csv" "$RATE_DURATION" "$RATE_WARMUP" \
-        >"$WORK/$tag.result" 2>>"$WORK/$tag-a.log" || true
+        "$(cat "$WORK/$tag.started")" "$WORK/$tag.steal" >"$WORK/$tag.result" 2>>"$WORK/$tag-a.log" || true
     }
-    p99_of() { grep -m1 -oE ' p99_us=[0-9]+' "$1" 2>/dev/null | cut -d= -f2 || true; }
+    # result_field FILE KEY: one number of a BENCH_RESULT line.
+    result_field() { grep -m1 -oE " $2=[0-9]+" "$1" 2>/dev/null | cut -d= -f2 || true; }
+    p99_of() { result_field "$1" p99_us; }
     # Like the wrk rows, $ROUNDS rounds of floor then mix; the round with the
     # median mix p99 is reported, the others give its range.
     t_start=$(date +%s)
@@ -720,7 +730,9 @@ if [[ "$RATE" != 0 ]]; then
         problems+=("${LABEL[rate]}: no result in round $round (see $WORK/rate-$round-*.log)")
         continue
       fi
-      rate_rounds+=("$mix_p99 $round $(p99_of "$WORK/rate-healthz-$round.result") $(steal_since "$round_start")")
+      rate_rounds+=("$mix_p99 $round $(p99_of "$WORK/rate-healthz-$round.result") $(steal_since "$round_start")\
+ $(result_field "$WORK/rate-$round.result" slow_n) $(result_field "$WORK/rate-$round.result" slow_stolen)\
+ $(result_field "$WORK/rate-$round.result" stolen_max_ms)")
     done
     R[rate.others]="$(others_between "$t_start" "$(date +%s)")"
     R[rate.steal]="$(steal_since "$cpu_start")"
@@ -731,7 +743,7 @@ if [[ "$RATE" != 0 ]]; then
       for kv in ${line#BENCH_RESULT }; do R[rate.${kv%%=*}]="${kv#*=}"; done
       line="$(cat "$WORK/rate-healthz-$round.result" 2>/dev/null || true)"
       for kv in ${line#BENCH_RESULT }; do R[rate_healthz.${kv%%=*}]="${kv#*=}"; done
-      R[rate.rounds]="$(printf '%s\n' "${rate_rounds[@]}" | sort -n -k2 | awk '{ printf "%s%.2f (floor %.2f, steal %s %%)", (NR > 1 ? ", " : ""), $1 / 1000, $3 / 1000, $4 }')"
+      R[rate.rounds]="$(printf '%s\n' "${rate_rounds[@]}" | sort -n -k2 | awk '{ printf "%s%.2f (floor %.2f, steal %s %%; %s over 2 ms, %s of them during steal; at most %s ms stolen in 100 ms)", (NR > 1 ? ", " : ""), $1 / 1000, $3 / 1000, $4, $5, $6, $7 }')"
       R[rate.range]="$(printf '%s\n' "${rate_rounds[@]}" | value_range 1000 "%.1f-%.1fms/%d")"
       RATE_DONE=1
       R[rate.probe_size]="${R[mix.probe_size]:-}"
