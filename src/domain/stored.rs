@@ -161,26 +161,29 @@ impl StoredRecord {
     /// Parses the body, for a write that builds on it (a copy of the
     /// decoded record when it travels with the bytes).
     pub fn record(&self) -> Result<ProgressRecord, CorruptRecord> {
-        match &self.decoded {
-            Some(record) => Ok(ProgressRecord::clone(record)),
-            None => self.parse_body(),
-        }
+        self.decoded_or_parsed(ProgressRecord::clone)
     }
 
     /// Parses only what the server keeps up (a PUT replaces the rest): the
     /// client fields are skipped over, not built.
     pub fn server_state(&self) -> Result<ServerState, CorruptRecord> {
-        match &self.decoded {
-            Some(record) => Ok(record.server_state()),
-            None => self.parse_body(),
-        }
+        self.decoded_or_parsed(ProgressRecord::server_state)
     }
 
     /// The columns PostgreSQL keeps beside the bytes; the rest of the body
     /// is skipped over, not built (a flush reads hundreds of records at once).
     pub fn durable_columns(&self) -> Result<DurableColumns, CorruptRecord> {
+        self.decoded_or_parsed(ProgressRecord::durable_columns)
+    }
+
+    /// `part` of the decoded record when it travels with the bytes, else
+    /// the same read from the body (serde skips the fields `T` lacks).
+    fn decoded_or_parsed<T: serde::de::DeserializeOwned>(
+        &self,
+        part: impl FnOnce(&ProgressRecord) -> T,
+    ) -> Result<T, CorruptRecord> {
         match &self.decoded {
-            Some(record) => Ok(record.durable_columns()),
+            Some(record) => Ok(part(record)),
             None => self.parse_body(),
         }
     }

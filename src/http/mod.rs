@@ -152,8 +152,8 @@ pub fn router(state: AppState) -> Router {
     let layer_settings = state.layers.clone();
     // One `layer` call for the whole stack: axum boxes a route's service once
     // per call and tower clones every box for every request, so eight calls
-    // cost about 60 allocations per request where one costs one (callgrind).
-    // The order is that of eight calls, outermost first.
+    // cost about 50 allocations per request that one does not (callgrind,
+    // `/healthz`: 83 → 32). The order is that of eight calls, outermost first.
     let stack = ServiceBuilder::new()
         .option_layer(layers::cors(&layer_settings.cors_origins))
         // CORS answers preflights itself and needs a body type it can make.
