@@ -6,7 +6,7 @@
         BASE/progress/ID_PREFIX0 … ID_PREFIX{N-1}, each file in its own
         random order, for `oha --urls-from-file`.
 
-    rate_mix.py summary GET.csv PATCH.csv SECONDS [WARMUP]
+    rate_mix.py summary GET.csv PATCH.csv SECONDS [WARMUP [STARTED STEAL]]
         Merges oha's per-request CSVs (`--output-format csv`: request-start,
         DNS, DNS+dialup, Response-delay, request-duration, bytes, status) and
         prints one `BENCH_RESULT key=value …` line like bench/report.lua's:
