@@ -147,13 +147,13 @@ impl ProgressService {
         let mut maybe_cached = true;
         let mut attempt = 0;
         while attempt < MAX_WRITE_ATTEMPTS {
-            let current = if maybe_cached { self.store.get(id).await? } else { self.store.get_uncached(id).await? };
+            let mut current = if maybe_cached { self.store.get_to_write(id).await? } else { self.store.get_uncached(id).await? };
             // The validated body is used up by the first try; a retry reads it again.
             let fields = match validated.take() {
                 Some(fields) => fields,
                 None => self.read_again(&body)?,
             };
-            let (stored, ttl) = match self.next_version(id, &body, fields, current.as_ref(), conditions) {
+            let (stored, ttl) = match self.next_version(id, &body, fields, current.as_mut(), conditions) {
                 Ok(next) => next,
                 // An absent record never comes from the cache.
                 Err(e) if maybe_cached && !matches!(e, Error::NotFound(_)) => {
@@ -196,15 +196,19 @@ impl ProgressService {
         id: &ProgressId,
         body: &WriteBody,
         body_fields: ClientFields,
-        current: Option<&StoredRecord>,
+        current: Option<&mut StoredRecord>,
         conditions: &Preconditions,
     ) -> Result<(StoredRecord, i64), Error> {
         let corrupt = |e: crate::domain::CorruptRecord| Error::Internal(e.to_string());
+        let current_meta = current.as_deref().map(|s| *s.meta());
+        // The record goes along with its bytes: the read cache keeps it for
+        // the next write of the record, which then need not parse them.
+        let size_hint = current.as_deref().map_or(1024, |c| c.raw().len() + 256);
         let (prev, fields, touched) = match body {
             WriteBody::Replace(_) | WriteBody::Read { .. } => {
                 // A PUT replaces every client field: only the server's part
                 // of the previous version is read.
-                let prev = current.map(StoredRecord::server_state).transpose().map_err(corrupt)?;
+                let prev = current.as_deref().map(StoredRecord::server_state).transpose().map_err(corrupt)?;
                 check_preconditions(prev.as_ref(), conditions)?;
                 let touched = Touched::replace(&body_fields);
                 (prev, body_fields, touched)
@@ -214,7 +218,8 @@ impl ProgressService {
                     check_preconditions(None, conditions)?;
                     return Err(Error::NotFound(format!("no progress record {id}")));
                 };
-                let (state, mut fields) = current.record().map_err(corrupt)?.into_parts();
+                // Taken from the read cache when it kept the decoded record.
+                let (state, mut fields) = current.take_record().map_err(corrupt)?.into_parts();
                 check_preconditions(Some(&state), conditions)?;
                 // A record may predate a lower PROGRESS_MAX_TTL_SECONDS: the
                 // bound applies to what this write asks for, so the stored
@@ -225,12 +230,9 @@ impl ProgressService {
                 (Some(state), fields, Touched::patch(patch))
             }
         };
-        let prev = prev.zip(current.map(|s| *s.meta()));
+        let prev = prev.zip(current_meta);
         let (record, meta) = next_record(id, prev, fields, touched, Timestamp::now(), &self.policy);
         let ttl = ttl_ms(record.ttl_seconds);
-        // The record goes along with its bytes: the read cache keeps it for
-        // the next write of the record, which then need not parse them.
-        let size_hint = current.map_or(1024, |c| c.raw().len() + 256);
         Ok((StoredRecord::encode_owned(&meta, record, size_hint), ttl))
     }
 }

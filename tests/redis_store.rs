@@ -111,6 +111,36 @@ async fn the_store_reconnects_after_redis_restarts() {
     redis.stop();
 }
 
+/// Writes, deletes and listing run Lua scripts by `EVALSHA`; a Redis that
+/// does not hold them (fresh, restarted, or after `SCRIPT FLUSH`) answers
+/// NOSCRIPT, and the store loads the script and sends the call again.
+#[tokio::test]
+async fn scripts_that_redis_lost_are_loaded_again() {
+    let mut redis = OwnRedis::start();
+    let app = spawn_app_with(Backend::Redis, |s| s.redis_url = Some(redis.url())).await;
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let loaded = |conn: &mut redis::Connection| -> i64 {
+        let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+        let line = info.lines().find(|l| l.starts_with("number_of_cached_scripts:")).expect("INFO memory counts scripts");
+        line.split(':').nth(1).unwrap().trim().parse().unwrap()
+    };
+    for round in 0..2 {
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+        assert_eq!(loaded(&mut conn), 0, "round {round}");
+        let id = format!("lost-{round}");
+        assert_eq!(app.put(&id, &json!({"status": "running"})).await.status(), StatusCode::CREATED, "round {round}");
+        assert_eq!(app.patch_ok(&id, &json!({"current": 3})).await["version"], 2);
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+        let listed: Value = app.send(reqwest::Method::GET, "/progress?limit=10", None, &[]).await.json().await.unwrap();
+        assert!(listed["items"].as_array().unwrap().iter().any(|r| r["id"] == id), "{listed}");
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+        let deleted = app.send(reqwest::Method::DELETE, &format!("/progress/{id}"), None, &[]).await;
+        assert_eq!(deleted.status(), StatusCode::NO_CONTENT, "round {round}");
+        assert!(loaded(&mut conn) >= 1, "round {round}: the delete script was loaded");
+    }
+    redis.stop();
+}
+
 /// The compare-and-set of a write compares the whole header it read, so a
 /// write built on one incarnation of an id never lands on the next one,
 /// even at the same version (deleted, then created again meanwhile).

@@ -478,11 +478,11 @@ struct FastBody {
     #[serde(default)]
     status: Option<StatusText>,
     #[serde(default)]
-    progress: Option<Number>,
+    progress: Option<FastNumber>,
     #[serde(default)]
-    current: Option<Number>,
+    current: Option<FastNumber>,
     #[serde(default)]
-    total: Option<Number>,
+    total: Option<FastNumber>,
     #[serde(default)]
     stage: Option<String>,
     #[serde(default)]
@@ -496,7 +496,7 @@ struct FastBody {
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
     #[serde(default)]
-    ttl_seconds: Option<Number>,
+    ttl_seconds: Option<FastNumber>,
 }
 
 #[derive(Deserialize)]
@@ -507,15 +507,44 @@ struct FastChild {
     #[serde(default)]
     status: Option<StatusText>,
     #[serde(default)]
-    progress: Option<Number>,
+    progress: Option<FastNumber>,
     #[serde(default)]
-    current: Option<Number>,
+    current: Option<FastNumber>,
     #[serde(default)]
-    total: Option<Number>,
+    total: Option<FastNumber>,
     #[serde(default)]
     message: Option<String>,
     #[serde(default)]
-    weight: Option<Number>,
+    weight: Option<FastNumber>,
+}
+
+/// A number of a PUT body, read from its JSON text (borrowed, not copied),
+/// with its value. serde_json's arbitrary-precision `Number` costs two
+/// allocations when read from a document (the scratch text, then the
+/// number), one when built from a `u64`: 13 allocations saved for a body
+/// with 13 whole numbers.
+struct FastNumber {
+    number: Number,
+    value: f64,
+}
+
+impl<'de> Deserialize<'de> for FastNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let text = <&serde_json::value::RawValue>::deserialize(deserializer)?.get();
+        if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            return Err(D::Error::custom("not a number"));
+        }
+        // Digits only (JSON has no leading zeros): the text `Number::from` writes.
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(whole) = text.parse::<u64>() {
+                return Ok(Self { number: Number::from(whole), value: whole as f64 });
+            }
+        }
+        let number: Number = text.parse().map_err(D::Error::custom)?;
+        let value = number.as_f64().unwrap_or(f64::NAN);
+        Ok(Self { number, value })
+    }
 }
 
 /// A struct read from a JSON object only: serde's derived `Deserialize`
@@ -595,12 +624,11 @@ impl ClientFields {
     /// general path, which also words the error.
     pub fn from_body_fast(text: &str, max_ttl_seconds: u64, max_depth: usize) -> Option<Self> {
         let FromObject(body): FromObject<FastBody> = serde_json::from_str(text).ok()?;
-        let number = |n: Option<Number>, max: Option<f64>| -> Option<Option<Number>> {
+        let number = |n: Option<FastNumber>, max: Option<f64>| -> Option<Option<Number>> {
             match n {
                 None => Some(None),
-                Some(n) => {
-                    let x = n.as_f64().unwrap_or(f64::NAN);
-                    (x.is_finite() && x >= 0.0 && max.is_none_or(|m| x <= m)).then_some(Some(n))
+                Some(FastNumber { number, value: x }) => {
+                    (x.is_finite() && x >= 0.0 && max.is_none_or(|m| x <= m)).then_some(Some(number))
                 }
             }
         };
@@ -652,7 +680,7 @@ impl ClientFields {
         }
         let ttl_seconds = match body.ttl_seconds {
             None => None,
-            Some(n) => Some(n.as_u64().filter(|s| (1..=max_ttl_seconds).contains(s))?),
+            Some(n) => Some(n.number.as_u64().filter(|s| (1..=max_ttl_seconds).contains(s))?),
         };
         if !string(&body.stage, MAX_STAGE_CHARS) || !string(&body.message, MAX_MESSAGE_CHARS) {
             return None;
@@ -1212,6 +1240,8 @@ mod tests {
             r#"{"ttl_seconds":"60"}"#.into(),
             r#"{"ttl_seconds":6e1}"#.into(),
             r#"{"current":01}"#.into(),
+            r#"{"current":18446744073709551615,"total":18446744073709551616,"progress":0}"#.into(),
+            r#"{"current":1E+2,"total":9007199254740993,"children":{"a":{"weight":00}}}"#.into(),
             r#"{"ttl_seconds":60.0}"#.into(),
             r#"{"ttl_seconds":0}"#.into(),
             r#"{"stage":null,"message":null,"result":null,"error":null,"metadata":null,"children":null}"#.into(),

@@ -86,6 +86,12 @@ impl StoredRecord {
         Self { decoded: self.decoded.clone(), packed: self.packed.clone(), ..self.clone() }
     }
 
+    /// [`StoredRecord::clone_decoded`], but the decoded record moves to the
+    /// clone: this one keeps its bytes and shares its compressed bodies.
+    pub fn hand_over_decoded(&mut self) -> Self {
+        Self { decoded: self.decoded.take(), packed: self.packed.clone(), ..self.clone() }
+    }
+
     /// This record with a slot for its compressed bodies (see
     /// [`StoredRecord::packed`]), if it has none: for the read cache.
     pub fn with_packed_bodies(mut self) -> Self {
@@ -162,6 +168,15 @@ impl StoredRecord {
     /// decoded record when it travels with the bytes).
     pub fn record(&self) -> Result<ProgressRecord, CorruptRecord> {
         self.decoded_or_parsed(ProgressRecord::clone)
+    }
+
+    /// [`StoredRecord::record`], taking the decoded record when it travels
+    /// with the bytes: copied only if a clone still shares it.
+    pub fn take_record(&mut self) -> Result<ProgressRecord, CorruptRecord> {
+        match self.decoded.take() {
+            Some(record) => Ok(Arc::try_unwrap(record).unwrap_or_else(|shared| (*shared).clone())),
+            None => self.parse_body(),
+        }
     }
 
     /// Parses only what the server keeps up (a PUT replaces the rest): the

@@ -362,6 +362,32 @@ impl CachedStore {
         self.len() == 0
     }
 
+    /// The entry for `id` if it may be served, else what Redis holds (see
+    /// [`CachedStore::hit`] for `to_write`).
+    async fn lookup(&self, id: &ProgressId, to_write: bool) -> Result<Option<StoredRecord>, StoreError> {
+        let i = self.shard_of(id.as_str());
+        match self.hit(i, id, to_write) {
+            Some(record) => Ok(Some(record)),
+            None => self.read_through(i, id).await,
+        }
+    }
+
+    /// The entry for `id` (in shard `i`) if it may be served; `to_write`:
+    /// the decoded record goes with it (see [`ProgressStore::get_to_write`]).
+    fn hit(&self, i: usize, id: &ProgressId, to_write: bool) -> Option<StoredRecord> {
+        if !self.is_live() {
+            return None;
+        }
+        let mut shard = self.shard(i);
+        let entry = shard.entries.get_mut(id.as_str()).filter(|e| self.fresh(e))?;
+        if !to_write {
+            return Some(entry.record.clone_decoded());
+        }
+        let record = entry.record.hand_over_decoded();
+        shard.decoded -= usize::from(record.is_decoded());
+        Some(record)
+    }
+
     fn fresh(&self, entry: &Entry) -> bool {
         entry.cached_at.elapsed() < self.config.max_age && Timestamp::now().millis() < entry.record.meta().x
     }
@@ -379,14 +405,11 @@ impl ProgressStore for CachedStore {
     }
 
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        let i = self.shard_of(id.as_str());
-        if self.is_live() {
-            let shard = self.shard(i);
-            if let Some(entry) = shard.entries.get(id.as_str()).filter(|e| self.fresh(e)) {
-                return Ok(Some(entry.record.clone_decoded()));
-            }
-        }
-        self.read_through(i, id).await
+        self.lookup(id, false).await
+    }
+
+    async fn get_to_write(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        self.lookup(id, true).await
     }
 
     async fn get_uncached(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
@@ -735,5 +758,28 @@ mod tests {
         assert!(cache.get(&id).await.unwrap().unwrap().is_decoded(), "from the cache, with the decoded record");
         cache.reset(true);
         assert!(!cache.get(&id).await.unwrap().unwrap().is_decoded(), "read from the store: bytes only");
+    }
+
+    #[tokio::test]
+    async fn a_write_takes_the_decoded_record_out_of_the_cache() {
+        let memory = MemoryStore::start(Duration::from_secs(60));
+        let cache = CachedStore::new(memory.clone(), CONFIG);
+        cache.reset(true);
+        let id = ProgressId::parse("a").unwrap();
+        let plain = record(1);
+        let written = StoredRecord::encode_owned(plain.meta(), plain.record().unwrap(), 0);
+        assert!(cache.compare_and_swap(&id, None, &written, 60_000).await.unwrap());
+        drop(written);
+        let decoded_count = |cache: &CachedStore| cache.shard(cache.shard_of("a")).decoded;
+        assert_eq!(decoded_count(&cache), 1);
+        let mut taken = cache.get_to_write(&id).await.unwrap().unwrap();
+        assert!(taken.is_decoded(), "handed over with the decoded record");
+        assert_eq!(decoded_count(&cache), 0, "the entry keeps its bytes only");
+        let again = cache.get_to_write(&id).await.unwrap().unwrap();
+        assert!(!again.is_decoded(), "a second writer parses the bytes");
+        let read = cache.get(&id).await.unwrap().unwrap();
+        assert_eq!((read.version(), read.raw()), (1, taken.raw()), "reads are served from the same entry");
+        assert_eq!(taken.take_record().unwrap(), again.record().unwrap(), "taken, it is the record the bytes hold");
+        assert!(!taken.is_decoded());
     }
 }

@@ -60,6 +60,14 @@ pub trait ProgressStore: Send + Sync + 'static {
     /// The record, or `None` when absent or expired.
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError>;
 
+    /// [`ProgressStore::get`] for a write that builds on the record: a read
+    /// cache hands over the decoded record it may keep beside the bytes
+    /// instead of sharing it, so that the write takes it without a copy
+    /// (what the write stores replaces the entry).
+    async fn get_to_write(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        self.get(id).await
+    }
+
     /// The record as the store of record holds it now, past any read cache:
     /// what a write checks before it refuses a request on the strength of
     /// the record's state (a cached version may be a notice behind).

@@ -71,6 +71,17 @@ pub struct TieredStore {
     durable_writes_in_flight: AtomicUsize,
 }
 
+/// Which of the hot tier's reads [`TieredStore::read`] makes.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// [`ProgressStore::get`]
+    Cached,
+    /// [`ProgressStore::get_to_write`]
+    ToWrite,
+    /// [`ProgressStore::get_uncached`]
+    Uncached,
+}
+
 impl TieredStore {
     /// Builds the store and starts its background work: migrations (retried
     /// until PostgreSQL answers), breaker probes and the flusher. PostgreSQL
@@ -127,10 +138,14 @@ impl TieredStore {
 
     /// A read: Redis first (past the read cache when `uncached`), then
     /// PostgreSQL and this instance's unflushed writes.
-    async fn read(&self, id: &ProgressId, uncached: bool) -> Result<Option<StoredRecord>, StoreError> {
+    async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
         let mut hot_missed = false;
         if let Some(hot) = self.hot_usable() {
-            let read = if uncached { hot.store.get_uncached(id).await } else { hot.store.get(id).await };
+            let read = match how {
+                Read::Cached => hot.store.get(id).await,
+                Read::ToWrite => hot.store.get_to_write(id).await,
+                Read::Uncached => hot.store.get_uncached(id).await,
+            };
             match Self::observe(&self.hot_breaker, read) {
                 Ok(Some(record)) => return Ok(Some(record)),
                 Ok(None) => hot_missed = true,
@@ -438,11 +453,15 @@ impl ProgressStore for TieredStore {
     }
 
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        self.read(id, false).await
+        self.read(id, Read::Cached).await
+    }
+
+    async fn get_to_write(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        self.read(id, Read::ToWrite).await
     }
 
     async fn get_uncached(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        self.read(id, true).await
+        self.read(id, Read::Uncached).await
     }
 
     async fn compare_and_set(
