@@ -69,6 +69,41 @@ async fn a_write_through_one_instance_reaches_the_others_reads() {
     }
 }
 
+/// The subscription to change notices logs in as the store's connections
+/// do (password alone, or user and password), or the cache would stay off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_hears_notices_from_a_redis_that_wants_a_password() {
+    let redis = OwnRedis::start_with(&["--requirepass", "s3cret"]);
+    let urls = [format!("redis://:s3cret@127.0.0.1:{}", redis.port()), format!("redis://default:s3cret@127.0.0.1:{}", redis.port())];
+    let prefix = unique_prefix();
+    let on = |url: &String| {
+        let (url, prefix) = (url.clone(), prefix.clone());
+        move |s: &mut progressd::Settings| (s.redis_url, s.key_prefix) = (Some(url), prefix)
+    };
+    let (a, b) = (spawn_app_with(Backend::Redis, on(&urls[0])).await, spawn_app_with(Backend::Redis, on(&urls[1])).await);
+    let entries = async |app: &TestApp| {
+        let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = metrics.lines().find(|l| l.starts_with("progressd_read_cache_entries ")).unwrap().to_owned();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    a.put_ok("guarded", &json!({"status": "running"})).await;
+    let started = Instant::now();
+    // The cache keeps entries only while notices flow.
+    while entries(&a).await == 0 || entries(&b).await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the caches never came on: is the subscription logged in?");
+        a.put_ok("guarded", &json!({"status": "running"})).await;
+        assert!(version(&b, "guarded").await.is_some());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (writer, reader) in [(&a, &b), (&b, &a)] {
+        let written = writer.patch_ok("guarded", &json!({"current": 1})).await["version"].as_u64();
+        let acked = Instant::now();
+        while version(reader, "guarded").await != written {
+            assert!(acked.elapsed() < NOTICE_BOUND, "a write was not heard of for {:?}", acked.elapsed());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_on_one_instance_never_fall_behind_writers_on_another() {
     let (a, b) = pair(|_| {}).await;
