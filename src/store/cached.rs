@@ -746,8 +746,9 @@ mod tests {
         assert_eq!(shard.decoded, 0);
     }
 
-    #[tokio::test]
-    async fn a_write_hands_its_decoded_record_to_the_next_one() {
+    /// A live cache over an embedded store, after a write of record "a"
+    /// that kept its decoded record beside the bytes.
+    async fn cache_after_a_write() -> (CachedStore, ProgressId) {
         let memory = MemoryStore::start(Duration::from_secs(60));
         let cache = CachedStore::new(memory.clone(), CONFIG);
         cache.reset(true);
@@ -755,6 +756,12 @@ mod tests {
         let plain = record(1);
         let written = StoredRecord::encode_owned(plain.meta(), plain.record().unwrap(), 0);
         assert!(cache.compare_and_swap(&id, None, &written, 60_000).await.unwrap());
+        (cache, id)
+    }
+
+    #[tokio::test]
+    async fn a_write_hands_its_decoded_record_to_the_next_one() {
+        let (cache, id) = cache_after_a_write().await;
         assert!(cache.get(&id).await.unwrap().unwrap().is_decoded(), "from the cache, with the decoded record");
         cache.reset(true);
         assert!(!cache.get(&id).await.unwrap().unwrap().is_decoded(), "read from the store: bytes only");
@@ -762,14 +769,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_takes_the_decoded_record_out_of_the_cache() {
-        let memory = MemoryStore::start(Duration::from_secs(60));
-        let cache = CachedStore::new(memory.clone(), CONFIG);
-        cache.reset(true);
-        let id = ProgressId::parse("a").unwrap();
-        let plain = record(1);
-        let written = StoredRecord::encode_owned(plain.meta(), plain.record().unwrap(), 0);
-        assert!(cache.compare_and_swap(&id, None, &written, 60_000).await.unwrap());
-        drop(written);
+        let (cache, id) = cache_after_a_write().await;
         let decoded_count = |cache: &CachedStore| cache.shard(cache.shard_of("a")).decoded;
         assert_eq!(decoded_count(&cache), 1);
         let mut taken = cache.get_to_write(&id).await.unwrap().unwrap();
