@@ -220,12 +220,23 @@ impl StoredRecord {
     }
 
     fn render_stalled(&self, stalled: bool) -> Bytes {
-        let body = &self.raw[self.body_start..self.raw.len() - 1];
-        let stalled: &[u8] = if stalled { b",\"stalled\":true}" } else { b",\"stalled\":false}" };
-        let mut out = BytesMut::with_capacity(body.len() + stalled.len());
-        out.put_slice(body);
-        out.put_slice(stalled);
+        let [body, end] = self.parts_stalled(stalled);
+        let mut out = BytesMut::with_capacity(body.len() + end.len());
+        out.put_slice(&body);
+        out.put_slice(&end);
         out.freeze()
+    }
+
+    /// [`StoredRecord::render`] in two pieces, for a response that sends
+    /// them one after the other: the stored JSON but its closing brace
+    /// (these bytes, shared, not copied), then `stalled` and the brace.
+    pub fn render_parts(&self, now_ms: i64) -> [Bytes; 2] {
+        self.parts_stalled(self.stalled_at(now_ms))
+    }
+
+    fn parts_stalled(&self, stalled: bool) -> [Bytes; 2] {
+        let end: &'static [u8] = if stalled { b",\"stalled\":true}" } else { b",\"stalled\":false}" };
+        [self.raw.slice(self.body_start..self.raw.len() - 1), Bytes::from_static(end)]
     }
 
     /// The response body at time `now_ms` run through `pack` (a
@@ -306,6 +317,11 @@ mod tests {
         assert_eq!(stale["stalled"], json!(true));
         assert_eq!(stale["metadata"]["big"].to_string(), "9007199254740993");
         assert_eq!(stale["metadata"]["f"].to_string(), "0.1");
+        for now in [5_500, 6_001] {
+            let [body, end] = s.render_parts(now);
+            assert_eq!([&body[..], &end[..]].concat(), s.render(now), "the pieces are the whole body");
+            assert_eq!(body.as_ptr(), s.raw()[s.header().len()..].as_ptr(), "shared with the stored bytes, not copied");
+        }
     }
 
     #[test]

@@ -89,7 +89,9 @@ fn page_response(page: &ListPage) -> Response {
         if i > 0 {
             body.put_u8(b',');
         }
-        body.put_slice(&record.render(now));
+        for part in record.render_parts(now) {
+            body.put_slice(&part);
+        }
     }
     body.put_slice(b"],\"next_cursor\":");
     match &page.next {

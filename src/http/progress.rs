@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
+use bytes::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -136,10 +138,20 @@ pub(super) fn record_response(status: StatusCode, record: &StoredRecord, accepts
     let now = Timestamp::now().millis();
     let packed = accepts_gzip.then(|| record.packed(now, |body| (body.len() >= GZIP_FROM_BYTES).then(|| gzip(body)).flatten())).flatten();
     let gzipped = packed.is_some();
-    let body = packed.unwrap_or_else(|| record.render(now));
+    let (body, length) = match packed {
+        Some(gzipped) => {
+            let length = gzipped.len();
+            (Body::from(gzipped), length)
+        }
+        None => {
+            let parts = record.render_parts(now);
+            let length = parts.iter().map(Bytes::len).sum();
+            (Body::new(Pieces(parts.map(Some))), length)
+        }
+    };
     // Said outright: the compression layer's body wrapper hides the length
     // from hyper, which would then send it chunked.
-    let length = HeaderValue::from(body.len());
+    let length = HeaderValue::from(length);
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, length);
@@ -149,6 +161,32 @@ pub(super) fn record_response(status: StatusCode, record: &StoredRecord, accepts
     }
     set_validators(&mut response, record);
     response
+}
+
+/// A body sent as the pieces it is in, one data frame each, without
+/// joining them: hyper queues both and writes them with the head in one
+/// `writev`. A record's JSON is the stored bytes and the `stalled` member
+/// (see `StoredRecord::render_parts`), so a response copies nothing.
+struct Pieces([Option<Bytes>; 2]);
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.iter_mut().find_map(Option::take).map(|piece| Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().flatten().map(|p| p.len() as u64).sum())
+    }
 }
 
 /// `ETag` is the version; `no-cache` makes browsers revalidate on every poll.

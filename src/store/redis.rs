@@ -343,34 +343,40 @@ const COMPRESS_FROM: usize = 256;
 /// accepted request body): a corrupt length is refused, not allocated.
 const MAX_BODY: usize = 64 << 20;
 
-/// What Redis stores for `record`: the header line, then the body as an
-/// LZ4 block after [`COMPRESSED`] when that is shorter, else as it is.
-fn to_redis(record: &StoredRecord) -> std::borrow::Cow<'_, [u8]> {
+/// Hands `f` what Redis stores for `record`: the header line, then the
+/// body as an LZ4 block after [`COMPRESSED`] when that is shorter, else as
+/// it is. Compressed into a buffer kept per thread (with the compressor's
+/// table), so that a write neither allocates nor zeroes one: `f` copies
+/// the bytes into the command anyway.
+fn with_redis_value<R>(record: &StoredRecord, f: impl FnOnce(&[u8]) -> R) -> R {
+    /// Buffers up to this size are kept for the next write on the thread.
+    const KEPT: usize = 64 << 10;
     let raw = record.raw();
     let header = record.header();
     let body = &raw[header.len()..];
     if body.len() < COMPRESS_FROM {
-        return raw.as_ref().into();
+        return f(raw);
     }
     let start = header.len() + 1 + 4;
-    let mut out = vec![0; start + lz4_flex::block::get_maximum_output_size(body.len())];
-    out[..header.len()].copy_from_slice(header);
-    out[header.len()] = COMPRESSED;
-    out[header.len() + 1..start].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    let size = start + lz4_flex::block::get_maximum_output_size(body.len());
     thread_local! {
-        // The compressor's hash table, allocated once per thread.
-        static TABLE: std::cell::RefCell<lz4_flex::block::CompressTable> = Default::default();
+        static SCRATCH: std::cell::RefCell<(lz4_flex::block::CompressTable, Vec<u8>)> = Default::default();
     }
-    let compressed = TABLE.with(|table| {
-        lz4_flex::block::compress_into_with_table(body, &mut out[start..], &mut table.borrow_mut())
-    });
-    match compressed {
-        Ok(n) if start + n < raw.len() => {
-            out.truncate(start + n);
-            out.into()
+    SCRATCH.with(|scratch| {
+        let (table, kept) = &mut *scratch.borrow_mut();
+        let mut one_off = Vec::new();
+        let out = if size <= KEPT { kept } else { &mut one_off };
+        if out.len() < size {
+            out.resize(size, 0);
         }
-        _ => raw.as_ref().into(),
-    }
+        out[..header.len()].copy_from_slice(header);
+        out[header.len()] = COMPRESSED;
+        out[header.len() + 1..start].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        match lz4_flex::block::compress_into_with_table(body, &mut out[start..size], table) {
+            Ok(n) if start + n < raw.len() => f(&out[..start + n]),
+            _ => f(raw),
+        }
+    })
 }
 
 /// A record as Redis holds it (see the module documentation), compressed
@@ -655,13 +661,12 @@ impl RedisStore {
         let key = self.key(id);
         let (script, channel) = (&self.put_if_newer, &self.changes_channel);
         let notice = change_notice(record.version(), id);
-        let value = to_redis(record);
         let status = status_of(record)?.as_str();
         let expires = expiry_score(record, ttl_ms);
         let indexes = &self.index_keys;
         let mut cmd = script.call(&indexes.with_record(&key));
-        cmd.arg(record.version())
-            .arg(value)
+        cmd.arg(record.version());
+        with_redis_value(record, |value| cmd.arg(value))
             .arg(ttl_ms.max(1))
             .arg(channel)
             .arg(notice)
@@ -943,15 +948,14 @@ impl ProgressStore for RedisStore {
     ) -> Result<bool, StoreError> {
         let key = self.key(id);
         let script = &self.compare_and_set;
-        let value = to_redis(record);
         let channel = &self.changes_channel;
         let notice = change_notice(record.version(), id);
         let status = status_of(record)?.as_str();
         let expires = expiry_score(record, ttl_ms);
         let indexes = &self.index_keys;
         let mut cmd = script.call(&indexes.with_record(&key));
-        cmd.arg(expected)
-            .arg(value)
+        cmd.arg(expected);
+        with_redis_value(record, |value| cmd.arg(value))
             .arg(ttl_ms.max(1))
             .arg(channel)
             .arg(notice)
@@ -989,8 +993,8 @@ impl ProgressStore for RedisStore {
         let expires = expiry_to_set(current, record, ttl_ms);
         let (script, channel, indexes) = (&self.swap, &self.changes_channel, &self.index_keys);
         let mut cmd = script.call(&[&key, &indexes.all, &indexes.expiry, indexes.of(old_status), indexes.of(status)]);
-        cmd.arg(expected)
-            .arg(to_redis(record).as_ref())
+        cmd.arg(expected);
+        with_redis_value(record, |value| cmd.arg(value))
             .arg(ttl_ms.max(1))
             .arg(channel)
             .arg(notice)
@@ -1159,20 +1163,33 @@ mod tests {
     #[test]
     fn a_large_body_is_stored_compressed_and_reads_back_byte_for_byte() {
         let stored = large();
-        let value = to_redis(&stored);
+        let value = with_redis_value(&stored, <[u8]>::to_vec);
         assert!(value.len() < stored.raw().len(), "{} !< {}", value.len(), stored.raw().len());
         assert!(value.starts_with(stored.header()), "the header line stays readable by the scripts");
         assert_eq!(value[stored.header().len()], COMPRESSED);
         assert!(std::str::from_utf8(stored.header()).unwrap().contains(r#""t":"running""#), "the header carries the status");
-        let back = from_redis(value.into_owned()).unwrap();
+        let back = from_redis(value).unwrap();
         assert_eq!(back.raw(), stored.raw());
         assert_eq!(back.meta(), stored.meta());
     }
 
     #[test]
+    fn records_of_any_size_one_after_another_read_back() {
+        // Past 64 KB the compression buffer is not the thread's kept one;
+        // a small record after a large one reuses a longer buffer.
+        for len in [400, 150_000, 3_000, 90_000, 300, 200_000] {
+            let text: String = (0..len).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+            let stored = record(serde_json::json!({"status": "running", "result": {"text": text}}));
+            let value = with_redis_value(&stored, <[u8]>::to_vec);
+            assert_eq!(value[stored.header().len()], COMPRESSED, "{len}");
+            assert_eq!(from_redis(value).unwrap().raw(), stored.raw(), "{len}");
+        }
+    }
+
+    #[test]
     fn a_small_body_and_a_plain_value_are_stored_and_read_as_they_are() {
         let stored = StoredRecord::decode(Bytes::from_static(b"{\"v\":1,\"s\":0}\n{\"id\":\"a\"}")).unwrap();
-        assert_eq!(to_redis(&stored).as_ref(), stored.raw().as_ref());
+        assert_eq!(with_redis_value(&stored, <[u8]>::to_vec), stored.raw().as_ref());
         // A large record stored plain (before compression) still reads.
         let plain = large();
         assert_eq!(from_redis(plain.raw().to_vec()).unwrap().raw(), plain.raw());
@@ -1181,7 +1198,7 @@ mod tests {
     #[test]
     fn a_corrupt_compressed_value_is_refused_not_trusted() {
         let stored = large();
-        let value = to_redis(&stored).into_owned();
+        let value = with_redis_value(&stored, <[u8]>::to_vec);
         let at = stored.header().len() + 1;
         // Truncated block.
         assert!(from_redis(value[..value.len() - 10].to_vec()).is_err());
