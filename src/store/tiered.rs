@@ -136,8 +136,8 @@ impl TieredStore {
         Self::observe(&self.durable_breaker, self.durable.lookup(id).await)
     }
 
-    /// A read: Redis first (past the read cache when `uncached`), then
-    /// PostgreSQL and this instance's unflushed writes.
+    /// A read: Redis first (through or past its read cache, as `how`
+    /// says), then PostgreSQL and this instance's unflushed writes.
     async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
         let mut hot_missed = false;
         if let Some(hot) = self.hot_usable() {
