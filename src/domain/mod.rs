@@ -15,7 +15,7 @@ pub use derive::{
 pub use id::{InvalidId, ProgressId, MAX_ID_LEN};
 pub use merge::{depth, merge_patch};
 pub use record::{
-    check_top_level_keys, kind, Child, ClientFields, DurableColumns, ProgressRecord, ServerState, StageSpan, Status, ValidationError,
+    check_top_level_keys, kind, Child, Children, ClientFields, DurableColumns, ProgressRecord, ServerState, StageSpan, Status, ValidationError,
     CLIENT_FIELDS,
     MAX_CHILDREN, MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, MAX_STAGE_CHARS, SERVER_FIELDS,
 };

@@ -7,6 +7,11 @@ use serde_json::{Map, Number, Value};
 
 use super::time::Timestamp;
 
+/// A record's children by id, in their order. Hashed with foldhash (seeded
+/// per process) rather than the default SipHash: a PUT with five children
+/// costs 900 instructions less (callgrind, 129,128 → 128,226).
+pub type Children = IndexMap<String, Child, foldhash::fast::RandomState>;
+
 /// Longest `stage`, in characters.
 pub const MAX_STAGE_CHARS: usize = 200;
 /// Longest `message` (record or child), in characters.
@@ -144,7 +149,7 @@ pub struct ClientFields {
     /// Human text.
     pub message: Option<String>,
     /// Sub-tasks, in the order they were first written.
-    pub children: Option<IndexMap<String, Child>>,
+    pub children: Option<Children>,
     /// Final output.
     pub result: Option<Value>,
     /// Why it failed: a string or an object.
@@ -176,7 +181,7 @@ pub struct ProgressRecord {
     /// Human text.
     pub message: Option<String>,
     /// Sub-tasks.
-    pub children: Option<IndexMap<String, Child>>,
+    pub children: Option<Children>,
     /// Final output.
     pub result: Option<Value>,
     /// Why it failed.
@@ -364,10 +369,10 @@ fn merged(current: Option<Value>, patch: &Value) -> Option<Value> {
 /// The children after a merge patch of `children`: `patch` as sent (null,
 /// or child id → null or child), `validated` its non-null children.
 fn merge_children(
-    current: Option<IndexMap<String, Child>>,
+    current: Option<Children>,
     patch: &Value,
-    mut validated: IndexMap<String, Child>,
-) -> Result<Option<IndexMap<String, Child>>, ValidationError> {
+    mut validated: Children,
+) -> Result<Option<Children>, ValidationError> {
     let Value::Object(patch) = patch else { return Ok(None) }; // null: all removed
     let mut children = current.unwrap_or_default();
     for (child_id, child_patch) in patch {
@@ -641,7 +646,7 @@ impl ClientFields {
             }
             // The body, the map, and an object for any child that is not null.
             depth = depth.max(2 + usize::from(children.iter().any(|(_, child)| child.is_some())));
-            let mut out = IndexMap::with_capacity(children.len());
+            let mut out = Children::with_capacity_and_hasher(children.len(), Default::default());
             let mut removed = Vec::new();
             for (id, child) in children {
                 if id.is_empty() || !fits(&id, MAX_CHILD_ID_CHARS) {
@@ -821,7 +826,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn children(&self, key: &str) -> Result<Option<IndexMap<String, Child>>, ValidationError> {
+    fn children(&self, key: &str) -> Result<Option<Children>, ValidationError> {
         let Some(v) = self.present(key) else { return Ok(None) };
         let map = v.as_object().ok_or_else(|| self.wrong_type(key, "an object of child id → child", v))?;
         if map.len() > MAX_CHILDREN {
@@ -830,7 +835,7 @@ impl<'a> Fields<'a> {
                 format!("has {} children; the limit is {MAX_CHILDREN}", map.len()),
             ));
         }
-        let mut out = IndexMap::with_capacity(map.len());
+        let mut out = Children::with_capacity_and_hasher(map.len(), Default::default());
         for (child_id, child) in map {
             let path = || format!("{}.{child_id}", self.path(key));
             if child_id.is_empty() || (child_id.len() > MAX_CHILD_ID_CHARS && child_id.chars().count() > MAX_CHILD_ID_CHARS) {
