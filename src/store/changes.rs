@@ -212,16 +212,14 @@ impl Subscription {
         Ok(subscription)
     }
 
-    /// Sends one command.
+    /// Sends one command (encoded by redis-rs).
     async fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        let mut cmd = redis::Cmd::new();
         for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
+            cmd.arg(*arg);
         }
+        let out = cmd.get_packed_command();
         match &mut self.stream {
             Stream::Tcp(s) => s.write_all(&out).await,
             #[cfg(unix)]
