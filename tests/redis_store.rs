@@ -182,6 +182,17 @@ async fn a_write_built_on_an_earlier_incarnation_is_refused() {
     assert!(!store.compare_and_swap(&id, None, &second, 60_000).await.unwrap(), "a create over a record is refused");
     let held = store.get(&id).await.unwrap().unwrap();
     assert_eq!((held.version(), held.meta().c), (2, second.meta().c));
+    // The same with no index to change (the status stays, the expiry moves
+    // later): the write that changes the record in place compares the
+    // header too. Version 2 of the first incarnation, like the record held.
+    let first_v2 = write(Some(&first), now, json!({"status": "running"}));
+    let on_first_v2 = write(Some(&first_v2), now + 1, json!({"status": "running"}));
+    assert_eq!((first_v2.version(), first_v2.meta().t), (held.version(), held.meta().t));
+    assert!(!store.compare_and_swap(&id, Some(&first_v2), &on_first_v2, 60_000).await.unwrap(), "in place, other incarnation");
+    let on_held = write(Some(&held), now + 1, json!({"status": "running", "message": "in place"}));
+    assert!(store.compare_and_swap(&id, Some(&held), &on_held, 60_000).await.unwrap());
+    let held = store.get(&id).await.unwrap().unwrap();
+    assert_eq!((held.version(), held.meta().c), (3, second.meta().c));
 
     // The indexes moved with the status: the record is listed as running only.
     let mut conn = redis_conn();
@@ -192,4 +203,37 @@ async fn a_write_built_on_an_earlier_incarnation_is_refused() {
         assert_eq!(score.is_some(), listed, "{status}");
     }
     common::delete_keys(&common::redis_url(), &prefix);
+}
+
+/// Some scripts hold the change channel, `{prefix}progress:changes`, as a
+/// Lua string literal: a prefix with quotes, backslashes, brackets, a
+/// newline or non-ASCII letters still names the channel every write is
+/// announced on, whichever script stores it.
+#[tokio::test]
+async fn writes_are_announced_on_the_channel_of_any_key_prefix() {
+    let safe = common::unique_prefix();
+    let prefix = format!("{safe}q\"u'o\\te]] [[x]]\n\u{e9}\\0:");
+    let app = spawn_app_with(Backend::Redis, |s| s.key_prefix = prefix.clone()).await;
+    let mut listener = redis::Client::open(common::redis_url()).unwrap().get_connection().unwrap();
+    let mut notices = listener.as_pubsub();
+    notices.subscribe(format!("{prefix}progress:changes")).unwrap();
+    notices.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A create, then writes that change an index (the status) and that
+    // change none (the message).
+    app.put_ok("odd", &json!({"status": "pending"})).await;
+    app.put_ok("odd", &json!({"status": "running"})).await;
+    app.patch_ok("odd", &json!({"message": "a"})).await;
+    app.put_ok("odd", &json!({"status": "running", "message": "b"})).await;
+    for version in 1..=4 {
+        let notice: String = notices.get_message().expect("a change notice within 5 s").get_payload().unwrap();
+        assert_eq!(notice, format!("{version}:odd"));
+    }
+    let key = format!("{prefix}progress:odd");
+    let mut conn = redis_conn();
+    let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(progressd::store::from_redis(value).unwrap().version(), 4);
+    // The test harness deletes keys by a SCAN pattern, in which `\\` and
+    // `[` mean something: delete them under the plain part of the prefix.
+    drop(notices);
+    common::delete_keys(&common::redis_url(), &safe);
 }
