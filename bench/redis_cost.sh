@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# bench/redis_cost.sh: Redis's own instructions per PUT and PATCH.
+#
+# Redis's share of a write (the Lua compare-and-set) does not show in
+# bench/profile.sh, which counts progressd's instructions only, and its
+# wall-clock share moves with the machine's noise. This script starts a
+# redis-server of its own under `valgrind --tool=callgrind` on a free port
+# (instrumentation off), the release binary on it, drives each scenario
+# with wrk (1 thread, 8 connections) for REDIS_COST_SECONDS with
+# instrumentation on, and prints what Redis executed divided by the
+# requests wrk completed: exact and repeatable for the same binaries and
+# record, whatever else the machine is doing.
+#
+#   bench/redis_cost.sh              # put patch
+#   bench/redis_cost.sh put
+#
+# Environment (all optional):
+#   REDIS_COST_SECONDS   seconds of each measured run (default 5; each after a 2 s warm-up)
+#   REDIS_COST_BIN       the binary (default target/release/progressd, built if missing)
+#   REDIS_COST_OUT       where callgrind's dumps go (default: a new directory under /tmp)
+
+set -Eeuo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+SECONDS_EACH="${REDIS_COST_SECONDS:-5}"
+BIN="${REDIS_COST_BIN:-$ROOT/target/release/progressd}"
+OUT="${REDIS_COST_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/progressd-redis-cost.XXXXXX")}"
+SCENARIOS=("$@")
+(( ${#SCENARIOS[@]} > 0 )) || SCENARIOS=(put patch)
+IDS=100
+
+log() { printf 'redis_cost: %s\n' "$*" >&2; }
+die() { log "$*"; exit 2; }
+for tool in valgrind callgrind_control redis-server redis-cli wrk curl; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
+done
+[[ -x "$BIN" ]] || (cd "$ROOT" && cargo build --release --locked >&2) || die "cannot build $BIN"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PIDS=()
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  log "callgrind dumps in $OUT"
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+REDIS_PORT="$(free_port)"
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/redis.%p" \
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" \
+  >"$OUT/redis.log" 2>&1 &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.1; done
+redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 || die "redis-server under valgrind did not start (log: $OUT/redis.log)"
+
+PORT="$(free_port)"
+PORT="$PORT" PROGRESS_HOST=127.0.0.1 REDIS_URL="redis://127.0.0.1:$REDIS_PORT" PROGRESS_REDIS_TIMEOUT_MS=5000 \
+  PROGRESS_LOG_LEVEL=warn "$BIN" >"$OUT/server.log" 2>&1 &
+PIDS+=("$!")
+BASE="http://127.0.0.1:$PORT"
+for _ in $(seq 100); do curl -fs -o /dev/null "$BASE/healthz" && break; sleep 0.1; done
+curl -fs -o /dev/null "$BASE/healthz" || die "progressd did not start (log: $OUT/server.log)"
+
+export BENCH_WRITE_IDS="$IDS" BENCH_PUT_ID_PREFIX="w-" BENCH_PATCH_ID_PREFIX="w-"
+drive() { wrk -t1 -c8 -d"$2" -s "$BENCH_DIR/$1.lua" "$BASE/"; }
+
+printf '%-8s %10s %22s\n' scenario requests "Redis instructions/req"
+for scenario in "${SCENARIOS[@]}"; do
+  [[ -f "$BENCH_DIR/$scenario.lua" ]] || die "no scenario $scenario (put, patch)"
+  # The records exist and every id has been written before counting: what
+  # is measured is the steady write of a running job.
+  drive put 2s >/dev/null
+  [[ "$scenario" == put ]] || drive "$scenario" 2s >/dev/null
+  callgrind_control -z "$REDIS_PID" >/dev/null 2>&1
+  callgrind_control -i on "$REDIS_PID" >/dev/null 2>&1
+  report="$(drive "$scenario" "${SECONDS_EACH}s")"
+  callgrind_control -d "$scenario" "$REDIS_PID" >/dev/null 2>&1
+  callgrind_control -i off "$REDIS_PID" >/dev/null 2>&1
+  requests="$(awk '/requests in/ {print $1}' <<<"$report")"
+  if grep -q 'Non-2xx' <<<"$report"; then die "$scenario: wrk saw answers other than 2xx: $report"; fi
+  dump="$(ls -t "$OUT"/redis.*.* | head -1)"
+  total="$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")"
+  printf '%-8s %10s %22s\n' "$scenario" "$requests" "$(( total / requests ))"
+done
