@@ -1,4 +1,6 @@
-# bench/common.sh: helpers shared by bench/persist.sh and bench/degraded.sh.
+# bench/common.sh: helpers shared by the bench scripts other than run.sh
+# (persist.sh, degraded.sh, cleanup.sh, memory.sh, redis_cost.sh, scale.sh,
+# soak.sh, sse.sh).
 # Sourced, not run. bench/run.sh is self-contained and does not use it.
 #
 # Everything a script starts is registered here (register_pid) and stopped

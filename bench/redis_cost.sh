@@ -16,56 +16,32 @@
 #
 # Environment (all optional):
 #   REDIS_COST_SECONDS   seconds of each measured run (default 5; each after a 2 s warm-up)
-#   REDIS_COST_BIN       the binary (default target/release/progressd, built if missing)
-#   REDIS_COST_OUT       where callgrind's dumps go (default: a new directory under /tmp)
+#   BENCH_BIN            run this binary instead of building target/release/progressd
+#   BENCH_SKIP_BUILD     1: use the existing target/release/progressd
 
 set -Eeuo pipefail
 
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+BENCH_NAME=redis_cost
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SECONDS_EACH="${REDIS_COST_SECONDS:-5}"
-BIN="${REDIS_COST_BIN:-$ROOT/target/release/progressd}"
-OUT="${REDIS_COST_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/progressd-redis-cost.XXXXXX")}"
+require_count "$SECONDS_EACH" REDIS_COST_SECONDS
 SCENARIOS=("$@")
 (( ${#SCENARIOS[@]} > 0 )) || SCENARIOS=(put patch)
 IDS=100
 
-log() { printf 'redis_cost: %s\n' "$*" >&2; }
-die() { log "$*"; exit 2; }
-for tool in valgrind callgrind_control redis-server redis-cli wrk curl; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
-done
-[[ -x "$BIN" ]] || (cd "$ROOT" && cargo build --release --locked >&2) || die "cannot build $BIN"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-PIDS=()
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  log "callgrind dumps in $OUT"
-  exit "$status"
-}
-trap cleanup EXIT INT TERM
+need_tools valgrind callgrind_control redis-server redis-cli wrk curl python3
+build_release
 
 REDIS_PORT="$(free_port)"
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/redis.%p" \
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" \
-  >"$OUT/redis.log" 2>&1 &
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/redis.%p" \
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+  >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
-PIDS+=("$REDIS_PID")
+register_pid "$REDIS_PID" "redis-server under callgrind"
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 || die "redis-server under valgrind did not start (log: $OUT/redis.log)"
-
-PORT="$(free_port)"
-PORT="$PORT" PROGRESS_HOST=127.0.0.1 REDIS_URL="redis://127.0.0.1:$REDIS_PORT" PROGRESS_REDIS_TIMEOUT_MS=5000 \
-  PROGRESS_LOG_LEVEL=warn "$BIN" >"$OUT/server.log" 2>&1 &
-PIDS+=("$!")
-BASE="http://127.0.0.1:$PORT"
-for _ in $(seq 100); do curl -fs -o /dev/null "$BASE/healthz" && break; sleep 0.1; done
-curl -fs -o /dev/null "$BASE/healthz" || die "progressd did not start (log: $OUT/server.log)"
+redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 || die "redis-server under valgrind did not start (log: $WORK/redis.log)"
+start_progressd main REDIS_URL="redis://127.0.0.1:$REDIS_PORT" PROGRESS_REDIS_TIMEOUT_MS=5000
+BASE="$SERVER_BASE"
 
 export BENCH_WRITE_IDS="$IDS" BENCH_PUT_ID_PREFIX="w-" BENCH_PATCH_ID_PREFIX="w-"
 drive() { wrk -t1 -c8 -d"$2" -s "$BENCH_DIR/$1.lua" "$BASE/"; }
@@ -84,7 +60,7 @@ for scenario in "${SCENARIOS[@]}"; do
   callgrind_control -i off "$REDIS_PID" >/dev/null 2>&1
   requests="$(awk '/requests in/ {print $1}' <<<"$report")"
   if grep -q 'Non-2xx' <<<"$report"; then die "$scenario: wrk saw answers other than 2xx: $report"; fi
-  dump="$(ls -t "$OUT"/redis.*.* | head -1)"
+  dump="$(ls -t "$WORK"/redis.*.* | head -1)"
   total="$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")"
   printf '%-8s %10s %22s\n' "$scenario" "$requests" "$(( total / requests ))"
 done
