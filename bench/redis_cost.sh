@@ -11,8 +11,12 @@
 # requests wrk completed: exact and repeatable for the same binaries and
 # record, whatever else the machine is doing.
 #
-#   bench/redis_cost.sh              # put patch
+#   bench/redis_cost.sh              # put patch create
 #   bench/redis_cost.sh put
+#
+# Scenarios: put and patch (bench/put.lua, bench/patch.lua) over 100 ids
+# written beforehand: the steady write of a running job; create: PUTs of
+# ids never written before.
 #
 # Environment (all optional):
 #   REDIS_COST_SECONDS   seconds of each measured run (default 5; each after a 2 s warm-up)
@@ -26,7 +30,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SECONDS_EACH="${REDIS_COST_SECONDS:-5}"
 require_count "$SECONDS_EACH" REDIS_COST_SECONDS
 SCENARIOS=("$@")
-(( ${#SCENARIOS[@]} > 0 )) || SCENARIOS=(put patch)
+(( ${#SCENARIOS[@]} > 0 )) || SCENARIOS=(put patch create)
 IDS=100
 
 need_tools valgrind callgrind_control redis-server redis-cli wrk curl python3
@@ -46,20 +50,35 @@ BASE="$SERVER_BASE"
 export BENCH_WRITE_IDS="$IDS" BENCH_PUT_ID_PREFIX="w-" BENCH_PATCH_ID_PREFIX="w-"
 drive() { wrk -t1 -c8 -d"$2" -s "$BENCH_DIR/$1.lua" "$BASE/"; }
 
+# create: PUTs of ids never written before (a record and its index
+# entries added), CREATE_IDS of them, more than the measured run completes.
+CREATE_IDS=20000
+
 printf '%-8s %10s %22s\n' scenario requests "Redis instructions/req"
 for scenario in "${SCENARIOS[@]}"; do
-  [[ -f "$BENCH_DIR/$scenario.lua" ]] || die "no scenario $scenario (put, patch)"
-  # The records exist and every id has been written before counting: what
-  # is measured is the steady write of a running job.
+  case "$scenario" in
+    put | patch) script="$scenario" ;;
+    create) script=put ;;
+    *) die "no scenario $scenario (put, patch, create)" ;;
+  esac
+  # Every steady id has been written before counting: what put and patch
+  # measure is the steady write of a running job.
   drive put 2s >/dev/null
-  [[ "$scenario" == put ]] || drive "$scenario" 2s >/dev/null
+  [[ "$scenario" != patch ]] || drive patch 2s >/dev/null
   callgrind_control -z "$REDIS_PID" >/dev/null 2>&1
   callgrind_control -i on "$REDIS_PID" >/dev/null 2>&1
-  report="$(drive "$scenario" "${SECONDS_EACH}s")"
+  if [[ "$scenario" == create ]]; then
+    report="$(BENCH_WRITE_IDS="$CREATE_IDS" BENCH_PUT_ID_PREFIX="c-$RANDOM-" drive put "${SECONDS_EACH}s")"
+  else
+    report="$(drive "$script" "${SECONDS_EACH}s")"
+  fi
   callgrind_control -d "$scenario" "$REDIS_PID" >/dev/null 2>&1
   callgrind_control -i off "$REDIS_PID" >/dev/null 2>&1
   requests="$(awk '/requests in/ {print $1}' <<<"$report")"
   if grep -q 'Non-2xx' <<<"$report"; then die "$scenario: wrk saw answers other than 2xx: $report"; fi
+  if [[ "$scenario" == create ]] && (( requests > CREATE_IDS )); then
+    die "create: $requests requests over $CREATE_IDS ids, so some were not creates; lower REDIS_COST_SECONDS"
+  fi
   dump="$(ls -t "$WORK"/redis.*.* | head -1)"
   total="$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")"
   printf '%-8s %10s %22s\n' "$scenario" "$requests" "$(( total / requests ))"

@@ -129,35 +129,37 @@ return 1
 /// The compare-and-set of a write that read the record it replaces: stores
 /// `ARGV[2]` with TTL `ARGV[3]` ms when the key holds a record whose header
 /// line is `ARGV[1]` (the header and its newline, exactly as read: the
-/// version, and the creation time that tells incarnations apart), or when
-/// `ARGV[1]` is empty and the key does not exist. The caller knows that
-/// record, so it passes what the indexes need: the member `ARGV[6]` (the
-/// same before and after), the status sets `KEYS[4]` (the old status; the
-/// new one for a create) and `KEYS[5]` (the new status), the expiry score
-/// `ARGV[7]` (0: leave it; see [`expiry_to_set`]); `KEYS[2]` is the
-/// index, `KEYS[3]` the expiry set. Announces
-/// `ARGV[5]` on channel `ARGV[4]`. 1 when stored, 0 otherwise.
+/// version, and the creation time that tells incarnations apart; its last
+/// byte is at `ARGV[7]`), or when `ARGV[1]` is empty and the key does not
+/// exist. The caller knows that record, so it passes what the indexes
+/// need: the member `ARGV[5]` (the same before and after), the status sets
+/// `KEYS[4]` (the old status; the new one for a create) and `KEYS[5]` (the
+/// new status), the expiry score `ARGV[6]` (0: leave it; see
+/// [`expiry_to_set`]); `KEYS[2]` is the index, `KEYS[3]` the expiry set.
+/// Announces `ARGV[4]` on the channel the script is built with
+/// ([`with_channel`]). 1 when stored, 0 otherwise.
 ///
 /// No decoding in Lua at all: a GETRANGE of the header's length and one
-/// string comparison.
+/// string comparison. No number is handed to `redis.call` (see
+/// [`SWAP_IN_PLACE`]).
 const SWAP: &str = r#"
 local expected = ARGV[1]
 if expected == '' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-elseif redis.call('GETRANGE', KEYS[1], 0, #expected - 1) ~= expected then
+elseif redis.call('GETRANGE', KEYS[1], '0', ARGV[7]) ~= expected then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-local member = ARGV[6]
+local member = ARGV[5]
 if expected == '' then
-  redis.call('ZADD', KEYS[2], 0, member)
-  redis.call('ZADD', KEYS[5], 0, member)
+  redis.call('ZADD', KEYS[2], '0', member)
+  redis.call('ZADD', KEYS[5], '0', member)
 elseif KEYS[4] ~= KEYS[5] then
   redis.call('ZREM', KEYS[4], member)
-  redis.call('ZADD', KEYS[5], 0, member)
+  redis.call('ZADD', KEYS[5], '0', member)
 end
-if ARGV[7] ~= '0' then redis.call('ZADD', KEYS[3], ARGV[7], member) end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+if ARGV[6] ~= '0' then redis.call('ZADD', KEYS[3], ARGV[6], member) end
+redis.call('PUBLISH', CHANNEL, ARGV[4])
 return 1
 "#;
 
@@ -166,7 +168,7 @@ return 1
 /// `ARGV[2]`), and the status stays and the expiry does not move earlier,
 /// which is almost every write of a running job. Stores `ARGV[3]` with TTL
 /// `ARGV[4]` ms and announces `ARGV[5]` on the channel the script is built
-/// with ([`swap_in_place_script`]). 1 when stored, 0 otherwise.
+/// with ([`with_channel`]). 1 when stored, 0 otherwise.
 ///
 /// Every argument becomes a Lua string, which Redis 7.0's Lua hashes byte
 /// by byte, and every number passed to `redis.call` is printed with
@@ -181,10 +183,10 @@ redis.call('PUBLISH', CHANNEL, ARGV[5])
 return 1
 "#;
 
-/// [`SWAP_IN_PLACE`] announcing on `channel`, which the script holds as a
-/// literal rather than taking it as an argument.
-fn swap_in_place_script(channel: &str) -> String {
-    format!("local CHANNEL = {}\n{SWAP_IN_PLACE}", lua_string_literal(channel))
+/// `script` announcing on `channel`, which it holds as the literal
+/// `CHANNEL` rather than taking it as an argument.
+fn with_channel(script: &str, channel: &str) -> String {
+    format!("local CHANNEL = {}\n{script}", lua_string_literal(channel))
 }
 
 /// `text` as a Lua string literal: bytes other than letters, digits and
@@ -611,8 +613,8 @@ impl RedisStore {
             slots,
             next_slot: AtomicUsize::new(0),
             compare_and_set: record_script(COMPARE_AND_SET),
-            swap: Lua::new(SWAP),
-            swap_in_place: Lua::new(&swap_in_place_script(&changes_channel)),
+            swap: Lua::new(&with_channel(SWAP, &changes_channel)),
+            swap_in_place: Lua::new(&with_channel(SWAP_IN_PLACE, &changes_channel)),
             compare_and_delete: record_script(COMPARE_AND_DELETE),
             delete: Lua::new(&format!("local IX = 2\n{INDEX_HELPERS}{DELETE}")),
             put_if_newer: record_script(PUT_IF_NEWER),
@@ -1044,15 +1046,15 @@ impl ProgressStore for RedisStore {
             return self.script_outcome(id, outcome);
         }
         let member = index_member(created, id);
-        let (script, channel, indexes) = (&self.swap, &self.changes_channel, &self.index_keys);
+        let (script, indexes) = (&self.swap, &self.index_keys);
         let mut cmd = script.call(&[&key, &indexes.all, &indexes.expiry, indexes.of(old_status), indexes.of(status)]);
         cmd.arg(expected);
         with_redis_value(record, |value| cmd.arg(value))
             .arg(ttl_ms.max(1))
-            .arg(channel)
             .arg(notice)
             .arg(member)
-            .arg(expires);
+            .arg(expires)
+            .arg(expected.len().saturating_sub(1));
         let outcome: i64 = self.eval_counted(store_op!("redis", "compare_and_set"), script, &cmd).await?;
         self.script_outcome(id, outcome)
     }
