@@ -232,7 +232,7 @@ async fn writes_are_announced_on_the_channel_of_any_key_prefix() {
     let mut conn = redis_conn();
     let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
     assert_eq!(progressd::store::from_redis(value).unwrap().version(), 4);
-    // The test harness deletes keys by a SCAN pattern, in which `\\` and
+    // The test harness deletes keys by a SCAN pattern, in which `\` and
     // `[` mean something: delete them under the plain part of the prefix.
     drop(notices);
     common::delete_keys(&common::redis_url(), &safe);

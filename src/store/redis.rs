@@ -172,10 +172,10 @@ return 1
 ///
 /// Every argument becomes a Lua string, which Redis 7.0's Lua hashes byte
 /// by byte, and every number passed to `redis.call` is printed with
-/// `%.17g`: this script has 6 arguments where [`SWAP`] has 12, and passes
-/// no numbers. Redis runs it in 52,000 instructions where [`SWAP`] takes
-/// 66,000 (callgrind on `redis-server`, a 785-byte record; see README
-/// "Performance").
+/// `%.17g`: this script has 6 arguments where [`SWAP`] has 12. A steady
+/// PUT costs Redis 57,000 instructions through it, against 71,000 through
+/// [`SWAP`] when that took the channel as an argument and passed numbers
+/// (`bench/redis_cost.sh`, a 785-byte record; see README "Performance").
 const SWAP_IN_PLACE: &str = r#"
 if redis.call('GETRANGE', KEYS[1], '0', ARGV[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
