@@ -31,6 +31,9 @@ SECONDS_EACH="${REDIS_COST_SECONDS:-5}"
 require_count "$SECONDS_EACH" REDIS_COST_SECONDS
 SCENARIOS=("$@")
 (( ${#SCENARIOS[@]} > 0 )) || SCENARIOS=(put patch create)
+for scenario in "${SCENARIOS[@]}"; do
+  [[ "$scenario" =~ ^(put|patch|create)$ ]] || die "no scenario $scenario (put, patch, create)"
+done
 IDS=100
 
 need_tools valgrind callgrind_control redis-server redis-cli wrk curl python3
@@ -56,22 +59,18 @@ CREATE_IDS=20000
 
 printf '%-8s %10s %22s\n' scenario requests "Redis instructions/req"
 for scenario in "${SCENARIOS[@]}"; do
-  case "$scenario" in
-    put | patch) script="$scenario" ;;
-    create) script=put ;;
-    *) die "no scenario $scenario (put, patch, create)" ;;
-  esac
   # Every steady id has been written before counting: what put and patch
   # measure is the steady write of a running job.
   drive put 2s >/dev/null
-  [[ "$scenario" != patch ]] || drive patch 2s >/dev/null
+  ids="$IDS" prefix="w-" script="$scenario"
+  case "$scenario" in
+    put) ;;
+    patch) drive patch 2s >/dev/null ;;
+    create) ids="$CREATE_IDS" prefix="c-$RANDOM-" script=put ;;
+  esac
   callgrind_control -z "$REDIS_PID" >/dev/null 2>&1
   callgrind_control -i on "$REDIS_PID" >/dev/null 2>&1
-  if [[ "$scenario" == create ]]; then
-    report="$(BENCH_WRITE_IDS="$CREATE_IDS" BENCH_PUT_ID_PREFIX="c-$RANDOM-" drive put "${SECONDS_EACH}s")"
-  else
-    report="$(drive "$script" "${SECONDS_EACH}s")"
-  fi
+  report="$(BENCH_WRITE_IDS="$ids" BENCH_PUT_ID_PREFIX="$prefix" drive "$script" "${SECONDS_EACH}s")"
   callgrind_control -d "$scenario" "$REDIS_PID" >/dev/null 2>&1
   callgrind_control -i off "$REDIS_PID" >/dev/null 2>&1
   requests="$(awk '/requests in/ {print $1}' <<<"$report")"

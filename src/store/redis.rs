@@ -36,6 +36,7 @@
 //! checks out a fresh one: redis-rs's multiplexed connection does not
 //! reconnect by itself, the pool does it for us.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -198,7 +199,7 @@ fn lua_string_literal(text: &str) -> String {
         if byte.is_ascii_alphanumeric() || b"-_:.".contains(&byte) {
             literal.push(char::from(byte));
         } else {
-            literal.push_str(&format!("\\{byte:03}"));
+            let _ = write!(literal, "\\{byte:03}");
         }
     }
     literal.push('"');
