@@ -240,6 +240,68 @@ async fn redis_back_with_old_data_never_shadows_the_outage() {
     }
 }
 
+/// Redis comes back for one instance while another is still cut off from
+/// it (its probe has not reached Redis yet: here a proxy keeps refusing it).
+/// The first copies back what PostgreSQL took and returns to Redis; from
+/// then on PostgreSQL refuses the second's writes (503), which would build
+/// on the version PostgreSQL holds, older than the one in Redis: two
+/// acknowledged writes on one version, and one of them lost (the chaos run
+/// caught that). Once the second reaches Redis too, it writes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_a_returned_redis_cannot_fork_a_record() {
+    let redis = OwnRedis::start();
+    let (proxy_a, proxy_b) = (Proxy::start(redis.addr()).await, Proxy::start(redis.addr()).await);
+    let db = TestDatabase::create().await;
+    let prefix = common::unique_prefix();
+    let instance = |proxy: &Proxy| {
+        let (url, prefix, database) = (format!("redis://127.0.0.1:{}", proxy.port()), prefix.clone(), db.url().to_owned());
+        spawn_app_with(Backend::Redis, move |s| {
+            quick(s, url, database);
+            s.key_prefix = prefix;
+            s.cache_max_age_ms = 0;
+        })
+    };
+    let (a, b) = (instance(&proxy_a).await, instance(&proxy_b).await);
+    durable_ready(&a, db.url()).await;
+    a.put_ok("job", &json!({"status": "running", "current": 0})).await;
+
+    for proxy in [&proxy_a, &proxy_b] {
+        proxy.set_mode(Mode::Reset).await;
+        proxy.set_mode(Mode::Refuse).await;
+    }
+    writes_resume(&a, "job").await;
+    writes_resume(&b, "job").await;
+    let in_postgres = b.patch_ok("job", &json!({"current": 1})).await["version"].as_u64().unwrap();
+
+    // Redis answers A again; A copies back and returns to it.
+    proxy_a.set_mode(Mode::Forward).await;
+    wait_for("A back on Redis", Duration::from_secs(5), async || {
+        let doc: Value = a.client.get(a.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        doc["dependencies"]["redis"]["breaker"] != "open"
+    })
+    .await;
+    let in_redis = a.patch_ok("job", &json!({"current": 2})).await;
+    assert_eq!(in_redis["version"].as_u64(), Some(in_postgres + 1), "A wrote on the version B left in PostgreSQL");
+
+    // B is still cut off: PostgreSQL still holds `in_postgres` (A's write is
+    // in its backlog), and B must not write on it.
+    for _ in 0..3 {
+        assert_problem(b.patch("job", &json!({"current": 3})).await, 503, "storage_unavailable").await;
+    }
+
+    // B reaches Redis and writes there, on A's version.
+    proxy_b.set_mode(Mode::Forward).await;
+    until_writes_resume(Duration::from_secs(5), async || b.patch("job", &json!({"current": 4})).await).await;
+    for app in [&a, &b] {
+        let r = app.get_ok("job").await;
+        assert_eq!((r["version"].as_u64(), r["current"].as_u64()), (Some(in_postgres + 2), Some(4)), "{r}");
+    }
+    wait_for("PostgreSQL holds the last write", Duration::from_secs(3), async || {
+        durable_versions(db.url()).await.get("job").copied() == Some(in_postgres as i64 + 2)
+    })
+    .await;
+}
+
 /// Mode 3: PostgreSQL is killed; writes are acknowledged from Redis and,
 /// once it returns, every record's latest version reaches it within the
 /// persist interval.

@@ -413,3 +413,74 @@ async fn the_migrate_command_applies_the_schema_or_says_why_not() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!format!("{out}{err}").contains("hunter22secret"), "{err}");
 }
+
+/// The fence (`migrations/V4__redis_fence.sql`): a write made while Redis
+/// is down for its instance since `since` goes through until an instance
+/// raises the fence at or after `since`; then it is refused (`None`) and
+/// writes nothing. Writes without a fence and writes of a later outage go
+/// on, and the fence never moves back.
+#[tokio::test]
+async fn writes_behind_the_fence_stop_once_it_is_raised_after_their_outage_began() {
+    let db = TestDatabase::create().await;
+    let store = migrated(&db).await;
+    let job = id("job");
+    let outage = Timestamp::now();
+    let v = |n: u64| record("job", n, json!({"status": "running", "current": n}));
+    assert_eq!(store.compare_and_set_fenced(&job, 0, &v(1), Some(outage)).await.unwrap(), Some(true));
+    assert_eq!(store.compare_and_set_fenced(&job, 1, &v(2), Some(outage)).await.unwrap(), Some(true));
+    assert_eq!(store.compare_and_set_fenced(&job, 1, &v(2), Some(outage)).await.unwrap(), Some(false), "version mismatch");
+
+    store.raise_fence(outage.plus_millis(10)).await.unwrap();
+    assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage)).await.unwrap(), None);
+    assert_eq!(store.compare_and_set_fenced(&id("new"), 0, &record("new", 1, json!({})), Some(outage)).await.unwrap(), None);
+    assert_eq!(store.compare_and_delete_fenced(&job, 2, Some(outage)).await.unwrap(), None);
+    assert_eq!(store.delete_fenced(&job, Some(outage)).await.unwrap(), None);
+    assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(10))).await.unwrap(), None, "raised at `since` itself");
+    assert_eq!(version_of(&store, "job").await, Some(2), "nothing fenced off was written");
+    assert_eq!(version_of(&store, "new").await, None);
+
+    store.raise_fence(outage).await.unwrap(); // older: the fence stays where it is
+    assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(5))).await.unwrap(), None);
+    assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(11))).await.unwrap(), Some(true), "a later outage");
+    assert_eq!(store.compare_and_set_fenced(&job, 3, &v(4), None).await.unwrap(), Some(true), "no fence");
+    assert!(store.compare_and_set(&job, 4, &v(5), 0).await.unwrap(), "the store's own compare-and-set is not fenced");
+    assert_eq!(store.delete_fenced(&job, Some(outage.plus_millis(11))).await.unwrap(), Some(true));
+    assert_eq!(version_of(&store, "job").await, None);
+}
+
+/// What the fence relies on, both ways round: raising it waits for a
+/// fenced write in flight (which holds the fence row shared until it
+/// commits), and a fenced write that meets a raise in flight waits for it
+/// and then sees the raised fence.
+#[tokio::test]
+async fn raising_the_fence_and_fenced_writes_wait_for_each_other() {
+    let db = TestDatabase::create().await;
+    let store = std::sync::Arc::new(migrated(&db).await);
+    let outage = Timestamp::now();
+    let other = db.connect().await;
+
+    // A fenced write in flight, as another instance's would be.
+    other.batch_execute("BEGIN; SELECT redis_back_ms FROM progress_fence FOR SHARE").await.unwrap();
+    let raise = tokio::spawn({
+        let store = store.clone();
+        async move { store.raise_fence(outage.plus_millis(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!raise.is_finished(), "the raise waits for the write in flight");
+    other.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), raise).await.unwrap().unwrap().unwrap();
+
+    // A raise in flight, as another instance's would be.
+    other.batch_execute("BEGIN; UPDATE progress_fence SET redis_back_ms = redis_back_ms + 100").await.unwrap();
+    let since = outage.plus_millis(50); // after the fence, before the raise in flight
+    let write = tokio::spawn({
+        let store = store.clone();
+        async move { store.compare_and_set_fenced(&id("job"), 0, &record("job", 1, json!({})), Some(since)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "the write waits for the raise in flight");
+    other.batch_execute("COMMIT").await.unwrap();
+    let written = tokio::time::timeout(Duration::from_secs(3), write).await.unwrap().unwrap().unwrap();
+    assert_eq!(written, None, "the write sees the raised fence");
+    assert_eq!(version_of(&store, "job").await, None);
+}

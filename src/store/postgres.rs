@@ -23,7 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 use super::listing::{ListCursor, ListPage, ListQuery};
 use super::maintenance::{timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH};
@@ -114,6 +115,15 @@ ON CONFLICT (id) DO UPDATE SET
     expires_at = greatest(progress.expires_at, now() + interval '1 day')
 WHERE NOT progress.deleted
 RETURNING (SELECT live FROM old)";
+
+/// Opens the transaction of a write made while Redis is down and takes the
+/// fence row shared (see `migrations/V4__redis_fence.sql`): one round trip.
+const ENTER_FENCE: &str = "BEGIN; SELECT redis_back_ms FROM progress_fence FOR SHARE";
+
+/// Records that Redis answers again; waits for the fenced writes in flight.
+const RAISE_FENCE: &str = "
+INSERT INTO progress_fence (one, redis_back_ms) VALUES (true, $1)
+ON CONFLICT (one) DO UPDATE SET redis_back_ms = greatest(progress_fence.redis_back_ms, EXCLUDED.redis_back_ms)";
 
 /// How to reach PostgreSQL and how long to wait for it.
 #[derive(Clone)]
@@ -536,6 +546,134 @@ fn parse_ids(rows: Vec<tokio_postgres::Row>) -> Vec<ProgressId> {
     rows.iter().filter_map(|row| ProgressId::parse(row.get::<_, &str>(0)).ok()).collect()
 }
 
+/// The writes a Redis-over-PostgreSQL instance makes here while its Redis
+/// breaker is open, and the fence that stops them once another instance is
+/// back on Redis (`migrations/V4__redis_fence.sql`).
+///
+/// Each write takes `fence`: `None` writes as is (PostgreSQL alone, or the
+/// durable copy of a write Redis took); `Some(since)` (Redis down for this
+/// instance since then) runs it in a transaction that first holds the fence
+/// row shared and answers `None`, writing nothing, when an instance has
+/// raised the fence at or after `since`.
+impl PostgresStore {
+    /// Records that Redis answered this instance again at `at`, before it
+    /// uses Redis again. Waits for every fenced write in flight (their share
+    /// locks), so that each has landed before the copy-back that follows;
+    /// every later one is refused.
+    pub async fn raise_fence(&self, at: Timestamp) -> Result<(), StoreError> {
+        self.bounded_counted(store_op!("postgres", "raise_fence"), async {
+            let db = self.session().await?;
+            let statement = db.prepare_cached(RAISE_FENCE).await.map_err(pg)?;
+            db.execute(&statement, &[&at.millis()]).await.map_err(pg)?;
+            db.done();
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`ProgressStore::compare_and_set`] behind `fence`; `None` when fenced off.
+    pub async fn compare_and_set_fenced(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        record: &StoredRecord,
+        fence: Option<Timestamp>,
+    ) -> Result<Option<bool>, StoreError> {
+        let row = Row::of(id.as_str(), record)?;
+        let (sql, expected) = match expected {
+            0 => (CREATE, None),
+            // A version beyond bigint cannot be stored, so it matches no row.
+            v => match i64::try_from(v) {
+                Ok(v) => (REPLACE, Some(v)),
+                Err(_) => return Ok(Some(false)),
+            },
+        };
+        self.bounded_counted(store_op!("postgres", "compare_and_set"), async {
+            let db = self.session().await?;
+            if !enter_fence(&db, fence).await.map_err(pg)? {
+                db.done();
+                return Ok(None);
+            }
+            let statement = db.prepare_cached(sql).await.map_err(pg)?;
+            // CREATE takes the columns, REPLACE the expected version as well.
+            let guard = expected.unwrap_or(0);
+            let params: [&(dyn ToSql + Sync); 8] =
+                [&row.id, &row.version, &row.status, &row.created_at, &row.updated_at, &row.expires_at, &row.record, &guard];
+            let written = db.execute(&statement, &params[..if expected.is_some() { 8 } else { 7 }]).await.map_err(pg)?;
+            leave_fence(&db, fence).await.map_err(pg)?;
+            db.done();
+            Ok(Some(written == 1))
+        })
+        .await
+    }
+
+    /// [`ProgressStore::compare_and_delete`] behind `fence`; `None` when fenced off.
+    pub async fn compare_and_delete_fenced(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        fence: Option<Timestamp>,
+    ) -> Result<Option<bool>, StoreError> {
+        let Ok(expected) = i64::try_from(expected) else { return Ok(Some(false)) };
+        self.bounded_counted(store_op!("postgres", "compare_and_delete"), async {
+            let db = self.session().await?;
+            if !enter_fence(&db, fence).await.map_err(pg)? {
+                db.done();
+                return Ok(None);
+            }
+            let statement = db.prepare_cached(COMPARE_AND_DELETE).await.map_err(pg)?;
+            let deleted = db.execute(&statement, &[&id.as_str(), &expected]).await.map_err(pg)?;
+            leave_fence(&db, fence).await.map_err(pg)?;
+            db.done();
+            Ok(Some(deleted == 1))
+        })
+        .await
+    }
+
+    /// [`ProgressStore::delete`] behind `fence`; `None` when fenced off.
+    pub async fn delete_fenced(&self, id: &ProgressId, fence: Option<Timestamp>) -> Result<Option<bool>, StoreError> {
+        self.bounded_counted(store_op!("postgres", "delete"), async {
+            let db = self.session().await?;
+            if !enter_fence(&db, fence).await.map_err(pg)? {
+                db.done();
+                return Ok(None);
+            }
+            let statement = db.prepare_cached(DELETE).await.map_err(pg)?;
+            let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
+            leave_fence(&db, fence).await.map_err(pg)?;
+            db.done();
+            // A tombstone for an expired row or for no row at all: nothing was deleted.
+            Ok(Some(row.is_some_and(|row| row.get::<_, Option<bool>>(0) == Some(true))))
+        })
+        .await
+    }
+}
+
+/// With `fence`, opens the write's transaction holding the fence row
+/// shared; false (rolled back) when the fence was raised at or after it.
+/// A write that fails after this drops its session, which closes the
+/// connection and so ends the transaction.
+async fn enter_fence(db: &ClientWrapper, fence: Option<Timestamp>) -> Result<bool, tokio_postgres::Error> {
+    let Some(since) = fence else { return Ok(true) };
+    let raised = db.simple_query(ENTER_FENCE).await?.iter().find_map(|message| match message {
+        SimpleQueryMessage::Row(row) => row.get(0).and_then(|ms| ms.parse::<i64>().ok()),
+        _ => None,
+    });
+    if raised.is_some_and(|raised| raised >= since.millis()) {
+        db.batch_execute("ROLLBACK").await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Commits what [`enter_fence`] opened.
+async fn leave_fence(db: &ClientWrapper, fence: Option<Timestamp>) -> Result<(), tokio_postgres::Error> {
+    if fence.is_some() {
+        db.batch_execute("COMMIT").await?;
+    }
+    Ok(())
+}
+
 /// Maintenance: health with the schema check, cleanup, bulk tombstones, counts.
 impl PostgresStore {
     /// Up when PostgreSQL answers and this build's migrations have run.
@@ -865,70 +1003,15 @@ impl ProgressStore for PostgresStore {
         record: &StoredRecord,
         _ttl_ms: i64,
     ) -> Result<bool, StoreError> {
-        let row = Row::of(id.as_str(), record)?;
-        let written = if expected == 0 {
-            self.bounded_counted(store_op!("postgres", "compare_and_set"), async {
-                let db = self.session().await?;
-                let statement = db.prepare_cached(CREATE).await.map_err(pg)?;
-                let written = db
-                    .execute(
-                        &statement,
-                        &[&row.id, &row.version, &row.status, &row.created_at, &row.updated_at, &row.expires_at, &row.record],
-                    )
-                    .await
-                    .map_err(pg)?;
-                db.done();
-                Ok(written)
-            })
-            .await?
-        } else {
-            // A version beyond bigint cannot be stored, so it matches no row.
-            let Ok(expected) = i64::try_from(expected) else { return Ok(false) };
-            self.bounded_counted(store_op!("postgres", "compare_and_set"), async {
-                let db = self.session().await?;
-                let statement = db.prepare_cached(REPLACE).await.map_err(pg)?;
-                let written = db
-                    .execute(
-                        &statement,
-                        &[
-                            &row.id, &row.version, &row.status, &row.created_at, &row.updated_at, &row.expires_at,
-                            &row.record, &expected,
-                        ],
-                    )
-                    .await
-                    .map_err(pg)?;
-                db.done();
-                Ok(written)
-            })
-            .await?
-        };
-        Ok(written == 1)
+        Ok(self.compare_and_set_fenced(id, expected, record, None).await?.unwrap_or(false))
     }
 
     async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
-        let Ok(expected) = i64::try_from(expected) else { return Ok(false) };
-        let deleted = self
-            .bounded_counted(store_op!("postgres", "compare_and_delete"), async {
-                let db = self.session().await?;
-                let statement = db.prepare_cached(COMPARE_AND_DELETE).await.map_err(pg)?;
-                let deleted = db.execute(&statement, &[&id.as_str(), &expected]).await.map_err(pg)?;
-                db.done();
-                Ok(deleted)
-            })
-            .await?;
-        Ok(deleted == 1)
+        Ok(self.compare_and_delete_fenced(id, expected, None).await?.unwrap_or(false))
     }
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
-        self.bounded_counted(store_op!("postgres", "delete"), async {
-            let db = self.session().await?;
-            let statement = db.prepare_cached(DELETE).await.map_err(pg)?;
-            let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
-            db.done();
-            // A tombstone for an expired row or for no row at all: nothing was deleted.
-            Ok(row.is_some_and(|row| row.get::<_, Option<bool>>(0) == Some(true)))
-        })
-        .await
+        Ok(self.delete_fenced(id, None).await?.unwrap_or(false))
     }
 
     async fn ping(&self) -> Result<Duration, StoreError> {

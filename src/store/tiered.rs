@@ -16,7 +16,7 @@
 //!   returns a version older than one acknowledged during the outage.
 //! - **Shutdown**: the backlog is flushed before the process exits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,9 +66,10 @@ pub struct TieredStore {
     durable_breaker: CircuitBreaker,
     backlog: WriteBehind,
     config: TieredConfig,
-    /// Compare-and-sets running against PostgreSQL because Redis is down;
-    /// recovery waits for them before its final copy-back.
-    durable_writes_in_flight: AtomicUsize,
+    /// When PostgreSQL last refused this instance's write because another
+    /// instance is back on Redis (ms since the epoch; 0: never): writes in
+    /// PostgreSQL wait from then as from the breaker opening.
+    fenced_at_ms: AtomicI64,
 }
 
 /// Which of the hot tier's reads [`TieredStore::read`] makes.
@@ -94,7 +95,7 @@ impl TieredStore {
             durable_breaker: CircuitBreaker::new_open("postgres", config.breaker_failures, config.probe_every),
             backlog: WriteBehind::default(),
             config,
-            durable_writes_in_flight: AtomicUsize::new(0),
+            fenced_at_ms: AtomicI64::new(0),
         });
         tokio::spawn(probe_durable(Arc::downgrade(&store)));
         if store.hot.is_some() {
@@ -207,28 +208,50 @@ impl TieredStore {
             }
             return Ok(stored);
         }
-        if self.hot.is_some() && !self.durable_breaker.allows() {
-            return Err(unavailable("redis", "both tiers are down"));
-        }
-        if self.hot.is_some() && Timestamp::now() < self.hot_breaker.opened_at().plus_millis(self.settle_ms()) {
-            return Err(unavailable("redis", "redis is down; writes resume on postgresql once every instance's backlog has reached it"));
-        }
+        let fence = self.durable_fence(true)?;
         // PostgreSQL is the store of record now; first make it as new as
         // what this instance acknowledged from Redis.
-        self.durable_writes_in_flight.fetch_add(1, Ordering::SeqCst);
-        let result = async {
-            if let Some(PendingWrite::Upsert(mine)) = self.backlog.pending(id) {
-                Self::observe(&self.durable_breaker, self.durable.upsert_newer(&[(id.clone(), mine.clone())]).await)?;
-                self.backlog.supersede(id, mine.version());
-            }
-            if !self.durable_breaker.allows() {
-                return Err(unavailable("postgres", "circuit breaker open"));
-            }
-            Self::observe(&self.durable_breaker, self.durable.compare_and_set(id, expected, record, ttl_ms).await)
+        if let Some(PendingWrite::Upsert(mine)) = self.backlog.pending(id) {
+            Self::observe(&self.durable_breaker, self.durable.upsert_newer(&[(id.clone(), mine.clone())]).await)?;
+            self.backlog.supersede(id, mine.version());
         }
-        .await;
-        self.durable_writes_in_flight.fetch_sub(1, Ordering::SeqCst);
-        result
+        if !self.durable_breaker.allows() {
+            return Err(unavailable("postgres", "circuit breaker open"));
+        }
+        let written = self.durable.compare_and_set_fenced(id, expected, record, fence).await;
+        Self::observe(&self.durable_breaker, written)?.ok_or_else(|| self.fenced_off())
+    }
+
+    /// The fence for a write in PostgreSQL made because Redis is unusable
+    /// (see [`PostgresStore::compare_and_set_fenced`]): `None` with
+    /// PostgreSQL alone, else since when this instance has been without
+    /// Redis. `settle`: refuse the write until other instances' backlogs
+    /// have had time to land (see [`Self::settle_ms`]).
+    fn durable_fence(&self, settle: bool) -> Result<Option<Timestamp>, StoreError> {
+        if self.hot.is_none() {
+            return match self.durable_breaker.allows() {
+                true => Ok(None),
+                false => Err(unavailable("postgres", "circuit breaker open")),
+            };
+        }
+        if !self.durable_breaker.allows() {
+            return Err(unavailable("redis", "both tiers are down"));
+        }
+        let since = self.hot_breaker.opened_at().max(Timestamp(self.fenced_at_ms.load(Ordering::Acquire)));
+        if settle && Timestamp::now() < since.plus_millis(self.settle_ms()) {
+            return Err(unavailable("redis", "redis is down; writes resume on postgresql once every instance's backlog has reached it"));
+        }
+        Ok(Some(since))
+    }
+
+    /// PostgreSQL refused a write behind the fence: another instance found
+    /// Redis answering again and is back on it, so this one must not write
+    /// past it. Redis may have taken writes since that other instances hold
+    /// in their backlogs, so writes here wait as from a new outage, unless
+    /// this instance's own probe reaches Redis first.
+    fn fenced_off(&self) -> StoreError {
+        self.fenced_at_ms.fetch_max(Timestamp::now().millis(), Ordering::AcqRel);
+        unavailable("redis", "redis is back for other instances; this one returns to it once its own probe reaches it")
     }
 
     /// Persists an acknowledged hot-tier write: at once when it matters
@@ -317,20 +340,20 @@ impl TieredStore {
     }
 
     /// After Redis answers a probe: copy back what PostgreSQL took during
-    /// the outage, let requests use Redis again, wait for compare-and-sets
-    /// still running against PostgreSQL, and copy back once more.
+    /// the outage (while writes go on there), raise the fence, which waits
+    /// for every instance's writes in PostgreSQL in flight and refuses all
+    /// later ones, copy back what came in meanwhile, then let requests use
+    /// Redis again. Without the fence, an instance whose probe has not yet
+    /// reached Redis would go on writing in PostgreSQL on a version older
+    /// than the one this instance writes in Redis, and one of the two
+    /// acknowledged writes would be lost (the chaos run caught that).
     async fn recover_hot(&self, hot: &HotTier) -> Result<(), StoreError> {
         // A second of slack for clocks of other instances.
         let outage_began = self.hot_breaker.opened_at().plus_millis(-1000);
         let first_pass = self.copy_back_since(hot, outage_began).await?;
+        Self::observe(&self.durable_breaker, self.durable.raise_fence(Timestamp::now()).await)?;
+        self.copy_back_since(hot, first_pass.plus_millis(-1000)).await?;
         self.hot_breaker.half_open();
-        while self.durable_writes_in_flight.load(Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if let Err(e) = self.copy_back_since(hot, first_pass.plus_millis(-1000)).await {
-            self.hot_breaker.open();
-            return Err(e);
-        }
         Ok(())
     }
 }
@@ -492,10 +515,9 @@ impl ProgressStore for TieredStore {
             }
             return Ok(deleted);
         }
-        if !self.durable_breaker.allows() {
-            return Err(unavailable("postgres", "circuit breaker open"));
-        }
-        let deleted = Self::observe(&self.durable_breaker, self.durable.compare_and_delete(id, expected).await)?;
+        let fence = self.durable_fence(false)?;
+        let deleted = Self::observe(&self.durable_breaker, self.durable.compare_and_delete_fenced(id, expected, fence).await)?
+            .ok_or_else(|| self.fenced_off())?;
         if deleted {
             self.forget_during_outage(id);
         }
@@ -510,12 +532,11 @@ impl ProgressStore for TieredStore {
             let in_hot = Self::observe(&self.hot_breaker, hot.store.delete(id).await)?;
             return Ok(in_hot || in_durable);
         }
-        if !self.durable_breaker.allows() {
-            return Err(unavailable("postgres", "circuit breaker open"));
-        }
+        let fence = self.durable_fence(false)?;
         let unflushed = matches!(self.backlog.pending(id),
             Some(PendingWrite::Upsert(r)) if r.meta().x > Timestamp::now().millis());
-        let removed = Self::observe(&self.durable_breaker, self.durable.delete(id).await)?;
+        let removed = Self::observe(&self.durable_breaker, self.durable.delete_fenced(id, fence).await)?
+            .ok_or_else(|| self.fenced_off())?;
         self.forget_during_outage(id);
         Ok(removed || unflushed)
     }
