@@ -13,7 +13,9 @@
 //!   cost; a background probe half-opens it once the tier answers. Before
 //!   Redis is used again, every record PostgreSQL took during the outage is
 //!   copied back into Redis (never over a newer version), so no read
-//!   returns a version older than one acknowledged during the outage.
+//!   returns a version older than one acknowledged during the outage, and
+//!   a fence in PostgreSQL stops the writes other instances still make
+//!   there ([`TieredStore::recover_hot`]).
 //! - **Shutdown**: the backlog is flushed before the process exits.
 
 use std::sync::atomic::{AtomicI64, Ordering};
