@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::{NoTls, SimpleQueryMessage, Statement};
 
 use super::listing::{ListCursor, ListPage, ListQuery};
 use super::maintenance::{timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH};
@@ -342,6 +342,16 @@ impl Session {
     fn done(mut self) {
         drop(self.0.take());
     }
+
+    /// Commits the transaction of [`PostgresStore::fenced_session`] (with
+    /// `fence`), then [`Session::done`].
+    async fn leave_fence(self, fence: Option<Timestamp>) -> Result<(), StoreError> {
+        if fence.is_some() {
+            self.batch_execute("COMMIT").await.map_err(pg)?;
+        }
+        self.done();
+        Ok(())
+    }
 }
 
 impl Deref for Session {
@@ -571,6 +581,28 @@ impl PostgresStore {
         .await
     }
 
+    /// A session for one write and its prepared `sql`. With `fence`, in a
+    /// transaction that holds the fence row shared; `None` (rolled back)
+    /// when the fence was raised at or after it. A write that fails after
+    /// this drops its session, which closes the connection and so ends the
+    /// transaction; one that succeeds ends with [`Session::leave_fence`].
+    async fn fenced_session(&self, fence: Option<Timestamp>, sql: &str) -> Result<Option<(Session, Statement)>, StoreError> {
+        let db = self.session().await?;
+        if let Some(since) = fence {
+            let raised = db.simple_query(ENTER_FENCE).await.map_err(pg)?.iter().find_map(|message| match message {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|ms| ms.parse::<i64>().ok()),
+                _ => None,
+            });
+            if raised.is_some_and(|raised| raised >= since.millis()) {
+                db.batch_execute("ROLLBACK").await.map_err(pg)?;
+                db.done();
+                return Ok(None);
+            }
+        }
+        let statement = db.prepare_cached(sql).await.map_err(pg)?;
+        Ok(Some((db, statement)))
+    }
+
     /// [`ProgressStore::compare_and_set`] behind `fence`; `None` when fenced off.
     pub async fn compare_and_set_fenced(
         &self,
@@ -589,19 +621,13 @@ impl PostgresStore {
             },
         };
         self.bounded_counted(store_op!("postgres", "compare_and_set"), async {
-            let db = self.session().await?;
-            if !enter_fence(&db, fence).await.map_err(pg)? {
-                db.done();
-                return Ok(None);
-            }
-            let statement = db.prepare_cached(sql).await.map_err(pg)?;
+            let Some((db, statement)) = self.fenced_session(fence, sql).await? else { return Ok(None) };
             // CREATE takes the columns, REPLACE the expected version as well.
             let guard = expected.unwrap_or(0);
             let params: [&(dyn ToSql + Sync); 8] =
                 [&row.id, &row.version, &row.status, &row.created_at, &row.updated_at, &row.expires_at, &row.record, &guard];
             let written = db.execute(&statement, &params[..if expected.is_some() { 8 } else { 7 }]).await.map_err(pg)?;
-            leave_fence(&db, fence).await.map_err(pg)?;
-            db.done();
+            db.leave_fence(fence).await?;
             Ok(Some(written == 1))
         })
         .await
@@ -616,15 +642,9 @@ impl PostgresStore {
     ) -> Result<Option<bool>, StoreError> {
         let Ok(expected) = i64::try_from(expected) else { return Ok(Some(false)) };
         self.bounded_counted(store_op!("postgres", "compare_and_delete"), async {
-            let db = self.session().await?;
-            if !enter_fence(&db, fence).await.map_err(pg)? {
-                db.done();
-                return Ok(None);
-            }
-            let statement = db.prepare_cached(COMPARE_AND_DELETE).await.map_err(pg)?;
+            let Some((db, statement)) = self.fenced_session(fence, COMPARE_AND_DELETE).await? else { return Ok(None) };
             let deleted = db.execute(&statement, &[&id.as_str(), &expected]).await.map_err(pg)?;
-            leave_fence(&db, fence).await.map_err(pg)?;
-            db.done();
+            db.leave_fence(fence).await?;
             Ok(Some(deleted == 1))
         })
         .await
@@ -633,45 +653,14 @@ impl PostgresStore {
     /// [`ProgressStore::delete`] behind `fence`; `None` when fenced off.
     pub async fn delete_fenced(&self, id: &ProgressId, fence: Option<Timestamp>) -> Result<Option<bool>, StoreError> {
         self.bounded_counted(store_op!("postgres", "delete"), async {
-            let db = self.session().await?;
-            if !enter_fence(&db, fence).await.map_err(pg)? {
-                db.done();
-                return Ok(None);
-            }
-            let statement = db.prepare_cached(DELETE).await.map_err(pg)?;
+            let Some((db, statement)) = self.fenced_session(fence, DELETE).await? else { return Ok(None) };
             let row = db.query_opt(&statement, &[&id.as_str()]).await.map_err(pg)?;
-            leave_fence(&db, fence).await.map_err(pg)?;
-            db.done();
+            db.leave_fence(fence).await?;
             // A tombstone for an expired row or for no row at all: nothing was deleted.
             Ok(Some(row.is_some_and(|row| row.get::<_, Option<bool>>(0) == Some(true))))
         })
         .await
     }
-}
-
-/// With `fence`, opens the write's transaction holding the fence row
-/// shared; false (rolled back) when the fence was raised at or after it.
-/// A write that fails after this drops its session, which closes the
-/// connection and so ends the transaction.
-async fn enter_fence(db: &ClientWrapper, fence: Option<Timestamp>) -> Result<bool, tokio_postgres::Error> {
-    let Some(since) = fence else { return Ok(true) };
-    let raised = db.simple_query(ENTER_FENCE).await?.iter().find_map(|message| match message {
-        SimpleQueryMessage::Row(row) => row.get(0).and_then(|ms| ms.parse::<i64>().ok()),
-        _ => None,
-    });
-    if raised.is_some_and(|raised| raised >= since.millis()) {
-        db.batch_execute("ROLLBACK").await?;
-        return Ok(false);
-    }
-    Ok(true)
-}
-
-/// Commits what [`enter_fence`] opened.
-async fn leave_fence(db: &ClientWrapper, fence: Option<Timestamp>) -> Result<(), tokio_postgres::Error> {
-    if fence.is_some() {
-        db.batch_execute("COMMIT").await?;
-    }
-    Ok(())
 }
 
 /// Maintenance: health with the schema check, cleanup, bulk tombstones, counts.
