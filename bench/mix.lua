@@ -29,7 +29,7 @@ function setup(thread)
 end
 
 local n = 0
-local patch_headers = { ["Content-Type"] = "application/json" }
+local patch_headers = write_headers()
 
 function init(args)
   -- os.time() alone would give every thread the same sequence.

@@ -42,6 +42,16 @@ function spread_over(ids)
   end
 end
 
+-- The headers of a write: JSON, and the write token and Origin that
+-- run.sh gives the server (BENCH_WRITE_TOKEN, BENCH_ORIGIN), when set.
+function write_headers()
+  local headers = { ["Content-Type"] = "application/json" }
+  local token, origin = os.getenv("BENCH_WRITE_TOKEN"), os.getenv("BENCH_ORIGIN")
+  if token and token ~= "" then headers["Authorization"] = "Bearer " .. token end
+  if origin and origin ~= "" then headers["Origin"] = origin end
+  return headers
+end
+
 -- Writes round-robin over `ids` records (see spread_over) with requests
 -- built once per thread, in init(): four per id, body_of(c) with a counter
 -- c that differs between them, so that request() only picks one and
@@ -54,7 +64,7 @@ function prebuilt_writes(method, id_prefix, ids, body_of)
   local variants = 4
   local requests = {}
   init = function(args)
-    local headers = { ["Content-Type"] = "application/json" }
+    local headers = write_headers()
     for v = 0, variants - 1 do
       for i = 0, ids - 1 do
         local body = body_of((i + v * 97) % 481)

@@ -2,7 +2,9 @@
 # bench/run.sh: load-test progressd with wrk against a real Redis and print
 # one table. See bench/README.md for what is measured and how to read it.
 #
-# The release binary runs in the default configuration (read cache on) on
+# The release binary runs in the default configuration (read cache on),
+# plus read and write tokens and one CORS origin (every request carries a
+# token and that Origin), on
 # Redis (and, unless BENCH_POSTGRES=0, a new PostgreSQL database as the
 # durable tier) and serves every row but the "(cache off)" ones. Those are
 # served by a second instance on the same Redis, key prefix and database,
@@ -85,6 +87,18 @@ DB=""
 [[ "$POSTGRES" == 1 ]] && DB="progressd_bench_$$_$(date +%s)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/progressd-bench.XXXXXX")"
+# Production layers on: both instances take read and write tokens and allow
+# one browser origin (CORS), and every request carries a token and that
+# Origin, as a dashboard polling from another origin would: GETs the read
+# token (the wrk rows, oha), writes the write token (bench/report.lua's
+# prebuilt writes, mix.lua's PATCHes, oha's PATCHes), every curl here the
+# write token (which reads too) through a curlrc of its own. /healthz is
+# public, but gets the same headers, so that its CORS work is paid too.
+export BENCH_READ_TOKEN="bench-read-$$"
+export BENCH_WRITE_TOKEN="bench-write-$$"
+export BENCH_ORIGIN="https://dashboard.bench.example"
+printf 'header = "Authorization: Bearer %s"\nheader = "Origin: %s"\n' "$BENCH_WRITE_TOKEN" "$BENCH_ORIGIN" >"$WORK/.curlrc"
+export CURL_HOME="$WORK"
 # Main instance: default configuration (read cache on).
 SERVER_LOG="$WORK/server.log"
 SERVER_PID=""
@@ -290,7 +304,8 @@ start_instance() {
   # `exec` keeps the PID: $! is the server itself, not a wrapper shell.
   ( cd "$WORK" && exec env -u RUST_LOG "${inherited_progress_vars[@]}" "${database[@]}" \
       PORT="$port" PROGRESS_HOST=127.0.0.1 REDIS_URL="$REDIS_URL" PROGRESS_KEY_PREFIX="$KEY_PREFIX" \
-      PROGRESS_TTL_SECONDS=900 PROGRESS_LOG_LEVEL="${BENCH_LOG_LEVEL:-warn}" "$@" \
+      PROGRESS_TTL_SECONDS=900 PROGRESS_LOG_LEVEL="${BENCH_LOG_LEVEL:-warn}" \
+      PROGRESS_READ_TOKENS="$BENCH_READ_TOKEN" PROGRESS_WRITE_TOKENS="$BENCH_WRITE_TOKEN" PROGRESS_CORS_ORIGINS="$BENCH_ORIGIN" "$@" \
       "$BIN" ) >"$logfile" 2>&1 &
   pid=$!
   case "$which" in
@@ -340,7 +355,7 @@ wait_ready() {  # base
 }
 
 start_with_retries main
-log "bench: progressd (pid $SERVER_PID, default configuration: read cache on) is up at $BASE"
+log "bench: progressd (pid $SERVER_PID, default configuration: read cache on; tokens and a CORS origin set) is up at $BASE"
 wait_ready "$BASE"
 
 # Resident memory of an instance, from /proc/PID/status: "VmRSS VmHWM" in MB.
@@ -463,6 +478,7 @@ wrk_args() {
   esac
 }
 extra_headers() {
+  printf '%s\n' "Authorization: Bearer $BENCH_READ_TOKEN" "Origin: $BENCH_ORIGIN"
   [[ "$1" == get_304 || "$1" == get_304_off ]] && printf '%s\n' "If-None-Match: $ETAG"
   return 0
 }
@@ -688,7 +704,10 @@ if [[ "$RATE" != 0 ]]; then
     # else GETs); the merged summary goes to $WORK/TAG.result.
     oha_pair() {
       local tag="$1" get_urls="$2" other_urls="$3" method=() pid failed=0
-      [[ "$4" == 1 ]] && method=(-m PATCH -T application/json -d "$MIX_PATCH_BODY")
+      local read_headers=(-H "Authorization: Bearer $BENCH_READ_TOKEN" -H "Origin: $BENCH_ORIGIN")
+      local other_headers=("${read_headers[@]}")
+      [[ "$4" == 1 ]] && method=(-m PATCH -T application/json -d "$MIX_PATCH_BODY") \
+        && other_headers=(-H "Authorization: Bearer $BENCH_WRITE_TOKEN" -H "Origin: $BENCH_ORIGIN")
       # When the pair started (Unix seconds): oha's CSV times count from here,
       # so slow requests can be matched against the server log's times.
       date +%s.%N >"$WORK/$tag.started"
@@ -697,10 +716,10 @@ if [[ "$RATE" != 0 ]]; then
       python3 "$BENCH_DIR/rate_mix.py" steal "$WORK/$tag.steal" "$((RATE_WARMUP + RATE_DURATION + 1))" &
       local sampler=$!
       "$OHA" --no-tui -q "$get_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 32 --latency-correction --urls-from-file "$get_urls" \
-        -t 5s --output-format csv -o "$WORK/$tag-a.csv" >"$WORK/$tag-a.log" 2>&1 &
+        "${read_headers[@]}" -t 5s --output-format csv -o "$WORK/$tag-a.csv" >"$WORK/$tag-a.log" 2>&1 &
       OHA_PIDS+=($!)
       "$OHA" --no-tui -q "$patch_rate" -z "$((RATE_WARMUP + RATE_DURATION))s" -c 8 --latency-correction --urls-from-file "$other_urls" \
-        "${method[@]}" -t 5s --output-format csv -o "$WORK/$tag-b.csv" >"$WORK/$tag-b.log" 2>&1 &
+        "${method[@]}" "${other_headers[@]}" -t 5s --output-format csv -o "$WORK/$tag-b.csv" >"$WORK/$tag-b.log" 2>&1 &
       OHA_PIDS+=($!)
       for pid in "${OHA_PIDS[@]}"; do wait "$pid" || failed=1; done
       OHA_PIDS=()
