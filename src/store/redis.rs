@@ -1038,24 +1038,24 @@ impl ProgressStore for RedisStore {
         let expected: &[u8] = current.map_or(&[], StoredRecord::header);
         let notice = change_notice(record.version(), id);
         let expires = expiry_to_set(current, record, ttl_ms);
-        if !expected.is_empty() && old_status == status && expires == 0 {
+        let (script, cmd) = if !expected.is_empty() && old_status == status && expires == 0 {
             let script = &self.swap_in_place;
             let mut cmd = script.call(&[&key]);
             cmd.arg(expected).arg(expected.len() - 1);
             with_redis_value(record, |value| cmd.arg(value)).arg(ttl_ms.max(1)).arg(notice);
-            let outcome: i64 = self.eval_counted(store_op!("redis", "compare_and_set"), script, &cmd).await?;
-            return self.script_outcome(id, outcome);
-        }
-        let member = index_member(created, id);
-        let (script, indexes) = (&self.swap, &self.index_keys);
-        let mut cmd = script.call(&[&key, &indexes.all, &indexes.expiry, indexes.of(old_status), indexes.of(status)]);
-        cmd.arg(expected);
-        with_redis_value(record, |value| cmd.arg(value))
-            .arg(ttl_ms.max(1))
-            .arg(notice)
-            .arg(member)
-            .arg(expires)
-            .arg(expected.len().saturating_sub(1));
+            (script, cmd)
+        } else {
+            let (script, indexes) = (&self.swap, &self.index_keys);
+            let mut cmd = script.call(&[&key, &indexes.all, &indexes.expiry, indexes.of(old_status), indexes.of(status)]);
+            cmd.arg(expected);
+            with_redis_value(record, |value| cmd.arg(value))
+                .arg(ttl_ms.max(1))
+                .arg(notice)
+                .arg(index_member(created, id))
+                .arg(expires)
+                .arg(expected.len().saturating_sub(1));
+            (script, cmd)
+        };
         let outcome: i64 = self.eval_counted(store_op!("redis", "compare_and_set"), script, &cmd).await?;
         self.script_outcome(id, outcome)
     }
