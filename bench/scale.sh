@@ -64,6 +64,11 @@ for n in "${SIZES[@]}"; do
 done
 for v in DURATION STARTS EXPIRED; do require_count "${!v}" "SCALE_$v"; done
 need_tools curl awk psql python3 wrk redis-cli
+# The loader compresses record bodies as progressd does (LZ4 blocks).
+if ! python3 -c 'import lz4.block' 2>/dev/null; then
+  log "$BENCH_NAME: installing the lz4 package for python3 (pip --user)"
+  python3 -m pip install --quiet --user lz4 >/dev/null 2>&1 || die "python3's lz4 package is missing and pip could not install it"
+fi
 rds() { redis-cli -u "$SCALE_REDIS_URL" --no-auth-warning "$@"; }
 [[ "$(rds PING 2>/dev/null || true)" == PONG ]] || die "Redis at ${SCALE_REDIS_URL%%@*} does not answer PING"
 problems=()
@@ -194,7 +199,7 @@ check_loaded() {  # base n
     got="$(curl -s -o "$WORK/check.json" -w '%{http_code}' "$1/progress/$id")"
     if [[ "$got" != 200 ]]; then problems+=("GET /progress/$id answered $got after loading"); continue; fi
     pg="$(psql_db "$DB" -c "SELECT md5(record) FROM progress WHERE id = '$id'")"
-    [[ "$pg" == "$(rds GET "${PREFIX}progress:$id" | head -c -1 | md5sum | cut -d' ' -f1)" ]] \
+    [[ "$pg" == "$(rds GET "${PREFIX}progress:$id" | python3 "$LOADER" plain | md5sum | cut -d' ' -f1)" ]] \
       || problems+=("record $id: PostgreSQL's bytes differ from Redis's")
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["id"] == sys.argv[2], r["id"]' "$WORK/check.json" "$id" \
       || problems+=("GET /progress/$id: not the record $id")

@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""bench/scale_load.py: helpers of bench/scale.sh (standard library only).
+"""bench/scale_load.py: helpers of bench/scale.sh (standard library, plus the
+`lz4` package for the record bodies, which progressd stores LZ4-compressed).
 
     redis-cli GET KEY | scale_load.py template OUT.json
         Reads one stored record (written through progressd's API) as
-        redis-cli prints it and saves it as a template: its bytes with
-        placeholders where the loaded copies differ (id, created time, expiry).
+        redis-cli prints it and saves it as a template: its bytes (the body
+        decompressed) with placeholders where the loaded copies differ (id,
+        created time, expiry).
+
+    redis-cli GET KEY | scale_load.py plain
+        The same stored record with its body decompressed: the bytes
+        PostgreSQL keeps for it.
 
     scale_load.py redis TEMPLATES.json PREFIX ID_PREFIX START END BASE_MS X_MS
         Writes to stdout, in the Redis protocol (for `redis-cli --pipe`), what
         progressd's own write script does for records START..END-1: the record
         key `{PREFIX}progress:{ID_PREFIX}{i}` (SET … PX, value in the stored
-        format), and its members in the listing indexes `{PREFIX}progressd:index`,
+        format, the body LZ4-compressed as progressd compresses it), and its members in the listing indexes `{PREFIX}progressd:index`,
         `…:index:{status}` and `…:expiry`. Record i is created at BASE_MS - i
         (so record 0 is the newest) and expires at X_MS; its status (so its
         template) is STATUSES[i % 20].
@@ -96,18 +102,53 @@ def cmd_unlink(url, prefix, mode=""):
     print(found)
 
 
+# What progressd's hot tier does with a record's body (src/store/redis.rs,
+# `with_redis_value`): from COMPRESS_FROM bytes on, `~`, the body's length
+# (4 bytes, little-endian) and the body as one LZ4 block, when that is shorter.
+COMPRESSED = b"~"
+COMPRESS_FROM = 256
+
+
+def lz4_block():
+    try:
+        import lz4.block
+    except ImportError:
+        raise SystemExit("scale_load: the lz4 package is missing (python3 -m pip install --user lz4)")
+    return lz4.block
+
+
+def redis_body(body):
+    if len(body) < COMPRESS_FROM:
+        return body
+    packed = COMPRESSED + lz4_block().compress(body, store_size=True)
+    return packed if len(packed) < len(body) else body
+
+
 def iso(ms):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + ".%03dZ" % (ms % 1000)
 
 
-def cmd_template(out):
+def read_stored():
+    """One Redis value as redis-cli prints it, on stdin: (header, body), the body decompressed."""
     raw = sys.stdin.buffer.read()
     if raw.endswith(b"\n"):  # redis-cli ends its output with a newline
         raw = raw[:-1]
     if not raw.startswith(b'{"v":'):
         raise SystemExit(f"scale_load: not a stored record: {raw[:80]!r}")
-    text = raw.decode()
-    header, body = text.split("\n", 1)
+    head, body = raw.split(b"\n", 1)
+    if body.startswith(COMPRESSED):
+        body = lz4_block().decompress(body[1:])
+    return head, body
+
+
+def cmd_plain():
+    head, body = read_stored()
+    sys.stdout.buffer.write(head + b"\n" + body)
+
+
+def cmd_template(out):
+    head, body = read_stored()
+    header, body = head.decode(), body.decode()
     meta = json.loads(header)
     rec = json.loads(body)
     header = re.sub(r'"x":\d+', '"x":@X@', header, count=1)
@@ -158,7 +199,8 @@ def cmd_redis(templates, prefix, id_prefix, start, end, base_ms, x_ms):
         if sec != iso_cache_s:
             iso_cache_s, iso_cache = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         subst = {"@ID@": rid, "@C@": str(c), "@CREATED@": iso_cache + ".%03dZ" % (c % 1000)}
-        value = "".join(subst.get(p, p) for p in parts[status]).encode()
+        header, body = "".join(subst.get(p, p) for p in parts[status]).encode().split(b"\n", 1)
+        value = header + b"\n" + redis_body(body)
         member = b"%015d:%s" % (c, rid.encode())
         key = key_prefix + str(i).encode()
         buf.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\nPX\r\n$%d\r\n%d\r\n"
@@ -195,7 +237,8 @@ def cmd_sql(templates, x_ms):
 
 
 if __name__ == "__main__":
-    commands = {"template": cmd_template, "redis": cmd_redis, "gone": cmd_gone, "sql": cmd_sql, "unlink": cmd_unlink}
+    commands = {"template": cmd_template, "redis": cmd_redis, "gone": cmd_gone, "sql": cmd_sql, "unlink": cmd_unlink,
+                "plain": cmd_plain}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])
