@@ -259,6 +259,7 @@ async fn an_instance_cut_off_from_a_returned_redis_cannot_fork_a_record() {
             quick(s, url, database);
             s.key_prefix = prefix;
             s.cache_max_age_ms = 0;
+            s.admin_token = Some("admin".into());
         })
     };
     let (a, b) = (instance(&proxy_a).await, instance(&proxy_b).await);
@@ -288,6 +289,13 @@ async fn an_instance_cut_off_from_a_returned_redis_cannot_fork_a_record() {
     for _ in 0..3 {
         assert_problem(b.patch("job", &json!({"current": 3})).await, 503, "storage_unavailable").await;
     }
+    // Nor delete it there, one by one or in bulk: Redis (serving A) would
+    // never hear of it.
+    assert_problem(b.send(reqwest::Method::DELETE, "/progress/job", None, &[]).await, 503, "storage_unavailable").await;
+    let bulk = b.send(reqwest::Method::DELETE, "/admin/progress?prefix=jo", None, &[("authorization", "Bearer admin")]).await;
+    assert_problem(bulk, 503, "storage_unavailable").await;
+    assert_eq!(a.get_ok("job").await["version"].as_u64(), Some(in_postgres + 1), "the record stays, in Redis");
+    assert_eq!(durable_versions(db.url()).await.get("job").copied(), Some(in_postgres as i64), "and live in PostgreSQL");
 
     // B reaches Redis and writes there, on A's version.
     proxy_b.set_mode(Mode::Forward).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::postgres::{free_port, OwnPostgres, TestDatabase};
 use progressd::domain::{apply_write, ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy};
-use progressd::store::{DurableRow, PostgresStore, PostgresStoreConfig, ProgressStore, StoreError};
+use progressd::store::{DurableRow, PostgresStore, PostgresStoreConfig, ProgressStore, RecordFilter, StoreError};
 use serde_json::{json, Value};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -426,6 +426,11 @@ async fn writes_behind_the_fence_stop_once_it_is_raised_after_their_outage_began
     let job = id("job");
     let outage = Timestamp::now();
     let v = |n: u64| record("job", n, json!({"status": "running", "current": n}));
+    let bulk = RecordFilter { id_prefix: Some("bulk-".into()), ..RecordFilter::default() };
+    for n in 0..3 {
+        let raw = format!("bulk-{n}");
+        assert_eq!(store.compare_and_set_fenced(&id(&raw), 0, &record(&raw, 1, json!({})), Some(outage)).await.unwrap(), Some(true));
+    }
     assert_eq!(store.compare_and_set_fenced(&job, 0, &v(1), Some(outage)).await.unwrap(), Some(true));
     assert_eq!(store.compare_and_set_fenced(&job, 1, &v(2), Some(outage)).await.unwrap(), Some(true));
     assert_eq!(store.compare_and_set_fenced(&job, 1, &v(2), Some(outage)).await.unwrap(), Some(false), "version mismatch");
@@ -435,9 +440,11 @@ async fn writes_behind_the_fence_stop_once_it_is_raised_after_their_outage_began
     assert_eq!(store.compare_and_set_fenced(&id("new"), 0, &record("new", 1, json!({})), Some(outage)).await.unwrap(), None);
     assert_eq!(store.compare_and_delete_fenced(&job, 2, Some(outage)).await.unwrap(), None);
     assert_eq!(store.delete_fenced(&job, Some(outage)).await.unwrap(), None);
+    assert_eq!(store.tombstone_matching(&bulk, Some(outage)).await.unwrap(), (vec![], true), "a bulk delete is fenced too");
     assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(10))).await.unwrap(), None, "raised at `since` itself");
     assert_eq!(version_of(&store, "job").await, Some(2), "nothing fenced off was written");
     assert_eq!(version_of(&store, "new").await, None);
+    assert_eq!(version_of(&store, "bulk-0").await, Some(1), "nothing fenced off was deleted");
 
     store.raise_fence(outage).await.unwrap(); // older: the fence stays where it is
     assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(5))).await.unwrap(), None);
@@ -446,6 +453,10 @@ async fn writes_behind_the_fence_stop_once_it_is_raised_after_their_outage_began
     assert!(store.compare_and_set(&job, 4, &v(5), 0).await.unwrap(), "the store's own compare-and-set is not fenced");
     assert_eq!(store.delete_fenced(&job, Some(outage.plus_millis(11))).await.unwrap(), Some(true));
     assert_eq!(version_of(&store, "job").await, None);
+    let (mut gone, fenced) = store.tombstone_matching(&bulk, Some(outage.plus_millis(11))).await.unwrap();
+    gone.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!((gone, fenced), (vec![id("bulk-0"), id("bulk-1"), id("bulk-2")], false), "a later outage's bulk delete");
+    assert_eq!(version_of(&store, "bulk-1").await, None);
 }
 
 /// What the fence relies on, both ways round: raising it waits for a

@@ -731,9 +731,16 @@ impl PostgresStore {
         Ok(Some(purged))
     }
 
-    /// Turns every live row matching `filter` into a tombstone, in batches;
-    /// returns the ids. For when PostgreSQL is the store of record.
-    pub async fn tombstone_matching(&self, filter: &RecordFilter) -> Result<Vec<ProgressId>, StoreError> {
+    /// Turns every live row matching `filter` into a tombstone, in batches,
+    /// each behind `fence` (see [`Self::compare_and_set_fenced`]); returns
+    /// the ids, and whether the fence stopped it before the end (the
+    /// batches before that are tombstoned). For when PostgreSQL is the
+    /// store of record.
+    pub async fn tombstone_matching(
+        &self,
+        filter: &RecordFilter,
+        fence: Option<Timestamp>,
+    ) -> Result<(Vec<ProgressId>, bool), StoreError> {
         let query = format!(
             "WITH batch AS (SELECT id FROM progress WHERE {LIVE_MATCHING} LIMIT $4 FOR UPDATE)
              UPDATE progress SET {TOMBSTONE_SET} FROM batch WHERE progress.id = batch.id RETURNING progress.id"
@@ -744,17 +751,17 @@ impl PostgresStore {
         loop {
             let rows = self
                 .bounded(async {
-                    let db = self.session().await?;
-                    let statement = db.prepare_cached(&query).await.map_err(pg)?;
+                    let Some((db, statement)) = self.fenced_session(fence, &query).await? else { return Ok(None) };
                     let rows = db.query(&statement, &[&status, &prefix, &before, &batch]).await.map_err(pg)?;
-                    db.done();
-                    Ok(rows)
+                    db.leave_fence(fence).await?;
+                    Ok(Some(rows))
                 })
                 .await?;
+            let Some(rows) = rows else { return Ok((deleted, true)) };
             let n = rows.len();
             deleted.extend(parse_ids(rows));
             if n < MAINTENANCE_BATCH {
-                return Ok(deleted);
+                return Ok((deleted, false));
             }
             tokio::task::yield_now().await;
         }
@@ -1020,7 +1027,7 @@ impl ProgressStore for PostgresStore {
     }
 
     async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
-        Ok(self.tombstone_matching(filter).await?.len() as u64)
+        Ok(self.tombstone_matching(filter, None).await?.0.len() as u64)
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {

@@ -228,7 +228,11 @@ impl TieredStore {
     /// (see [`PostgresStore::compare_and_set_fenced`]): `None` with
     /// PostgreSQL alone, else since when this instance has been without
     /// Redis. `settle`: refuse the write until other instances' backlogs
-    /// have had time to land (see [`Self::settle_ms`]).
+    /// have had time to land (see [`Self::settle_ms`]). Deletes need not
+    /// wait for backlogs (a tombstone outranks every version), but once the
+    /// fence has refused this instance in this outage, Redis is back for
+    /// others and would not hear of a delete here either: then every write
+    /// waits.
     fn durable_fence(&self, settle: bool) -> Result<Option<Timestamp>, StoreError> {
         if self.hot.is_none() {
             return match self.durable_breaker.allows() {
@@ -239,8 +243,9 @@ impl TieredStore {
         if !self.durable_breaker.allows() {
             return Err(unavailable("redis", "both tiers are down"));
         }
-        let since = self.hot_breaker.opened_at().max(Timestamp(self.fenced_at_ms.load(Ordering::Acquire)));
-        if settle && Timestamp::now() < since.plus_millis(self.settle_ms()) {
+        let (opened, fenced) = (self.hot_breaker.opened_at(), Timestamp(self.fenced_at_ms.load(Ordering::Acquire)));
+        let since = opened.max(fenced);
+        if (settle || fenced > opened) && Timestamp::now() < since.plus_millis(self.settle_ms()) {
             return Err(unavailable("redis", "redis is down; writes resume on postgresql once every instance's backlog has reached it"));
         }
         Ok(Some(since))
@@ -714,20 +719,23 @@ impl TieredStore {
     /// PostgreSQL is the store of record (Redis is down or not configured):
     /// tombstone its matching rows, after flushing what this instance
     /// acknowledged and PostgreSQL has not seen. The tombstones reach Redis
-    /// with the copy-back when it returns.
+    /// with the copy-back when it returns. Behind the fence, like a single
+    /// delete: once another instance is back on Redis, this one deletes
+    /// nothing more here (the batches before are copied back by that
+    /// instance's second pass).
     async fn delete_matching_durable(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
-        if !self.durable_breaker.allows() {
-            let tier = if self.hot.is_some() { "redis" } else { "postgres" };
-            return Err(unavailable(tier, if self.hot.is_some() { "both tiers are down" } else { "circuit breaker open" }));
-        }
+        let fence = self.durable_fence(false)?;
         if !self.backlog.is_empty() {
             self.flush(true).await?;
         }
-        let ids = Self::observe(&self.durable_breaker, self.durable.tombstone_matching(filter).await)?;
+        let (ids, fenced) = Self::observe(&self.durable_breaker, self.durable.tombstone_matching(filter, fence).await)?;
         for id in &ids {
             self.forget_during_outage(id);
         }
-        Ok(ids.len() as u64)
+        match fenced {
+            true => Err(self.fenced_off()),
+            false => Ok(ids.len() as u64),
+        }
     }
 
     /// Tombstones records just deleted from Redis, or queues the tombstones
