@@ -16,7 +16,8 @@
         Writes to stdout, in the Redis protocol (for `redis-cli --pipe`), what
         progressd's own write script does for records START..END-1: the record
         key `{PREFIX}progress:{ID_PREFIX}{i}` (SET … PX, value in the stored
-        format, the body LZ4-compressed as progressd compresses it), and its members in the listing indexes `{PREFIX}progressd:index`,
+        format, the body LZ4-compressed as progressd compresses it), and its
+        members in the listing indexes `{PREFIX}progressd:index`,
         `…:index:{status}` and `…:expiry`. Record i is created at BASE_MS - i
         (so record 0 is the newest) and expires at X_MS; its status (so its
         template) is STATUSES[i % 20].
