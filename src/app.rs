@@ -2,6 +2,7 @@
 //! loop with graceful shutdown.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use crate::live::Live;
 use crate::service::ProgressService;
 use crate::settings::{redact_url, Settings};
 use crate::store::{
-    CacheConfig, CachedStore, ChangeNotices, ChangeSink, HotTier, MemoryStore, PostgresStore, PostgresStoreConfig,
-    ProgressStore, RedisStore, RedisStoreConfig, TieredConfig, TieredStore,
+    CacheConfig, CachedStore, ChangeNotices, ChangeSink, ErrorLog, HotTier, MemoryStore, PostgresStore,
+    PostgresStoreConfig, ProgressStore, RedisStore, RedisStoreConfig, TierState, TieredConfig, TieredStore,
 };
+use crate::tls::{self, Verify};
 
 /// Redis's change notices, when there is a Redis.
 pub type Notices = Option<Arc<ChangeNotices>>;
@@ -58,13 +60,20 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn ProgressStore
         };
         return Ok((store, notices));
     };
-    let durable = PostgresStore::new(PostgresStoreConfig {
+    let config = PostgresStoreConfig {
         url: database_url.clone(),
         pool_size: settings.database_pool_size,
         timeout: settings.database_timeout(),
-    })
-    .map_err(|e| anyhow::anyhow!("invalid setting DATABASE_URL ({}): {e}", redact_url(database_url)))?;
-    tracing::info!(postgres = %redact_url(database_url), "durable tier: PostgreSQL (migrations run in the background)");
+    };
+    let durable = PostgresStore::with_defaults(config, &settings.database_defaults()).map_err(|e| {
+        anyhow::anyhow!("invalid setting {} ({}): {e}", settings.database_url_variable, redact_url(database_url))
+    })?;
+    tracing::info!(
+        postgres = %redact_url(database_url),
+        from = settings.database_url_variable,
+        sslmode = durable.ssl_mode().as_str(),
+        "durable tier: PostgreSQL (migrations run in the background)"
+    );
     if hot.is_none() {
         tracing::info!("hot tier: none (REDIS_URL is unset); every request goes to PostgreSQL");
     }
@@ -72,6 +81,7 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn ProgressStore
         persist_interval: Duration::from_secs(settings.persist_interval_seconds),
         breaker_failures: settings.breaker_failures,
         probe_every: Duration::from_millis(settings.breaker_probe_ms),
+        shutdown_flush: Duration::from_secs(settings.shutdown_flush_seconds),
     };
     Ok((TieredStore::start(hot, Arc::new(durable), config), notices))
 }
@@ -79,20 +89,34 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn ProgressStore
 /// Redis, behind the read cache unless `PROGRESS_CACHE_MAX_AGE_MS` is 0,
 /// and the subscription to its change notices.
 fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<(HotTier, Arc<ChangeNotices>)> {
-    let invalid = |e: &dyn std::fmt::Display| anyhow::anyhow!("invalid setting REDIS_URL ({}): {e}", redact_url(url));
+    let variable = settings.redis_url_variable;
+    let invalid = |e: &dyn std::fmt::Display| anyhow::anyhow!("invalid setting {variable} ({}): {e}", redact_url(url));
+    let (client, tls) = redis_client(settings, url).map_err(|e| invalid(&e))?;
     let redis = Arc::new(
-        RedisStore::new(RedisStoreConfig {
-            url: url.to_owned(),
-            key_prefix: settings.key_prefix.clone(),
-            pool_size: settings.redis_pool_size,
-            shared_connections: settings.redis_connections,
-            timeout: settings.redis_timeout(),
-        })
+        RedisStore::with_client(
+            RedisStoreConfig {
+                url: url.to_owned(),
+                key_prefix: settings.key_prefix.clone(),
+                pool_size: settings.redis_pool_size,
+                shared_connections: settings.redis_connections,
+                timeout: settings.redis_timeout(),
+            },
+            &client,
+        )
         .map_err(|e| invalid(&e))?,
     );
-    tracing::info!(redis = %redact_url(url), key_prefix = %settings.key_prefix, "hot tier: Redis");
-    let client = redis::Client::open(url).map_err(|e| invalid(&e))?;
-    let notices = ChangeNotices::listen(client, redis.changes_channel().to_owned(), settings.redis_timeout());
+    let security = match tls.as_ref().map(|(_, verify)| *verify) {
+        None => "plain",
+        Some(Verify::Nothing) => "TLS, unverified",
+        Some(_) => "TLS",
+    };
+    tracing::info!(redis = %redact_url(url), from = variable, security, key_prefix = %settings.key_prefix, "hot tier: Redis");
+    let notices = ChangeNotices::listen(
+        client,
+        tls.map(|(config, _)| Arc::new(config)),
+        redis.changes_channel().to_owned(),
+        settings.redis_timeout(),
+    );
     if settings.cache_max_age_ms == 0 {
         return Ok((HotTier { store: redis.clone(), redis, cache: None }, notices));
     }
@@ -105,6 +129,123 @@ fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<(HotTier, Arc<C
     ));
     notices.attach(Arc::downgrade(&cached) as std::sync::Weak<dyn ChangeSink>);
     Ok((HotTier { store: cached.clone(), redis, cache: Some(cached) }, notices))
+}
+
+/// The Redis client for `url`, and for `rediss://` the TLS configuration
+/// of the change-notice subscription, which checks the server as the pool
+/// does: against `PROGRESS_REDIS_CA_FILE`, or the system's roots, or not at
+/// all when the URL ends in `#insecure`.
+fn redis_client(settings: &Settings, url: &str) -> Result<(redis::Client, Option<(rustls::ClientConfig, Verify)>), String> {
+    tls::install_provider();
+    let ca_file = settings.redis_ca_file.as_deref();
+    if !url.starts_with("rediss://") {
+        if ca_file.is_some() {
+            tracing::warn!("PROGRESS_REDIS_CA_FILE is set but the Redis URL is not rediss://: the connection is not encrypted");
+        }
+        return Ok((redis::Client::open(url).map_err(|e| e.to_string())?, None));
+    }
+    let insecure = url.ends_with("#insecure");
+    if insecure {
+        tracing::warn!("Redis over TLS WITHOUT certificate verification (#insecure in the URL): the connection is encrypted, but the server is not checked");
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        return Ok((client, Some((tls::client_config(Verify::Nothing, None)?, Verify::Nothing))));
+    }
+    let roots = tls::roots(ca_file.map(std::path::Path::new)).map_err(|e| match ca_file {
+        Some(_) => format!("PROGRESS_REDIS_CA_FILE: {e}"),
+        None => e,
+    })?;
+    let client = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("PROGRESS_REDIS_CA_FILE: cannot read {path}: {e}"))?;
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            redis::Client::build_with_tls(url, certificates).map_err(|e| e.to_string())?
+        }
+        None => redis::Client::open(url).map_err(|e| e.to_string())?,
+    };
+    Ok((client, Some((tls::client_config(Verify::Full, Some(roots))?, Verify::Full))))
+}
+
+/// Listens on `host`:`port`. Without a host, on `::` with IPv4 mapped
+/// (dual-stack: Railway's private network and Fly's 6PN are IPv6, most
+/// health checks and proxies IPv4), or on 0.0.0.0 where the machine has
+/// no IPv6.
+pub fn bind(host: Option<IpAddr>, port: u16) -> Result<TcpListener, String> {
+    let cannot = |address: SocketAddr, e: std::io::Error| format!("cannot listen on {address}: {e}");
+    match host {
+        Some(ip) => listen(SocketAddr::new(ip, port), false).map_err(|e| cannot(SocketAddr::new(ip, port), e)),
+        None => {
+            let dual = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+            match listen(dual, true) {
+                Ok(listener) => Ok(listener),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied) => {
+                    Err(cannot(dual, e))
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "no IPv6 here; listening on IPv4 only");
+                    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+                    listen(v4, false).map_err(|e| cannot(v4, e))
+                }
+            }
+        }
+    }
+}
+
+fn listen(address: SocketAddr, dual_stack: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    // As tokio's own bind does: a restart need not wait out TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Logs, per tier, when it cannot be used and why (once, again when the
+/// reason changes, and at most once a minute while it lasts), and when it
+/// answers again. Probes every second while a tier is down, every ten
+/// while all are up; stops once the store is dropped.
+fn watch_tiers(store: &Arc<dyn ProgressStore>) {
+    let store = Arc::downgrade(store);
+    tokio::spawn(async move {
+        let mut logs: Vec<(&'static str, ErrorLog, bool)> = Vec::new();
+        // PostgreSQL's migrations run as the service starts: first look once
+        // they have had their moment.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        loop {
+            let Some(s) = store.upgrade() else { return };
+            let tiers = s.health().await;
+            drop(s);
+            let mut all_up = true;
+            for tier in tiers {
+                let at = match logs.iter().position(|(name, _, _)| *name == tier.tier) {
+                    Some(at) => at,
+                    None => {
+                        logs.push((tier.tier, ErrorLog::default(), false));
+                        logs.len() - 1
+                    }
+                };
+                let (name, log, seen_up) = &mut logs[at];
+                if tier.state == TierState::Up {
+                    if log.clear() || !*seen_up {
+                        tracing::info!(tier = *name, latency_ms = tier.latency.as_secs_f64() * 1000.0, "{name} answers");
+                    }
+                    *seen_up = true;
+                    continue;
+                }
+                all_up = false;
+                let error = tier.last_error.map(|(_, e)| e).unwrap_or_else(|| "down".into());
+                if log.should_log(&error) {
+                    tracing::error!(tier = *name, error = %error, "cannot use {name}; retrying");
+                }
+            }
+            let pause = if all_up { Duration::from_secs(10) } else { Duration::from_secs(1) };
+            tokio::time::sleep(pause).await;
+        }
+    });
 }
 
 /// The application router over `store`, with live updates from this
@@ -149,6 +290,9 @@ pub async fn run(
     let (store, notices) = build_store(&settings)?;
     // Stops by itself once the store is dropped, after the server below.
     crate::store::spawn_cleanup(&store, Duration::from_secs(settings.cleanup_interval_seconds));
+    if settings.redis_url.is_some() || settings.database_url.is_some() {
+        watch_tiers(&store);
+    }
     let (app, live) = build_app(&settings, store.clone(), notices);
     tracing::info!(address = %listener.local_addr()?, "progressd listening");
     // Long-polls and event streams would hold the graceful shutdown open:

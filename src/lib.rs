@@ -28,6 +28,7 @@ pub mod service;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::run;
 pub use settings::Settings;

@@ -12,8 +12,39 @@ use progressd::{app, telemetry, Settings};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const USAGE: &str = "\
+progressd: tracks the progress of long-running jobs over HTTP
+
+Usage: progressd [COMMAND]
+
+Commands:
+  serve        serve HTTP on PORT (the default)
+  healthcheck  exit 0 when the local server's /healthz answers 200, else 1
+  migrate      apply the PostgreSQL schema to DATABASE_URL and exit
+
+Options:
+  -h, --help     print this help
+  -V, --version  print the version
+
+Settings come from the environment (PORT, REDIS_URL, DATABASE_URL,
+PROGRESS_*; see .env.example) or progressd.toml. With neither REDIS_URL
+nor DATABASE_URL, records live in process memory.
+";
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let command = std::env::args().nth(1);
+    match command.as_deref() {
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version" | "version") => {
+            println!("progressd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(e) => {
@@ -21,10 +52,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match std::env::args().nth(1).as_deref() {
+    match command.as_deref() {
         None | Some("serve") => {}
         Some("healthcheck") => {
-            return match progressd::healthcheck::probe(settings.port, std::time::Duration::from_secs(3)).await {
+            let probe = progressd::healthcheck::probe(settings.host, settings.port, std::time::Duration::from_secs(3));
+            return match probe.await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("progressd: unhealthy: {e}");
@@ -34,17 +66,16 @@ async fn main() -> ExitCode {
         }
         Some("migrate") => return migrate(&settings).await,
         Some(other) => {
-            eprintln!("progressd: unknown command {other:?}; commands: serve (default), healthcheck, migrate");
+            eprintln!("progressd: unknown command {other:?}; commands: serve (default), healthcheck, migrate (see --help)");
             return ExitCode::from(2);
         }
     }
     telemetry::init(&settings);
     let shutdown = app::shutdown_signal();
-    let address = (settings.host, settings.port);
-    let listener = match tokio::net::TcpListener::bind(address).await {
+    let listener = match app::bind(settings.host, settings.port) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("progressd: cannot listen on {}:{}: {e}", address.0, address.1);
+            eprintln!("progressd: {e}");
             return ExitCode::from(1);
         }
     };
@@ -62,14 +93,14 @@ async fn main() -> ExitCode {
 /// there is no (valid) database to apply it to.
 async fn migrate(settings: &Settings) -> ExitCode {
     let Some(url) = settings.database_url.clone() else {
-        eprintln!("progressd: migrate needs DATABASE_URL (a postgres:// URL); it is unset");
+        eprintln!("progressd: migrate needs DATABASE_URL (a postgres:// URL) or PGHOST; neither is set");
         return ExitCode::from(2);
     };
     let config = PostgresStoreConfig { url, pool_size: 1, timeout: settings.database_timeout() };
-    let store = match PostgresStore::new(config) {
+    let store = match PostgresStore::with_defaults(config, &settings.database_defaults()) {
         Ok(store) => store,
         Err(e) => {
-            eprintln!("progressd: invalid setting DATABASE_URL: {e}");
+            eprintln!("progressd: invalid setting {}: {e}", settings.database_url_variable);
             return ExitCode::from(2);
         }
     };

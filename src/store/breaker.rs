@@ -63,10 +63,11 @@ impl CircuitBreaker {
         }
     }
 
-    /// A breaker that starts open (a store not yet known to work).
+    /// A breaker that starts open (a store not yet known to work). Quietly:
+    /// nothing has failed yet, so nothing is logged.
     pub fn new_open(tier: &'static str, threshold: u32, probe_every: Duration) -> Self {
         let breaker = Self::new(tier, threshold, probe_every);
-        breaker.open();
+        breaker.state.store(OPEN, Ordering::Release);
         breaker
     }
 

@@ -35,9 +35,17 @@ pub struct ChangeNotices {
 impl ChangeNotices {
     /// Subscribes to `channel` in the background. The task ends once the
     /// returned value is dropped.
-    pub fn listen(client: redis::Client, channel: String, ping_every: Duration) -> Arc<Self> {
+    /// A `rediss://` client's subscription uses `tls`, which should check
+    /// the server as the pool does.
+    pub fn listen(
+        client: redis::Client,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        channel: String,
+        ping_every: Duration,
+    ) -> Arc<Self> {
         let notices = Arc::new(Self { sinks: Mutex::new(Vec::new()), live: AtomicBool::new(false) });
-        tokio::spawn(listen(client, channel, Arc::downgrade(&notices), ping_every));
+        let tls = tls.map(tokio_rustls::TlsConnector::from);
+        tokio::spawn(listen(client, tls, channel, Arc::downgrade(&notices), ping_every));
         notices
     }
 
@@ -88,13 +96,19 @@ impl ChangeNotices {
     }
 }
 
-async fn listen(client: redis::Client, channel: String, notices: Weak<ChangeNotices>, ping_every: Duration) {
+async fn listen(
+    client: redis::Client,
+    tls: Option<tokio_rustls::TlsConnector>,
+    channel: String,
+    notices: Weak<ChangeNotices>,
+    ping_every: Duration,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if notices.strong_count() == 0 {
             return;
         }
-        let connected = tokio::time::timeout(ping_every, Subscription::open(client.get_connection_info(), &channel)).await;
+        let connected = tokio::time::timeout(ping_every, Subscription::open(client.get_connection_info(), tls.as_ref(), &channel)).await;
         let Ok(Ok(mut subscription)) = connected else {
             tracing::debug!("cannot subscribe to change notices yet; read cache off, live updates local only");
             tokio::time::sleep(backoff).await;
@@ -153,7 +167,7 @@ async fn listen(client: redis::Client, channel: String, notices: Weak<ChangeNoti
 /// and the stream of messages, and a parsed value and a message object for
 /// every notice, which made hearing a write's own notice cost about 5,000
 /// instructions): the bytes are read into one buffer and parsed in place,
-/// with no allocation per notice. RESP2; TCP or a Unix socket.
+/// with no allocation per notice. RESP2; TCP, TLS or a Unix socket.
 struct Subscription {
     stream: Stream,
     buf: bytes::BytesMut,
@@ -161,6 +175,7 @@ struct Subscription {
 
 enum Stream {
     Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
 }
@@ -175,12 +190,24 @@ enum Reply<'a> {
 
 impl Subscription {
     /// Connects, authenticates when the URL says so, and subscribes.
-    async fn open(info: &redis::ConnectionInfo, channel: &str) -> std::io::Result<Self> {
+    async fn open(
+        info: &redis::ConnectionInfo,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        channel: &str,
+    ) -> std::io::Result<Self> {
         let stream = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => {
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 tcp.set_nodelay(true)?;
                 Stream::Tcp(tcp)
+            }
+            redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                let tls = tls.ok_or_else(|| std::io::Error::other("a rediss:// subscription without a TLS configuration"))?;
+                let name = rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                tcp.set_nodelay(true)?;
+                Stream::Tls(Box::new(tls.connect(name, tcp).await?))
             }
             #[cfg(unix)]
             redis::ConnectionAddr::Unix(path) => Stream::Unix(tokio::net::UnixStream::connect(path).await?),
@@ -222,6 +249,10 @@ impl Subscription {
         let out = cmd.get_packed_command();
         match &mut self.stream {
             Stream::Tcp(s) => s.write_all(&out).await,
+            Stream::Tls(s) => {
+                s.write_all(&out).await?;
+                s.flush().await
+            }
             #[cfg(unix)]
             Stream::Unix(s) => s.write_all(&out).await,
         }
@@ -235,6 +266,7 @@ impl Subscription {
         }
         match &mut self.stream {
             Stream::Tcp(s) => s.read_buf(&mut self.buf).await,
+            Stream::Tls(s) => s.read_buf(&mut self.buf).await,
             #[cfg(unix)]
             Stream::Unix(s) => s.read_buf(&mut self.buf).await,
         }

@@ -13,9 +13,11 @@ use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
 mod breaker;
 mod cached;
 mod changes;
+mod error_log;
 mod listing;
 mod maintenance;
 mod memory;
+pub mod pg_connect;
 mod postgres;
 mod redis;
 mod tiered;
@@ -32,7 +34,8 @@ pub use self::maintenance::{
     MAINTENANCE_BATCH,
 };
 pub use self::memory::MemoryStore;
-pub use self::postgres::{DurableRow, PostgresStore, PostgresStoreConfig};
+pub use self::error_log::ErrorLog;
+pub use self::postgres::{DurableRow, PgDefaults, PostgresStore, PostgresStoreConfig};
 pub use self::redis::{from_redis, RedisStore, RedisStoreConfig};
 
 /// Why a store could not answer.

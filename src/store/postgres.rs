@@ -17,14 +17,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, SimpleQueryMessage, Statement};
+use tokio_postgres::{SimpleQueryMessage, Statement};
 
 use super::listing::{ListCursor, ListPage, ListQuery};
 use super::maintenance::{timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH};
@@ -136,6 +135,15 @@ pub struct PostgresStoreConfig {
     pub timeout: Duration,
 }
 
+/// What libpq's environment says when the URL does not.
+#[derive(Debug, Clone, Default)]
+pub struct PgDefaults {
+    /// `sslmode` (`PGSSLMODE`).
+    pub ssl_mode: Option<String>,
+    /// The trusted roots' PEM file (`PGSSLROOTCERT`).
+    pub ssl_root_cert: Option<String>,
+}
+
 impl fmt::Debug for PostgresStoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStoreConfig")
@@ -152,15 +160,34 @@ pub struct PostgresStore {
     timeout: Duration,
     /// The most recent failure, for `/readyz`.
     last_error: LastError,
+    /// libpq's `sslmode` in force.
+    ssl_mode: super::pg_connect::SslMode,
 }
 
 impl PostgresStore {
+    /// libpq's `sslmode` in force (from the URL, `PGSSLMODE`, or `prefer`).
+    pub fn ssl_mode(&self) -> super::pg_connect::SslMode {
+        self.ssl_mode
+    }
+
     /// Builds the pool. Connects lazily: a Postgres that is down now is not
     /// an error until an operation needs it.
     pub fn new(config: PostgresStoreConfig) -> Result<Self, String> {
+        Self::with_defaults(config, &PgDefaults::default())
+    }
+
+    /// [`PostgresStore::new`], with `defaults` for what the URL does not say.
+    pub fn with_defaults(config: PostgresStoreConfig, defaults: &PgDefaults) -> Result<Self, String> {
         // The parse error names the bad part, never the value (nor the password).
-        let mut pg = tokio_postgres::Config::from_str(&config.url)
-            .map_err(|e| format!("invalid PostgreSQL URL: {}", describe(&e)))?;
+        let connect = super::pg_connect::parse(
+            &config.url,
+            defaults.ssl_mode.as_deref(),
+            defaults.ssl_root_cert.as_deref(),
+        )?;
+        for parameter in &connect.ignored {
+            tracing::warn!(parameter = %parameter, "DATABASE_URL: ignoring a libpq parameter progressd does not use");
+        }
+        let mut pg = connect.config;
         pg.connect_timeout(config.timeout);
         if pg.get_application_name().is_none() {
             // Shows who holds a connection in pg_stat_activity.
@@ -168,7 +195,7 @@ impl PostgresStore {
         }
         // Fast: no test query on every checkout (one extra round trip per
         // operation); a dead connection fails its operation and is closed.
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(pg, connect.tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let timeouts = Timeouts {
             wait: Some(config.timeout),
             create: Some(config.timeout),
@@ -180,7 +207,7 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { pool, timeout: config.timeout, last_error: LastError::for_url(&config.url) })
+        Ok(Self { pool, timeout: config.timeout, last_error: LastError::for_url(&config.url), ssl_mode: connect.mode })
     }
 
     /// Applies the embedded migrations under a Postgres advisory lock, so
@@ -962,7 +989,8 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
-    text.replace('\n', "; ")
+    let text = text.replace('\n', "; ").replace("Error occurred while creating a new object: ", "cannot connect: ");
+    crate::tls::with_hint(crate::tls::Store::Postgres, text)
 }
 
 #[async_trait]

@@ -569,6 +569,8 @@ pub struct RedisStore {
     index_keys: IndexKeys,
     /// The most recent failure, for `/readyz`.
     last_error: LastError,
+    /// Whether the connection is `rediss://`.
+    tls: bool,
 }
 
 /// One held connection, refreshed by one task at a time.
@@ -587,11 +589,19 @@ impl RedisStore {
     /// Builds the pool. Connects lazily: a Redis that is down now is not an
     /// error until a request needs it.
     pub fn new(config: RedisStoreConfig) -> Result<Self, String> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
+        Self::with_client(config, &client)
+    }
+
+    /// [`RedisStore::new`] with the connection `client` describes (its URL
+    /// and TLS roots; `config.url` is then only for scrubbing messages).
+    pub fn with_client(config: RedisStoreConfig, client: &redis::Client) -> Result<Self, String> {
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
             // No per-command timer inside redis-rs: `run` bounds each operation with one.
             .set_response_timeout(None);
-        let manager = Manager::new_with_config(config.url.as_str(), connection).map_err(|e| e.to_string())?;
+        let manager =
+            Manager::new_with_config(client.get_connection_info().clone(), connection).map_err(|e| e.to_string())?;
         let timeouts = Timeouts {
             wait: Some(config.timeout),
             create: Some(config.timeout),
@@ -626,6 +636,7 @@ impl RedisStore {
             changes_channel,
             index_keys: IndexKeys::new(&config.key_prefix),
             last_error: LastError::for_url(&config.url),
+            tls: matches!(client.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { .. }),
         })
     }
 
@@ -642,6 +653,20 @@ impl RedisStore {
     /// The record key prefix the scripts add ids to.
     fn record_key_prefix(&self) -> String {
         format!("{}progress:", self.key_prefix)
+    }
+
+    /// What went wrong connecting, said plainly, with a guess at the cause
+    /// when TLS is on one side only.
+    fn connect_error(&self, error: &str) -> String {
+        let error = error.replace("Error occurred while creating a new object: ", "cannot connect: ");
+        let lower = error.to_ascii_lowercase();
+        if self.tls && lower.contains("timed out") {
+            format!("{error} (no answer to the TLS handshake: if the server does not speak TLS on this port, use redis://)")
+        } else if !self.tls && (lower.contains("reset by peer") || lower.contains("broken pipe")) {
+            format!("{error} (the server closed a plain-text connection at once: if it expects TLS, use rediss://)")
+        } else {
+            error
+        }
     }
 
     /// A shared connection, checking one out of the pool if the slot is empty.
@@ -661,7 +686,7 @@ impl RedisStore {
         if let Some(held) = slot.held.load_full() {
             return Ok(held);
         }
-        let object = self.pool.get().await.map_err(|e| unavailable(e.to_string()))?;
+        let object = self.pool.get().await.map_err(|e| unavailable(self.connect_error(&e.to_string())))?;
         let held = Arc::new(Held { conn: (*object).clone(), _object: object });
         slot.held.store(Some(held.clone()));
         Ok(held)
@@ -924,8 +949,9 @@ impl RedisStore {
     }
 }
 
+/// Redis failed; a reason that names a misconfiguration gets a hint.
 fn unavailable(reason: String) -> StoreError {
-    StoreError::Unavailable { tier: "redis", reason }
+    StoreError::Unavailable { tier: "redis", reason: crate::tls::with_hint(crate::tls::Store::Redis, reason) }
 }
 
 /// A record's member in the listing indexes: `<created ms, 15 digits>:<id>`

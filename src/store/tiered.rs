@@ -48,6 +48,8 @@ pub struct TieredConfig {
     pub breaker_failures: u32,
     /// How often an open breaker probes its tier.
     pub probe_every: Duration,
+    /// Longest the flush at shutdown keeps trying PostgreSQL.
+    pub shutdown_flush: Duration,
 }
 
 /// The hot tier as the tiered store sees it.
@@ -72,6 +74,8 @@ pub struct TieredStore {
     /// instance is back on Redis (ms since the epoch; 0: never): writes in
     /// PostgreSQL wait from then as from the breaker opening.
     fenced_at_ms: AtomicI64,
+    /// Which of the failures to reach PostgreSQL at start-up are logged.
+    durable_errors: super::ErrorLog,
 }
 
 /// Which of the hot tier's reads [`TieredStore::read`] makes.
@@ -98,6 +102,7 @@ impl TieredStore {
             backlog: WriteBehind::default(),
             config,
             fenced_at_ms: AtomicI64::new(0),
+            durable_errors: super::ErrorLog::default(),
         });
         tokio::spawn(probe_durable(Arc::downgrade(&store)));
         if store.hot.is_some() {
@@ -434,7 +439,15 @@ async fn probe_durable(store: std::sync::Weak<TieredStore>) {
                     migrated = true;
                     s.durable_breaker.half_open();
                 }
-                Err(e) if !migrated => tracing::warn!(error = %e, "postgres is not reachable yet; migrations will retry"),
+                Err(e) if !migrated => {
+                    let error = e.to_string();
+                    // Failing to connect is the tier watcher's to report (`app`).
+                    if error.contains("cannot connect") || error.contains("no answer within") {
+                        tracing::debug!(error, "postgres is not reachable yet; migrations will retry");
+                    } else if s.durable_errors.should_log(&error) {
+                        tracing::warn!(error, "postgres answers but the migrations failed; retrying");
+                    }
+                }
                 Err(_) => {}
             }
         }
@@ -668,7 +681,7 @@ impl ProgressStore for TieredStore {
     }
 
     async fn shutdown(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_flush;
         loop {
             if self.backlog.is_empty() {
                 tracing::info!("write-behind backlog flushed");
