@@ -12,9 +12,13 @@ COPY migrations ./migrations
 COPY assets ./assets
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
-# Run: a small image with the binary alone, as a non-root user.
+# Run: a small image with the binary alone, as a non-root user. TLS to
+# managed Redis and PostgreSQL is rustls inside the binary (no OpenSSL); the
+# system's CA certificates are what it verifies servers against.
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --no-create-home progressd
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home progressd
 COPY --from=build /src/target/release/progressd /usr/local/bin/progressd
 USER 10001
 ENV PORT=8080 \

@@ -209,12 +209,10 @@ fn listen(address: SocketAddr, dual_stack: bool) -> std::io::Result<TcpListener>
 /// answers again. Probes every second while a tier is down, every ten
 /// while all are up; stops once the store is dropped.
 fn watch_tiers(store: &Arc<dyn ProgressStore>) {
+    use crate::store::MIGRATIONS_PENDING;
     let store = Arc::downgrade(store);
     tokio::spawn(async move {
         let mut logs: Vec<(&'static str, ErrorLog, bool)> = Vec::new();
-        // PostgreSQL's migrations run as the service starts: first look once
-        // they have had their moment.
-        tokio::time::sleep(Duration::from_secs(1)).await;
         loop {
             let Some(s) = store.upgrade() else { return };
             let tiers = s.health().await;
@@ -238,6 +236,11 @@ fn watch_tiers(store: &Arc<dyn ProgressStore>) {
                 }
                 all_up = false;
                 let error = tier.last_error.map(|(_, e)| e).unwrap_or_else(|| "down".into());
+                // Reachable, migrations under way (or failing, which the
+                // migration task reports): not a connection problem.
+                if error.contains(MIGRATIONS_PENDING) {
+                    continue;
+                }
                 if log.should_log(&error) {
                     tracing::error!(tier = *name, error = %error, "cannot use {name}; retrying");
                 }

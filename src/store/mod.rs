@@ -35,7 +35,7 @@ pub use self::maintenance::{
 };
 pub use self::memory::MemoryStore;
 pub use self::error_log::ErrorLog;
-pub use self::postgres::{DurableRow, PgDefaults, PostgresStore, PostgresStoreConfig};
+pub use self::postgres::{DurableRow, MIGRATIONS_PENDING, PgDefaults, PostgresStore, PostgresStoreConfig};
 pub use self::redis::{from_redis, RedisStore, RedisStoreConfig};
 
 /// Why a store could not answer.

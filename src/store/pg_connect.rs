@@ -50,7 +50,7 @@ impl SslMode {
             "verify-full" => Self::VerifyFull,
             other => {
                 return Err(format!(
-                    "sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                    "invalid sslmode {other:?}: expected disable, allow, prefer, require, verify-ca or verify-full"
                 ));
             }
         })

@@ -124,6 +124,10 @@ const RAISE_FENCE: &str = "
 INSERT INTO progress_fence (one, redis_back_ms) VALUES (true, $1)
 ON CONFLICT (one) DO UPDATE SET redis_back_ms = greatest(progress_fence.redis_back_ms, EXCLUDED.redis_back_ms)";
 
+/// What the health probe says of a reachable PostgreSQL whose schema is
+/// not up to date yet.
+pub const MIGRATIONS_PENDING: &str = "reachable, but its migrations have not run yet";
+
 /// How to reach PostgreSQL and how long to wait for it.
 #[derive(Clone)]
 pub struct PostgresStoreConfig {
@@ -705,9 +709,7 @@ impl PostgresStore {
             db.done();
             let latest = latest_migration();
             if applied < latest {
-                return Err(unavailable(format!(
-                    "reachable, but its migrations have not run yet (schema version {applied} of {latest})"
-                )));
+                return Err(unavailable(format!("{MIGRATIONS_PENDING} (schema version {applied} of {latest})")));
             }
             Ok(())
         })

@@ -57,14 +57,14 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// Starts the server with settings adjusted by `tweak`.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::default();
-    settings.host = "127.0.0.1".parse().unwrap();
+    settings.host = Some("127.0.0.1".parse().unwrap());
     settings.port = 0;
     if backend == Backend::Redis {
         settings.redis_url = Some(redis_url());
         settings.key_prefix = unique_prefix();
     }
     tweak(&mut settings);
-    let listener = tokio::net::TcpListener::bind((settings.host, 0)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind((settings.host.expect("set above"), 0)).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
     let run_settings = settings.clone();
