@@ -6,7 +6,9 @@ pub mod binary;
 pub mod postgres;
 pub mod proxy;
 pub mod redis_server;
+pub mod spawned;
 pub mod sse;
+pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -201,6 +201,50 @@ impl OwnPostgres {
         }
     }
 
+    /// Writes `contents` to `name` in the cluster's directory (outside its
+    /// data directory), owned by the cluster's OS user with `mode`, e.g. a
+    /// TLS key, which Postgres wants 0600 and its own. Returns the path.
+    pub fn install_file(&self, name: &str, contents: &[u8], mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
+        path
+    }
+
+    /// Appends lines to `postgresql.conf`; they take effect at the next
+    /// [`OwnPostgres::restart`] (or reload).
+    pub fn append_conf(&self, lines: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).open(self.data_dir().join("postgresql.conf")).unwrap();
+        file.write_all(format!("\n{lines}\n").as_bytes()).unwrap();
+    }
+
+    /// Fast shutdown, then start again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// libpq key/value connection string over the cluster's Unix socket, as
+    /// the `postgres` user to `database`: what a `local` line in
+    /// pg_hba.conf lets in, whatever the TCP lines say.
+    pub fn local_conninfo(&self, database: &str) -> String {
+        format!("host={} port={} user=postgres dbname={database}", self.dir.display(), self.port)
+    }
+
+    /// A plain connection over the Unix socket (see [`OwnPostgres::local_conninfo`]).
+    pub async fn connect_local(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.local_conninfo(database), NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("the cluster accepts a local connection: {e}: {}", self.log()));
+        tokio::spawn(connection);
+        client
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
