@@ -371,10 +371,10 @@ impl Settings {
                 return bad("redis_url", format!("expected a redis:// or rediss:// URL, got {}", redact_url(url)));
             }
         }
-        if let Some(file) = &self.redis_ca_file {
-            if let Err(e) = std::fs::metadata(file) {
-                return bad("redis_ca_file", format!("cannot read {file}: {e}"));
-            }
+        if let Some(file) = &self.redis_ca_file
+            && let Err(e) = std::fs::metadata(file)
+        {
+            return bad("redis_ca_file", format!("cannot read {file}: {e}"));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map(|_| ())
