@@ -19,10 +19,10 @@
 //! found, 1 on violations, 2 when the set-up failed.
 #![allow(dead_code)]
 
-#[path = "../tests/common/redis_server.rs"]
-mod redis_server;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::{free_port, kill_child, signal_child, OwnPostgres};
+use postgres::{OwnPostgres, free_port, kill_child, signal_child};
 use redis_server::OwnRedis;
 
 /// What the run promises to check, printed before it starts.
@@ -162,7 +162,11 @@ impl Instance {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                return Err(format!("progressd {} exited at start-up with {status}; log {}", self.index, self.log.display()));
+                return Err(format!(
+                    "progressd {} exited at start-up with {status}; log {}",
+                    self.index,
+                    self.log.display()
+                ));
             }
             if http_ok(self.port, "/healthz") {
                 self.child = Some(child);
@@ -310,10 +314,15 @@ async fn writer(shared: Arc<Shared>, index: usize, ids: usize, deadline: f64, mu
         let url = format!("{}/progress/{id}", shared.bases[instance]);
         let put = !created[k] || rng.u8(..10) == 0;
         let request = if put {
-            let body = format!(r#"{{"status":"running","current":{s},"total":1000000000,"ttl_seconds":3600,"metadata":{{"writer":{index}}}}}"#);
+            let body = format!(
+                r#"{{"status":"running","current":{s},"total":1000000000,"ttl_seconds":3600,"metadata":{{"writer":{index}}}}}"#
+            );
             client.put(&url).header("content-type", "application/json").body(body)
         } else {
-            client.patch(&url).header("content-type", "application/json").body(format!(r#"{{"current":{s},"message":"seq {s}"}}"#))
+            client
+                .patch(&url)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"current":{s},"message":"seq {s}"}}"#))
         };
         shared.counts.lock().unwrap().writes_sent += 1;
         let sent = shared.now();
@@ -329,7 +338,13 @@ async fn writer(shared: Arc<Shared>, index: usize, ids: usize, deadline: f64, mu
                         counts.writes_acked += 1;
                         drop(counts);
                         created[k] = true;
-                        shared.acks.lock().unwrap().entry(id).or_default().push(Ack { seq: s, version, sent, ack: now, instance });
+                        shared.acks.lock().unwrap().entry(id).or_default().push(Ack {
+                            seq: s,
+                            version,
+                            sent,
+                            ack: now,
+                            instance,
+                        });
                     }
                     (200 | 201, None) => counts.etag_mismatch += 1,
                     (404, _) if !put => {
@@ -410,7 +425,11 @@ async fn reader(shared: Arc<Shared>, ids: Vec<String>, deadline: f64, mut rng: f
         if let Some(obs) = observed {
             if let Some(before) = last.get(&k) {
                 if obs.seq < before.seq || obs.version < before.version {
-                    shared.regressions.lock().unwrap().push(Regression { id: ids[k].clone(), before: *before, after: obs });
+                    shared.regressions.lock().unwrap().push(Regression {
+                        id: ids[k].clone(),
+                        before: *before,
+                        after: obs,
+                    });
                 }
             }
             last.insert(k, obs);
@@ -502,9 +521,8 @@ impl Judge {
     fn missed_documented(&self, w: &Ack, read_start: f64, read_end: f64) -> bool {
         let deadline = self.flush_deadline(w.ack);
         let killed = self.killed_holding(w);
-        self.redis_kills().any(|r| {
-            r >= w.sent && r <= read_end && (read_start < deadline || killed.is_some_and(|k| k <= r))
-        })
+        self.redis_kills()
+            .any(|r| r >= w.sent && r <= read_end && (read_start < deadline || killed.is_some_and(|k| k <= r)))
     }
 
     /// A missed write explained by an instance that still reads PostgreSQL
@@ -513,7 +531,10 @@ impl Judge {
     /// down and was not yet due in PostgreSQL.
     fn missed_in_recovery(&self, w: &Ack, read_start: f64) -> bool {
         self.outages.iter().filter(|o| o.target == Target::Redis).any(|o| {
-            o.up <= read_start && read_start <= o.up + SLACK && w.ack >= o.down && read_start < self.flush_deadline(w.ack)
+            o.up <= read_start
+                && read_start <= o.up + SLACK
+                && w.ack >= o.down
+                && read_start < self.flush_deadline(w.ack)
         })
     }
 
@@ -541,7 +562,12 @@ struct RegressionCounts {
     max_cache_lag: f64,
 }
 
-fn judge_regressions(judge: &Judge, regressions: &[Regression], acks: &HashMap<String, Vec<Ack>>, report: &mut Vec<String>) -> RegressionCounts {
+fn judge_regressions(
+    judge: &Judge,
+    regressions: &[Regression],
+    acks: &HashMap<String, Vec<Ack>>,
+    report: &mut Vec<String>,
+) -> RegressionCounts {
     let mut counts = RegressionCounts::default();
     let empty = Vec::new();
     for r in regressions {
@@ -594,7 +620,11 @@ fn judge_regressions(judge: &Judge, regressions: &[Regression], acks: &HashMap<S
 
 /// Runs the whole chaos scenario; Ok(true) when no violation was found.
 pub fn run(config: Config) -> Result<bool, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let mut rng = fastrand::Rng::with_seed(config.seed);
     if !config.bin.exists() {
         return Err(format!("{} does not exist (build it, or pass --bin / CHAOS_BIN)", config.bin.display()));
@@ -658,10 +688,21 @@ pub fn run(config: Config) -> Result<bool, String> {
         (0..config.writers).flat_map(|w| (0..config.ids_per_writer).map(move |k| format!("chaos-w{w}-{k}"))).collect();
     let mut tasks = Vec::new();
     for w in 0..config.writers {
-        tasks.push(runtime.spawn(writer(shared.clone(), w, config.ids_per_writer, deadline, fastrand::Rng::with_seed(rng.u64(..)))));
+        tasks.push(runtime.spawn(writer(
+            shared.clone(),
+            w,
+            config.ids_per_writer,
+            deadline,
+            fastrand::Rng::with_seed(rng.u64(..)),
+        )));
     }
     for _ in 0..config.readers {
-        tasks.push(runtime.spawn(reader(shared.clone(), all_ids.clone(), deadline, fastrand::Rng::with_seed(rng.u64(..)))));
+        tasks.push(runtime.spawn(reader(
+            shared.clone(),
+            all_ids.clone(),
+            deadline,
+            fastrand::Rng::with_seed(rng.u64(..)),
+        )));
     }
     let outages = chaos_loop(&shared, &mut redis, &mut pg, &mut instances, deadline, &mut rng)?;
     runtime.block_on(async {
@@ -680,7 +721,8 @@ pub fn run(config: Config) -> Result<bool, String> {
     let mut report = Vec::new();
 
     // Final state through every instance.
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+    let client =
+        reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
     let mut final_views: HashMap<String, Vec<Option<(u64, u64)>>> = HashMap::new();
     let mut final_errors = 0u64;
     for id in &all_ids {
@@ -710,9 +752,11 @@ pub fn run(config: Config) -> Result<bool, String> {
 
     // PostgreSQL's rows, read directly.
     let pg_rows: HashMap<String, (u64, u64, bool)> = runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        let (client, connection) =
+            tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
         tokio::spawn(connection);
-        let rows = client.query("SELECT id, version, record, deleted FROM progress", &[]).await.map_err(|e| e.to_string())?;
+        let rows =
+            client.query("SELECT id, version, record, deleted FROM progress", &[]).await.map_err(|e| e.to_string())?;
         let mut out = HashMap::new();
         for row in rows {
             let id: String = row.get(0);
@@ -720,7 +764,8 @@ pub fn run(config: Config) -> Result<bool, String> {
             let record: Vec<u8> = row.get(2);
             let deleted: bool = row.get(3);
             let json = record.splitn(2, |b| *b == b'\n').nth(1).unwrap_or(&[]);
-            let current = serde_json::from_slice::<serde_json::Value>(json).ok().and_then(|v| v["current"].as_u64()).unwrap_or(0);
+            let current =
+                serde_json::from_slice::<serde_json::Value>(json).ok().and_then(|v| v["current"].as_u64()).unwrap_or(0);
             out.insert(id, (version as u64, current, deleted));
         }
         Ok::<_, String>(out)
@@ -772,12 +817,26 @@ pub fn run(config: Config) -> Result<bool, String> {
         for (i, view) in views.iter().enumerate() {
             let shown = view.map_or(0, |(_, seq)| seq);
             let explained = |w: &Ack| judge.lost_documented(w);
-            judge_missing(shown, &format!("instance {i}"), &explained, &mut lost_documented, &mut lost_violation, &mut report);
+            judge_missing(
+                shown,
+                &format!("instance {i}"),
+                &explained,
+                &mut lost_documented,
+                &mut lost_violation,
+                &mut report,
+            );
         }
         let pg_row = pg_rows.get(id).filter(|(_, _, deleted)| !deleted);
         let pg_seq = pg_row.map_or(0, |(_, seq, _)| *seq);
         let pg_explained = |w: &Ack| judge.pg_lost_documented(w);
-        judge_missing(pg_seq, "PostgreSQL", &pg_explained, &mut pg_lost_documented, &mut pg_lost_violation, &mut report);
+        judge_missing(
+            pg_seq,
+            "PostgreSQL",
+            &pg_explained,
+            &mut pg_lost_documented,
+            &mut pg_lost_violation,
+            &mut report,
+        );
         let first = views[0];
         let pg_view = pg_row.map(|(v, seq, _)| (*v, *seq));
         // PostgreSQL behind the instances only by acknowledged writes it misses as documented.
@@ -791,7 +850,9 @@ pub fn run(config: Config) -> Result<bool, String> {
         } else if !instances_agree || pg_view != first {
             disagree += 1;
             if report.len() < 60 {
-                report.push(format!("tiers disagree on {id}: instances {views:?} (version, current), PostgreSQL {pg_view:?}"));
+                report.push(format!(
+                    "tiers disagree on {id}: instances {views:?} (version, current), PostgreSQL {pg_view:?}"
+                ));
             }
         }
     }
@@ -799,7 +860,8 @@ pub fn run(config: Config) -> Result<bool, String> {
     let regressions = shared.regressions.lock().unwrap().clone();
     let reg = judge_regressions(&judge, &regressions, &acks, &mut report);
     let counts = shared.counts.lock().unwrap();
-    let unexpected_status: u64 = counts.other_status.iter().filter(|((kind, s), _)| !(*kind == "write" && *s == 404)).map(|(_, n)| n).sum();
+    let unexpected_status: u64 =
+        counts.other_status.iter().filter(|((kind, s), _)| !(*kind == "write" && *s == 404)).map(|(_, n)| n).sum();
     let status_500: u64 = counts.status_5xx.iter().filter(|((_, s), _)| *s != 503).map(|(_, n)| n).sum();
     let writes_404: u64 = counts.other_status.get(&("write", 404)).copied().unwrap_or(0);
 
@@ -818,7 +880,9 @@ pub fn run(config: Config) -> Result<bool, String> {
     println!("| writes sent | {} |", counts.writes_sent);
     println!("| writes acknowledged (200/201) | {} |", counts.writes_acked);
     println!("| ids | {} |", all_ids.len());
-    println!("| acknowledged writes lost at the end, documented crash window (instance x 3 reads) | {lost_documented} |");
+    println!(
+        "| acknowledged writes lost at the end, documented crash window (instance x 3 reads) | {lost_documented} |"
+    );
     println!("| acknowledged writes lost at the end, violations (instance x 3 reads) | {lost_violation} |");
     println!("| acknowledged writes missing in PostgreSQL, documented crash window | {pg_lost_documented} |");
     println!("| acknowledged writes missing in PostgreSQL, violations | {pg_lost_violation} |");
@@ -893,7 +957,11 @@ fn wait_ready(instances: &[Instance], within: Duration) -> Result<(), String> {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("instance {} not ready (/readyz) within {within:?}; log {}", instance.index, instance.log.display()));
+                return Err(format!(
+                    "instance {} not ready (/readyz) within {within:?}; log {}",
+                    instance.index,
+                    instance.log.display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

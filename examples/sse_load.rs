@@ -183,11 +183,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sse_load: cannot start the runtime: {e}");
@@ -214,27 +210,18 @@ struct Target {
 }
 
 async fn target(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("only http:// URLs are supported, not {url:?}"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("only http:// URLs are supported, not {url:?}"))?;
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || !rest.trim_start_matches(authority).trim_matches('/').is_empty() {
         return Err(format!("the URL must be http://HOST:PORT with no path, not {url:?}"));
     }
-    let with_port = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
+    let with_port = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
     let addr = tokio::net::lookup_host(with_port.as_str())
         .await
         .map_err(|e| format!("cannot resolve {authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority} resolves to no address"))?;
-    Ok(Target {
-        addr,
-        authority: authority.into(),
-    })
+    Ok(Target { addr, authority: authority.into() })
 }
 
 fn record_id(prefix: &str, record: usize) -> String {
@@ -256,15 +243,9 @@ struct Response {
 
 impl HttpConn {
     async fn connect(target: &Target) -> Result<Self, String> {
-        let stream = TcpStream::connect(target.addr)
-            .await
-            .map_err(|e| format!("connect {}: {e}", target.authority))?;
+        let stream = TcpStream::connect(target.addr).await.map_err(|e| format!("connect {}: {e}", target.authority))?;
         let _ = stream.set_nodelay(true);
-        Ok(Self {
-            target: target.clone(),
-            stream,
-            buf: Vec::with_capacity(8192),
-        })
+        Ok(Self { target: target.clone(), stream, buf: Vec::with_capacity(8192) })
     }
 
     /// Sends one request; returns the response and the instant just before
@@ -278,14 +259,8 @@ impl HttpConn {
             body.len()
         );
         let sent = Instant::now();
-        self.stream
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("{method} {path}: write: {e}"))?;
-        let response = self
-            .read_response()
-            .await
-            .map_err(|e| format!("{method} {path}: {e}"))?;
+        self.stream.write_all(req.as_bytes()).await.map_err(|e| format!("{method} {path}: write: {e}"))?;
+        let response = self.read_response().await.map_err(|e| format!("{method} {path}: {e}"))?;
         Ok((response, sent))
     }
 
@@ -326,10 +301,7 @@ impl HttpConn {
             }
             self.buf.drain(..len).collect()
         };
-        Ok(Response {
-            status: head.status,
-            body,
-        })
+        Ok(Response { status: head.status, body })
     }
 }
 
@@ -365,11 +337,7 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
             content_length = value.parse().ok();
         }
     }
-    Ok(Head {
-        status,
-        chunked,
-        content_length,
-    })
+    Ok(Head { status, chunked, content_length })
 }
 
 /// The `"version":N` of a record's JSON.
@@ -439,11 +407,7 @@ impl Dechunker {
                     out(&input[i..i + take]);
                     i += take;
                     let left = left - take as u64;
-                    *self = if left == 0 {
-                        Dechunker::DataCr
-                    } else {
-                        Dechunker::Data(left)
-                    };
+                    *self = if left == 0 { Dechunker::DataCr } else { Dechunker::Data(left) };
                     continue;
                 }
                 Dechunker::DataCr => {
@@ -492,12 +456,7 @@ struct SseParser {
 
 impl SseParser {
     fn new() -> Self {
-        Self {
-            line: [0; 40],
-            len: 0,
-            id: None,
-            kind: Kind::Message,
-        }
+        Self { line: [0; 40], len: 0, id: None, kind: Kind::Message }
     }
 
     fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(Ev)) {
@@ -585,11 +544,7 @@ async fn subscriber(
     gate: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> SubResult {
-    let mut result = SubResult {
-        record: spec.record,
-        events: Vec::new(),
-        error: None,
-    };
+    let mut result = SubResult { record: spec.record, events: Vec::new(), error: None };
     let permit = gate.acquire_owned().await.ok();
     let outcome = tokio::select! {
         r = stream_events(&spec, &counters, permit, &mut result.events) => r,
@@ -609,18 +564,11 @@ async fn stream_events(
     mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
     events: &mut Vec<(u64, Instant)>,
 ) -> Result<(), String> {
-    let mut stream = TcpStream::connect(spec.target.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let mut stream = TcpStream::connect(spec.target.addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        spec.path, spec.target.authority
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
+    let request =
+        format!("GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", spec.path, spec.target.authority);
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
 
     let mut buf = vec![0u8; 4096];
     let mut head: Vec<u8> = Vec::new();
@@ -721,12 +669,7 @@ async fn open_subscribers(args: &Args, target: &Target, keep_events: bool) -> Re
             path: format!("/progress/{}/events", record_id(&args.id_prefix, record)),
             keep_events,
         };
-        handles.push(tokio::spawn(subscriber(
-            spec,
-            counters.clone(),
-            gate.clone(),
-            stop_rx.clone(),
-        )));
+        handles.push(tokio::spawn(subscriber(spec, counters.clone(), gate.clone(), stop_rx.clone())));
     }
     let mut last_report = Instant::now();
     loop {
@@ -758,17 +701,9 @@ async fn open_subscribers(args: &Args, target: &Target, keep_events: bool) -> Re
                 *errors.entry(e).or_default() += 1;
             }
         }
-        return Err(format!(
-            "{failed} of {} subscribers failed to connect: {errors:?}",
-            args.subscribers
-        ));
+        return Err(format!("{failed} of {} subscribers failed to connect: {errors:?}", args.subscribers));
     }
-    Ok(Subscribers {
-        counters,
-        stop,
-        handles,
-        connect_time,
-    })
+    Ok(Subscribers { counters, stop, handles, connect_time })
 }
 
 impl Subscribers {
@@ -778,11 +713,7 @@ impl Subscribers {
         for h in self.handles {
             match h.await {
                 Ok(r) => results.push(r),
-                Err(e) => results.push(SubResult {
-                    record: 0,
-                    events: Vec::new(),
-                    error: Some(e.to_string()),
-                }),
+                Err(e) => results.push(SubResult { record: 0, events: Vec::new(), error: Some(e.to_string()) }),
             }
         }
         results
@@ -814,11 +745,7 @@ async fn seed(target: &Target, prefix: &str, records: usize, parallel: usize) ->
                 );
                 let (resp, _) = conn.request("PUT", &path, &body).await?;
                 if resp.status != 200 && resp.status != 201 {
-                    return Err(format!(
-                        "PUT {path}: status {}: {}",
-                        resp.status,
-                        String::from_utf8_lossy(&resp.body)
-                    ));
+                    return Err(format!("PUT {path}: status {}: {}", resp.status, String::from_utf8_lossy(&resp.body)));
                 }
                 let v = version_of(&resp.body).ok_or_else(|| format!("PUT {path}: no version in the answer"))?;
                 out.push((r, v));
@@ -878,10 +805,7 @@ fn mem_of(pid: &str) -> Option<Mem> {
         let line = status.lines().find(|l| l.starts_with(key))?;
         line.split_whitespace().nth(1)?.parse().ok()
     };
-    Some(Mem {
-        rss_kb: kb("VmRSS:")?,
-        hwm_kb: kb("VmHWM:")?,
-    })
+    Some(Mem { rss_kb: kb("VmRSS:")?, hwm_kb: kb("VmHWM:")? })
 }
 
 fn open_files(pid: u32) -> Option<usize> {
@@ -910,11 +834,7 @@ struct CpuClock {
 impl CpuClock {
     fn start(pids: Vec<String>) -> Self {
         let ticks = pids.iter().map(|p| cpu_ticks(p).unwrap_or(0)).collect();
-        Self {
-            pids,
-            start: Instant::now(),
-            ticks,
-        }
+        Self { pids, start: Instant::now(), ticks }
     }
 
     /// CPU used by these processes since `start`, as a percentage of one CPU.
@@ -1026,10 +946,7 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
             }
             (status, _) => {
                 write_errors += 1;
-                eprintln!(
-                    "sse_load: PUT {path}: status {status}: {}",
-                    String::from_utf8_lossy(&resp.body)
-                );
+                eprintln!("sse_load: PUT {path}: status {status}: {}", String::from_utf8_lossy(&resp.body));
             }
         }
     }
@@ -1122,17 +1039,9 @@ async fn delay(args: &Args, sub_target: &Target, write_target: &Target, seeded: 
     firsts.sort_unstable();
     lasts.sort_unstable();
 
-    let (p50, p90, p99) = (
-        percentile(&delays, 50.0),
-        percentile(&delays, 90.0),
-        percentile(&delays, 99.0),
-    );
+    let (p50, p90, p99) = (percentile(&delays, 50.0), percentile(&delays, 90.0), percentile(&delays, 99.0));
     let max = delays.last().copied().unwrap_or(0);
-    let server_pct_text = server_pct
-        .iter()
-        .map(|p| format!("{p:.0}"))
-        .collect::<Vec<_>>()
-        .join("+");
+    let server_pct_text = server_pct.iter().map(|p| format!("{p:.0}")).collect::<Vec<_>>().join("+");
     println!(
         "{:<28} {:>6} {:>7} {:>6} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8}",
         "scenario",
@@ -1222,11 +1131,7 @@ async fn hold(args: &Args, sub_target: &Target, write_target: &Target) -> Result
     let (idle, idle_fds, _) = sample("idle")?;
 
     let subs = open_subscribers(args, sub_target, false).await?;
-    eprintln!(
-        "sse_load: {} subscribers connected in {:.2} s",
-        args.subscribers,
-        subs.connect_time.as_secs_f64()
-    );
+    eprintln!("sse_load: {} subscribers connected in {:.2} s", args.subscribers, subs.connect_time.as_secs_f64());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (connected, connected_fds, loader) = sample("connected")?;
 

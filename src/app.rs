@@ -13,7 +13,7 @@ use crate::domain::WritePolicy;
 use crate::http::{self, AccessTokens, AppState, BodyLimits, LayerSettings, SharedState};
 use crate::live::Live;
 use crate::service::ProgressService;
-use crate::settings::{redact_url, Settings};
+use crate::settings::{Settings, redact_url};
 use crate::store::{
     CacheConfig, CachedStore, ChangeNotices, ChangeSink, ErrorLog, HotTier, MemoryStore, PostgresStore,
     PostgresStoreConfig, ProgressStore, RedisStore, RedisStoreConfig, TierState, TieredConfig, TieredStore,
@@ -53,7 +53,9 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn ProgressStore
         let store = match hot {
             Some(hot) => hot.store,
             None => {
-                tracing::info!("hot tier: process memory (REDIS_URL is unset; records are lost when the process exits)");
+                tracing::info!(
+                    "hot tier: process memory (REDIS_URL is unset; records are lost when the process exits)"
+                );
                 tracing::info!("durable tier: none (DATABASE_URL is unset)");
                 MemoryStore::start(MEMORY_SWEEP_EVERY)
             }
@@ -135,18 +137,25 @@ fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<(HotTier, Arc<C
 /// of the change-notice subscription, which checks the server as the pool
 /// does: against `PROGRESS_REDIS_CA_FILE`, or the system's roots, or not at
 /// all when the URL ends in `#insecure`.
-fn redis_client(settings: &Settings, url: &str) -> Result<(redis::Client, Option<(rustls::ClientConfig, Verify)>), String> {
+fn redis_client(
+    settings: &Settings,
+    url: &str,
+) -> Result<(redis::Client, Option<(rustls::ClientConfig, Verify)>), String> {
     tls::install_provider();
     let ca_file = settings.redis_ca_file.as_deref();
     if !url.starts_with("rediss://") {
         if ca_file.is_some() {
-            tracing::warn!("PROGRESS_REDIS_CA_FILE is set but the Redis URL is not rediss://: the connection is not encrypted");
+            tracing::warn!(
+                "PROGRESS_REDIS_CA_FILE is set but the Redis URL is not rediss://: the connection is not encrypted"
+            );
         }
         return Ok((redis::Client::open(url).map_err(|e| e.to_string())?, None));
     }
     let insecure = url.ends_with("#insecure");
     if insecure {
-        tracing::warn!("Redis over TLS WITHOUT certificate verification (#insecure in the URL): the connection is encrypted, but the server is not checked");
+        tracing::warn!(
+            "Redis over TLS WITHOUT certificate verification (#insecure in the URL): the connection is encrypted, but the server is not checked"
+        );
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         return Ok((client, Some((tls::client_config(Verify::Nothing, None)?, Verify::Nothing))));
     }
@@ -229,7 +238,11 @@ fn watch_tiers(store: &Arc<dyn ProgressStore>) {
                 let (name, log, seen_up) = &mut logs[at];
                 if tier.state == TierState::Up {
                     if log.clear() || !*seen_up {
-                        tracing::info!(tier = *name, latency_ms = tier.latency.as_secs_f64() * 1000.0, "{name} answers");
+                        tracing::info!(
+                            tier = *name,
+                            latency_ms = tier.latency.as_secs_f64() * 1000.0,
+                            "{name} answers"
+                        );
                     }
                     *seen_up = true;
                     continue;
@@ -259,11 +272,7 @@ pub fn build_router(settings: &Settings, store: Arc<dyn ProgressStore>) -> Route
 
 /// The application router over `store`, and its live-update hub, which
 /// also hears of other instances' writes through `notices`.
-pub fn build_app(
-    settings: &Settings,
-    store: Arc<dyn ProgressStore>,
-    notices: Notices,
-) -> (Router, Live) {
+pub fn build_app(settings: &Settings, store: Arc<dyn ProgressStore>, notices: Notices) -> (Router, Live) {
     let policy = WritePolicy {
         default_ttl_seconds: settings.ttl_seconds,
         heartbeat_ms: i64::try_from(settings.heartbeat_seconds).unwrap_or(i64::MAX / 1000) * 1000,

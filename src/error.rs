@@ -52,9 +52,7 @@ pub enum Error {
     #[error("this route does not support {0}")]
     MethodNotAllowed(String),
     /// A write to a finished record without `If-Match` (409 `conflict_terminal`).
-    #[error(
-        "the record is {status} (version {version}); to write it again, send If-Match: \"{version}\""
-    )]
+    #[error("the record is {status} (version {version}); to write it again, send If-Match: \"{version}\"")]
     ConflictTerminal {
         /// Its terminal status.
         status: Status,

@@ -29,7 +29,5 @@ pub async fn probe(host: Option<IpAddr>, port: u16, timeout: Duration) -> Result
             Err(format!("unexpected answer {:?}", String::from_utf8_lossy(&head)))
         }
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+    tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }

@@ -91,12 +91,7 @@ impl Live {
     pub fn new(store: Arc<dyn ProgressStore>) -> Self {
         let (closing, _) = watch::channel(false);
         Self {
-            inner: Arc::new(Inner {
-                store,
-                watched: Mutex::new(HashMap::new()),
-                notices: OnceLock::new(),
-                closing,
-            }),
+            inner: Arc::new(Inner { store, watched: Mutex::new(HashMap::new()), notices: OnceLock::new(), closing }),
         }
     }
 
@@ -325,7 +320,7 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{apply_write, ClientFields, Timestamp, Touched, WritePolicy};
+    use crate::domain::{ClientFields, Timestamp, Touched, WritePolicy, apply_write};
     use crate::store::MemoryStore;
 
     fn record(id: &ProgressId, version: u64) -> StoredRecord {

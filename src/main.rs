@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use progressd::store::{PostgresStore, PostgresStoreConfig};
-use progressd::{app, telemetry, Settings};
+use progressd::{Settings, app, telemetry};
 
 // glibc malloc showed up at ~8% of a GET profile, with arena lock waits;
 // mimalloc's thread-local free lists avoid both.
@@ -66,7 +66,9 @@ async fn main() -> ExitCode {
         }
         Some("migrate") => return migrate(&settings).await,
         Some(other) => {
-            eprintln!("progressd: unknown command {other:?}; commands: serve (default), healthcheck, migrate (see --help)");
+            eprintln!(
+                "progressd: unknown command {other:?}; commands: serve (default), healthcheck, migrate (see --help)"
+            );
             return ExitCode::from(2);
         }
     }

@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use ::metrics::{Counter, Histogram, SharedString, Unit};
+use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use axum::extract::{MatchedPath, State};
-use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pin_project_lite::pin_project;
@@ -100,9 +100,11 @@ pub fn handle() -> &'static PrometheusHandle {
         // Without the exporter's HTTP listener nobody else drains histogram
         // samples; a plain thread outlives every test's Tokio runtime.
         let upkeep = handle.clone();
-        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
-            std::thread::sleep(UPKEEP_EVERY);
-            upkeep.run_upkeep();
+        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
         });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "no metrics upkeep thread; histograms are drained at scrape time only");
@@ -113,10 +115,18 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     describe_counter!(HTTP_REQUESTS, Unit::Count, "HTTP requests answered, by method, matched route and status.");
-    describe_histogram!(HTTP_REQUEST_DURATION, Unit::Seconds, "Time from request to response head, by method and route.");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request to response head, by method and route."
+    );
     describe_counter!(STORE_OPERATIONS, Unit::Count, "Operations run against a storage tier, by tier and operation.");
     describe_counter!(STORE_ERRORS, Unit::Count, "Operations a storage tier failed, by tier and operation.");
-    describe_counter!(FALLBACK_READS, Unit::Count, "Reads answered by PostgreSQL after Redis missed or was unavailable.");
+    describe_counter!(
+        FALLBACK_READS,
+        Unit::Count,
+        "Reads answered by PostgreSQL after Redis missed or was unavailable."
+    );
     describe_gauge!(BREAKER_STATE, "Circuit breaker state per tier: 0 closed, 1 half-open, 2 open.");
     describe_counter!(BREAKER_OPENED, Unit::Count, "Times a tier's circuit breaker opened after failures.");
     describe_gauge!(BACKLOG_SIZE, Unit::Count, "Records whose latest write PostgreSQL has not seen yet.");
@@ -283,8 +293,10 @@ fn method_index(method: &Method) -> usize {
 
 /// Statuses whose request counters are kept per route (sorted); others are
 /// looked up in the registry on each use.
-const CACHED_STATUSES: [u16; 24] =
-    [200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 406, 408, 409, 411, 412, 413, 415, 416, 422, 428, 429, 500, 503, 504];
+const CACHED_STATUSES: [u16; 24] = [
+    200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 406, 408, 409, 411, 412, 413, 415, 416, 422, 428, 429, 500, 503,
+    504,
+];
 
 /// The route label of requests no route matched.
 pub const UNMATCHED: &str = "unmatched";
@@ -372,8 +384,7 @@ impl RouteSeries {
                 self.durations[pair]
                     .get_or_init(|| histogram!(HTTP_REQUEST_DURATION, "method" => method_label, "route" => route_label))
                     .record(seconds);
-                let new_counter =
-                    || counter!(HTTP_REQUESTS, "method" => method_label, "route" => route_label, "status" => status_label);
+                let new_counter = || counter!(HTTP_REQUESTS, "method" => method_label, "route" => route_label, "status" => status_label);
                 match CACHED_STATUSES.binary_search(&status.as_u16()) {
                     Ok(s) => self.requests[pair * CACHED_STATUSES.len() + s].get_or_init(new_counter).increment(1),
                     Err(_) => new_counter().increment(1),
@@ -382,7 +393,8 @@ impl RouteSeries {
             RouteLabel::Other(path) => {
                 let route = SharedString::from_shared(path.clone());
                 histogram!(HTTP_REQUEST_DURATION, "method" => method_label, "route" => route.clone()).record(seconds);
-                counter!(HTTP_REQUESTS, "method" => method_label, "route" => route, "status" => status_label).increment(1);
+                counter!(HTTP_REQUESTS, "method" => method_label, "route" => route, "status" => status_label)
+                    .increment(1);
             }
         }
     }

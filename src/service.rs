@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::domain::{
-    check_top_level_keys, next_record, ttl_ms, ClientFields, ProgressId, ServerState, StoredRecord, Timestamp, Touched,
-    WritePolicy,
+    ClientFields, ProgressId, ServerState, StoredRecord, Timestamp, Touched, WritePolicy, check_top_level_keys,
+    next_record, ttl_ms,
 };
 use crate::error::Error;
 use crate::live::Live;
@@ -138,7 +138,9 @@ impl ProgressService {
         // field it names, or merges into it).
         let mut body = body;
         let mut validated = Some(match &mut body {
-            WriteBody::Replace(value) | WriteBody::Merge(value) => ClientFields::from_json(value, self.max_ttl_seconds)?,
+            WriteBody::Replace(value) | WriteBody::Merge(value) => {
+                ClientFields::from_json(value, self.max_ttl_seconds)?
+            }
             WriteBody::Read { fields, .. } => std::mem::take(fields),
         });
         // The first read may come from the read cache, which can be a change
@@ -147,7 +149,8 @@ impl ProgressService {
         let mut maybe_cached = true;
         let mut attempt = 0;
         while attempt < MAX_WRITE_ATTEMPTS {
-            let mut current = if maybe_cached { self.store.get_to_write(id).await? } else { self.store.get_uncached(id).await? };
+            let mut current =
+                if maybe_cached { self.store.get_to_write(id).await? } else { self.store.get_uncached(id).await? };
             // The validated body is used up by the first try; a retry reads it again.
             let fields = match validated.take() {
                 Some(fields) => fields,
@@ -180,7 +183,9 @@ impl ProgressService {
     /// A body's fields once more, for a retry (the same as the first time).
     fn read_again(&self, body: &WriteBody) -> Result<ClientFields, Error> {
         match body {
-            WriteBody::Replace(value) | WriteBody::Merge(value) => Ok(ClientFields::from_json(value, self.max_ttl_seconds)?),
+            WriteBody::Replace(value) | WriteBody::Merge(value) => {
+                Ok(ClientFields::from_json(value, self.max_ttl_seconds)?)
+            }
             WriteBody::Read { text, .. } => std::str::from_utf8(text)
                 .ok()
                 .and_then(|t| ClientFields::from_body_fast(t, self.max_ttl_seconds, usize::MAX))

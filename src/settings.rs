@@ -126,7 +126,11 @@ pub struct SettingsError {
 pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("host", None, "address to listen on; unset: :: dual-stack (IPv4 mapped), 0.0.0.0 where the machine has no IPv6"),
     ("port", Some("8080"), "port to listen on"),
-    ("redis_url", None, "Redis URL (rediss:// for TLS); unset: built from REDIS_HOST and its group, else records stay in process memory"),
+    (
+        "redis_url",
+        None,
+        "Redis URL (rediss:// for TLS); unset: built from REDIS_HOST and its group, else records stay in process memory",
+    ),
     ("key_prefix", Some(""), "prefix of every Redis key"),
     ("ttl_seconds", Some("86400"), "default time a record lives after its last write"),
     ("max_ttl_seconds", Some("2592000"), "largest ttl_seconds a client may ask for"),
@@ -137,8 +141,16 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("redis_pool_size", Some("16"), "most Redis connections in the pool"),
     ("redis_connections", Some("1"), "multiplexed Redis connections shared by all requests"),
     ("redis_timeout_ms", Some("1000"), "bound on connecting to Redis and on each Redis operation"),
-    ("redis_ca_file", None, "PEM file of the CA that signed a rediss:// server's certificate, instead of the system's roots"),
-    ("database_url", None, "PostgreSQL URL (libpq's sslmode and sslrootcert); unset: built from PGHOST and its group, else no durable tier"),
+    (
+        "redis_ca_file",
+        None,
+        "PEM file of the CA that signed a rediss:// server's certificate, instead of the system's roots",
+    ),
+    (
+        "database_url",
+        None,
+        "PostgreSQL URL (libpq's sslmode and sslrootcert); unset: built from PGHOST and its group, else no durable tier",
+    ),
     ("database_pool_size", Some("16"), "most PostgreSQL connections in the pool"),
     ("database_timeout_ms", Some("2000"), "bound on connecting to PostgreSQL and on each query"),
     ("persist_interval_seconds", Some("10"), "updates reach PostgreSQL within this many seconds"),
@@ -285,17 +297,37 @@ impl Settings {
             database_sslmode: nonempty(&env, "PGSSLMODE"),
             database_sslrootcert: nonempty(&env, "PGSSLROOTCERT"),
             database_pool_size: typed("database_pool_size", &parse("database_pool_size")?, "a whole number")?,
-            database_timeout_ms: typed("database_timeout_ms", &parse("database_timeout_ms")?, "a whole number of milliseconds")?,
-            persist_interval_seconds: typed("persist_interval_seconds", &parse("persist_interval_seconds")?, "a whole number of seconds")?,
+            database_timeout_ms: typed(
+                "database_timeout_ms",
+                &parse("database_timeout_ms")?,
+                "a whole number of milliseconds",
+            )?,
+            persist_interval_seconds: typed(
+                "persist_interval_seconds",
+                &parse("persist_interval_seconds")?,
+                "a whole number of seconds",
+            )?,
             breaker_failures: typed("breaker_failures", &parse("breaker_failures")?, "a whole number")?,
             breaker_probe_ms: typed("breaker_probe_ms", &parse("breaker_probe_ms")?, "a whole number of milliseconds")?,
             write_tokens: list(&parse("write_tokens")?),
             read_tokens: list(&parse("read_tokens")?),
             admin_token: read("admin_token")?.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
             cors_origins: list(&parse("cors_origins")?),
-            request_timeout_seconds: typed("request_timeout_seconds", &parse("request_timeout_seconds")?, "a whole number of seconds")?,
-            shutdown_flush_seconds: typed("shutdown_flush_seconds", &parse("shutdown_flush_seconds")?, "a whole number of seconds")?,
-            cleanup_interval_seconds: typed("cleanup_interval_seconds", &parse("cleanup_interval_seconds")?, "a whole number of seconds")?,
+            request_timeout_seconds: typed(
+                "request_timeout_seconds",
+                &parse("request_timeout_seconds")?,
+                "a whole number of seconds",
+            )?,
+            shutdown_flush_seconds: typed(
+                "shutdown_flush_seconds",
+                &parse("shutdown_flush_seconds")?,
+                "a whole number of seconds",
+            )?,
+            cleanup_interval_seconds: typed(
+                "cleanup_interval_seconds",
+                &parse("cleanup_interval_seconds")?,
+                "a whole number of seconds",
+            )?,
             cache_max_age_ms: typed("cache_max_age_ms", &parse("cache_max_age_ms")?, "a whole number of milliseconds")?,
             cache_max_entries: typed("cache_max_entries", &parse("cache_max_entries")?, "a whole number")?,
             log_format: typed("log_format", &parse("log_format")?, "pretty or json")?,
@@ -311,7 +343,10 @@ impl Settings {
             return bad("max_ttl_seconds", "must be at least 1".into());
         }
         if !(1..=self.max_ttl_seconds).contains(&self.ttl_seconds) {
-            return bad("ttl_seconds", format!("must be from 1 to PROGRESS_MAX_TTL_SECONDS ({})", self.max_ttl_seconds));
+            return bad(
+                "ttl_seconds",
+                format!("must be from 1 to PROGRESS_MAX_TTL_SECONDS ({})", self.max_ttl_seconds),
+            );
         }
         if self.max_body_bytes < 2 {
             return bad("max_body_bytes", "must be at least 2".into());
@@ -350,7 +385,12 @@ impl Settings {
             return bad("request_timeout_seconds", "must be at least 1".into());
         }
         if let Some(origin) = self.cors_origins.iter().find(|o| *o != "*" && !is_origin(o)) {
-            return bad("cors_origins", format!("{origin:?} is not an origin such as https://app.example.com (scheme and host, optional port, no path)"));
+            return bad(
+                "cors_origins",
+                format!(
+                    "{origin:?} is not an origin such as https://app.example.com (scheme and host, optional port, no path)"
+                ),
+            );
         }
         if self.cleanup_interval_seconds == 0 {
             return bad("cleanup_interval_seconds", "must be at least 1".into());
@@ -367,7 +407,11 @@ impl Settings {
             }
         }
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
                 return bad("redis_url", format!("expected a redis:// or rediss:// URL, got {}", redact_url(url)));
             }
         }
@@ -376,9 +420,7 @@ impl Settings {
         {
             return bad("redis_ca_file", format!("cannot read {file}: {e}"));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log_level)
-            .map(|_| ())
-            .or_else(|e| bad("log_level", e.to_string()))
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map(|_| ()).or_else(|e| bad("log_level", e.to_string()))
     }
 
     /// The PostgreSQL defaults libpq's environment gives a URL.
@@ -408,7 +450,11 @@ fn missing_host(group: &[&str], env: &HashMap<String, String>, host: &str, url: 
     let set: Vec<&str> = group.iter().copied().filter(|v| nonempty(env, v).is_some()).collect();
     SettingsError {
         variable: host.into(),
-        reason: format!("missing: {} {} set but {host} is not (set {host}, or {url})", set.join(", "), if set.len() == 1 { "is" } else { "are" }),
+        reason: format!(
+            "missing: {} {} set but {host} is not (set {host}, or {url})",
+            set.join(", "),
+            if set.len() == 1 { "is" } else { "are" }
+        ),
     }
 }
 
@@ -421,18 +467,31 @@ fn redis_url_from_parts(env: &HashMap<String, String>) -> Result<Option<String>,
     let Some(host) = nonempty(env, "REDIS_HOST") else {
         let others = ["REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_TLS"];
         if port.is_some() || others.iter().any(|v| nonempty(env, v).is_some()) {
-            return Err(missing_host(&["REDIS_PORT", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_TLS"], env, "REDIS_HOST", "REDIS_URL"));
+            return Err(missing_host(
+                &["REDIS_PORT", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_TLS"],
+                env,
+                "REDIS_HOST",
+                "REDIS_URL",
+            ));
         }
         return Ok(None);
     };
     let port: u16 = match port {
-        Some(p) => p.parse().map_err(|_| SettingsError { variable: "REDIS_PORT".into(), reason: format!("expected a port number, got {p:?}") })?,
+        Some(p) => p.parse().map_err(|_| SettingsError {
+            variable: "REDIS_PORT".into(),
+            reason: format!("expected a port number, got {p:?}"),
+        })?,
         None => 6379,
     };
     let tls = match nonempty(env, "REDIS_TLS").map(|t| t.to_ascii_lowercase()).as_deref() {
         None | Some("false" | "0" | "no" | "off") => false,
         Some("true" | "1" | "yes" | "on") => true,
-        Some(other) => return Err(SettingsError { variable: "REDIS_TLS".into(), reason: format!("expected true or false, got {other:?}") }),
+        Some(other) => {
+            return Err(SettingsError {
+                variable: "REDIS_TLS".into(),
+                reason: format!("expected true or false, got {other:?}"),
+            });
+        }
     };
     let user = nonempty(env, "REDIS_USERNAME");
     let password = env.get("REDIS_PASSWORD").filter(|p| !p.is_empty());
@@ -462,7 +521,10 @@ fn database_url_from_parts(env: &HashMap<String, String>) -> Result<Option<Strin
     let mut conninfo = format!("host='{}' user='{}'", quote(&host), quote(&user));
     if let Some(port) = nonempty(env, "PGPORT") {
         if port.split(',').any(|p| p.trim().parse::<u16>().is_err()) {
-            return Err(SettingsError { variable: "PGPORT".into(), reason: format!("expected a port number, got {port:?}") });
+            return Err(SettingsError {
+                variable: "PGPORT".into(),
+                reason: format!("expected a port number, got {port:?}"),
+            });
         }
         conninfo.push_str(&format!(" port='{}'", quote(&port)));
     }
@@ -633,7 +695,10 @@ mod tests {
     #[test]
     fn a_bad_value_names_its_variable() {
         let e = Settings::from_env_without_file(env(&[("PROGRESS_TTL_SECONDS", "soon")])).unwrap_err();
-        assert_eq!(e.to_string(), r#"invalid setting PROGRESS_TTL_SECONDS: expected a whole number of seconds, got "soon""#);
+        assert_eq!(
+            e.to_string(),
+            r#"invalid setting PROGRESS_TTL_SECONDS: expected a whole number of seconds, got "soon""#
+        );
         let e = Settings::from_env_without_file(env(&[("PORT", "99999")])).unwrap_err();
         assert_eq!(e.variable, "PORT");
         let e = Settings::from_env_without_file(env(&[("PROGRESS_LOG_FORMAT", "xml")])).unwrap_err();
@@ -656,7 +721,11 @@ mod tests {
 
     #[test]
     fn cors_origins_are_origins() {
-        let s = Settings::from_env_without_file(env(&[("PROGRESS_CORS_ORIGINS", "https://a.example, http://localhost:3000,*")])).unwrap();
+        let s = Settings::from_env_without_file(env(&[(
+            "PROGRESS_CORS_ORIGINS",
+            "https://a.example, http://localhost:3000,*",
+        )]))
+        .unwrap();
         assert_eq!(s.cors_origins, ["https://a.example", "http://localhost:3000", "*"]);
         for bad in ["a.example", "https://a.example/", "https://a.example/app", "https://"] {
             let e = Settings::from_env_without_file(env(&[("PROGRESS_CORS_ORIGINS", bad)])).unwrap_err();
@@ -686,7 +755,10 @@ mod tests {
         // Half a group names what is missing, never the password.
         let e = url(&[("REDIS_PASSWORD", "hunter2")]).unwrap_err();
         assert_eq!(e.variable, "REDIS_HOST");
-        assert!(e.to_string().contains("REDIS_PASSWORD is set but REDIS_HOST is not") && !e.to_string().contains("hunter2"), "{e}");
+        assert!(
+            e.to_string().contains("REDIS_PASSWORD is set but REDIS_HOST is not") && !e.to_string().contains("hunter2"),
+            "{e}"
+        );
         assert_eq!(url(&[("REDIS_HOST", "h"), ("REDIS_PORT", "x")]).unwrap_err().variable, "REDIS_PORT");
         assert_eq!(url(&[("REDIS_HOST", "h"), ("REDIS_TLS", "maybe")]).unwrap_err().variable, "REDIS_TLS");
     }
@@ -715,7 +787,11 @@ mod tests {
         assert_eq!((s.database_url.as_deref(), s.database_url_variable), (Some("postgres://a@b/c"), "DATABASE_URL"));
         let e = load(&[("PGPASSWORD", "hunter2"), ("PGUSER", "u")]).unwrap_err();
         assert_eq!(e.variable, "PGHOST");
-        assert!(e.to_string().contains("PGUSER, PGPASSWORD are set but PGHOST is not") && !e.to_string().contains("hunter2"), "{e}");
+        assert!(
+            e.to_string().contains("PGUSER, PGPASSWORD are set but PGHOST is not")
+                && !e.to_string().contains("hunter2"),
+            "{e}"
+        );
         assert_eq!(load(&[("PGHOST", "h"), ("PGPORT", "five")]).unwrap_err().variable, "PGPORT");
         // Alone, PGSSLMODE is a default for a URL, not a database.
         assert_eq!(load(&[("PGSSLMODE", "require")]).unwrap().database_url, None);
@@ -740,7 +816,10 @@ mod tests {
         assert_eq!(redact_url("rediss://:@db:6379"), "rediss://db:6379");
         // Passwords that are not URL-encoded, typos, and PostgreSQL's key=value form.
         assert_eq!(redact_url("redis://default:hun/ter2@db:6379/0"), "redis://default:****@db:6379/0");
-        assert_eq!(redact_url("postgres://u:hun?t#er@2@db/x?sslmode=disable"), "postgres://u:****@db/x?sslmode=disable");
+        assert_eq!(
+            redact_url("postgres://u:hun?t#er@2@db/x?sslmode=disable"),
+            "postgres://u:****@db/x?sslmode=disable"
+        );
         assert_eq!(redact_url("redis://a/b@db"), "redis://****@db");
         assert_eq!(redact_url("rediss//default:hunter2@db:6379"), "****@db:6379");
         assert_eq!(redact_url("host=db user=u password=hunter2 dbname=x"), "host=db user=u password=**** dbname=x");

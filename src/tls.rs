@@ -11,9 +11,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// How a server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +32,7 @@ pub fn install_provider() {
 
 fn provider() -> Arc<CryptoProvider> {
     install_provider();
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(ring()))
+    CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(ring()))
 }
 
 // rustls now deprecates ring's provider for lacking post-quantum key
@@ -53,37 +49,21 @@ fn ring() -> CryptoProvider {
 pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert =
-                cert.map_err(|e| format!("the CA file {} is not PEM: {e}", path.display()))?;
-            store.add(cert).map_err(|e| {
-                format!(
-                    "the CA file {} holds a bad certificate: {e}",
-                    path.display()
-                )
-            })?;
+            let cert = cert.map_err(|e| format!("the CA file {} is not PEM: {e}", path.display()))?;
+            store.add(cert).map_err(|e| format!("the CA file {} holds a bad certificate: {e}", path.display()))?;
         }
         if store.is_empty() {
-            return Err(format!(
-                "the CA file {} holds no certificate",
-                path.display()
-            ));
+            return Err(format!("the CA file {} holds no certificate", path.display()));
         }
         return Ok(store);
     }
     let found = rustls_native_certs::load_native_certs();
     let (added, _) = store.add_parsable_certificates(found.certs);
     if added == 0 {
-        let why = found
-            .errors
-            .first()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
-        return Err(format!(
-            "no system CA certificates found{why}; install ca-certificates or name a CA file"
-        ));
+        let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
+        return Err(format!("no system CA certificates found{why}; install ca-certificates or name a CA file"));
     }
     Ok(store)
 }
@@ -102,17 +82,10 @@ pub fn client_config(verify: Verify, roots: Option<RootCertStore>) -> Result<Cli
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| e.to_string())?;
-            if verify == Verify::Full {
-                webpki
-            } else {
-                Arc::new(AnyHostName(webpki))
-            }
+            if verify == Verify::Full { webpki } else { Arc::new(AnyHostName(webpki)) }
         }
     };
-    Ok(builder
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+    Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
 }
 
 /// Accepts any certificate (the handshake's signatures are still checked,
@@ -138,12 +111,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -152,12 +120,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -180,10 +143,7 @@ impl ServerCertVerifier for AnyHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -242,44 +202,25 @@ pub fn hint(store: Store, error: &str) -> Option<&'static str> {
             &["notvalidforname", "not valid for name"],
             "the server's certificate was issued for another host name: connect by a name it lists, or use sslmode=verify-ca",
         ),
-        (
-            &["certificate expired", "invalid peer certificate: expired"],
-            "the server's certificate has expired",
-        ),
+        (&["certificate expired", "invalid peer certificate: expired"], "the server's certificate has expired"),
         (
             &["server does not support tls", "server does not support ssl"],
             "TLS was required but the server does not offer it: turn ssl on in the server, or use sslmode=prefer / disable",
         ),
+        (&["no encryption"], "the server accepts only TLS connections (hostssl): use sslmode=require or stronger"),
         (
-            &["no encryption"],
-            "the server accepts only TLS connections (hostssl): use sslmode=require or stronger",
-        ),
-        (
-            &[
-                "corrupt message",
-                "invalidcontenttype",
-                "invalid content type",
-                "wrong version number",
-            ],
+            &["corrupt message", "invalidcontenttype", "invalid content type", "wrong version number"],
             "the server does not speak TLS on this port: use redis:// (not rediss://) or the server's TLS port",
         ),
         (
-            &[
-                "password authentication failed",
-                "wrongpass",
-                "invalid username-password",
-                "invalid password",
-            ],
+            &["password authentication failed", "wrongpass", "invalid username-password", "invalid password"],
             "wrong user name or password",
         ),
         (
             &["noauth", "authentication required"],
             "the server wants a password: put it in the URL (or REDIS_PASSWORD / PGPASSWORD)",
         ),
-        (
-            &["does not exist"],
-            "the database (or user) does not exist: create it, or fix the name in the URL",
-        ),
+        (&["does not exist"], "the database (or user) does not exist: create it, or fix the name in the URL"),
         (
             &[
                 "failed to lookup address",
@@ -291,10 +232,7 @@ pub fn hint(store: Store, error: &str) -> Option<&'static str> {
             "the host name does not resolve: check the host in the URL",
         ),
     ];
-    hints
-        .iter()
-        .find(|(needles, _)| needles.iter().any(|n| e.contains(n)))
-        .map(|(_, hint)| *hint)
+    hints.iter().find(|(needles, _)| needles.iter().any(|n| e.contains(n))).map(|(_, hint)| *hint)
 }
 
 /// `error` with its hint, when it has one.
@@ -317,18 +255,11 @@ mod tests {
         let no_tls = "error performing TLS handshake: server does not support TLS";
         assert!(with_hint(Store::Postgres, no_tls.into()).contains("ssl on"));
         assert!(hint(Store::Postgres, "db error: FATAL: no pg_hba.conf entry for host \"127.0.0.1\", user \"u\", database \"d\", no encryption").unwrap().contains("hostssl"));
+        assert!(hint(Store::Redis, "WRONGPASS invalid username-password pair").unwrap().contains("password"));
         assert!(
-            hint(Store::Redis, "WRONGPASS invalid username-password pair")
+            hint(Store::Redis, "failed to lookup address information: Name or service not known")
                 .unwrap()
-                .contains("password")
-        );
-        assert!(
-            hint(
-                Store::Redis,
-                "failed to lookup address information: Name or service not known"
-            )
-            .unwrap()
-            .contains("resolve")
+                .contains("resolve")
         );
         assert_eq!(
             hint(Store::Redis, "Connection refused (os error 111)"),
@@ -336,11 +267,7 @@ mod tests {
             "a server that is down may come back"
         );
         let once = with_hint(Store::Redis, unknown.into());
-        assert_eq!(
-            with_hint(Store::Redis, once.clone()),
-            once,
-            "a hint is added once"
-        );
+        assert_eq!(with_hint(Store::Redis, once.clone()), once, "a hint is added once");
     }
 
     #[test]
@@ -350,11 +277,7 @@ mod tests {
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         assert!(roots(Some(&empty)).unwrap_err().contains("no certificate"));
-        assert!(
-            roots(Some(&dir.join("missing.pem")))
-                .unwrap_err()
-                .contains("cannot read")
-        );
+        assert!(roots(Some(&dir.join("missing.pem"))).unwrap_err().contains("cannot read"));
         assert!(client_config(Verify::Full, None).is_err());
         assert!(client_config(Verify::Nothing, None).is_ok());
     }

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use common::postgres::TestDatabase;
 use common::proxy::{Mode, Proxy};
 use common::redis_server::OwnRedis;
-use common::{assert_problem, delete_keys, redis_conn, redis_url, spawn_app_with, unique_prefix, Backend, TestApp};
-use progressd::store::{ProgressStore, RedisStore, RedisStoreConfig};
+use common::{Backend, TestApp, assert_problem, delete_keys, redis_conn, redis_url, spawn_app_with, unique_prefix};
 use progressd::Settings;
+use progressd::store::{ProgressStore, RedisStore, RedisStoreConfig};
 use reqwest::{Method, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const TOKEN: &str = "admin-secret";
 /// The session advisory lock the background cleanup takes (`progclup` in ASCII).
@@ -162,13 +162,16 @@ async fn cleanup_of_the_embedded_store() {
     app.put_ok("long", &json!({})).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let report = admin_ok(&app, Method::POST, "/admin/cleanup").await;
-    assert_eq!(report, json!({
-        "postgres_expired_rows": null,
-        "memory_expired": 3,
-        "redis_orphaned_index_entries": null,
-        "total": 3,
-        "duration_ms": report["duration_ms"],
-    }));
+    assert_eq!(
+        report,
+        json!({
+            "postgres_expired_rows": null,
+            "memory_expired": 3,
+            "redis_orphaned_index_entries": null,
+            "total": 3,
+            "duration_ms": report["duration_ms"],
+        })
+    );
     app.get_ok("long").await;
     assert_eq!(admin_ok(&app, Method::POST, "/admin/cleanup").await["memory_expired"], 0);
 }
@@ -237,7 +240,8 @@ async fn bulk_delete_by_status() {
     let db = TestDatabase::create().await;
     let app = tiered(&db).await;
     let pg = db.connect().await;
-    create(&app, &[("a-1", "running"), ("a-2", "failed"), ("b-1", "failed"), ("b-2", "completed"), ("c-1", "failed")]).await;
+    create(&app, &[("a-1", "running"), ("a-2", "failed"), ("b-1", "failed"), ("b-2", "completed"), ("c-1", "failed")])
+        .await;
     let kept = ["a-1", "b-2"];
     for id in kept {
         app.get_ok(id).await; // now in the read cache
@@ -253,7 +257,11 @@ async fn bulk_delete_by_prefix() {
     let db = TestDatabase::create().await;
     let app = tiered(&db).await;
     let pg = db.connect().await;
-    create(&app, &[("book-1:ch1", "running"), ("book-1:ch2", "pending"), ("book-10", "running"), ("book-2:ch1", "completed")]).await;
+    create(
+        &app,
+        &[("book-1:ch1", "running"), ("book-1:ch2", "pending"), ("book-10", "running"), ("book-2:ch1", "completed")],
+    )
+    .await;
     let res = admin_ok(&app, Method::DELETE, "/admin/progress?prefix=book-1:").await;
     assert_eq!(res, json!({"deleted": 2}));
     assert_deleted_exactly(&app, &pg, &["book-1:ch1", "book-1:ch2"], &["book-10", "book-2:ch1"]).await;
@@ -439,7 +447,11 @@ async fn bulk_delete_refuses_a_missing_or_bad_filter() {
 async fn stats_count_by_status_in_postgres() {
     let db = TestDatabase::create().await;
     let app = tiered(&db).await;
-    create(&app, &[("s-1", "pending"), ("s-2", "running"), ("s-3", "running"), ("s-4", "completed"), ("s-5", "failed")]).await;
+    create(
+        &app,
+        &[("s-1", "pending"), ("s-2", "running"), ("s-3", "running"), ("s-4", "completed"), ("s-5", "failed")],
+    )
+    .await;
     app.patch_ok("s-1", &json!({"status": "running"})).await; // in the backlog only
     app.send(Method::DELETE, "/progress/s-5", None, &[]).await;
 
@@ -484,7 +496,11 @@ async fn stats_count_in_redis_and_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_routes_need_the_admin_token() {
     let app = spawn_app_with(Backend::Memory, with_admin).await;
-    let routes = [(Method::POST, "/admin/cleanup"), (Method::DELETE, "/admin/progress?status=failed"), (Method::GET, "/admin/stats")];
+    let routes = [
+        (Method::POST, "/admin/cleanup"),
+        (Method::DELETE, "/admin/progress?status=failed"),
+        (Method::GET, "/admin/stats"),
+    ];
     for (method, path) in &routes {
         let res = app.send(method.clone(), path, None, &[]).await;
         assert_problem(res, 401, "unauthorized").await;

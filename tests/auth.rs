@@ -4,7 +4,7 @@
 mod common;
 
 use common::binary::{free_port, progressd, terminate, wait_ready};
-use common::{assert_problem, spawn_app, spawn_app_with, Backend, TestApp};
+use common::{Backend, TestApp, assert_problem, spawn_app, spawn_app_with};
 use progressd::http::Access;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::json;
@@ -34,11 +34,8 @@ async fn call(app: &TestApp, method: Method, path: &str, token: Option<&str>) ->
 async fn assert_unauthorized(res: Response, token_sent: bool) {
     let challenge = res.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
     let doc = assert_problem(res, 401, "unauthorized").await;
-    let expected = if token_sent {
-        r#"Bearer realm="progressd", error="invalid_token""#
-    } else {
-        r#"Bearer realm="progressd""#
-    };
+    let expected =
+        if token_sent { r#"Bearer realm="progressd", error="invalid_token""# } else { r#"Bearer realm="progressd""# };
     assert_eq!(challenge.as_deref(), Some(expected), "{doc}");
     let text = doc.to_string();
     for token in [READ, WRITE, ADMIN] {
@@ -143,7 +140,8 @@ fn admin_routes() -> Vec<(Method, String)> {
         .into_iter()
         .filter(|r| r.access == Access::Admin)
         .map(|r| {
-            let path = r.path.split('/').map(|s| if s.starts_with('{') { "x" } else { s }).collect::<Vec<_>>().join("/");
+            let path =
+                r.path.split('/').map(|s| if s.starts_with('{') { "x" } else { s }).collect::<Vec<_>>().join("/");
             (Method::from_bytes(r.method.as_str().as_bytes()).unwrap(), path)
         })
         .collect()
@@ -163,7 +161,10 @@ async fn admin_routes_need_the_admin_token() {
         // Past the token check; the route may still refuse its input (a bulk delete needs a filter).
         let res = call(&app, method.clone(), path, Some(ADMIN)).await;
         let status = res.status();
-        assert!(![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&status), "{what} with the admin token: {status}");
+        assert!(
+            ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&status),
+            "{what} with the admin token: {status}"
+        );
     }
 }
 
@@ -195,7 +196,8 @@ fn tokens_never_reach_the_logs() {
     let client = reqwest::blocking::Client::new();
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let send = |method: reqwest::Method, path: &str, token: &str| {
-        let mut req = client.request(method.clone(), url(path)).bearer_auth(token).header("x-request-id", "log-check-7");
+        let mut req =
+            client.request(method.clone(), url(path)).bearer_auth(token).header("x-request-id", "log-check-7");
         if method == reqwest::Method::PUT {
             req = req.header("content-type", "application/json").body("{}");
         }

@@ -37,9 +37,7 @@ fn sigterm_exits_zero_and_the_redis_password_is_never_logged() {
     let port = free_port();
     let dead_redis = free_port();
     let url = format!("redis://default:s3cret-pw@127.0.0.1:{dead_redis}/0");
-    let child = progressd(&[("PORT", &port.to_string()), ("REDIS_URL", &url), ("RUST_LOG", "debug")])
-        .spawn()
-        .unwrap();
+    let child = progressd(&[("PORT", &port.to_string()), ("REDIS_URL", &url), ("RUST_LOG", "debug")]).spawn().unwrap();
     wait_ready(port);
     let client = reqwest::blocking::Client::new();
     let res = client.get(format!("http://127.0.0.1:{port}/progress/x")).send().unwrap();

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{spawn_app, spawn_app_with, Backend, TestApp};
+use common::{Backend, TestApp, spawn_app, spawn_app_with};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -77,7 +77,9 @@ async fn the_assets_are_served_with_their_types_validators_and_policies() {
 
     let res = app.send(Method::GET, "/dashboard", None, &[]).await;
     let csp = header(&res, "content-security-policy");
-    for directive in ["default-src 'self'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"] {
+    for directive in
+        ["default-src 'self'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"]
+    {
         assert!(csp.contains(directive), "CSP has {directive}: {csp}");
     }
     assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
@@ -96,7 +98,8 @@ async fn the_assets_are_served_with_their_types_validators_and_policies() {
 async fn client_js_is_a_plain_script_with_no_imports() {
     let source = std::fs::read_to_string(Path::new(MANIFEST_DIR).join("assets/client.js")).unwrap();
     for banned in ["import ", "export ", "require(", "https://", "http://"] {
-        let code: String = source.lines().filter(|l| !l.trim_start().starts_with("*") && !l.trim_start().starts_with("//")).collect();
+        let code: String =
+            source.lines().filter(|l| !l.trim_start().starts_with("*") && !l.trim_start().starts_with("//")).collect();
         assert!(!code.contains(banned), "client.js code contains {banned:?}");
     }
     let app = spawn_app(Backend::Memory).await;
@@ -202,7 +205,8 @@ async fn run_scenario(browser: &Browser, scenario: &str, app: &TestApp, write_to
             None
         }
     };
-    let stderr = tokio::time::timeout(Duration::from_secs(5), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
+    let stderr =
+        tokio::time::timeout(Duration::from_secs(5), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
     let report = format!("--- {scenario}.mjs stdout ---\n{output}--- stderr ---\n{stderr}");
     println!("{report}");
     assert!(status.is_some(), "{scenario}.mjs did not finish in time\n{report}");
@@ -247,24 +251,42 @@ async fn the_dashboard_lists_filters_highlights_and_follows_records() {
     let Some(browser) = browser("dashboard") else { return };
     // A short heartbeat window, so an untouched running record is stalled within the test.
     let app = spawn_app_with(Backend::Memory, |s| s.heartbeat_seconds = 2).await;
-    put(&app, "dash-run", json!({
-        "status": "running", "stage": "RESEARCH", "progress": 10, "message": "reading sources",
-        "children": {"ch1": {"title": "Chapter 1", "status": "completed", "progress": 100},
-                     "ch2": {"title": "Chapter 2", "status": "running", "progress": 25}},
-        "metadata": {"bookId": 7}
-    }), None).await;
-    put(&app, "dash-failed", json!({
-        "status": "failed", "error": {"message": "the printer caught fire", "code": "E_FIRE"}
-    }), None).await;
+    put(
+        &app,
+        "dash-run",
+        json!({
+            "status": "running", "stage": "RESEARCH", "progress": 10, "message": "reading sources",
+            "children": {"ch1": {"title": "Chapter 1", "status": "completed", "progress": 100},
+                         "ch2": {"title": "Chapter 2", "status": "running", "progress": 25}},
+            "metadata": {"bookId": 7}
+        }),
+        None,
+    )
+    .await;
+    put(
+        &app,
+        "dash-failed",
+        json!({
+            "status": "failed", "error": {"message": "the printer caught fire", "code": "E_FIRE"}
+        }),
+        None,
+    )
+    .await;
     put(&app, "dash-done", json!({
         "status": "completed", "result": {"url": "https://example.com/book.pdf", "pages": 312}, "metadata": {"bookId": 42}
     }), None).await;
     put(&app, "dash-stalled", json!({"status": "running", "progress": 35, "stage": "WAITING"}), None).await;
-    put(&app, "dash-xss", json!({
-        "status": "running", "progress": 5,
-        "message": "<img src=x onerror=\"window.__pwned=1\">",
-        "metadata": {"html": "<script>window.__pwned=1</script>", "attr": "\" onmouseover=\"window.__pwned=1"}
-    }), None).await;
+    put(
+        &app,
+        "dash-xss",
+        json!({
+            "status": "running", "progress": 5,
+            "message": "<img src=x onerror=\"window.__pwned=1\">",
+            "metadata": {"html": "<script>window.__pwned=1</script>", "attr": "\" onmouseover=\"window.__pwned=1"}
+        }),
+        None,
+    )
+    .await;
     let output = run_scenario(&browser, "dashboard", &app, None).await;
     assert!(output.contains("screenshot") && artifact_dir().join("dashboard.png").exists(), "a screenshot was saved");
 }

@@ -20,7 +20,9 @@ fn chaos_loses_no_acknowledged_write_and_reads_never_go_back() {
     }
     match chaos::run(config) {
         Ok(true) => {}
-        Ok(false) => panic!("the chaos run found violations (counts and the first of them above; CHAOS_SEED replays the fault schedule)"),
+        Ok(false) => panic!(
+            "the chaos run found violations (counts and the first of them above; CHAOS_SEED replays the fault schedule)"
+        ),
         Err(e) => panic!("the chaos run could not be set up: {e}"),
     }
 }

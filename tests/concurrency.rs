@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{assert_problem, spawn_app, Backend};
+use common::{Backend, assert_problem, spawn_app};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 on_both_stores!(
     fifty_parallel_patches_leave_fifty_children,
@@ -24,8 +24,15 @@ async fn fifty_parallel_patches_leave_fifty_children(backend: Backend) {
         let client = app.client.clone();
         let url = app.url("/progress/par");
         tasks.push(tokio::spawn(async move {
-            let body = json!({"children": {format!("child-{i}"): {"progress": i * 2}}, "metadata": {format!("k{i}"): i}});
-            let res = client.patch(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+            let body =
+                json!({"children": {format!("child-{i}"): {"progress": i * 2}}, "metadata": {format!("k{i}"): i}});
+            let res = client
+                .patch(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
             res.status()
         }));
     }
@@ -45,7 +52,13 @@ async fn parallel_puts_count_every_version(backend: Backend) {
         let client = app.client.clone();
         let url = app.url("/progress/puts");
         tasks.push(tokio::spawn(async move {
-            let res = client.put(url).header("content-type", "application/json").body(json!({"message": i.to_string()}).to_string()).send().await.unwrap();
+            let res = client
+                .put(url)
+                .header("content-type", "application/json")
+                .body(json!({"message": i.to_string()}).to_string())
+                .send()
+                .await
+                .unwrap();
             let status = res.status();
             let body: Value = res.json().await.unwrap();
             (status, body["version"].as_u64().unwrap())
@@ -70,7 +83,8 @@ async fn if_match_makes_a_write_conditional(backend: Backend) {
     assert_eq!(res.status(), StatusCode::OK);
     let res = app.send(Method::PATCH, "/progress/im", Some(&json!({"message": "b"})), &[("if-match", "\"1\"")]).await;
     assert_problem(res, 412, "precondition_failed").await;
-    let res = app.send(Method::PUT, "/progress/im", Some(&json!({"message": "b"})), &[("if-match", "\"5\", \"2\"")]).await;
+    let res =
+        app.send(Method::PUT, "/progress/im", Some(&json!({"message": "b"})), &[("if-match", "\"5\", \"2\"")]).await;
     assert_eq!(res.status(), StatusCode::OK, "any listed version may match");
     let res = app.send(Method::PUT, "/progress/im", Some(&json!({})), &[("if-match", "3")]).await;
     assert_eq!(res.status(), StatusCode::OK, "a bare version is accepted");
@@ -98,7 +112,9 @@ async fn a_finished_record_does_not_move_backwards(backend: Backend) {
         let res = app.send(Method::PATCH, &path, Some(&json!({"status": "running"})), &[("if-match", "*")]).await;
         assert_problem(res, 409, "conflict_terminal").await;
         let stale = (version - 1).to_string();
-        let res = app.send(Method::PATCH, &path, Some(&json!({"status": "running"})), &[("if-match", &format!("\"{stale}\""))]).await;
+        let res = app
+            .send(Method::PATCH, &path, Some(&json!({"status": "running"})), &[("if-match", &format!("\"{stale}\""))])
+            .await;
         assert_problem(res, 412, "precondition_failed").await;
         assert_eq!(app.get_ok(&id).await["status"], terminal, "nothing moved");
 
@@ -113,11 +129,15 @@ async fn a_finished_record_does_not_move_backwards(backend: Backend) {
 
 async fn if_none_match_star_makes_put_create_only(backend: Backend) {
     let app = spawn_app(backend).await;
-    let res = app.send(Method::PUT, "/progress/once", Some(&json!({"message": "first"})), &[("if-none-match", "*")]).await;
+    let res =
+        app.send(Method::PUT, "/progress/once", Some(&json!({"message": "first"})), &[("if-none-match", "*")]).await;
     assert_eq!(res.status(), StatusCode::CREATED);
-    let res = app.send(Method::PUT, "/progress/once", Some(&json!({"message": "second"})), &[("if-none-match", "*")]).await;
+    let res =
+        app.send(Method::PUT, "/progress/once", Some(&json!({"message": "second"})), &[("if-none-match", "*")]).await;
     assert_problem(res, 412, "precondition_failed").await;
-    let res = app.send(Method::PATCH, "/progress/once", Some(&json!({"message": "third"})), &[("if-none-match", "\"1\"")]).await;
+    let res = app
+        .send(Method::PATCH, "/progress/once", Some(&json!({"message": "third"})), &[("if-none-match", "\"1\"")])
+        .await;
     assert_problem(res, 412, "precondition_failed").await;
     assert_eq!(app.get_ok("once").await["message"], "first");
 }

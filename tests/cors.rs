@@ -6,10 +6,10 @@ mod common;
 
 use std::io::Read;
 
-use common::{assert_problem, spawn_app, spawn_app_with, Backend, TestApp};
+use common::{Backend, TestApp, assert_problem, spawn_app, spawn_app_with};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const ALLOWED: &str = "https://dashboard.example";
 const OTHER: &str = "https://evil.example";
@@ -221,7 +221,8 @@ async fn every_record_answer_is_gzipped_on_request_on_both_stores() {
             assert_eq!(read["version"], json!(1));
             assert_eq!(read["message"], body["message"]);
         }
-        let patched = gzipped_record(app.send(Method::PATCH, "/progress/big", Some(&json!({"current": 3})), &gzip).await).await;
+        let patched =
+            gzipped_record(app.send(Method::PATCH, "/progress/big", Some(&json!({"current": 3})), &gzip).await).await;
         assert_eq!((patched["version"].clone(), patched["current"].clone()), (json!(2), json!(3)));
         let read = gzipped_record(app.send(Method::GET, "/progress/big", None, &gzip).await).await;
         assert_eq!(read, patched, "the read after the write gets the written version");

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use common::postgres::{OwnPostgres, TestDatabase};
 use common::proxy::{Mode, Proxy};
 use common::redis_server::OwnRedis;
-use common::{assert_problem, spawn_app_with, until_writes_resume, Backend, TestApp};
+use common::{Backend, TestApp, assert_problem, spawn_app_with, until_writes_resume};
 use progressd::Settings;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Small timeouts and intervals so each mode plays out in seconds.
 fn quick(s: &mut Settings, redis_url: String, database_url: String) {
@@ -35,7 +35,10 @@ const SETTLE: Duration = Duration::from_millis(2500);
 /// within the settling time (plus slack for the breaker to open); the
 /// ones before are refused with 503 `storage_unavailable`, nothing else.
 async fn writes_resume(app: &TestApp, id: &str) {
-    let refused = until_writes_resume(SETTLE + Duration::from_secs(3), async || app.patch(id, &json!({"message": "settling"})).await).await;
+    let refused = until_writes_resume(SETTLE + Duration::from_secs(3), async || {
+        app.patch(id, &json!({"message": "settling"})).await
+    })
+    .await;
     assert!(refused > 0, "the first writes after Redis went away were refused");
 }
 
@@ -49,7 +52,9 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> b
 
 /// The version of each record as PostgreSQL holds it.
 async fn durable_versions(url: &str) -> HashMap<String, i64> {
-    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else { return HashMap::new() };
+    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+        return HashMap::new();
+    };
     tokio::spawn(connection);
     match client.query("select id, version from progress", &[]).await {
         Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
@@ -145,14 +150,18 @@ async fn redis_killed_while_a_writer_and_a_reader_run() {
     // Reads fall back to PostgreSQL at once (a few may fail before the
     // breaker opens); writes are refused for the settling time after it
     // opened, and only then.
-    let (reads_failed, writes_failed): (Vec<_>, Vec<_>) = failures.iter().partition(|(_, what)| what.starts_with("GET"));
+    let (reads_failed, writes_failed): (Vec<_>, Vec<_>) =
+        failures.iter().partition(|(_, what)| what.starts_with("GET"));
     assert!(reads_failed.len() <= 3, "{reads_failed:?}");
-    let late_reads: Vec<_> = reads_failed.iter().filter(|(at, _)| at.duration_since(killed) > Duration::from_millis(500)).collect();
+    let late_reads: Vec<_> =
+        reads_failed.iter().filter(|(at, _)| at.duration_since(killed) > Duration::from_millis(500)).collect();
     assert!(late_reads.is_empty(), "reads failed after the breaker opened: {late_reads:?}");
     assert!(writes_failed.iter().all(|(_, what)| what == "PATCH 503 Service Unavailable"), "{writes_failed:?}");
     assert!(!writes_failed.is_empty(), "writes right after the kill wait for the backlogs to land");
-    let late_writes: Vec<_> =
-        writes_failed.iter().filter(|(at, _)| at.duration_since(killed) > SETTLE + Duration::from_millis(700)).collect();
+    let late_writes: Vec<_> = writes_failed
+        .iter()
+        .filter(|(at, _)| at.duration_since(killed) > SETTLE + Duration::from_millis(700))
+        .collect();
     assert!(late_writes.is_empty(), "writes failed after the settling time: {late_writes:?}");
     assert!(reads.load(Ordering::SeqCst) > 20);
     assert!(last_acked.lock().unwrap().1 > acked_before_the_kill + 5, "writes went on in PostgreSQL");
@@ -235,8 +244,13 @@ async fn redis_back_with_old_data_never_shadows_the_outage() {
     // Redis itself now holds the outage's versions.
     let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     for (id, version) in &acked {
-        let raw: Vec<u8> = redis::cmd("GET").arg(format!("{}progress:{id}", app.settings.key_prefix)).query(&mut conn).unwrap();
-        assert!(raw.starts_with(format!("{{\"v\":{version},").as_bytes()), "{id}: {}", String::from_utf8_lossy(&raw[..30]));
+        let raw: Vec<u8> =
+            redis::cmd("GET").arg(format!("{}progress:{id}", app.settings.key_prefix)).query(&mut conn).unwrap();
+        assert!(
+            raw.starts_with(format!("{{\"v\":{version},").as_bytes()),
+            "{id}: {}",
+            String::from_utf8_lossy(&raw[..30])
+        );
     }
 }
 
@@ -254,7 +268,8 @@ async fn an_instance_cut_off_from_a_returned_redis_cannot_fork_a_record() {
     let db = TestDatabase::create().await;
     let prefix = common::unique_prefix();
     let instance = |proxy: &Proxy| {
-        let (url, prefix, database) = (format!("redis://127.0.0.1:{}", proxy.port()), prefix.clone(), db.url().to_owned());
+        let (url, prefix, database) =
+            (format!("redis://127.0.0.1:{}", proxy.port()), prefix.clone(), db.url().to_owned());
         spawn_app_with(Backend::Redis, move |s| {
             quick(s, url, database);
             s.key_prefix = prefix;
@@ -292,10 +307,15 @@ async fn an_instance_cut_off_from_a_returned_redis_cannot_fork_a_record() {
     // Nor delete it there, one by one or in bulk: Redis (serving A) would
     // never hear of it.
     assert_problem(b.send(reqwest::Method::DELETE, "/progress/job", None, &[]).await, 503, "storage_unavailable").await;
-    let bulk = b.send(reqwest::Method::DELETE, "/admin/progress?prefix=jo", None, &[("authorization", "Bearer admin")]).await;
+    let bulk =
+        b.send(reqwest::Method::DELETE, "/admin/progress?prefix=jo", None, &[("authorization", "Bearer admin")]).await;
     assert_problem(bulk, 503, "storage_unavailable").await;
     assert_eq!(a.get_ok("job").await["version"].as_u64(), Some(in_postgres + 1), "the record stays, in Redis");
-    assert_eq!(durable_versions(db.url()).await.get("job").copied(), Some(in_postgres as i64), "and live in PostgreSQL");
+    assert_eq!(
+        durable_versions(db.url()).await.get("job").copied(),
+        Some(in_postgres as i64),
+        "and live in PostgreSQL"
+    );
 
     // B reaches Redis and writes there, on A's version.
     proxy_b.set_mode(Mode::Forward).await;
@@ -360,7 +380,10 @@ async fn both_down_is_503_and_recovers_by_itself() {
     }
     redis.start_again();
     pg.start_again();
-    wait_for("writes accepted again", Duration::from_secs(5), async || app.put("after", &json!({})).await.status().is_success()).await;
+    wait_for("writes accepted again", Duration::from_secs(5), async || {
+        app.put("after", &json!({})).await.status().is_success()
+    })
+    .await;
     assert_eq!(record(&app, "lost").await.unwrap_err(), StatusCode::NOT_FOUND, "nothing was acknowledged");
     assert!(!durable_versions(&pg.url()).await.contains_key("lost"));
 }
@@ -403,7 +426,8 @@ async fn a_blackholed_redis_is_bounded_then_skipped() {
     proxy.set_mode(Mode::Forward).await;
     wait_for("Redis in use again", Duration::from_secs(5), async || {
         let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
-        let raw: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{}progress:b", app.settings.key_prefix)).query(&mut conn).unwrap();
+        let raw: Option<Vec<u8>> =
+            redis::cmd("GET").arg(format!("{}progress:b", app.settings.key_prefix)).query(&mut conn).unwrap();
         raw.is_some_and(|r| r.starts_with(b"{\"v\":3,"))
     })
     .await;
@@ -437,7 +461,12 @@ async fn sigterm_flushes_the_backlog_before_exiting() {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let put = async |id: &str, body: Value| {
-        client.put(format!("{base}/progress/{id}")).header("content-type", "application/json").body(body.to_string()).send().await
+        client
+            .put(format!("{base}/progress/{id}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
     };
     let child = start();
     // A create reaches PostgreSQL before its response once PostgreSQL is in
@@ -446,7 +475,8 @@ async fn sigterm_flushes_the_backlog_before_exiting() {
     wait_for("the server and its PostgreSQL", Duration::from_secs(10), async || {
         attempt += 1;
         let id = format!("warm-up-{attempt}");
-        put(&id, json!({})).await.is_ok_and(|r| r.status().is_success()) && durable_versions(db.url()).await.contains_key(&id)
+        put(&id, json!({})).await.is_ok_and(|r| r.status().is_success())
+            && durable_versions(db.url()).await.contains_key(&id)
     })
     .await;
     let mut latest = HashMap::new();
@@ -477,7 +507,8 @@ async fn sigterm_flushes_the_backlog_before_exiting() {
     let after = durable_versions(db.url()).await;
     assert!(latest.iter().all(|(id, v)| after.get(id) == Some(v)), "{after:?}");
 
-    let _: () = redis::cmd("FLUSHALL").query(&mut redis::Client::open(redis.url()).unwrap().get_connection().unwrap()).unwrap();
+    let _: () =
+        redis::cmd("FLUSHALL").query(&mut redis::Client::open(redis.url()).unwrap().get_connection().unwrap()).unwrap();
     let mut child = start();
     wait_for("the server again", Duration::from_secs(10), async || {
         client.get(format!("{base}/healthz")).send().await.is_ok()

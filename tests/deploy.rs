@@ -18,8 +18,8 @@ use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use tower::ServiceExt;
 
-use progressd::store::{MemoryStore, ProgressStore};
 use progressd::Settings;
+use progressd::store::{MemoryStore, ProgressStore};
 
 /// Seconds a host must wait after SIGTERM beyond the flush bound: the
 /// requests in flight finish first, and the process has to exit.
@@ -80,12 +80,7 @@ fn render_services(render: &Yaml) -> Vec<&Yaml> {
 /// The `envVars` entries of every service and env group in render.yaml.
 fn render_env_vars(render: &Yaml) -> Vec<&Yaml> {
     let groups = render["envVarGroups"].as_sequence().map(|g| g.iter().collect::<Vec<_>>()).unwrap_or_default();
-    render_services(render)
-        .into_iter()
-        .chain(groups)
-        .filter_map(|s| s["envVars"].as_sequence())
-        .flatten()
-        .collect()
+    render_services(render).into_iter().chain(groups).filter_map(|s| s["envVars"].as_sequence()).flatten().collect()
 }
 
 fn fly_env(fly: &toml::Table) -> toml::Table {
@@ -262,7 +257,9 @@ fn every_host_waits_for_the_shutdown_flush() {
     let render = render();
     for service in render_services(&render).into_iter().filter(|s| s["type"].as_str() == Some("web")) {
         match service["maxShutdownDelaySeconds"].as_u64() {
-            Some(s) if s > 300 => problems.push(format!("render.yaml: maxShutdownDelaySeconds is {s}; Render allows at most 300")),
+            Some(s) if s > 300 => {
+                problems.push(format!("render.yaml: maxShutdownDelaySeconds is {s}; Render allows at most 300"))
+            }
             Some(s) if s >= needed => {}
             Some(s) => problems.push(format!("render.yaml: maxShutdownDelaySeconds is {s}; {why}")),
             None => problems.push(format!(
@@ -281,8 +278,12 @@ fn every_host_waits_for_the_shutdown_flush() {
     }
     match fly.get("kill_signal").and_then(|s| s.as_str()) {
         Some("SIGTERM" | "SIGINT") => {}
-        Some(other) => problems.push(format!("fly.toml: kill_signal is {other}; progressd drains on SIGTERM (or SIGINT) only")),
-        None => problems.push("fly.toml: kill_signal is missing; set it to SIGTERM, the signal progressd drains on".into()),
+        Some(other) => {
+            problems.push(format!("fly.toml: kill_signal is {other}; progressd drains on SIGTERM (or SIGINT) only"))
+        }
+        None => {
+            problems.push("fly.toml: kill_signal is missing; set it to SIGTERM, the signal progressd drains on".into())
+        }
     }
     fail_all(problems);
 }
@@ -351,7 +352,9 @@ fn every_port_is_the_dockerfiles() {
     if let Some(value) = fly_env(&fly).get("PORT")
         && value.as_str() != Some(port.to_string().as_str())
     {
-        problems.push(format!("fly.toml: [env] PORT is {value}, but the Dockerfile's PORT is {port} (write it as a string)"));
+        problems.push(format!(
+            "fly.toml: [env] PORT is {value}, but the Dockerfile's PORT is {port} (write it as a string)"
+        ));
     }
 
     for entry in render_env_vars(&render()).into_iter().filter(|e| e["key"].as_str() == Some("PORT")) {
@@ -415,7 +418,8 @@ fn secrets_are_references_not_values() {
 fn every_dockerfile_path_named_exists() {
     let render = render();
     let fly = fly();
-    let mut named = vec![("railway.json: build.dockerfilePath", railway()["build"]["dockerfilePath"].as_str().map(str::to_owned))];
+    let mut named =
+        vec![("railway.json: build.dockerfilePath", railway()["build"]["dockerfilePath"].as_str().map(str::to_owned))];
     for service in render_services(&render).into_iter().filter(|s| s["runtime"].as_str() == Some("docker")) {
         named.push(("render.yaml: dockerfilePath", service["dockerfilePath"].as_str().map(str::to_owned)));
     }
@@ -450,7 +454,12 @@ fn dockerignore() -> Vec<IgnoreRule> {
                 Some(rest) => (true, rest.trim()),
                 None => (false, line),
             };
-            let segments = pattern.trim_matches('/').split('/').filter(|s| !s.is_empty() && *s != ".").map(str::to_owned).collect();
+            let segments = pattern
+                .trim_matches('/')
+                .split('/')
+                .filter(|s| !s.is_empty() && *s != ".")
+                .map(str::to_owned)
+                .collect();
             IgnoreRule { except, segments }
         })
         .collect()
@@ -511,7 +520,8 @@ fn dockerignore_keeps_what_the_dockerfile_copies() {
         if instruction.iter().any(|a| a.starts_with("--from")) || args.len() < 2 {
             continue;
         }
-        sources.extend(args[..args.len() - 1].iter().map(|s| s.trim_start_matches("./").trim_end_matches('/').to_owned()));
+        sources
+            .extend(args[..args.len() - 1].iter().map(|s| s.trim_start_matches("./").trim_end_matches('/').to_owned()));
     }
     assert!(sources.contains(&"src".to_owned()), "Dockerfile: found no COPY of src among {sources:?}");
 

@@ -1,6 +1,6 @@
 //! The documents an operator reads list every setting the code knows.
 
-use progressd::settings::{variable_name, SETTINGS};
+use progressd::settings::{SETTINGS, variable_name};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path).unwrap()

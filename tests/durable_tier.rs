@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::postgres::{OwnPostgres, TestDatabase};
-use common::{assert_problem, redis_url, spawn_app_with, unique_prefix, Backend, TestApp};
+use common::{Backend, TestApp, assert_problem, redis_url, spawn_app_with, unique_prefix};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// `persist_interval_seconds` in these tests.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -97,7 +97,8 @@ async fn row(pg: &tokio_postgres::Client, id: &str) -> Option<PgRow> {
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("postgres accepts connections");
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("postgres accepts connections");
     tokio::spawn(connection);
     client
 }
@@ -195,7 +196,13 @@ async fn sleep_until_ms(epoch_ms: i64) {
     }
 }
 
-async fn status_of(app: &TestApp, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+async fn status_of(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
     let res = app.send(method, path, body, headers).await;
     let status = res.status();
     let text = res.text().await.unwrap();
@@ -378,7 +385,10 @@ async fn a_redis_miss_with_an_unflushed_update_does_not_serve_an_older_version()
     let _: i64 = redis::cmd("DEL").arg(key(&app, "job-6")).query_async(&mut conn).await.unwrap();
 
     let got = app.get_ok("job-6").await;
-    assert_eq!(got["version"], updated["version"], "a read went back to a version older than an acknowledged one: {got}");
+    assert_eq!(
+        got["version"], updated["version"],
+        "a read went back to a version older than an acknowledged one: {got}"
+    );
     let next = app.patch_ok("job-6", &json!({"metadata": {"c": 3}})).await;
     assert_eq!(next["metadata"], json!({"a": 1, "b": 2, "c": 3}), "the acknowledged update was lost");
 }
@@ -511,10 +521,13 @@ async fn postgres_alone_serves_the_whole_api() {
     assert_eq!(status, StatusCode::NOT_MODIFIED);
 
     // If-Match.
-    let stale = app.send(Method::PATCH, "/progress/solo", Some(&json!({"message": "x"})), &[("if-match", "\"2\"")]).await;
+    let stale =
+        app.send(Method::PATCH, "/progress/solo", Some(&json!({"message": "x"})), &[("if-match", "\"2\"")]).await;
     assert_problem(stale, 412, "precondition_failed").await;
     assert_eq!(row(&pg, "solo").await.unwrap().version, 3);
-    let (status, body) = status_of(&app, Method::PATCH, "/progress/solo", Some(&json!({"message": "y"})), &[("if-match", "\"3\"")]).await;
+    let (status, body) =
+        status_of(&app, Method::PATCH, "/progress/solo", Some(&json!({"message": "y"})), &[("if-match", "\"3\"")])
+            .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["version"], 4);
 
@@ -524,7 +537,9 @@ async fn postgres_alone_serves_the_whole_api() {
     assert_problem(app.patch("solo", &json!({"status": "running"})).await, 409, "conflict_terminal").await;
     assert_problem(app.put("solo", &json!({"status": "running"})).await, 409, "conflict_terminal").await;
     let tag = format!("\"{}\"", done["version"]);
-    let (status, body) = status_of(&app, Method::PATCH, "/progress/solo", Some(&json!({"status": "running"})), &[("if-match", &tag)]).await;
+    let (status, body) =
+        status_of(&app, Method::PATCH, "/progress/solo", Some(&json!({"status": "running"})), &[("if-match", &tag)])
+            .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_row_is(&row(&pg, "solo").await.unwrap(), &body);
 
@@ -629,8 +644,14 @@ async fn postgres_down_at_start_up_gets_the_schema_and_every_write_once_it_appea
     tokio::task::block_in_place(|| own.start_again());
     let back = Instant::now();
     let pg = connect(&own.url()).await;
-    wait_for_row(&pg, "down-a", Duration::from_secs(5), "down-a reaches PostgreSQL", |r| r.is_some_and(|r| r.version == 3)).await;
-    wait_for_row(&pg, "down-b", Duration::from_secs(5), "down-b reaches PostgreSQL", |r| r.is_some_and(|r| r.version == 2)).await;
+    wait_for_row(&pg, "down-a", Duration::from_secs(5), "down-a reaches PostgreSQL", |r| {
+        r.is_some_and(|r| r.version == 3)
+    })
+    .await;
+    wait_for_row(&pg, "down-b", Duration::from_secs(5), "down-b reaches PostgreSQL", |r| {
+        r.is_some_and(|r| r.version == 2)
+    })
+    .await;
     eprintln!("records in PostgreSQL {:?} after it started", back.elapsed());
     assert_row_is(&row(&pg, "down-a").await.unwrap(), &a_last);
     assert_row_is(&row(&pg, "down-b").await.unwrap(), &b_done);
@@ -699,7 +720,9 @@ fn spawn_reader(
                 };
                 let before = last.get(id).copied();
                 match (before, seen) {
-                    (Some(b), Some(v)) if v < b => violations.lock().unwrap().push(format!("{name}: {id} went from {b} to {v}")),
+                    (Some(b), Some(v)) if v < b => {
+                        violations.lock().unwrap().push(format!("{name}: {id} went from {b} to {v}"))
+                    }
                     (Some(b), None) => violations.lock().unwrap().push(format!("{name}: {id} went from {b} to 404")),
                     _ => {}
                 }
@@ -753,7 +776,8 @@ async fn two_instances_share_one_redis_and_one_database(cache_max_age_ms: u64) {
             assert_eq!(res.status(), StatusCode::CREATED);
             let through = |app: Arc<TestApp>, name: &'static str, id: String| async move {
                 for k in 0..PATCHES_PER_INSTANCE {
-                    app.patch_ok(&id, &json!({"metadata": {format!("{name}{k}"): k}, "message": format!("{name}{k}")})).await;
+                    app.patch_ok(&id, &json!({"metadata": {format!("{name}{k}"): k}, "message": format!("{name}{k}")}))
+                        .await;
                 }
             };
             tokio::join!(through(a, "a", id.clone()), through(b, "b", id.clone()));
@@ -799,7 +823,10 @@ async fn two_instances_share_one_redis_and_one_database(cache_max_age_ms: u64) {
     // the same version (and the same record) as Redis, whichever instance flushed last.
     for (id, version) in &expected_versions {
         let left = FLUSH_BOUND.saturating_sub(last_write.elapsed());
-        wait_for_row(&pg, id, left, &format!("{id} v{version} reaches PostgreSQL"), |r| r.is_some_and(|r| r.version == *version)).await;
+        wait_for_row(&pg, id, left, &format!("{id} v{version} reaches PostgreSQL"), |r| {
+            r.is_some_and(|r| r.version == *version)
+        })
+        .await;
         let (_, in_redis) = redis_record(&mut conn, &key(&a, id)).await.unwrap();
         assert_eq!(row(&pg, id).await.unwrap().body, in_redis, "{id}: PostgreSQL and Redis hold the same record");
     }
@@ -841,7 +868,12 @@ async fn a_delete_through_one_instance_is_not_undone_by_the_other_instances_flus
     for (name, app) in [("b", &b), ("a", &a)] {
         let res = app.get("doomed").await;
         let status = res.status();
-        assert_eq!(status, StatusCode::NOT_FOUND, "GET through {name} right after a 204 DELETE: {}", res.text().await.unwrap());
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "GET through {name} right after a 204 DELETE: {}",
+            res.text().await.unwrap()
+        );
     }
 
     // Past a's flush deadline: still gone, for readers and in PostgreSQL.
@@ -849,9 +881,18 @@ async fn a_delete_through_one_instance_is_not_undone_by_the_other_instances_flus
     for (name, app) in [("a", &a), ("b", &b)] {
         let res = app.get("doomed").await;
         let status = res.status();
-        assert_eq!(status, StatusCode::NOT_FOUND, "GET through {name} after a 204 DELETE: {}", res.text().await.unwrap());
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "GET through {name} after a 204 DELETE: {}",
+            res.text().await.unwrap()
+        );
     }
-    assert!(row(&pg, "doomed").await.is_none(), "the deleted record is back in PostgreSQL: {:?}", row(&pg, "doomed").await);
+    assert!(
+        row(&pg, "doomed").await.is_none(),
+        "the deleted record is back in PostgreSQL: {:?}",
+        row(&pg, "doomed").await
+    );
 }
 
 /// The same race when the record is created again after the delete: `a`'s

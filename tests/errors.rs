@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{assert_problem, spawn_app, spawn_app_with, Backend, TestApp};
+use common::{Backend, TestApp, assert_problem, spawn_app, spawn_app_with};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 on_both_stores!(
     malformed_json_is_invalid_body,
@@ -21,7 +21,13 @@ on_both_stores!(
     a_refused_write_changes_nothing,
 );
 
-async fn raw(app: &TestApp, method: Method, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> reqwest::Response {
+async fn raw(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
     let mut req = app.client.request(method, app.url(path)).body(body);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
@@ -44,7 +50,8 @@ async fn malformed_json_is_invalid_body(backend: Backend) {
 
 async fn wrong_content_type_is_415(backend: Backend) {
     let app = spawn_app(backend).await;
-    for ct in ["text/plain", "application/x-www-form-urlencoded", "application/xml", "multipart/form-data; boundary=x"] {
+    for ct in ["text/plain", "application/x-www-form-urlencoded", "application/xml", "multipart/form-data; boundary=x"]
+    {
         let res = raw(&app, Method::PUT, "/progress/ct", Some(ct), "{}").await;
         let doc = assert_problem(res, 415, "unsupported_media_type").await;
         assert!(doc["detail"].as_str().unwrap().contains("application/json"));
@@ -69,16 +76,29 @@ async fn empty_body_is_invalid_body(backend: Backend) {
 async fn oversized_body_is_413(backend: Backend) {
     let app = spawn_app_with(backend, |s| s.max_body_bytes = 1024).await;
     let big = json!({"message": "x".repeat(2000)}).to_string();
-    let doc = assert_problem(raw(&app, Method::PUT, "/progress/big", Some("application/json"), big.clone()).await, 413, "payload_too_large").await;
+    let doc = assert_problem(
+        raw(&app, Method::PUT, "/progress/big", Some("application/json"), big.clone()).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
     assert_eq!(doc["limit"], 1024);
     // Chunked, so no Content-Length announces it.
-    let stream = futures::stream::iter(big.into_bytes().chunks(100).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
-    let res = raw(&app, Method::PUT, "/progress/big", Some("application/json"), reqwest::Body::wrap_stream(stream)).await;
+    let stream = futures::stream::iter(
+        big.into_bytes().chunks(100).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>(),
+    );
+    let res =
+        raw(&app, Method::PUT, "/progress/big", Some("application/json"), reqwest::Body::wrap_stream(stream)).await;
     assert_problem(res, 413, "payload_too_large").await;
     // The default limit is 64 KiB.
     let app = spawn_app(backend).await;
     let body = json!({"metadata": {"blob": "y".repeat(70 * 1024)}}).to_string();
-    assert_problem(raw(&app, Method::PUT, "/progress/big", Some("application/json"), body).await, 413, "payload_too_large").await;
+    assert_problem(
+        raw(&app, Method::PUT, "/progress/big", Some("application/json"), body).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
 }
 
 async fn deep_nesting_is_refused(backend: Backend) {
@@ -95,7 +115,12 @@ async fn deep_nesting_is_refused(backend: Backend) {
 
 async fn unknown_and_server_fields_are_named(backend: Backend) {
     let app = spawn_app(backend).await;
-    let doc = assert_problem(app.put("u", &json!({"status": "running", "currentSection": 3})).await, 422, "validation_failed").await;
+    let doc = assert_problem(
+        app.put("u", &json!({"status": "running", "currentSection": 3})).await,
+        422,
+        "validation_failed",
+    )
+    .await;
     assert_eq!(doc["field"], "currentSection");
     assert!(doc["detail"].as_str().unwrap().contains("metadata"), "{doc}");
     for field in ["version", "id", "created_at", "stages", "eta", "stalled"] {
@@ -149,7 +174,19 @@ async fn wrong_types_and_ranges_are_422(backend: Backend) {
 async fn bad_ids_are_400(backend: Backend) {
     let app = spawn_app(backend).await;
     let long = "a".repeat(129);
-    for id in ["a%2Fb", "a%2fb", "%C3%A9t%C3%A9", "sp%20ace", "semi;colon", "a%00b", "%FF", "quote%22", long.as_str(), "a+b", "~"] {
+    for id in [
+        "a%2Fb",
+        "a%2fb",
+        "%C3%A9t%C3%A9",
+        "sp%20ace",
+        "semi;colon",
+        "a%00b",
+        "%FF",
+        "quote%22",
+        long.as_str(),
+        "a+b",
+        "~",
+    ] {
         for method in [Method::GET, Method::PUT, Method::PATCH, Method::DELETE] {
             let body = (method == Method::PUT || method == Method::PATCH).then(|| json!({}));
             let res = app.send(method.clone(), &format!("/progress/{id}"), body.as_ref(), &[]).await;

@@ -8,22 +8,25 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::{Duration, Instant};
 
 use common::postgres::TestDatabase;
 use common::proxy::{Mode, Proxy};
-use common::{assert_problem, delete_keys, until_writes_resume, redis_conn, redis_url, spawn_app, spawn_app_with, unique_prefix, Backend, TestApp};
-use progressd::domain::{apply_write, ClientFields, ProgressId, Status, StoredRecord, Timestamp, Touched, WritePolicy};
+use common::{
+    Backend, TestApp, assert_problem, delete_keys, redis_conn, redis_url, spawn_app, spawn_app_with, unique_prefix,
+    until_writes_resume,
+};
+use progressd::Settings;
+use progressd::domain::{ClientFields, ProgressId, Status, StoredRecord, Timestamp, Touched, WritePolicy, apply_write};
 use progressd::store::{
     ListCursor, ListPage, ListQuery, MemoryStore, PostgresStore, PostgresStoreConfig, ProgressStore, RedisStore,
     RedisStoreConfig,
 };
-use progressd::Settings;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const ADMIN: &str = "list-admin";
 
@@ -110,7 +113,12 @@ fn order_key(record: &Value) -> (String, String) {
 /// Asserts the items are in strictly descending listing order.
 fn assert_newest_first(items: &[Value]) {
     for pair in items.windows(2) {
-        assert!(order_key(&pair[0]) > order_key(&pair[1]), "out of order: {:?} then {:?}", order_key(&pair[0]), order_key(&pair[1]));
+        assert!(
+            order_key(&pair[0]) > order_key(&pair[1]),
+            "out of order: {:?} then {:?}",
+            order_key(&pair[0]),
+            order_key(&pair[1])
+        );
     }
 }
 
@@ -198,7 +206,12 @@ async fn paging_while_records_change_neither_repeats_nor_skips(backend: Backend)
         writers.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let res = client.put(format!("{base}/progress/new-{n:04}")).json(&json!({"status": "running"})).send().await.unwrap();
+                let res = client
+                    .put(format!("{base}/progress/new-{n:04}"))
+                    .json(&json!({"status": "running"}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(res.status().is_success());
                 n += 1;
             }
@@ -407,9 +420,7 @@ async fn listing_needs_a_read_or_the_admin_token_once_either_is_set() {
         s.admin_token = Some(ADMIN.into());
     };
     let app = spawn_app_with(Backend::Memory, secured).await;
-    let put = app
-        .send(Method::PUT, "/progress/secret", Some(&json!({})), &[("authorization", "Bearer writer")])
-        .await;
+    let put = app.send(Method::PUT, "/progress/secret", Some(&json!({})), &[("authorization", "Bearer writer")]).await;
     assert_eq!(put.status(), StatusCode::CREATED);
 
     let res = app.send(Method::GET, "/progress", None, &[]).await;
@@ -447,13 +458,16 @@ async fn redis_indexes_follow_every_write_and_delete() {
     };
 
     let created = app.put_ok("job:1", &json!({"status": "pending", "ttl_seconds": 600})).await;
-    let created_ms = chrono::DateTime::parse_from_rfc3339(created["created_at"].as_str().unwrap()).unwrap().timestamp_millis();
+    let created_ms =
+        chrono::DateTime::parse_from_rfc3339(created["created_at"].as_str().unwrap()).unwrap().timestamp_millis();
     let member = format!("{created_ms:015}:job:1");
     assert_eq!(members(&mut conn, "index"), std::slice::from_ref(&member));
     assert_eq!(members(&mut conn, "index:pending"), std::slice::from_ref(&member));
     assert!(members(&mut conn, "index:running").is_empty());
-    let expiry: f64 = ::redis::cmd("ZSCORE").arg(format!("{prefix}progressd:expiry")).arg(&member).query(&mut conn).unwrap();
-    let expires_ms = chrono::DateTime::parse_from_rfc3339(created["expires_at"].as_str().unwrap()).unwrap().timestamp_millis();
+    let expiry: f64 =
+        ::redis::cmd("ZSCORE").arg(format!("{prefix}progressd:expiry")).arg(&member).query(&mut conn).unwrap();
+    let expires_ms =
+        chrono::DateTime::parse_from_rfc3339(created["expires_at"].as_str().unwrap()).unwrap().timestamp_millis();
     assert_eq!(expiry as i64, expires_ms);
 
     // A status change moves the member between the status sets. The expiry
@@ -464,10 +478,13 @@ async fn redis_indexes_follow_every_write_and_delete() {
     assert!(members(&mut conn, "index:pending").is_empty());
     assert_eq!(members(&mut conn, "index:running"), std::slice::from_ref(&member));
     let score = |conn: &mut ::redis::Connection| -> i64 {
-        let score: f64 = ::redis::cmd("ZSCORE").arg(format!("{prefix}progressd:expiry")).arg(&member).query(conn).unwrap();
+        let score: f64 =
+            ::redis::cmd("ZSCORE").arg(format!("{prefix}progressd:expiry")).arg(&member).query(conn).unwrap();
         score as i64
     };
-    let expires = |record: &Value| chrono::DateTime::parse_from_rfc3339(record["expires_at"].as_str().unwrap()).unwrap().timestamp_millis();
+    let expires = |record: &Value| {
+        chrono::DateTime::parse_from_rfc3339(record["expires_at"].as_str().unwrap()).unwrap().timestamp_millis()
+    };
     assert!(expires(&updated) > expires_ms);
     assert_eq!(score(&mut conn), expires_ms, "a later expiry leaves the lower bound");
     let shortened = app.patch_ok("job:1", &json!({"ttl_seconds": 60})).await;
@@ -483,7 +500,8 @@ async fn redis_indexes_follow_every_write_and_delete() {
         assert!(members(&mut conn, key).is_empty(), "{key} after a delete");
     }
     let again = app.put_ok("job:1", &json!({"status": "failed"})).await;
-    let res = app.send(Method::DELETE, "/progress/job:1", None, &[("if-match", &format!("\"{}\"", again["version"]))]).await;
+    let res =
+        app.send(Method::DELETE, "/progress/job:1", None, &[("if-match", &format!("\"{}\"", again["version"]))]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     for key in ["index", "expiry", "index:failed"] {
         assert!(members(&mut conn, key).is_empty(), "{key} after a conditional delete");
@@ -493,9 +511,12 @@ async fn redis_indexes_follow_every_write_and_delete() {
     let prefix = app.settings.key_prefix.clone();
     app.put_ok("bulk-1", &json!({"status": "failed"})).await;
     app.put_ok("keep-1", &json!({"status": "failed"})).await;
-    let res = app.send(Method::DELETE, "/admin/progress?prefix=bulk-", None, &[("authorization", &format!("Bearer {ADMIN}"))]).await;
+    let res = app
+        .send(Method::DELETE, "/admin/progress?prefix=bulk-", None, &[("authorization", &format!("Bearer {ADMIN}"))])
+        .await;
     assert_eq!(res.json::<Value>().await.unwrap()["deleted"], 1);
-    let left: Vec<String> = ::redis::cmd("ZRANGE").arg(format!("{prefix}progressd:index:failed")).arg(0).arg(-1).query(&mut conn).unwrap();
+    let left: Vec<String> =
+        ::redis::cmd("ZRANGE").arg(format!("{prefix}progressd:index:failed")).arg(0).arg(-1).query(&mut conn).unwrap();
     assert_eq!(left.len(), 1);
     assert!(left[0].ends_with(":keep-1"));
 }
@@ -508,7 +529,13 @@ async fn redis_cleanup_indexes_records_written_before_the_indexes_existed() {
     // Two records stored as an older build stored them: the key only.
     for (id, status) in [("legacy-1", "running"), ("legacy-2", "completed")] {
         let record = stored(id, status, Timestamp::now().millis());
-        ::redis::cmd("SET").arg(format!("{prefix}progress:{id}")).arg(record.raw().as_ref()).arg("PX").arg(600_000).query::<()>(&mut conn).unwrap();
+        ::redis::cmd("SET")
+            .arg(format!("{prefix}progress:{id}"))
+            .arg(record.raw().as_ref())
+            .arg("PX")
+            .arg(600_000)
+            .query::<()>(&mut conn)
+            .unwrap();
     }
     assert!(store.list(&ListQuery::default()).await.unwrap().items.is_empty(), "not indexed yet");
     store.cleanup(true).await.unwrap().unwrap();
@@ -516,7 +543,9 @@ async fn redis_cleanup_indexes_records_written_before_the_indexes_existed() {
     assert_eq!(ids(&page), ["legacy-2", "legacy-1"]);
     let running = ListQuery { statuses: vec![Status::Running], ..ListQuery::default() };
     assert_eq!(ids(&store.list(&running).await.unwrap()), ["legacy-1"]);
-    assert!(::redis::cmd("EXISTS").arg(format!("{prefix}progressd:index-backfilled")).query::<bool>(&mut conn).unwrap());
+    assert!(
+        ::redis::cmd("EXISTS").arg(format!("{prefix}progressd:index-backfilled")).query::<bool>(&mut conn).unwrap()
+    );
     delete_keys(&redis_url(), &prefix);
 }
 
@@ -537,7 +566,14 @@ fn redis_store(prefix: &str) -> RedisStore {
 fn stored(id: &str, status: &str, at_ms: i64) -> StoredRecord {
     let fields = ClientFields::from_json(&json!({"status": status, "ttl_seconds": 3600}), 86_400).unwrap();
     let policy = WritePolicy { default_ttl_seconds: 3600, heartbeat_ms: 60_000 };
-    let (r, m) = apply_write(&ProgressId::parse(id).unwrap(), None, fields.clone(), Touched::replace(&fields), Timestamp(at_ms), &policy);
+    let (r, m) = apply_write(
+        &ProgressId::parse(id).unwrap(),
+        None,
+        fields.clone(),
+        Touched::replace(&fields),
+        Timestamp(at_ms),
+        &policy,
+    );
     StoredRecord::encode(&m, &r)
 }
 
@@ -582,12 +618,22 @@ async fn ties_on_created_at_page_exactly_on_every_store() {
     let prefix = unique_prefix();
     let redis = redis_store(&prefix);
     let db = TestDatabase::create().await;
-    let postgres = PostgresStore::new(PostgresStoreConfig { url: db.url().to_owned(), pool_size: 2, timeout: Duration::from_secs(5) }).unwrap();
+    let postgres = PostgresStore::new(PostgresStoreConfig {
+        url: db.url().to_owned(),
+        pool_size: 2,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
     postgres.migrate().await.unwrap();
     let stores: [&dyn ProgressStore; 3] = [memory.as_ref(), &redis, &postgres];
     for store in stores {
         for (id, at, status) in &plan {
-            assert!(store.compare_and_set(&ProgressId::parse(id).unwrap(), 0, &stored(id, status, *at), 3_600_000).await.unwrap());
+            assert!(
+                store
+                    .compare_and_set(&ProgressId::parse(id).unwrap(), 0, &stored(id, status, *at), 3_600_000)
+                    .await
+                    .unwrap()
+            );
         }
     }
     for store in stores {
@@ -597,7 +643,8 @@ async fn ties_on_created_at_page_exactly_on_every_store() {
             assert_eq!(pages, expected.len().div_ceil(limit), "{} with limit {limit}", store.kind());
         }
         let running = ListQuery { statuses: vec![Status::Running], limit: 4, ..ListQuery::default() };
-        let want: Vec<String> = expected.iter().filter(|id| plan.iter().any(|(p, _, s)| p == *id && *s == "running")).cloned().collect();
+        let want: Vec<String> =
+            expected.iter().filter(|id| plan.iter().any(|(p, _, s)| p == *id && *s == "running")).cloned().collect();
         assert_eq!(pages_of(store, &running).await.0, want, "{}", store.kind());
         let prefixed = ListQuery { id_prefix: Some("a".into()), limit: 2, ..ListQuery::default() };
         let want: Vec<String> = expected.iter().filter(|id| id.starts_with('a')).cloned().collect();
@@ -727,7 +774,8 @@ async fn tiered_lists_from_redis_and_continues_from_postgres_when_redis_goes() {
     assert_eq!(running, running_from_redis);
     // Written while Redis is away (once the breaker has been open for the
     // settling time: 503 until then): PostgreSQL lists them at once ...
-    until_writes_resume(Duration::from_secs(8), async || app.put("t-outage", &json!({"status": "running"})).await).await;
+    until_writes_resume(Duration::from_secs(8), async || app.put("t-outage", &json!({"status": "running"})).await)
+        .await;
     assert_eq!(app.send(Method::DELETE, "/progress/t-03", None, &[]).await.status(), StatusCode::NO_CONTENT);
     let during = ids_of(&all_pages(&app, "limit=50", 10).await);
     assert_eq!(during[0], "t-outage");
@@ -750,7 +798,9 @@ async fn tiered_lists_from_redis_and_continues_from_postgres_when_redis_goes() {
     let mut expected = vec!["t-outage".to_owned()];
     expected.extend(from_redis.into_iter().filter(|id| id != "t-03"));
     assert_eq!(ids_of(&all_pages(&app, "limit=9", 10).await), expected);
-    let zcard: usize =
-        ::redis::cmd("ZCARD").arg(format!("{}progressd:index", app.settings.key_prefix)).query(&mut redis_conn()).unwrap();
+    let zcard: usize = ::redis::cmd("ZCARD")
+        .arg(format!("{}progressd:index", app.settings.key_prefix))
+        .query(&mut redis_conn())
+        .unwrap();
     assert_eq!(zcard, 30, "the Redis index holds exactly the live records");
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::OwnRedis;
 use common::sse::{EventStream, Next};
-use common::{assert_problem, spawn_app, spawn_app_with, Backend, TestApp};
+use common::{Backend, TestApp, assert_problem, spawn_app, spawn_app_with};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -20,11 +20,14 @@ async fn open(app: &TestApp, id: &str, headers: &[(&str, &str)]) -> EventStream 
     stream.unwrap()
 }
 
-async fn long_poll(app: &TestApp, id: &str, wait: u64, etag: &str) -> (StatusCode, Duration, Option<serde_json::Value>) {
+async fn long_poll(
+    app: &TestApp,
+    id: &str,
+    wait: u64,
+    etag: &str,
+) -> (StatusCode, Duration, Option<serde_json::Value>) {
     let started = Instant::now();
-    let res = app
-        .send(Method::GET, &format!("/progress/{id}?wait={wait}"), None, &[("if-none-match", etag)])
-        .await;
+    let res = app.send(Method::GET, &format!("/progress/{id}?wait={wait}"), None, &[("if-none-match", etag)]).await;
     let status = res.status();
     let body = if status == StatusCode::OK { Some(res.json().await.unwrap()) } else { None };
     (status, started.elapsed(), body)
@@ -188,7 +191,8 @@ async fn long_poll_refuses_bad_waits(backend: Backend) {
     let app = spawn_app(backend).await;
     app.put_ok("job", &json!({"status": "running"})).await;
     for bad in ["61", "-1", "1.5", "soon", "", "99999999999999999999"] {
-        let res = app.send(Method::GET, &format!("/progress/job?wait={bad}"), None, &[("if-none-match", "\"1\"")]).await;
+        let res =
+            app.send(Method::GET, &format!("/progress/job?wait={bad}"), None, &[("if-none-match", "\"1\"")]).await;
         let doc = assert_problem(res, 400, "invalid_query").await;
         assert!(doc["detail"].as_str().unwrap().contains("wait"), "{doc}");
     }

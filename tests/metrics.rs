@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::postgres::TestDatabase;
-use common::{redis_conn, spawn_app, spawn_app_with, Backend, TestApp};
+use common::{Backend, TestApp, redis_conn, spawn_app, spawn_app_with};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
@@ -248,7 +248,10 @@ async fn store_metrics_move_with_redis() {
     let errors = |s: &Scrape| s.value(STORE_ERRORS, &[("tier", "redis")]);
     assert_eq!(errors(&after), errors(&before), "a healthy Redis fails nothing");
     assert!(after.value("progressd_pool_connections", &[("tier", "redis")]) >= 1.0);
-    assert_eq!(after.value("progressd_pool_max_connections", &[("tier", "redis")]), (app.settings.redis_pool_size.max(app.settings.redis_connections)) as f64);
+    assert_eq!(
+        after.value("progressd_pool_max_connections", &[("tier", "redis")]),
+        (app.settings.redis_pool_size.max(app.settings.redis_connections)) as f64
+    );
     assert!(after.has("progressd_pool_idle_connections", &[("tier", "redis")]));
     assert!(after.has("progressd_pool_waiting", &[("tier", "redis")]));
     assert!(after.has("progressd_read_cache_entries", &[]));
@@ -322,7 +325,10 @@ async fn store_metrics_move_with_the_tiered_store() {
     assert_eq!(fallback(&mid, "redis_miss") - fallback(&before, "redis_miss"), 1.0);
     assert_eq!(fallback(&after, "redis_miss") - fallback(&mid, "redis_miss"), 1.0);
     assert!(after.value("progressd_pool_connections", &[("tier", "postgres")]) >= 1.0);
-    assert_eq!(after.value("progressd_pool_max_connections", &[("tier", "postgres")]), app.settings.database_pool_size.max(1) as f64);
+    assert_eq!(
+        after.value("progressd_pool_max_connections", &[("tier", "postgres")]),
+        app.settings.database_pool_size.max(1) as f64
+    );
     app.stop().await;
     drop(db);
 }

@@ -9,12 +9,12 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::Method;
-use progressd::domain::{Status, ValidationError};
-use progressd::http::Access;
-use progressd::error::Error;
-use progressd::store::{MemoryStore, StoreError};
 use progressd::Settings;
-use serde_json::{json, Value};
+use progressd::domain::{Status, ValidationError};
+use progressd::error::Error;
+use progressd::http::Access;
+use progressd::store::{MemoryStore, StoreError};
+use serde_json::{Value, json};
 
 const HTTP_METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
@@ -40,9 +40,7 @@ fn resolve(v: &Value) -> &Value {
 }
 
 fn schema(name: &str) -> &'static Value {
-    doc()
-        .pointer(&format!("/components/schemas/{name}"))
-        .unwrap_or_else(|| panic!("openapi.yaml has no schema {name}"))
+    doc().pointer(&format!("/components/schemas/{name}")).unwrap_or_else(|| panic!("openapi.yaml has no schema {name}"))
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {
@@ -100,10 +98,8 @@ fn every_route_is_documented() {
 
 #[test]
 fn every_documented_operation_is_a_route() {
-    let routes: BTreeSet<(String, String)> = progressd::http::routes()
-        .iter()
-        .map(|r| (r.method.as_str().to_ascii_lowercase(), r.path.to_owned()))
-        .collect();
+    let routes: BTreeSet<(String, String)> =
+        progressd::http::routes().iter().map(|r| (r.method.as_str().to_ascii_lowercase(), r.path.to_owned())).collect();
     for (method, path, _) in operations() {
         assert!(
             routes.contains(&(method.clone(), path.clone())),
@@ -159,8 +155,7 @@ fn every_operation_declares_responses_with_the_right_media_types() {
                     "{method} {path} {status} is a problem document"
                 );
                 assert_eq!(
-                    response["content"]["application/problem+json"]["schema"]["$ref"],
-                    "#/components/schemas/Problem",
+                    response["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem",
                     "{method} {path} {status}"
                 );
             }
@@ -326,11 +321,8 @@ fn problem_documents_match_the_problem_schema() {
 
 #[test]
 fn every_error_status_is_documented_somewhere() {
-    let documented: BTreeSet<u16> = operations()
-        .iter()
-        .flat_map(|(_, _, op)| keys(&op["responses"]))
-        .filter_map(|s| s.parse().ok())
-        .collect();
+    let documented: BTreeSet<u16> =
+        operations().iter().flat_map(|(_, _, op)| keys(&op["responses"])).filter_map(|s| s.parse().ok()).collect();
     for e in samples() {
         let status = e.status().as_u16();
         if matches!(e, Error::MethodNotAllowed(_)) {
@@ -477,7 +469,12 @@ fn the_checker_rejects_what_it_should() {
     assert!(errors.iter().any(|e| e.contains("missing required member version")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("member extra is not allowed")), "{errors:?}");
     let mut errors = Vec::new();
-    check(schema("ProgressWrite"), &json!({"progress": 101, "status": "done", "stage": "x".repeat(201)}), "w", &mut errors);
+    check(
+        schema("ProgressWrite"),
+        &json!({"progress": 101, "status": "done", "stage": "x".repeat(201)}),
+        "w",
+        &mut errors,
+    );
     assert_eq!(errors.len(), 3, "{errors:?}");
 }
 
@@ -524,7 +521,13 @@ impl Server {
         Self { base, client: reqwest::Client::new() }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> reqwest::Response {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap();
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
@@ -581,7 +584,12 @@ async fn a_real_record_has_exactly_the_documented_members() {
     let patch = json!({"stage": "CHAPTERS", "children": {"ch2": {"status": "completed"}}, "error": null});
     assert_valid(schema("ProgressPatch"), &patch, "the PATCH body");
     let res = server
-        .send(Method::PATCH, "/progress/openapi-full", Some(&patch), &[("content-type", "application/merge-patch+json")])
+        .send(
+            Method::PATCH,
+            "/progress/openapi-full",
+            Some(&patch),
+            &[("content-type", "application/merge-patch+json")],
+        )
         .await;
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(res.headers()["etag"], "\"2\"");
@@ -602,8 +610,8 @@ async fn a_real_record_has_exactly_the_documented_members() {
     assert!(record["completed_at"].is_string() && record["stages"][1]["duration_ms"].is_i64());
 
     // The examples of the document are accepted by the server.
-    let example = &doc()["paths"]["/progress/{id}"]["put"]["requestBody"]["content"]["application/json"]["examples"]
-        ["running"]["value"];
+    let example = &doc()["paths"]["/progress/{id}"]["put"]["requestBody"]["content"]["application/json"]["examples"]["running"]
+        ["value"];
     let res = server.send(Method::PUT, "/progress/openapi-example", Some(example), &[]).await;
     assert_eq!(res.status().as_u16(), 201, "the PUT example is accepted");
     let record = json_of(res).await;
@@ -647,9 +655,11 @@ async fn real_problems_and_health_match_the_schemas() {
     let body = check_problem(409, "conflict_terminal")(res).await;
     assert_valid(problem, &body, "conflict_terminal");
     assert_eq!(body["current_version"], 1);
-    let res = server.send(Method::PATCH, "/progress/p", Some(&json!({"message": "again"})), &[("if-match", "\"9\"")]).await;
+    let res =
+        server.send(Method::PATCH, "/progress/p", Some(&json!({"message": "again"})), &[("if-match", "\"9\"")]).await;
     assert_valid(problem, &check_problem(412, "precondition_failed")(res).await, "precondition_failed");
-    let res = server.send(Method::PATCH, "/progress/p", Some(&json!({"message": "again"})), &[("if-match", "\"1\"")]).await;
+    let res =
+        server.send(Method::PATCH, "/progress/p", Some(&json!({"message": "again"})), &[("if-match", "\"1\"")]).await;
     assert_eq!(res.status().as_u16(), 200, "If-Match naming the version writes a finished record");
     assert_record_members(&json_of(res).await, "rewritten");
 
@@ -720,7 +730,9 @@ async fn real_readiness_and_admin_documents_match_the_schemas() {
 async fn a_real_listing_page_matches_the_schema() {
     let server = Server::start().await;
     for n in 0..3 {
-        let res = server.send(Method::PUT, &format!("/progress/openapi-list-{n}"), Some(&json!({"status": "running"})), &[]).await;
+        let res = server
+            .send(Method::PUT, &format!("/progress/openapi-list-{n}"), Some(&json!({"status": "running"})), &[])
+            .await;
         assert_eq!(res.status().as_u16(), 201);
     }
     let res = server.send(Method::GET, "/progress?limit=2&status=running&prefix=openapi-list-", None, &[]).await;

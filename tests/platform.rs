@@ -30,8 +30,8 @@ use serde_json::json;
 
 use postgres::OwnPostgres;
 use redis_server::OwnRedis;
-use spawned::{key_prefix, Running};
-use tls::{tls_postgres, Pki, TlsRedis};
+use spawned::{Running, key_prefix};
+use tls::{Pki, TlsRedis, tls_postgres};
 
 /// Time allowed for an instance to start using its store.
 const READY: Duration = Duration::from_secs(15);
@@ -148,7 +148,8 @@ async fn postgres_from_libpq_variables() {
 
     // DATABASE_URL wins over the variables.
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
-    let app = Running::start(&[("DATABASE_URL", &url), ("PGHOST", "nonexistent.invalid"), ("PGDATABASE", "platform_vars")]);
+    let app =
+        Running::start(&[("DATABASE_URL", &url), ("PGHOST", "nonexistent.invalid"), ("PGDATABASE", "platform_vars")]);
     let (id, _) = app.create_until_ok("url-wins", READY).await;
     assert_eq!(row_version(&admin, &id).await, Some(1), "the record is in the database DATABASE_URL names");
 }

@@ -8,10 +8,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::postgres::{free_port, OwnPostgres, TestDatabase};
-use progressd::domain::{apply_write, ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy};
+use common::postgres::{OwnPostgres, TestDatabase, free_port};
+use progressd::domain::{ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy, apply_write};
 use progressd::store::{DurableRow, PostgresStore, PostgresStoreConfig, ProgressStore, RecordFilter, StoreError};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -105,11 +105,8 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         ("deleted", "boolean"),
     ];
     assert_eq!(columns, expected.map(|(c, t)| (c.to_owned(), t.to_owned())));
-    let indexes: i64 = client
-        .query_one("SELECT count(*) FROM pg_indexes WHERE tablename = 'progress'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let indexes: i64 =
+        client.query_one("SELECT count(*) FROM pg_indexes WHERE tablename = 'progress'", &[]).await.unwrap().get(0);
     assert_eq!(indexes, 6, "primary key, expires_at, updated_at, status, and the two listing indexes");
     // Writes work on the migrated schema from either store.
     assert!(b.compare_and_set(&id("m"), 0, &record("m", 1, json!({})), 0).await.unwrap());
@@ -125,7 +122,10 @@ async fn compare_and_set_creates_then_updates_only_the_expected_version() {
     assert!(store.get(&j).await.unwrap().is_none());
     assert!(!store.compare_and_set(&j, 1, &record("job-1", 2, json!({})), 0).await.unwrap(), "no row to update");
     assert!(store.compare_and_set(&j, 0, &record("job-1", 1, json!({"status": "running"})), 0).await.unwrap());
-    assert!(!store.compare_and_set(&j, 0, &record("job-1", 1, json!({})), 0).await.unwrap(), "a live row blocks a create");
+    assert!(
+        !store.compare_and_set(&j, 0, &record("job-1", 1, json!({})), 0).await.unwrap(),
+        "a live row blocks a create"
+    );
     assert!(!store.compare_and_set(&j, 7, &record("job-1", 8, json!({})), 0).await.unwrap(), "version mismatch");
     assert_eq!(version_of(&store, "job-1").await, Some(1));
     let done = record("job-1", 2, json!({"status": "completed"}));
@@ -199,7 +199,11 @@ async fn upsert_newer_never_moves_a_version_backwards() {
     let store = migrated(&db).await;
     assert_eq!(store.upsert_newer(&[]).await.unwrap(), 0);
     assert_eq!(store.upsert_newer(&[(id("u"), record("u", 3, json!({})))]).await.unwrap(), 1);
-    assert_eq!(store.upsert_newer(&[(id("u"), record("u", 2, json!({})))]).await.unwrap(), 0, "stale: skipped, no error");
+    assert_eq!(
+        store.upsert_newer(&[(id("u"), record("u", 2, json!({})))]).await.unwrap(),
+        0,
+        "stale: skipped, no error"
+    );
     assert_eq!(store.upsert_newer(&[(id("u"), record("u", 3, json!({})))]).await.unwrap(), 0, "same version: skipped");
     assert_eq!(version_of(&store, "u").await, Some(3));
 
@@ -248,7 +252,9 @@ async fn updated_since_lists_live_records_oldest_first() {
         (id("gone"), expired("gone", 1)),
     ];
     assert_eq!(store.upsert_newer(&batch).await.unwrap(), 5);
-    let names = |rows: Vec<(ProgressId, DurableRow, Timestamp)>| rows.iter().map(|(i, _, _)| i.as_str().to_owned()).collect::<Vec<_>>();
+    let names = |rows: Vec<(ProgressId, DurableRow, Timestamp)>| {
+        rows.iter().map(|(i, _, _)| i.as_str().to_owned()).collect::<Vec<_>>()
+    };
     assert_eq!(names(store.updated_since(Timestamp(0), 100).await.unwrap()), ["t0", "t1", "t2", "t3"]);
     assert_eq!(names(store.updated_since(Timestamp(now - 3_000), 100).await.unwrap()), ["t1", "t2", "t3"], "inclusive");
     assert_eq!(names(store.updated_since(Timestamp(now - 3_000), 2).await.unwrap()), ["t1", "t2"]);
@@ -278,7 +284,8 @@ async fn delete_and_compare_and_delete_remove_only_live_rows() {
     assert!(store.compare_and_set(&d, 0, &expired("d", 4), 0).await.unwrap());
     assert!(!store.delete(&d).await.unwrap());
     // What is left is a tombstone, never a record.
-    let left: i64 = db.connect().await.query_one("SELECT count(*) FROM progress WHERE NOT deleted", &[]).await.unwrap().get(0);
+    let left: i64 =
+        db.connect().await.query_one("SELECT count(*) FROM progress WHERE NOT deleted", &[]).await.unwrap().get(0);
     assert_eq!(left, 0);
 }
 
@@ -294,8 +301,12 @@ async fn ping_measures_one_round_trip() {
 
 #[tokio::test]
 async fn a_bad_url_is_refused_without_its_password() {
-    for url in ["postgres://user:hunter22secret@host:notaport/db", "postgres://user:hunter22secret@host/db?sslmode=sometimes"] {
-        let Err(e) = PostgresStore::new(PostgresStoreConfig { url: url.into(), pool_size: 1, timeout: Duration::from_secs(1) }) else {
+    for url in
+        ["postgres://user:hunter22secret@host:notaport/db", "postgres://user:hunter22secret@host/db?sslmode=sometimes"]
+    {
+        let Err(e) =
+            PostgresStore::new(PostgresStoreConfig { url: url.into(), pool_size: 1, timeout: Duration::from_secs(1) })
+        else {
             panic!("{url} is accepted");
         };
         assert!(!e.contains("hunter22secret"), "{e}");
@@ -306,7 +317,8 @@ async fn a_bad_url_is_refused_without_its_password() {
 #[tokio::test]
 async fn a_refused_connection_is_unavailable_at_once() {
     let port = free_port();
-    let store = store(&format!("postgres://progressd:hunter22secret@127.0.0.1:{port}/progress"), Duration::from_secs(2));
+    let store =
+        store(&format!("postgres://progressd:hunter22secret@127.0.0.1:{port}/progress"), Duration::from_secs(2));
     for _ in 0..3 {
         let started = Instant::now();
         let reason = assert_unavailable(store.get(&id("x")).await);
@@ -389,7 +401,11 @@ fn run_migrate(env: &[(&str, &str)]) -> (i32, String, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[tokio::test]
@@ -429,26 +445,48 @@ async fn writes_behind_the_fence_stop_once_it_is_raised_after_their_outage_began
     let bulk = RecordFilter { id_prefix: Some("bulk-".into()), ..RecordFilter::default() };
     for n in 0..3 {
         let raw = format!("bulk-{n}");
-        assert_eq!(store.compare_and_set_fenced(&id(&raw), 0, &record(&raw, 1, json!({})), Some(outage)).await.unwrap(), Some(true));
+        assert_eq!(
+            store.compare_and_set_fenced(&id(&raw), 0, &record(&raw, 1, json!({})), Some(outage)).await.unwrap(),
+            Some(true)
+        );
     }
     assert_eq!(store.compare_and_set_fenced(&job, 0, &v(1), Some(outage)).await.unwrap(), Some(true));
     assert_eq!(store.compare_and_set_fenced(&job, 1, &v(2), Some(outage)).await.unwrap(), Some(true));
-    assert_eq!(store.compare_and_set_fenced(&job, 1, &v(2), Some(outage)).await.unwrap(), Some(false), "version mismatch");
+    assert_eq!(
+        store.compare_and_set_fenced(&job, 1, &v(2), Some(outage)).await.unwrap(),
+        Some(false),
+        "version mismatch"
+    );
 
     store.raise_fence(outage.plus_millis(10)).await.unwrap();
     assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage)).await.unwrap(), None);
-    assert_eq!(store.compare_and_set_fenced(&id("new"), 0, &record("new", 1, json!({})), Some(outage)).await.unwrap(), None);
+    assert_eq!(
+        store.compare_and_set_fenced(&id("new"), 0, &record("new", 1, json!({})), Some(outage)).await.unwrap(),
+        None
+    );
     assert_eq!(store.compare_and_delete_fenced(&job, 2, Some(outage)).await.unwrap(), None);
     assert_eq!(store.delete_fenced(&job, Some(outage)).await.unwrap(), None);
-    assert_eq!(store.tombstone_matching(&bulk, Some(outage)).await.unwrap(), (vec![], true), "a bulk delete is fenced too");
-    assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(10))).await.unwrap(), None, "raised at `since` itself");
+    assert_eq!(
+        store.tombstone_matching(&bulk, Some(outage)).await.unwrap(),
+        (vec![], true),
+        "a bulk delete is fenced too"
+    );
+    assert_eq!(
+        store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(10))).await.unwrap(),
+        None,
+        "raised at `since` itself"
+    );
     assert_eq!(version_of(&store, "job").await, Some(2), "nothing fenced off was written");
     assert_eq!(version_of(&store, "new").await, None);
     assert_eq!(version_of(&store, "bulk-0").await, Some(1), "nothing fenced off was deleted");
 
     store.raise_fence(outage).await.unwrap(); // older: the fence stays where it is
     assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(5))).await.unwrap(), None);
-    assert_eq!(store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(11))).await.unwrap(), Some(true), "a later outage");
+    assert_eq!(
+        store.compare_and_set_fenced(&job, 2, &v(3), Some(outage.plus_millis(11))).await.unwrap(),
+        Some(true),
+        "a later outage"
+    );
     assert_eq!(store.compare_and_set_fenced(&job, 3, &v(4), None).await.unwrap(), Some(true), "no fence");
     assert!(store.compare_and_set(&job, 4, &v(5), 0).await.unwrap(), "the store's own compare-and-set is not fenced");
     assert_eq!(store.delete_fenced(&job, Some(outage.plus_millis(11))).await.unwrap(), Some(true));

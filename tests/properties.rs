@@ -20,16 +20,16 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use proptest::strategy::Union;
 use proptest::test_runner::{Config, RngAlgorithm};
-use serde_json::{json, Map, Number, Value};
+use serde_json::{Map, Number, Value, json};
 use tower::ServiceExt;
 
+use progressd::Settings;
 use progressd::domain::{
-    check_top_level_keys, children_percent, depth, derived_progress, merge_patch, next_record, Child, ClientFields,
-    ProgressId, ProgressRecord, RecordMeta, Status, StoredRecord, Timestamp, Touched, WritePolicy, CLIENT_FIELDS,
-    MAX_STAGES, SERVER_FIELDS,
+    CLIENT_FIELDS, Child, ClientFields, MAX_STAGES, ProgressId, ProgressRecord, RecordMeta, SERVER_FIELDS, Status,
+    StoredRecord, Timestamp, Touched, WritePolicy, check_top_level_keys, children_percent, depth, derived_progress,
+    merge_patch, next_record,
 };
 use progressd::store::MemoryStore;
-use progressd::Settings;
 
 const MAX_TTL: u64 = 3600;
 /// `PROGRESS_MAX_JSON_DEPTH`'s default, which the router below runs with.
@@ -54,9 +54,21 @@ fn canonical_number() -> BoxedStrategy<Number> {
     let text = prop_oneof![
         "-?(0|[1-9][0-9]{0,40})(\\.[0-9]{1,25})?(e[+-][0-9]{1,4})?",
         prop::sample::select(vec![
-            "9007199254740993", "0.1", "123456789012345678901234567890", "1e+400", "-1e-400", "-0", "0.0",
-            "1.7976931348623157e+308", "5e-324", "18446744073709551616", "-9223372036854775809", "100.0",
-            "1e+2", "0.30000000000000004", "2.5e-3",
+            "9007199254740993",
+            "0.1",
+            "123456789012345678901234567890",
+            "1e+400",
+            "-1e-400",
+            "-0",
+            "0.0",
+            "1.7976931348623157e+308",
+            "5e-324",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "100.0",
+            "1e+2",
+            "0.30000000000000004",
+            "2.5e-3",
         ])
         .prop_map(str::to_owned),
     ]
@@ -77,7 +89,8 @@ fn odd_string() -> BoxedStrategy<String> {
         "(?s).{0,16}",
         any::<String>(),
         "[\\x00-\\x1f\"\\\\\u{7f}\u{2028}\u{2029}\u{feff}é🚀<>/&']{0,12}",
-        prop::sample::select(vec!["", "</script>", "\\u0000", "null", "{}", "a.b", "children.x"]).prop_map(str::to_owned),
+        prop::sample::select(vec!["", "</script>", "\\u0000", "null", "{}", "a.b", "children.x"])
+            .prop_map(str::to_owned),
     ]
     .boxed()
 }
@@ -231,11 +244,10 @@ fn field_value(name: &'static str, patch: bool) -> BoxedStrategy<Value> {
 /// A PUT body (`patch: false`) or a merge patch: client fields, rarely an
 /// unknown or server-owned key.
 fn body(patch: bool) -> BoxedStrategy<Value> {
-    let known = Union::new(CLIENT_FIELDS.iter().map(|name| field_value(name, patch).prop_map(move |v| (name.to_string(), v))));
-    let stray = (
-        prop_oneof![prop::sample::select(SERVER_FIELDS.to_vec()).prop_map(str::to_owned), odd_string()],
-        any_json(),
-    );
+    let known =
+        Union::new(CLIENT_FIELDS.iter().map(|name| field_value(name, patch).prop_map(move |v| (name.to_string(), v))));
+    let stray =
+        (prop_oneof![prop::sample::select(SERVER_FIELDS.to_vec()).prop_map(str::to_owned), odd_string()], any_json());
     let entry = prop_oneof![30 => known, 1 => stray];
     prop::collection::vec(entry, 0..7).prop_map(|e| Value::Object(e.into_iter().collect())).boxed()
 }
@@ -544,7 +556,10 @@ fn check_verdict(body: &Value) -> Result<Option<ClientFields>, TestCaseError> {
                         .iter()
                         .find(|f| e.field == **f || e.field.starts_with(&format!("{f}.")))
                         .map_or(e.field.as_str(), |f| *f);
-                    prop_assert!(map.contains_key(&e.field) || map.contains_key(first), "{e:?} names no field of {body}");
+                    prop_assert!(
+                        map.contains_key(&e.field) || map.contains_key(first),
+                        "{e:?} names no field of {body}"
+                    );
                 }
             }
             Ok(None)
@@ -613,9 +628,8 @@ impl Http {
         let mut settings = Settings::default();
         settings.max_ttl_seconds = MAX_TTL;
         settings.max_json_depth = MAX_DEPTH;
-        let router = runtime.block_on(async {
-            progressd::app::build_router(&settings, Arc::new(MemoryStore::default()))
-        });
+        let router =
+            runtime.block_on(async { progressd::app::build_router(&settings, Arc::new(MemoryStore::default())) });
         Self { runtime, router, next_id: RefCell::new(0) }
     }
 
@@ -627,7 +641,13 @@ impl Http {
     }
 
     /// `method /progress/{id}` with `body`; the status, `ETag` and body bytes.
-    fn send(&self, method: Method, id: &str, body: Option<Vec<u8>>, if_match: Option<u64>) -> (StatusCode, Option<String>, bytes::Bytes) {
+    fn send(
+        &self,
+        method: Method,
+        id: &str,
+        body: Option<Vec<u8>>,
+        if_match: Option<u64>,
+    ) -> (StatusCode, Option<String>, bytes::Bytes) {
         let mut req = Request::builder().method(method).uri(format!("/progress/{id}"));
         if body.is_some() {
             req = req.header("content-type", "application/json");
@@ -652,8 +672,9 @@ fn with_http<T>(f: impl FnOnce(&Http) -> T) -> T {
 /// A response to a write: a record, or a problem document whose code fits
 /// the status, never a 5xx (a panic in a handler is a 500).
 fn check_write_response(status: StatusCode, body: &[u8]) -> Result<Option<Value>, TestCaseError> {
-    let doc: Value = serde_json::from_slice(body)
-        .map_err(|e| TestCaseError::fail(format!("{status}: the body is not JSON ({e}): {}", String::from_utf8_lossy(body))))?;
+    let doc: Value = serde_json::from_slice(body).map_err(|e| {
+        TestCaseError::fail(format!("{status}: the body is not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    })?;
     match status.as_u16() {
         200 | 201 => {
             prop_assert!(doc["version"].as_u64().is_some(), "{doc}");

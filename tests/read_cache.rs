@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_problem, redis_conn, spawn_app_with, unique_prefix, Backend, TestApp};
 use common::redis_server::OwnRedis;
+use common::{Backend, TestApp, assert_problem, redis_conn, spawn_app_with, unique_prefix};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// How long a change may take to reach another instance's cache in these
 /// tests (in practice well under a millisecond; CI machines are slow).
@@ -74,13 +74,17 @@ async fn a_write_through_one_instance_reaches_the_others_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_hears_notices_from_a_redis_that_wants_a_password() {
     let redis = OwnRedis::start_with(&["--requirepass", "s3cret"]);
-    let urls = [format!("redis://:s3cret@127.0.0.1:{}", redis.port()), format!("redis://default:s3cret@127.0.0.1:{}", redis.port())];
+    let urls = [
+        format!("redis://:s3cret@127.0.0.1:{}", redis.port()),
+        format!("redis://default:s3cret@127.0.0.1:{}", redis.port()),
+    ];
     let prefix = unique_prefix();
     let on = |url: &String| {
         let (url, prefix) = (url.clone(), prefix.clone());
         move |s: &mut progressd::Settings| (s.redis_url, s.key_prefix) = (Some(url), prefix)
     };
-    let (a, b) = (spawn_app_with(Backend::Redis, on(&urls[0])).await, spawn_app_with(Backend::Redis, on(&urls[1])).await);
+    let (a, b) =
+        (spawn_app_with(Backend::Redis, on(&urls[0])).await, spawn_app_with(Backend::Redis, on(&urls[1])).await);
     let entries = async |app: &TestApp| {
         let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
         let line = metrics.lines().find(|l| l.starts_with("progressd_read_cache_entries ")).unwrap().to_owned();
@@ -116,7 +120,13 @@ async fn readers_on_one_instance_never_fall_behind_writers_on_another() {
         let (client, url) = (b.client.clone(), b.url("/progress/race"));
         tokio::spawn(async move {
             for n in 1..=300 {
-                let res = client.patch(&url).header("content-type", "application/json").body(json!({"current": n}).to_string()).send().await.unwrap();
+                let res = client
+                    .patch(&url)
+                    .header("content-type", "application/json")
+                    .body(json!({"current": n}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(res.status(), StatusCode::OK);
                 let v = res.json::<Value>().await.unwrap()["version"].as_u64().unwrap();
                 acks.lock().unwrap().push((v, Instant::now()));

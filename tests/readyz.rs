@@ -8,14 +8,14 @@ mod common;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use common::postgres::{free_port, TestDatabase};
+use common::postgres::{TestDatabase, free_port};
 use common::proxy::{Mode, Proxy};
 use common::redis_server::OwnRedis;
-use common::{spawn_app, spawn_app_with, Backend, TestApp};
-use progressd::store::{PostgresStore, PostgresStoreConfig, ProgressStore, TierState};
+use common::{Backend, TestApp, spawn_app, spawn_app_with};
 use progressd::Settings;
+use progressd::store::{PostgresStore, PostgresStoreConfig, ProgressStore, TierState};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Short timeouts so that a dead dependency is reported within a second.
 fn quick(s: &mut Settings) {

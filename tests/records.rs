@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{spawn_app, spawn_app_with, Backend};
+use common::{Backend, spawn_app, spawn_app_with};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 on_both_stores!(
     put_creates_then_replaces,
@@ -76,7 +76,14 @@ async fn if_none_match_answers_304(backend: Backend) {
 async fn numbers_round_trip_exactly(backend: Backend) {
     let app = spawn_app(backend).await;
     let body = r#"{"result":{"n":9007199254740993,"f":0.1,"e":1e400,"neg":-0.0,"big":123456789012345678901234567890,"s":"é\u0000"},"metadata":{"bookId":18446744073709551615,"ratio":3.141592653589793238}}"#;
-    let res = app.client.put(app.url("/progress/nums")).header("content-type", "application/json").body(body).send().await.unwrap();
+    let res = app
+        .client
+        .put(app.url("/progress/nums"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let text = app.get("nums").await.text().await.unwrap();
     for literal in [
@@ -99,7 +106,11 @@ async fn numbers_round_trip_exactly(backend: Backend) {
 
 async fn patch_merges_and_null_removes(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.put_ok("p", &json!({"status": "running", "message": "m", "stage": "S", "metadata": {"a": 1, "b": {"c": 2, "d": 3}}})).await;
+    app.put_ok(
+        "p",
+        &json!({"status": "running", "message": "m", "stage": "S", "metadata": {"a": 1, "b": {"c": 2, "d": 3}}}),
+    )
+    .await;
     let res = app
         .client
         .patch(app.url("/progress/p"))
@@ -120,7 +131,8 @@ async fn patch_merges_and_null_removes(backend: Backend) {
 async fn children_merge_per_child_and_drive_progress(backend: Backend) {
     let app = spawn_app(backend).await;
     app.put_ok("c", &json!({"status": "running", "children": {"ch1": {"title": "One", "progress": 100}}})).await;
-    let r = app.patch_ok("c", &json!({"children": {"ch2": {"title": "Two", "current": 1, "total": 4, "weight": 2}}})).await;
+    let r =
+        app.patch_ok("c", &json!({"children": {"ch2": {"title": "Two", "current": 1, "total": 4, "weight": 2}}})).await;
     assert_eq!(r["children"]["ch1"], json!({"title": "One", "progress": 100}));
     assert_eq!(r["children"]["ch2"]["current"], 1);
     // (100·1 + 25·2) / 3 = 50

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_problem, redis_conn, spawn_app, spawn_app_with, Backend};
 use common::redis_server::OwnRedis;
+use common::{Backend, assert_problem, redis_conn, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -36,7 +36,10 @@ async fn records_live_at_the_prefixed_key_with_their_ttl() {
     let stored = progressd::store::from_redis(value.clone()).unwrap();
     assert!(value.len() < stored.raw().len(), "{} bytes stored for {}", value.len(), stored.raw().len());
     let body: Value = serde_json::from_slice(&stored.raw()[newline + 1..]).unwrap();
-    assert_eq!((body["id"].as_str(), body["version"].as_u64(), body["ttl_seconds"].as_u64()), (Some("layout"), Some(2), Some(500)));
+    assert_eq!(
+        (body["id"].as_str(), body["version"].as_u64(), body["ttl_seconds"].as_u64()),
+        (Some("layout"), Some(2), Some(500))
+    );
 }
 
 #[tokio::test]
@@ -121,7 +124,8 @@ async fn scripts_that_redis_lost_are_loaded_again() {
     let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let loaded = |conn: &mut redis::Connection| -> i64 {
         let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
-        let line = info.lines().find(|l| l.starts_with("number_of_cached_scripts:")).expect("INFO memory counts scripts");
+        let line =
+            info.lines().find(|l| l.starts_with("number_of_cached_scripts:")).expect("INFO memory counts scripts");
         line.split(':').nth(1).unwrap().trim().parse().unwrap()
     };
     for round in 0..2 {
@@ -146,7 +150,7 @@ async fn scripts_that_redis_lost_are_loaded_again() {
 /// even at the same version (deleted, then created again meanwhile).
 #[tokio::test]
 async fn a_write_built_on_an_earlier_incarnation_is_refused() {
-    use progressd::domain::{next_record, ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy};
+    use progressd::domain::{ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy, next_record};
     use progressd::store::{ProgressStore, RedisStore, RedisStoreConfig};
 
     let prefix = common::unique_prefix();
@@ -176,7 +180,10 @@ async fn a_write_built_on_an_earlier_incarnation_is_refused() {
     assert_eq!((first.version(), second.version()), (1, 1));
 
     let on_first = write(Some(&first), now, json!({"status": "completed"}));
-    assert!(!store.compare_and_swap(&id, Some(&first), &on_first, 60_000).await.unwrap(), "same version, other incarnation");
+    assert!(
+        !store.compare_and_swap(&id, Some(&first), &on_first, 60_000).await.unwrap(),
+        "same version, other incarnation"
+    );
     let on_second = write(Some(&second), now, json!({"status": "running"}));
     assert!(store.compare_and_swap(&id, Some(&second), &on_second, 60_000).await.unwrap());
     assert!(!store.compare_and_swap(&id, None, &second, 60_000).await.unwrap(), "a create over a record is refused");
@@ -188,7 +195,10 @@ async fn a_write_built_on_an_earlier_incarnation_is_refused() {
     let first_v2 = write(Some(&first), now, json!({"status": "running"}));
     let on_first_v2 = write(Some(&first_v2), now + 1, json!({"status": "running"}));
     assert_eq!((first_v2.version(), first_v2.meta().t), (held.version(), held.meta().t));
-    assert!(!store.compare_and_swap(&id, Some(&first_v2), &on_first_v2, 60_000).await.unwrap(), "in place, other incarnation");
+    assert!(
+        !store.compare_and_swap(&id, Some(&first_v2), &on_first_v2, 60_000).await.unwrap(),
+        "in place, other incarnation"
+    );
     let on_held = write(Some(&held), now + 1, json!({"status": "running", "message": "in place"}));
     assert!(store.compare_and_swap(&id, Some(&held), &on_held, 60_000).await.unwrap());
     let held = store.get(&id).await.unwrap().unwrap();
@@ -198,8 +208,11 @@ async fn a_write_built_on_an_earlier_incarnation_is_refused() {
     let mut conn = redis_conn();
     let member = format!("{:015}:again", second.meta().c);
     for (status, listed) in [("pending", false), ("running", true), ("completed", false)] {
-        let score: Option<f64> =
-            redis::cmd("ZSCORE").arg(format!("{prefix}progressd:index:{status}")).arg(&member).query(&mut conn).unwrap();
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(format!("{prefix}progressd:index:{status}"))
+            .arg(&member)
+            .query(&mut conn)
+            .unwrap();
         assert_eq!(score.is_some(), listed, "{status}");
     }
     common::delete_keys(&common::redis_url(), &prefix);

@@ -303,16 +303,18 @@ impl Service {
         let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(15);
-        let code = block_in_place(|| loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status.code().unwrap_or(-1);
+        let code = block_in_place(|| {
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status.code().unwrap_or(-1);
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("progressd did not exit after SIGTERM: {}", self.logs());
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("progressd did not exit after SIGTERM: {}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
         });
         for reader in self.readers.drain(..) {
             reader.join().unwrap();
@@ -376,7 +378,14 @@ impl<'a> Driver<'a> {
         Self { service, client, secrets, admin_enabled, transcript: Transcript::default() }
     }
 
-    fn request(&self, method: Method, path: &str, auth: Auth, headers: &[(&str, &str)], body: Option<&str>) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> reqwest::RequestBuilder {
         let mut req = self.client.request(method, self.service.url(path));
         match auth {
             Auth::None => {}
@@ -396,16 +405,26 @@ impl<'a> Driver<'a> {
     }
 
     /// Sends a request and records the whole answer; the body as text.
-    async fn send(&mut self, label: &str, method: Method, path: &str, auth: Auth<'_>, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+    async fn send(
+        &mut self,
+        label: &str,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, String) {
         let label = format!("{label}: {method} {path}");
-        let res = self.request(method, path, auth, headers, body).send().await.unwrap_or_else(|e| panic!("{label}: {e}"));
+        let res =
+            self.request(method, path, auth, headers, body).send().await.unwrap_or_else(|e| panic!("{label}: {e}"));
         let status = res.status().as_u16();
         let mut text = format!("=== {label}\nHTTP {status} {:?}\n", res.version());
         for (name, value) in res.headers() {
             text.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
         }
         text.push('\n');
-        let is_stream = res.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let is_stream =
+            res.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let body = if is_stream {
             // An event stream does not end: keep what arrives until the
             // first complete event (or a moment passes).
@@ -474,7 +493,8 @@ impl<'a> Driver<'a> {
     /// checked over the whole transcript at the end.
     async fn sweep(&mut self, phase: &str) {
         let s = self.secrets;
-        let (read, write, write2, admin) = (s.read_token.as_str(), s.write_token.as_str(), s.write_token_2.as_str(), s.admin_token.as_str());
+        let (read, write, write2, admin) =
+            (s.read_token.as_str(), s.write_token.as_str(), s.write_token_2.as_str(), s.admin_token.as_str());
         let basic_admin = format!("Basic {}", base64(format!("progressd:{admin}").as_bytes()));
         let lowercase_bearer = format!("bearer {write}x");
         let id = format!("job-{phase}");
@@ -485,7 +505,16 @@ impl<'a> Driver<'a> {
         let p = |l: &str| format!("{phase} {l}");
 
         // Public routes, and the router's own 404 and 405.
-        for path in ["/healthz", "/readyz", "/metrics", "/client.js", "/dashboard", "/dashboard/app.js", "/dashboard/app.css", "/nowhere"] {
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/client.js",
+            "/dashboard",
+            "/dashboard/app.js",
+            "/dashboard/app.css",
+            "/nowhere",
+        ] {
             self.send(&p("public"), g.clone(), path, Auth::Bearer(admin), &[], None).await;
         }
         self.send(&p("405"), Method::POST, "/healthz", Auth::None, &[], None).await;
@@ -518,33 +547,107 @@ impl<'a> Driver<'a> {
 
         // Authorised calls, well-formed and not.
         self.send(&p("create"), Method::PUT, &rec, Auth::Bearer(write), &[], Some(record)).await;
-        self.send(&p("patch"), Method::PATCH, &rec, Auth::Bearer(write2), &[], Some(r#"{"current":2,"message":"half"}"#)).await;
+        self.send(
+            &p("patch"),
+            Method::PATCH,
+            &rec,
+            Auth::Bearer(write2),
+            &[],
+            Some(r#"{"current":2,"message":"half"}"#),
+        )
+        .await;
         self.send(&p("read"), g.clone(), &rec, Auth::Bearer(read), &[], None).await;
         self.send(&p("read as admin"), g.clone(), &rec, Auth::Bearer(admin), &[("if-none-match", "\"1\"")], None).await;
-        self.send(&p("long-poll"), g.clone(), &format!("{rec}?wait=0"), Auth::Bearer(read), &[("if-none-match", "\"99\"")], None).await;
+        self.send(
+            &p("long-poll"),
+            g.clone(),
+            &format!("{rec}?wait=0"),
+            Auth::Bearer(read),
+            &[("if-none-match", "\"99\"")],
+            None,
+        )
+        .await;
         self.send(&p("events"), g.clone(), &events, Auth::Bearer(read), &[], None).await;
-        self.send(&p("events, bad Last-Event-ID"), g.clone(), &events, Auth::Bearer(read), &[("last-event-id", "zz")], None).await;
+        self.send(
+            &p("events, bad Last-Event-ID"),
+            g.clone(),
+            &events,
+            Auth::Bearer(read),
+            &[("last-event-id", "zz")],
+            None,
+        )
+        .await;
         self.send(&p("list"), g.clone(), "/progress?limit=5", Auth::Bearer(read), &[], None).await;
-        self.send(&p("list as admin"), g.clone(), "/progress?status=running,pending&prefix=job", Auth::Bearer(admin), &[], None).await;
-        for bad in ["/progress?limit=0", "/progress?colour=red", "/progress?cursor=not-a-cursor", "/progress?status=sleeping", "/progress?limit=1&limit=2"] {
+        self.send(
+            &p("list as admin"),
+            g.clone(),
+            "/progress?status=running,pending&prefix=job",
+            Auth::Bearer(admin),
+            &[],
+            None,
+        )
+        .await;
+        for bad in [
+            "/progress?limit=0",
+            "/progress?colour=red",
+            "/progress?cursor=not-a-cursor",
+            "/progress?status=sleeping",
+            "/progress?limit=1&limit=2",
+        ] {
             self.send(&p("bad query"), g.clone(), bad, Auth::Bearer(read), &[], None).await;
         }
         self.send(&p("bad wait"), g.clone(), &format!("{rec}?wait=99"), Auth::Bearer(read), &[], None).await;
         self.send(&p("bad JSON"), Method::PUT, &rec, Auth::Bearer(write), &[], Some("{\"status\": ")).await;
         self.send(&p("empty body"), Method::PATCH, &rec, Auth::Bearer(write), &[], Some("")).await;
-        self.send(&p("not JSON"), Method::PUT, &rec, Auth::Bearer(write), &[("content-type", "text/plain")], Some("hello")).await;
-        self.send(&p("unknown field"), Method::PUT, &rec, Auth::Bearer(write), &[], Some(r#"{"status":"running","colour":"red"}"#)).await;
+        self.send(
+            &p("not JSON"),
+            Method::PUT,
+            &rec,
+            Auth::Bearer(write),
+            &[("content-type", "text/plain")],
+            Some("hello"),
+        )
+        .await;
+        self.send(
+            &p("unknown field"),
+            Method::PUT,
+            &rec,
+            Auth::Bearer(write),
+            &[],
+            Some(r#"{"status":"running","colour":"red"}"#),
+        )
+        .await;
         self.send(&p("out of range"), Method::PATCH, &rec, Auth::Bearer(write), &[], Some(r#"{"progress":140}"#)).await;
         self.send(&p("bad id"), g.clone(), "/progress/bad%20id!", Auth::Bearer(read), &[], None).await;
         self.send(&p("bad id write"), Method::PUT, "/progress/a%2Fb", Auth::Bearer(write), &[], Some(record)).await;
-        self.send(&p("bad If-Match"), Method::PATCH, &rec, Auth::Bearer(write), &[("if-match", "not a tag")], Some("{}")).await;
-        self.send(&p("stale If-Match"), Method::DELETE, &rec, Auth::Bearer(write), &[("if-match", "\"999\"")], None).await;
-        self.send(&p("patch absent"), Method::PATCH, &format!("{rec}-absent"), Auth::Bearer(write), &[], Some("{}")).await;
+        self.send(
+            &p("bad If-Match"),
+            Method::PATCH,
+            &rec,
+            Auth::Bearer(write),
+            &[("if-match", "not a tag")],
+            Some("{}"),
+        )
+        .await;
+        self.send(&p("stale If-Match"), Method::DELETE, &rec, Auth::Bearer(write), &[("if-match", "\"999\"")], None)
+            .await;
+        self.send(&p("patch absent"), Method::PATCH, &format!("{rec}-absent"), Auth::Bearer(write), &[], Some("{}"))
+            .await;
         self.send(&p("stats"), g.clone(), "/admin/stats", Auth::Bearer(admin), &[], None).await;
         self.send(&p("cleanup"), Method::POST, "/admin/cleanup", Auth::Bearer(admin), &[], None).await;
-        self.send(&p("bulk delete"), Method::DELETE, "/admin/progress?prefix=zz-none", Auth::Bearer(admin), &[], None).await;
-        self.send(&p("bulk delete, no filter"), Method::DELETE, "/admin/progress", Auth::Bearer(admin), &[], None).await;
-        self.send(&p("bulk delete, bad filter"), Method::DELETE, "/admin/progress?older_than=soon", Auth::Bearer(admin), &[], None).await;
+        self.send(&p("bulk delete"), Method::DELETE, "/admin/progress?prefix=zz-none", Auth::Bearer(admin), &[], None)
+            .await;
+        self.send(&p("bulk delete, no filter"), Method::DELETE, "/admin/progress", Auth::Bearer(admin), &[], None)
+            .await;
+        self.send(
+            &p("bulk delete, bad filter"),
+            Method::DELETE,
+            "/admin/progress?older_than=soon",
+            Auth::Bearer(admin),
+            &[],
+            None,
+        )
+        .await;
         self.send(&p("delete"), Method::DELETE, &rec, Auth::Bearer(write), &[], None).await;
     }
 }
@@ -583,8 +686,10 @@ impl Postgres {
                 }
             }
         }
-        let right = format!("postgres://progressd:{}@127.0.0.1:{}/progress", percent(password, true, false), pg.own.port());
-        let (client, connection) = tokio_postgres::connect(&right, tokio_postgres::NoTls).await.expect("the password is accepted");
+        let right =
+            format!("postgres://progressd:{}@127.0.0.1:{}/progress", percent(password, true, false), pg.own.port());
+        let (client, connection) =
+            tokio_postgres::connect(&right, tokio_postgres::NoTls).await.expect("the password is accepted");
         drop(client);
         let _ = connection.await;
         pg
@@ -596,7 +701,8 @@ impl Postgres {
 
     /// Runs SQL as the trusted superuser.
     async fn admin(&self, sql: &str) {
-        let (client, connection) = tokio_postgres::connect(&self.own.url(), tokio_postgres::NoTls).await.expect("superuser connects");
+        let (client, connection) =
+            tokio_postgres::connect(&self.own.url(), tokio_postgres::NoTls).await.expect("superuser connects");
         let connection = tokio::spawn(connection);
         client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         drop(client);
@@ -626,7 +732,8 @@ fn rotate_redis_password(port: u16, old: &str, new: &str) {
     let mut conn = redis_admin(port, old);
     let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg(new).query(&mut conn).unwrap();
     for kind in ["normal", "pubsub"] {
-        let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind).arg("SKIPME").arg("yes").query(&mut conn).unwrap();
+        let _: i64 =
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind).arg("SKIPME").arg("yes").query(&mut conn).unwrap();
     }
 }
 
@@ -655,8 +762,10 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
     let redis_proxy = Proxy::start(redis.addr()).await;
     let pg_proxy = Proxy::start(pg.addr()).await;
 
-    let redis_url = format!("redis://default:{}@127.0.0.1:{}/0", percent(&secrets.redis_pw, true, false), redis_proxy.port());
-    let database_url = format!("postgres://progressd:{}@127.0.0.1:{}/progress", percent(&secrets.pg_pw, true, false), pg_proxy.port());
+    let redis_url =
+        format!("redis://default:{}@127.0.0.1:{}/0", percent(&secrets.redis_pw, true, false), redis_proxy.port());
+    let database_url =
+        format!("postgres://progressd:{}@127.0.0.1:{}/progress", percent(&secrets.pg_pw, true, false), pg_proxy.port());
     let read_tokens = format!("{},other-reader", secrets.read_token);
     let write_tokens = format!("{}, {}", secrets.write_token, secrets.write_token_2);
     let mut env: Vec<(&str, &str)> = vec![
@@ -681,7 +790,9 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
     d.wait_readyz("both tiers up", |doc| doc["status"] == "ok").await;
     d.sweep("healthy").await;
 
-    for (phase, mode) in [("redis-refused", Mode::Refuse), ("redis-reset", Mode::Reset), ("redis-blackholed", Mode::Blackhole)] {
+    for (phase, mode) in
+        [("redis-refused", Mode::Refuse), ("redis-reset", Mode::Reset), ("redis-blackholed", Mode::Blackhole)]
+    {
         if mode == Mode::Refuse {
             refuse(&mut d, &redis_proxy, "redis").await;
         } else {
@@ -702,7 +813,8 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
     let doc = d
         .wait_readyz("redis refusing the password", |doc| {
             let (state, error) = tier(doc, "redis");
-            state == "down" && (error.contains("WRONGPASS") || error.contains("NOAUTH") || error.to_lowercase().contains("auth"))
+            state == "down"
+                && (error.contains("WRONGPASS") || error.contains("NOAUTH") || error.to_lowercase().contains("auth"))
         })
         .await;
     let redis_auth_error = tier(&doc, "redis").1;
@@ -711,7 +823,9 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
     d.wait_readyz("redis accepting the password again", |doc| doc["status"] == "ok").await;
 
     // Both tiers away: nothing can serve.
-    for (phase, mode) in [("both-refused", Mode::Refuse), ("both-reset", Mode::Reset), ("both-blackholed", Mode::Blackhole)] {
+    for (phase, mode) in
+        [("both-refused", Mode::Refuse), ("both-reset", Mode::Reset), ("both-blackholed", Mode::Blackhole)]
+    {
         if redis_proxy.mode() != Mode::Refuse {
             refuse(&mut d, &redis_proxy, "redis").await;
         }
@@ -755,8 +869,13 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
     let (code, logs) = service.terminate();
 
     // ---- a second instance that starts with wrong passwords and no admin token.
-    let wrong_redis_url = format!("redis://default:{}@127.0.0.1:{}/0", percent(&secrets.redis_pw_wrong, false, false), redis.port());
-    let wrong_database_url = format!("postgresql://progressd:{}@127.0.0.1:{}/progress?connect_timeout=2", percent(&secrets.pg_pw_wrong, false, false), pg.own.port());
+    let wrong_redis_url =
+        format!("redis://default:{}@127.0.0.1:{}/0", percent(&secrets.redis_pw_wrong, false, false), redis.port());
+    let wrong_database_url = format!(
+        "postgresql://progressd:{}@127.0.0.1:{}/progress?connect_timeout=2",
+        percent(&secrets.pg_pw_wrong, false, false),
+        pg.own.port()
+    );
     let mut env2: Vec<(&str, &str)> = env
         .iter()
         .copied()
@@ -789,7 +908,8 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
     // Passwords written into the URL without percent-encoding ('/', '+', '!', '*').
     let unencoded_redis = format!("redis://default:{}@127.0.0.1:{}/0", secrets.redis_pw, redis.port());
     let unencoded_pg = format!("postgres://progressd:{}@127.0.0.1:1/progress", secrets.pg_pw);
-    let typo_redis = format!("rediss//default:{}@127.0.0.1:{}/0", percent(&secrets.redis_pw, true, false), redis.port());
+    let typo_redis =
+        format!("rediss//default:{}@127.0.0.1:{}/0", percent(&secrets.redis_pw, true, false), redis.port());
     for (what, extra, args) in [
         ("a Redis URL that does not parse", vec![("REDIS_URL", bad_redis.as_str())], vec![]),
         ("a PostgreSQL URL that does not parse", vec![("DATABASE_URL", bad_pg.as_str())], vec![]),
@@ -814,7 +934,8 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
         pg.own.port(),
         secrets.pg_pw
     );
-    let mut env3: Vec<(&str, &str)> = env.iter().copied().filter(|(k, _)| !["REDIS_URL", "DATABASE_URL"].contains(k)).collect();
+    let mut env3: Vec<(&str, &str)> =
+        env.iter().copied().filter(|(k, _)| !["REDIS_URL", "DATABASE_URL"].contains(k)).collect();
     env3.push(("DATABASE_URL", &key_value));
     let service3 = Service::start(&env3);
     let mut d3 = Driver::new(&service3, &secrets, true);
@@ -826,7 +947,8 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
             doc["status"] == "ok" && doc["dependencies"]["postgres"]["breaker"] != "open"
         })
         .await;
-    let (status, body) = d3.send("key=value", Method::PUT, "/progress/kv-1", Auth::Bearer(&secrets.write_token), &[], Some("{}")).await;
+    let (status, body) =
+        d3.send("key=value", Method::PUT, "/progress/kv-1", Auth::Bearer(&secrets.write_token), &[], Some("{}")).await;
     assert_eq!(status, 201, "the key=value connection works: {body}; /readyz said {ready}");
     let transcript3 = std::mem::take(&mut d3.transcript);
     let (_, logs3) = service3.terminate();
@@ -873,7 +995,11 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
         assert!(t.readyz_statuses.contains_key(status), "/readyz was {status} at some point: {:?}", t.readyz_statuses);
     }
     assert!(t.readyz_errors.iter().any(|e| e.starts_with("redis: ") && e.contains("refused")), "{:?}", t.readyz_errors);
-    assert!(t.readyz_errors.iter().any(|e| e.starts_with("postgres: ") && e.contains("refused")), "{:?}", t.readyz_errors);
+    assert!(
+        t.readyz_errors.iter().any(|e| e.starts_with("postgres: ") && e.contains("refused")),
+        "{:?}",
+        t.readyz_errors
+    );
     assert!(pg_auth_error.contains("password authentication failed"), "{pg_auth_error}");
     assert!(redis_auth_error.to_lowercase().contains("auth"), "{redis_auth_error}");
     assert!(t.text.contains("\"status\":\"running\""), "records were served in the healthy phases");
@@ -889,7 +1015,10 @@ async fn scenario(tag: &str, log_env: &[(&'static str, &'static str)]) {
         assert!(logs.contains(":****@"), "the {what} log shows the redacted URLs: {logs}");
     }
     assert!(logs.contains("circuit breaker open"), "{logs}");
-    assert!(logs2.contains("password authentication failed"), "the second log shows the wrong PostgreSQL password refused: {logs2}");
+    assert!(
+        logs2.contains("password authentication failed"),
+        "the second log shows the wrong PostgreSQL password refused: {logs2}"
+    );
     if log_env.contains(&("PROGRESS_LOG_LEVEL", "debug")) {
         assert!(logs.contains("request refused"), "debug logs show refusals: {logs}");
     }

@@ -27,8 +27,8 @@ use serde_json::json;
 
 use postgres::OwnPostgres;
 use redis_server::OwnRedis;
-use spawned::{assert_problem, key_prefix, Running};
-use tls::{tls_postgres, Pki};
+use spawned::{Running, assert_problem, key_prefix};
+use tls::{Pki, tls_postgres};
 
 /// Time allowed for an instance to connect, migrate and acknowledge a write.
 const READY: Duration = Duration::from_secs(15);
@@ -111,7 +111,8 @@ async fn verify_full_refuses_a_certificate_for_another_host() {
     let pg = tls_postgres(&pki.other);
     let db = pg.connect_local("postgres").await;
     let ca = pki.ca_path();
-    let verifying = Running::start(&[("DATABASE_URL", &url(&pg, "127.0.0.1", &format!("?sslmode=verify-full&sslrootcert={ca}")))]);
+    let verifying =
+        Running::start(&[("DATABASE_URL", &url(&pg, "127.0.0.1", &format!("?sslmode=verify-full&sslrootcert={ca}")))]);
     let error = assert_refused(
         &verifying,
         |e| e.contains("certificate") || e.contains("host name") || e.contains("hostname"),
@@ -145,7 +146,10 @@ async fn sslmode_require_against_a_server_without_tls_fails_clearly() {
     let app = Running::start(&[("DATABASE_URL", &url(&pg, "127.0.0.1", "?sslmode=require"))]);
     let error = assert_refused(
         &app,
-        |e| (e.contains("tls") || e.contains("ssl")) && (e.contains("support") || e.contains("refus") || e.contains("not")),
+        |e| {
+            (e.contains("tls") || e.contains("ssl"))
+                && (e.contains("support") || e.contains("refus") || e.contains("not"))
+        },
         "sslmode=require, ssl off",
     )
     .await;
@@ -196,7 +200,11 @@ async fn durable_writes_and_the_write_behind_flush_over_verify_full() {
         if row_version(&db, &id).await == Some(2) {
             break;
         }
-        assert!(acknowledged.elapsed() < Duration::from_secs(3), "the update did not reach PostgreSQL within 3 s:\n{}", app.logs());
+        assert!(
+            acknowledged.elapsed() < Duration::from_secs(3),
+            "the update did not reach PostgreSQL within 3 s:\n{}",
+            app.logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("update reached PostgreSQL over TLS after {:?}", acknowledged.elapsed());

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use spawned::{assert_problem, key_prefix, Running};
+use spawned::{Running, assert_problem, key_prefix};
 use sse::EventStream;
 use tls::{Pki, TlsRedis};
 
@@ -51,7 +51,8 @@ async fn rediss_with_the_ca_file_reads_and_writes() {
     let ca = pki.ca_path();
     for host in ["127.0.0.1", "localhost"] {
         let url = format!("rediss://{host}:{}", redis.tls_port);
-        let app = Running::start(&[("REDIS_URL", &url), ("PROGRESS_REDIS_CA_FILE", &ca), ("PROGRESS_KEY_PREFIX", &prefix)]);
+        let app =
+            Running::start(&[("REDIS_URL", &url), ("PROGRESS_REDIS_CA_FILE", &ca), ("PROGRESS_KEY_PREFIX", &prefix)]);
         let (id, _) = app.create_until_ok(&format!("tls-{host}"), READY).await;
         assert_eq!(app.patch_ok(&id, &json!({"current": 2})).await["version"], 2);
         let got = app.get_ok(&id).await;
@@ -94,7 +95,11 @@ async fn rediss_refuses_a_certificate_for_another_name() {
     let redis = TlsRedis::start(&pki, &pki.other);
     let prefix = key_prefix();
     let ca = pki.ca_path();
-    let app = Running::start(&[("REDIS_URL", &redis.url()), ("PROGRESS_REDIS_CA_FILE", &ca), ("PROGRESS_KEY_PREFIX", &prefix)]);
+    let app = Running::start(&[
+        ("REDIS_URL", &redis.url()),
+        ("PROGRESS_REDIS_CA_FILE", &ca),
+        ("PROGRESS_KEY_PREFIX", &prefix),
+    ]);
     let doc = app.until_last_error("redis", NOTICED, |e| e.contains("certificate") || e.contains("name")).await;
     assert_eq!(doc["dependencies"]["redis"]["state"], "down", "{doc:#}");
     assert_problem(app.put("refused", &json!({"status": "running"})).await, 503, "storage_unavailable").await;
@@ -176,7 +181,12 @@ async fn change_notices_cross_instances_over_tls() {
             assert_eq!(got["current"], 9);
             break;
         }
-        assert!(Instant::now() < deadline, "B still serves version {} after A wrote {}", got["version"], written["version"]);
+        assert!(
+            Instant::now() < deadline,
+            "B still serves version {} after A wrote {}",
+            got["version"],
+            written["version"]
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_problem, spawn_app, spawn_app_with, unique_prefix, Backend};
+use common::{Backend, assert_problem, spawn_app, spawn_app_with, unique_prefix};
 use reqwest::StatusCode;
 use serde_json::json;
 

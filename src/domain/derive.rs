@@ -114,10 +114,7 @@ pub fn next_record(
     let progress = resolve_progress(&fields, touched, prev_status);
     let percent = progress.as_f64().unwrap_or(0.0);
 
-    let started_at = prev_record
-        .as_ref()
-        .and_then(|r| r.started_at)
-        .or((status == Status::Running).then_some(now));
+    let started_at = prev_record.as_ref().and_then(|r| r.started_at).or((status == Status::Running).then_some(now));
     let completed_at = match (status.is_terminal(), &prev_record) {
         (false, _) => None,
         (true, Some(r)) if r.status.is_terminal() => r.completed_at.or(Some(now)),
@@ -312,10 +309,14 @@ mod tests {
 
     #[test]
     fn derives_progress_from_weighted_children() {
-        let r = put(None, json!({"children": {
-            "a": {"progress": 100, "weight": 3},
-            "b": {"current": 0, "total": 10},
-        }}), 0);
+        let r = put(
+            None,
+            json!({"children": {
+                "a": {"progress": 100, "weight": 3},
+                "b": {"current": 0, "total": 10},
+            }}),
+            0,
+        );
         assert_eq!(r.0.progress, Number::from(75));
         let r = put(None, json!({"children": {"a": {"status": "completed"}, "b": {}}}), 0);
         assert_eq!(r.0.progress, Number::from(50));

@@ -90,7 +90,9 @@ fn write_child(out: &mut Vec<u8>, c: &Child) {
         key(out, b"\"status\":");
         write_status(out, status);
     }
-    for (name, number) in [(&b"\"progress\":"[..], &c.progress), (b"\"current\":", &c.current), (b"\"total\":", &c.total)] {
+    for (name, number) in
+        [(&b"\"progress\":"[..], &c.progress), (b"\"current\":", &c.current), (b"\"total\":", &c.total)]
+    {
         if let Some(number) = number {
             key(out, name);
             write_number(out, number);

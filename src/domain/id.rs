@@ -26,9 +26,7 @@ impl ProgressId {
             )));
         }
         if let Some(bad) = raw.chars().find(|c| !is_id_char(*c)) {
-            return Err(InvalidId(format!(
-                "the id contains {bad:?}; ids use only A-Z a-z 0-9 . _ : -"
-            )));
+            return Err(InvalidId(format!("the id contains {bad:?}; ids use only A-Z a-z 0-9 . _ : -")));
         }
         Ok(Self(raw.to_owned()))
     }

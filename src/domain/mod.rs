@@ -10,14 +10,14 @@ mod stored;
 mod time;
 
 pub use derive::{
-    apply_write, children_percent, derived_progress, next_record, ttl_ms, RecordMeta, Touched, WritePolicy, MAX_STAGES,
+    MAX_STAGES, RecordMeta, Touched, WritePolicy, apply_write, children_percent, derived_progress, next_record, ttl_ms,
 };
-pub use id::{InvalidId, ProgressId, MAX_ID_LEN};
+pub use id::{InvalidId, MAX_ID_LEN, ProgressId};
 pub use merge::{depth, merge_patch};
 pub use record::{
-    check_top_level_keys, kind, Child, Children, ClientFields, DurableColumns, ProgressRecord, ServerState, StageSpan, Status, ValidationError,
-    CLIENT_FIELDS,
-    MAX_CHILDREN, MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, MAX_STAGE_CHARS, SERVER_FIELDS,
+    CLIENT_FIELDS, Child, Children, ClientFields, DurableColumns, MAX_CHILDREN, MAX_ERROR_CHARS, MAX_MESSAGE_CHARS,
+    MAX_STAGE_CHARS, ProgressRecord, SERVER_FIELDS, ServerState, StageSpan, Status, ValidationError,
+    check_top_level_keys, kind,
 };
 pub use stored::{CorruptRecord, StoredRecord};
 pub use time::Timestamp;

@@ -27,13 +27,30 @@ pub const MAX_CHILDREN: usize = 1000;
 
 /// The fields a client may write at the top level of a record.
 pub const CLIENT_FIELDS: &[&str] = &[
-    "status", "progress", "current", "total", "stage", "message", "children", "result", "error",
-    "metadata", "ttl_seconds",
+    "status",
+    "progress",
+    "current",
+    "total",
+    "stage",
+    "message",
+    "children",
+    "result",
+    "error",
+    "metadata",
+    "ttl_seconds",
 ];
 /// The fields the server owns; a client that sends one is told so.
 pub const SERVER_FIELDS: &[&str] = &[
-    "id", "version", "created_at", "updated_at", "started_at", "completed_at", "expires_at",
-    "stages", "eta", "stalled",
+    "id",
+    "version",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "expires_at",
+    "stages",
+    "eta",
+    "stalled",
 ];
 const CHILD_FIELDS: &[&str] = &["title", "status", "progress", "current", "total", "message", "weight"];
 // `Fields` holds the values of either kind of object in one array.
@@ -58,13 +75,8 @@ pub enum Status {
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 5] = [
-        Status::Pending,
-        Status::Running,
-        Status::Completed,
-        Status::Failed,
-        Status::Cancelled,
-    ];
+    pub const ALL: [Status; 5] =
+        [Status::Pending, Status::Running, Status::Completed, Status::Failed, Status::Cancelled];
 
     /// Completed, failed and cancelled records do not move backwards.
     pub fn is_terminal(self) -> bool {
@@ -221,12 +233,7 @@ impl ProgressRecord {
         put("total", self.total.clone().map_or(Value::Null, Value::Number));
         put("stage", self.stage.clone().map_or(Value::Null, Value::String));
         put("message", self.message.clone().map_or(Value::Null, Value::String));
-        put(
-            "children",
-            self.children
-                .as_ref()
-                .map_or(Value::Null, |c| serde_json::to_value(c).unwrap_or(Value::Null)),
-        );
+        put("children", self.children.as_ref().map_or(Value::Null, |c| serde_json::to_value(c).unwrap_or(Value::Null)));
         put("result", self.result.clone().unwrap_or(Value::Null));
         put("error", self.error.clone().unwrap_or(Value::Null));
         put("metadata", self.metadata.clone().map_or(Value::Null, Value::Object));
@@ -269,7 +276,12 @@ pub struct DurableColumns {
 impl ProgressRecord {
     /// The columns PostgreSQL keeps.
     pub fn durable_columns(&self) -> DurableColumns {
-        DurableColumns { status: self.status, created_at: self.created_at, updated_at: self.updated_at, expires_at: self.expires_at }
+        DurableColumns {
+            status: self.status,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+        }
     }
 
     /// What the next write builds on, copied out.
@@ -426,11 +438,7 @@ impl std::error::Error for ValidationError {}
 
 impl std::fmt::Display for ValidationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
+        if self.field.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.field, self.message) }
     }
 }
 
@@ -817,9 +825,9 @@ impl<'a> Fields<'a> {
         };
         // A whole number in any JSON spelling (`60`, `60.0`, `6e1`), as JSON
         // Schema's `integer` (openapi.yaml) counts it; never a fraction.
-        let whole = n.as_u64().or_else(|| {
-            n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= max as f64).map(|f| f as u64)
-        });
+        let whole = n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= max as f64).map(|f| f as u64));
         match whole {
             Some(s) if (1..=max).contains(&s) => Ok(Some(s)),
             _ => Err(ValidationError::new(self.path(key), format!("{}, not {n}", want()))),
@@ -838,7 +846,9 @@ impl<'a> Fields<'a> {
         let mut out = Children::with_capacity_and_hasher(map.len(), Default::default());
         for (child_id, child) in map {
             let path = || format!("{}.{child_id}", self.path(key));
-            if child_id.is_empty() || (child_id.len() > MAX_CHILD_ID_CHARS && child_id.chars().count() > MAX_CHILD_ID_CHARS) {
+            if child_id.is_empty()
+                || (child_id.len() > MAX_CHILD_ID_CHARS && child_id.chars().count() > MAX_CHILD_ID_CHARS)
+            {
                 return Err(ValidationError::new(
                     path(),
                     format!("child ids must be 1 to {MAX_CHILD_ID_CHARS} characters"),
@@ -847,9 +857,9 @@ impl<'a> Fields<'a> {
             if child.is_null() {
                 continue; // a merge patch removed it
             }
-            let obj = child.as_object().ok_or_else(|| {
-                ValidationError::new(path(), format!("must be an object, not {}", kind(child)))
-            })?;
+            let obj = child
+                .as_object()
+                .ok_or_else(|| ValidationError::new(path(), format!("must be an object, not {}", kind(child))))?;
             if let Some(unknown) = obj.keys().find(|k| !CHILD_FIELDS.contains(&k.as_str())) {
                 return Err(ValidationError::new(
                     format!("{}.{unknown}", path()),
@@ -879,10 +889,7 @@ fn check_length(path: impl FnOnce() -> String, text: &str, max_chars: usize) -> 
     if text.len() > max_chars {
         let chars = text.chars().count();
         if chars > max_chars {
-            return Err(ValidationError::new(
-                path(),
-                format!("is {chars} characters long; the limit is {max_chars}"),
-            ));
+            return Err(ValidationError::new(path(), format!("is {chars} characters long; the limit is {max_chars}")));
         }
     }
     Ok(())
@@ -926,11 +933,21 @@ mod tests {
 
     #[test]
     fn ttl_seconds_is_a_whole_number_in_any_spelling() {
-        for text in [r#"{"ttl_seconds": 60}"#, r#"{"ttl_seconds": 60.0}"#, r#"{"ttl_seconds": 6e1}"#, r#"{"ttl_seconds": 6.0E+1}"#] {
+        for text in [
+            r#"{"ttl_seconds": 60}"#,
+            r#"{"ttl_seconds": 60.0}"#,
+            r#"{"ttl_seconds": 6e1}"#,
+            r#"{"ttl_seconds": 6.0E+1}"#,
+        ] {
             let body: Value = serde_json::from_str(text).unwrap();
             assert_eq!(parse(body).unwrap().ttl_seconds, Some(60), "{text}");
         }
-        for text in [r#"{"ttl_seconds": 60.5}"#, r#"{"ttl_seconds": 0.0}"#, r#"{"ttl_seconds": 1e300}"#, r#"{"ttl_seconds": -6e1}"#] {
+        for text in [
+            r#"{"ttl_seconds": 60.5}"#,
+            r#"{"ttl_seconds": 0.0}"#,
+            r#"{"ttl_seconds": 1e300}"#,
+            r#"{"ttl_seconds": -6e1}"#,
+        ] {
             let body: Value = serde_json::from_str(text).unwrap();
             assert_eq!(parse(body).unwrap_err().field, "ttl_seconds", "{text}");
         }
@@ -982,7 +999,11 @@ mod tests {
 
     /// What a PATCH did before `merge`: the record's client fields as JSON,
     /// the patch merged in, the result read back.
-    fn merged_through_json(prev: &ProgressRecord, patch: &Value, max_ttl: u64) -> Result<ClientFields, ValidationError> {
+    fn merged_through_json(
+        prev: &ProgressRecord,
+        patch: &Value,
+        max_ttl: u64,
+    ) -> Result<ClientFields, ValidationError> {
         let mut doc = prev.client_json();
         if let Some(ttl) = doc.get_mut("ttl_seconds") {
             *ttl = Value::from(ttl.as_u64().unwrap_or(0).min(max_ttl));
@@ -1095,8 +1116,18 @@ mod tests {
         maybe(rng, &mut patch, "ttl_seconds", vec![Value::Null, json!(30), json!(4000)]);
         let values = vec![some_value(rng, 2), some_value(rng, 2), json!({"a": null, "c": {"d": null}})];
         maybe(rng, &mut patch, "result", values.clone());
-        maybe(rng, &mut patch, "error", vec![Value::Null, json!("e"), json!({"code": null, "more": 1}), json!({}), json!(5)]);
-        maybe(rng, &mut patch, "metadata", vec![Value::Null, json!({"a": null, "z": {"y": null}}), json!({}), json!({"b": {"c": null}}), json!([1])]);
+        maybe(
+            rng,
+            &mut patch,
+            "error",
+            vec![Value::Null, json!("e"), json!({"code": null, "more": 1}), json!({}), json!(5)],
+        );
+        maybe(
+            rng,
+            &mut patch,
+            "metadata",
+            vec![Value::Null, json!({"a": null, "z": {"y": null}}), json!({}), json!({"b": {"c": null}}), json!([1])],
+        );
         if rng.u8(..2) == 0 {
             let children = match rng.u8(..6) {
                 0 => Value::Null,
@@ -1185,7 +1216,8 @@ mod tests {
 
     #[test]
     fn the_hand_written_encoder_escapes_as_serde_does() {
-        let tricky = ["", "plain", "q\"uote", "back\\slash", "nl\n tab\t \u{1} \u{1f} \u{7f}", "é 🚀 \u{2028}", "</script>"];
+        let tricky =
+            ["", "plain", "q\"uote", "back\\slash", "nl\n tab\t \u{1} \u{1f} \u{7f}", "é 🚀 \u{2028}", "</script>"];
         for text in tricky {
             let body = json!({"stage": text, "message": text, "metadata": {text: text}, "result": [text],
                               "error": text, "children": {format!("c{text}"): {"title": text, "message": text}}});
@@ -1193,7 +1225,8 @@ mod tests {
             let id = crate::domain::ProgressId::parse("r").unwrap();
             let policy = crate::domain::WritePolicy { default_ttl_seconds: 300, heartbeat_ms: 1000 };
             let touched = crate::domain::Touched::replace(&fields);
-            let record = crate::domain::apply_write(&id, None, fields, touched, super::super::time::Timestamp(7), &policy).0;
+            let record =
+                crate::domain::apply_write(&id, None, fields, touched, super::super::time::Timestamp(7), &policy).0;
             let mut ours = Vec::new();
             super::super::encode::write_record(&mut ours, &record);
             assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&record).unwrap(), "{text:?}");

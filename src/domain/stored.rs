@@ -129,8 +129,7 @@ impl StoredRecord {
     /// [`StoredRecord::decode`] of bytes whose header ends at `newline`
     /// (from [`StoredRecord::header_end`]).
     pub fn decode_split(raw: Bytes, newline: usize) -> Result<Self, CorruptRecord> {
-        let meta: RecordMeta =
-            serde_json::from_slice(&raw[..newline]).map_err(|e| CorruptRecord(e.to_string()))?;
+        let meta: RecordMeta = serde_json::from_slice(&raw[..newline]).map_err(|e| CorruptRecord(e.to_string()))?;
         if raw.len() < newline + 3 || raw.last() != Some(&b'}') {
             return Err(CorruptRecord("the body is not a JSON object".into()));
         }
@@ -255,8 +254,8 @@ impl StoredRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{apply_write, next_record, ClientFields, ProgressId, Status, Timestamp, Touched, WritePolicy};
-    use serde_json::{json, Value};
+    use crate::domain::{ClientFields, ProgressId, Status, Timestamp, Touched, WritePolicy, apply_write, next_record};
+    use serde_json::{Value, json};
 
     fn sample() -> StoredRecord {
         let f = ClientFields::from_json(
@@ -265,7 +264,8 @@ mod tests {
         )
         .unwrap();
         let policy = WritePolicy { default_ttl_seconds: 10, heartbeat_ms: 1_000 };
-        let (r, m) = apply_write(&ProgressId::parse("a").unwrap(), None, f, Touched::default(), Timestamp(5_000), &policy);
+        let (r, m) =
+            apply_write(&ProgressId::parse("a").unwrap(), None, f, Touched::default(), Timestamp(5_000), &policy);
         StoredRecord::encode(&m, &r)
     }
 
@@ -343,10 +343,12 @@ mod tests {
     #[test]
     fn durable_columns_are_skimmed_from_the_bytes() {
         let first = sample();
-        let f = ClientFields::from_json(&json!({"status": "completed", "children": {"a": {"progress": 1}}}), 100).unwrap();
+        let f =
+            ClientFields::from_json(&json!({"status": "completed", "children": {"a": {"progress": 1}}}), 100).unwrap();
         let policy = WritePolicy { default_ttl_seconds: 10, heartbeat_ms: 1_000 };
         let prev = (first.server_state().unwrap(), *first.meta());
-        let (r, m) = next_record(&ProgressId::parse("a").unwrap(), Some(prev), f, Touched::default(), Timestamp(7_500), &policy);
+        let (r, m) =
+            next_record(&ProgressId::parse("a").unwrap(), Some(prev), f, Touched::default(), Timestamp(7_500), &policy);
         let later = StoredRecord::decode(StoredRecord::encode(&m, &r).raw().clone()).unwrap();
         assert!(!later.is_decoded());
         let columns = later.durable_columns().unwrap();

@@ -48,9 +48,7 @@ impl<'de> Deserialize<'de> for Timestamp {
         if let Some(ms) = parse_millis(text.as_bytes()) {
             return Ok(Self(ms));
         }
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| Self(t.timestamp_millis()))
-            .map_err(serde::de::Error::custom)
+        DateTime::parse_from_rfc3339(&text).map(|t| Self(t.timestamp_millis())).map_err(serde::de::Error::custom)
     }
 }
 
@@ -109,7 +107,13 @@ fn parse_millis(text: &[u8]) -> Option<i64> {
     let (year, month, day) = (number(0, 4)?, number(5, 2)?, number(8, 2)?);
     let (hour, minute, second, milli) = (number(11, 2)?, number(14, 2)?, number(17, 2)?, number(20, 3)?);
     // Leap seconds and impossible dates are left to chrono (to refuse or read).
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
         return None;
     }
     let days = days_from_civil(year, month, day);
@@ -163,7 +167,19 @@ mod tests {
 
     #[test]
     fn the_fast_paths_agree_with_chrono() {
-        let mut samples = vec![0, -1, 1, 951_782_400_000, 4_107_542_399_999, 253_402_300_799_999, 253_402_300_800_000, -62_167_219_200_000, -62_167_219_200_001, i64::MAX, i64::MIN];
+        let mut samples = vec![
+            0,
+            -1,
+            1,
+            951_782_400_000,
+            4_107_542_399_999,
+            253_402_300_799_999,
+            253_402_300_800_000,
+            -62_167_219_200_000,
+            -62_167_219_200_001,
+            i64::MAX,
+            i64::MIN,
+        ];
         let mut rng = fastrand::Rng::with_seed(7);
         samples.extend((0..20_000).map(|_| rng.i64(-70_000_000_000_000..260_000_000_000_000)));
         for ms in samples {
@@ -172,12 +188,29 @@ mod tests {
             let ours = serde_json::to_string(&t).unwrap();
             assert_eq!(ours, format!("\"{chrono_text}\""), "{ms}");
             if let Ok(back) = DateTime::parse_from_rfc3339(&chrono_text) {
-                assert_eq!(parse_millis(chrono_text.as_bytes()).unwrap_or(back.timestamp_millis()), back.timestamp_millis(), "{chrono_text}");
-                assert_eq!(serde_json::from_str::<Timestamp>(&ours).unwrap().0, back.timestamp_millis(), "{chrono_text}");
+                assert_eq!(
+                    parse_millis(chrono_text.as_bytes()).unwrap_or(back.timestamp_millis()),
+                    back.timestamp_millis(),
+                    "{chrono_text}"
+                );
+                assert_eq!(
+                    serde_json::from_str::<Timestamp>(&ours).unwrap().0,
+                    back.timestamp_millis(),
+                    "{chrono_text}"
+                );
             }
         }
-        for text in ["2026-02-29T00:00:00.000Z", "2024-02-30T00:00:00.000Z", "2026-13-01T00:00:00.000Z", "2026-01-01T24:00:00.000Z",
-                     "2026-01-01T00:00:60.000Z", "2026-01-01T00:00:00.000+01:00", "2026-01-01 00:00:00.000Z", "2026-01-01T00:00:00Z", "+2026-01-01T00:00:00.00Z"] {
+        for text in [
+            "2026-02-29T00:00:00.000Z",
+            "2024-02-30T00:00:00.000Z",
+            "2026-13-01T00:00:00.000Z",
+            "2026-01-01T24:00:00.000Z",
+            "2026-01-01T00:00:60.000Z",
+            "2026-01-01T00:00:00.000+01:00",
+            "2026-01-01 00:00:00.000Z",
+            "2026-01-01T00:00:00Z",
+            "+2026-01-01T00:00:00.00Z",
+        ] {
             let chrono = DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).ok();
             let ours = serde_json::from_str::<Timestamp>(&format!("\"{text}\"")).ok().map(|t| t.0);
             assert_eq!(ours, chrono, "{text}");

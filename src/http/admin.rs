@@ -9,14 +9,14 @@ use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
-use super::health::{millis, Readiness};
-use super::extract::{distinct_params, id_prefix};
 use super::AppState;
+use super::extract::{distinct_params, id_prefix};
+use super::health::{Readiness, millis};
 use crate::domain::{Status, Timestamp};
 use crate::error::Error;
 use crate::store::{RecordFilter, StoreError};
@@ -143,7 +143,9 @@ fn parse_older_than(text: &str, now: Timestamp) -> Result<Timestamp, String> {
         return Ok(Timestamp(t.timestamp_millis()));
     }
     let invalid = || {
-        format!("older_than must be an RFC 3339 time such as 2025-01-31T00:00:00Z or a duration such as 3600s, 90m, 24h or 7d; got {text:?}")
+        format!(
+            "older_than must be an RFC 3339 time such as 2025-01-31T00:00:00Z or a duration such as 3600s, 90m, 24h or 7d; got {text:?}"
+        )
     };
     let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
@@ -59,11 +59,7 @@ impl AccessTokens {
             Access::Admin => matches_any(presented.token(), admin),
             Access::List => matches_any(presented.token(), self.read.iter().chain(admin)),
         };
-        if allowed {
-            Ok(())
-        } else {
-            Err(Error::Unauthorized { presented: !matches!(presented, Presented::Nothing) })
-        }
+        if allowed { Ok(()) } else { Err(Error::Unauthorized { presented: !matches!(presented, Presented::Nothing) }) }
     }
 }
 
@@ -141,7 +137,11 @@ async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Resp
 }
 
 /// `handler` behind the token check of `access` (public routes unchanged).
-pub(crate) fn guard(access: Access, tokens: &Arc<AccessTokens>, handler: MethodRouter<AppState>) -> MethodRouter<AppState> {
+pub(crate) fn guard(
+    access: Access,
+    tokens: &Arc<AccessTokens>,
+    handler: MethodRouter<AppState>,
+) -> MethodRouter<AppState> {
     if access == Access::Public {
         return handler;
     }

@@ -29,8 +29,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 
-use super::extract::PathId;
 use super::AppState;
+use super::extract::PathId;
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::error::Error;
 use crate::live::{Snapshot, Watch};
@@ -43,11 +43,7 @@ pub async fn events(State(state): State<AppState>, PathId(id): PathId, headers: 
     let last_seen = last_event_id(&headers)?;
     // Subscribed before the read, so a change just after it is not missed.
     let watch = state.service.live().watch(&id);
-    let record = state
-        .service
-        .get(&id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no progress record {id}")))?;
+    let record = state.service.get(&id).await?.ok_or_else(|| Error::NotFound(format!("no progress record {id}")))?;
     let seen_current = last_seen == Some(record.version());
     if seen_current && record.meta().d {
         // Finished, and the client has the last event: nothing will follow.
@@ -55,9 +51,8 @@ pub async fn events(State(state): State<AppState>, PathId(id): PathId, headers: 
     }
     let first = (!seen_current).then(|| record.clone());
     let stream = updates(id, watch, record.recency(), first);
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat"))
-        .into_response();
+    let mut response =
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat")).into_response();
     // nginx and some platform proxies buffer responses unless told not to.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -68,7 +63,8 @@ pub async fn events(State(state): State<AppState>, PathId(id): PathId, headers: 
 /// bytes that are not ASCII) is a 400, as `openapi.yaml` says.
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let Some(value) = headers.get("last-event-id") else { return Ok(None) };
-    let bad = |text: &str| Error::InvalidHeader(format!("Last-Event-ID must be a version this service sent, not {text:?}"));
+    let bad =
+        |text: &str| Error::InvalidHeader(format!("Last-Event-ID must be a version this service sent, not {text:?}"));
     let text = value.to_str().map_err(|_| bad(&String::from_utf8_lossy(value.as_bytes())))?;
     if text.is_empty() {
         return Ok(None);

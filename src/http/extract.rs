@@ -2,13 +2,13 @@
 //! input gets a problem document instead of a bare framework message.
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{HeaderMap, HeaderName, header, request::Parts};
 use bytes::Bytes;
-use axum::http::{header, request::Parts, HeaderMap, HeaderName};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
 use super::AppState;
-use crate::domain::{depth, ProgressId};
+use crate::domain::{ProgressId, depth};
 use crate::error::Error;
 use crate::service::IfMatch;
 
@@ -54,11 +54,8 @@ impl FromRequest<AppState> for JsonText {
 async fn read_json_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
     check_content_type(req.headers())?;
     let limit = state.limits.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Error::PayloadTooLarge { limit });
     }
@@ -261,9 +258,27 @@ mod tests {
     #[test]
     fn entity_tag_lists_follow_rfc_9110() {
         assert_eq!(entity_tag_list(r#""7""#), Some(vec![(false, "7")]));
-        assert_eq!(entity_tag_list(r#" , "7" ,, W/"8",9 , "a,b""#), Some(vec![(false, "7"), (true, "8"), (false, "9"), (false, "a,b")]));
+        assert_eq!(
+            entity_tag_list(r#" , "7" ,, W/"8",9 , "a,b""#),
+            Some(vec![(false, "7"), (true, "8"), (false, "9"), (false, "a,b")])
+        );
         assert_eq!(entity_tag_list("\t\"\"\t"), Some(vec![(false, "")]));
-        for bad in ["", " ", ",", " , ,", "abc", "\"1", "W/abc", "W/7", "W/ \"7\"", "\"a b\"", "\"1\"\"2\"", "7\"8\"", "\"1\", *", "1 2"] {
+        for bad in [
+            "",
+            " ",
+            ",",
+            " , ,",
+            "abc",
+            "\"1",
+            "W/abc",
+            "W/7",
+            "W/ \"7\"",
+            "\"a b\"",
+            "\"1\"\"2\"",
+            "7\"8\"",
+            "\"1\", *",
+            "1 2",
+        ] {
             assert_eq!(entity_tag_list(bad), None, "{bad:?}");
         }
     }

@@ -6,9 +6,9 @@
 //! blackholed dependency costs the probe that long and no more.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::AppState;
 use crate::domain::Timestamp;
@@ -90,11 +90,8 @@ impl Readiness {
 
     /// `{"redis": "closed", …}` for the tiers that have a breaker.
     pub fn breakers(&self) -> Value {
-        let breakers: Map<String, Value> = self
-            .tiers
-            .iter()
-            .filter_map(|t| Some((t.tier.to_owned(), json!(t.breaker?.as_str()))))
-            .collect();
+        let breakers: Map<String, Value> =
+            self.tiers.iter().filter_map(|t| Some((t.tier.to_owned(), json!(t.breaker?.as_str())))).collect();
         Value::Object(breakers)
     }
 

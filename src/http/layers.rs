@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Span;
 
@@ -93,9 +93,7 @@ pub(crate) fn request_span(request: &Request) -> Span {
 /// (each event must reach the browser when it is written, not when a
 /// compression block fills).
 pub(crate) fn compression() -> CompressionLayer<impl Predicate> {
-    CompressionLayer::new()
-        .gzip(true)
-        .compress_when(SizeAbove::new(COMPRESS_ABOVE_BYTES).and(NotForContentType::SSE))
+    CompressionLayer::new().gzip(true).compress_when(SizeAbove::new(COMPRESS_ABOVE_BYTES).and(NotForContentType::SSE))
 }
 
 /// Answers 503 `request_timeout` (with `Retry-After`) when the response has
@@ -127,18 +125,21 @@ fn long_poll_seconds(query: Option<&str>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
     use axum::body::Body;
     use axum::routing::get;
-    use axum::Router;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     fn slow_router(limit: Duration) -> Router {
         Router::new()
-            .route("/slow", get(|| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                "done"
-            }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    "done"
+                }),
+            )
             .route("/fast", get(|| async { "done" }))
             .layer(axum::middleware::from_fn_with_state(limit, timeout))
     }
@@ -164,7 +165,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fast_handler_is_untouched() {
-        assert_eq!(call(slow_router(Duration::from_secs(2)), "/fast").await, (200, Some("text/plain; charset=utf-8".into()), "done".into()));
+        assert_eq!(
+            call(slow_router(Duration::from_secs(2)), "/fast").await,
+            (200, Some("text/plain; charset=utf-8".into()), "done".into())
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,18 +1,17 @@
 //! `GET /progress?status=&prefix=&limit=&cursor=` (`Access::List`): newest
 //! first listing for dashboards, a page at a time (see `store::listing`).
 
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
 
-use super::extract::{distinct_params, id_prefix};
 use super::AppState;
+use super::extract::{distinct_params, id_prefix};
 use crate::domain::{Status, Timestamp};
 use crate::error::Error;
-use crate::store::{ListCursor, ListPage, ListQuery, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::store::{DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT};
 
 /// `GET /progress`: `{"items": [record, …], "next_cursor": "…" | null}`,
 /// each record exactly as `GET /progress/{id}` renders it.
@@ -68,15 +67,11 @@ fn parse_statuses(value: &str) -> Result<Vec<Status>, Error> {
 }
 
 fn parse_limit(value: &str) -> Result<usize, Error> {
-    value
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (1..=MAX_LIMIT).contains(n))
-        .ok_or_else(|| {
-            Error::InvalidQuery(format!(
-                "limit must be a whole number from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}); got {value:?}"
-            ))
-        })
+    value.parse::<usize>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+        Error::InvalidQuery(format!(
+            "limit must be a whole number from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}); got {value:?}"
+        ))
+    })
 }
 
 /// The page as JSON, built from the stored bytes of each record (no JSON

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::handler::Handler;
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{on, MethodFilter, MethodRouter};
-use axum::Router;
+use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -146,9 +146,9 @@ pub fn routes() -> Vec<Route> {
 /// set, and CORS outermost, so preflights are answered before anything
 /// else and every answer (401s, 404s, timeouts) carries the CORS headers.
 pub fn router(state: AppState) -> Router {
-    let router = routes().into_iter().fold(Router::new(), |router, r| {
-        router.route(r.path, auth::guard(r.access, &state.tokens, r.handler))
-    });
+    let router = routes()
+        .into_iter()
+        .fold(Router::new(), |router, r| router.route(r.path, auth::guard(r.access, &state.tokens, r.handler)));
     let layer_settings = state.layers.clone();
     // One `layer` call for the whole stack: axum boxes a route's service once
     // per call and tower clones every box for every request, so eight calls
@@ -167,11 +167,7 @@ pub fn router(state: AppState) -> Router {
         .layer(layers::compression())
         .layer(middleware::from_fn_with_state(layer_settings.request_timeout, layers::timeout))
         .layer(CatchPanicLayer::custom(|_| Error::Internal("a handler panicked".into()).into_response()));
-    router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(stack)
-        .with_state(state)
+    router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(stack).with_state(state)
 }
 
 /// `GET /healthz`: 200 while the process runs.

@@ -1,8 +1,8 @@
 //! `Error` → `application/problem+json` (RFC 9457).
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::error::Error;
 

@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use bytes::Bytes;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 
-use super::extract::{parse_json, Conditions, JsonBody, JsonText, PathId};
-use super::gzip::{gzip, AcceptsGzip, GZIP_FROM_BYTES};
-use super::layers::MAX_WAIT_SECONDS;
 use super::AppState;
+use super::extract::{Conditions, JsonBody, JsonText, PathId, parse_json};
+use super::gzip::{AcceptsGzip, GZIP_FROM_BYTES, gzip};
+use super::layers::MAX_WAIT_SECONDS;
 use crate::domain::{ClientFields, StoredRecord, Timestamp};
 use crate::error::Error;
 use crate::live::Snapshot;
@@ -31,11 +31,8 @@ pub async fn get(
     let wait = wait_seconds(query.as_deref())?.filter(|_| conditions.if_none_match.is_some());
     // Subscribed before the read, so a change just after it is not missed.
     let mut watch = wait.map(|_| state.service.live().watch(&id));
-    let mut record = state
-        .service
-        .get(&id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no progress record {id}")))?;
+    let mut record =
+        state.service.get(&id).await?.ok_or_else(|| Error::NotFound(format!("no progress record {id}")))?;
     let unchanged = |r: &StoredRecord| conditions.if_none_match.as_ref().is_some_and(|c| c.matches(Some(r.version())));
     if let (Some(seconds), Some(watch)) = (wait, watch.as_mut()) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
@@ -68,7 +65,9 @@ fn wait_seconds(query: Option<&str>) -> Result<Option<u64>, Error> {
             return Err(Error::InvalidQuery("wait is given more than once".into()));
         }
         let seconds = value.parse::<u64>().ok().filter(|s| *s <= MAX_WAIT_SECONDS).ok_or_else(|| {
-            Error::InvalidQuery(format!("wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}, not {value:?}"))
+            Error::InvalidQuery(format!(
+                "wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}, not {value:?}"
+            ))
         })?;
         wait = Some(seconds);
     }
@@ -123,7 +122,11 @@ pub async fn patch(
 
 /// `DELETE /progress/{id}`: 204, or 404 when there is no record; 412 when
 /// `If-Match` names another version.
-pub async fn delete(State(state): State<AppState>, PathId(id): PathId, conditions: Conditions) -> Result<StatusCode, Error> {
+pub async fn delete(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    conditions: Conditions,
+) -> Result<StatusCode, Error> {
     if state.service.delete(&id, conditions.if_match.as_ref()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -136,7 +139,9 @@ pub async fn delete(State(state): State<AppState>, PathId(id): PathId, condition
 /// leaves it alone.
 pub(super) fn record_response(status: StatusCode, record: &StoredRecord, accepts_gzip: bool) -> Response {
     let now = Timestamp::now().millis();
-    let packed = accepts_gzip.then(|| record.packed(now, |body| (body.len() >= GZIP_FROM_BYTES).then(|| gzip(body)).flatten())).flatten();
+    let packed = accepts_gzip
+        .then(|| record.packed(now, |body| (body.len() >= GZIP_FROM_BYTES).then(|| gzip(body)).flatten()))
+        .flatten();
     let gzipped = packed.is_some();
     let (body, length) = match packed {
         Some(gzipped) => {

@@ -8,7 +8,7 @@
 //! - **HalfOpen**: requests use the store again; the first failure opens
 //!   it, the first success closes it.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::domain::Timestamp;

@@ -31,11 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use super::listing::{ListPage, ListQuery};
 use super::maintenance::{CleanupReport, RecordFilter, StatusCounts, TierHealth};
 use super::{ChangeSink, ProgressStore, StoreError};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
+use async_trait::async_trait;
 
 const SHARDS: usize = 16;
 
@@ -504,7 +504,7 @@ impl ChangeSink for CachedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{apply_write, ClientFields, Touched, WritePolicy};
+    use crate::domain::{ClientFields, Touched, WritePolicy, apply_write};
     use crate::store::MemoryStore;
 
     fn record(version: u64) -> StoredRecord {
@@ -734,7 +734,11 @@ mod tests {
             shard.insert(10_000, &format!("r{n}"), entry(decoded()));
         }
         assert_eq!(shard.len(), DECODED_PER_SHARD + 10);
-        assert_eq!((shard.decoded, count(&shard)), (DECODED_PER_SHARD, DECODED_PER_SHARD), "past the bound, bytes only");
+        assert_eq!(
+            (shard.decoded, count(&shard)),
+            (DECODED_PER_SHARD, DECODED_PER_SHARD),
+            "past the bound, bytes only"
+        );
         shard.insert(10_000, "r0", entry(decoded()));
         assert_eq!(shard.decoded, DECODED_PER_SHARD, "replacing a decoded entry with one keeps the count");
         shard.insert(10_000, "r0", entry(record(2)));

@@ -108,7 +108,9 @@ async fn listen(
         if notices.strong_count() == 0 {
             return;
         }
-        let connected = tokio::time::timeout(ping_every, Subscription::open(client.get_connection_info(), tls.as_ref(), &channel)).await;
+        let connected =
+            tokio::time::timeout(ping_every, Subscription::open(client.get_connection_info(), tls.as_ref(), &channel))
+                .await;
         let Ok(Ok(mut subscription)) = connected else {
             tracing::debug!("cannot subscribe to change notices yet; read cache off, live updates local only");
             tokio::time::sleep(backoff).await;
@@ -202,9 +204,12 @@ impl Subscription {
                 Stream::Tcp(tcp)
             }
             redis::ConnectionAddr::TcpTls { host, port, .. } => {
-                let tls = tls.ok_or_else(|| std::io::Error::other("a rediss:// subscription without a TLS configuration"))?;
-                let name = rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let tls =
+                    tls.ok_or_else(|| std::io::Error::other("a rediss:// subscription without a TLS configuration"))?;
+                let name = rustls::pki_types::ServerName::try_from(
+                    host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                )
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 tcp.set_nodelay(true)?;
                 Stream::Tls(Box::new(tls.connect(name, tcp).await?))
@@ -294,7 +299,9 @@ impl Subscription {
         let mut at = 0;
         while let Some((frame, used)) = parse_frame(&self.buf[at..])? {
             match frame {
-                Frame::Parts([kind, _channel, payload], 3) if kind.eq_ignore_ascii_case(b"message") => f(Reply::Message(payload)),
+                Frame::Parts([kind, _channel, payload], 3) if kind.eq_ignore_ascii_case(b"message") => {
+                    f(Reply::Message(payload))
+                }
                 Frame::Parts([kind, ..], 2) if kind.eq_ignore_ascii_case(b"pong") => f(Reply::Pong),
                 Frame::Error(e) => return Err(std::io::Error::other(String::from_utf8_lossy(e).into_owned())),
                 _ => return Err(protocol_error("an unexpected reply")),
@@ -393,7 +400,10 @@ mod tests {
         assert_eq!(parse_frame(b"+OK\r\n").unwrap(), Some((Frame::Status(b"OK"), 5)));
         assert_eq!(parse_frame(b"-ERR no\r\n").unwrap(), Some((Frame::Error(b"ERR no"), 9)));
         assert_eq!(parse_frame(b":-3\r\n").unwrap(), Some((Frame::Int(-3), 5)));
-        assert_eq!(parse_frame(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").unwrap(), Some((Frame::Parts([b"pong", b"", b""], 2), 20)));
+        assert_eq!(
+            parse_frame(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").unwrap(),
+            Some((Frame::Parts([b"pong", b"", b""], 2), 20))
+        );
     }
 
     #[test]

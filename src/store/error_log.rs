@@ -36,11 +36,7 @@ impl ErrorLog {
     /// The failure is over: the next one is logged whatever it says. True
     /// when there was one.
     pub fn clear(&self) -> bool {
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .is_some()
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).take().is_some()
     }
 }
 
@@ -53,28 +49,13 @@ mod tests {
         let log = ErrorLog::default();
         let t0 = Instant::now();
         assert!(log.should_log_at("refused", t0));
-        assert!(
-            !log.should_log_at("refused", t0 + Duration::from_millis(500)),
-            "the same error at the next retry"
-        );
+        assert!(!log.should_log_at("refused", t0 + Duration::from_millis(500)), "the same error at the next retry");
         assert!(!log.should_log_at("refused", t0 + Duration::from_secs(59)));
-        assert!(
-            log.should_log_at("bad certificate", t0 + Duration::from_secs(59)),
-            "a different error"
-        );
-        assert!(
-            log.should_log_at("refused", t0 + Duration::from_secs(60)),
-            "it changed back"
-        );
-        assert!(
-            log.should_log_at("refused", t0 + Duration::from_secs(120)),
-            "a minute later"
-        );
+        assert!(log.should_log_at("bad certificate", t0 + Duration::from_secs(59)), "a different error");
+        assert!(log.should_log_at("refused", t0 + Duration::from_secs(60)), "it changed back");
+        assert!(log.should_log_at("refused", t0 + Duration::from_secs(120)), "a minute later");
         assert!(log.clear());
         assert!(!log.clear());
-        assert!(
-            log.should_log_at("refused", t0 + Duration::from_secs(121)),
-            "after a recovery"
-        );
+        assert!(log.should_log_at("refused", t0 + Duration::from_secs(121)), "after a recovery");
     }
 }

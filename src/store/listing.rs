@@ -272,10 +272,19 @@ mod tests {
             assert_eq!(ListCursor::from_index_member(&c.index_member()), Some(c));
         }
         let bad = [
-            "", "!", "abc", "a", "MToxOmE=", // padding is not part of the alphabet
-            &base64url_encode(b"2:1:a"), &base64url_encode(b"1:x:a"), &base64url_encode(b"1:1:a/b"),
-            &base64url_encode(b"1::a"), &base64url_encode(b"1:-1:a"), &base64url_encode(b"1:1:"),
-            &base64url_encode(b"1:1234567890123456:a"), &base64url_encode(&[0xff, 0xfe]),
+            "",
+            "!",
+            "abc",
+            "a",
+            "MToxOmE=", // padding is not part of the alphabet
+            &base64url_encode(b"2:1:a"),
+            &base64url_encode(b"1:x:a"),
+            &base64url_encode(b"1:1:a/b"),
+            &base64url_encode(b"1::a"),
+            &base64url_encode(b"1:-1:a"),
+            &base64url_encode(b"1:1:"),
+            &base64url_encode(b"1:1234567890123456:a"),
+            &base64url_encode(&[0xff, 0xfe]),
         ];
         for text in bad {
             assert_eq!(ListCursor::decode(text), Err(MalformedCursor), "{text:?}");
@@ -291,7 +300,15 @@ mod tests {
 
     #[test]
     fn base64url_matches_the_rfc_vectors() {
-        for (plain, coded) in [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg"), ("fooba", "Zm9vYmE"), ("foobar", "Zm9vYmFy")] {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64url_encode(plain.as_bytes()), coded);
             if !coded.is_empty() {
                 assert_eq!(base64url_decode(coded).unwrap(), plain.as_bytes());
@@ -306,10 +323,8 @@ mod tests {
         let mut members: Vec<String> = keys.iter().map(|(c, id)| index_member(*c, id)).collect();
         keys.sort();
         members.sort();
-        let back: Vec<(i64, String)> = members
-            .iter()
-            .map(|m| ListCursor::from_index_member(m).map(|c| (c.created_ms, c.id)).unwrap())
-            .collect();
+        let back: Vec<(i64, String)> =
+            members.iter().map(|m| ListCursor::from_index_member(m).map(|c| (c.created_ms, c.id)).unwrap()).collect();
         assert_eq!(back, keys.iter().map(|(c, id)| (*c, id.to_string())).collect::<Vec<_>>());
     }
 

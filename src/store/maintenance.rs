@@ -53,7 +53,12 @@ pub struct TierHealth {
 
 impl TierHealth {
     /// The health of `tier` from a probe that took `latency`.
-    pub fn from_probe(tier: &'static str, probe: Result<(), StoreError>, latency: Duration, errors: &LastError) -> Self {
+    pub fn from_probe(
+        tier: &'static str,
+        probe: Result<(), StoreError>,
+        latency: Duration,
+        errors: &LastError,
+    ) -> Self {
         if let Err(e) = &probe {
             errors.record(e);
         }
@@ -201,10 +206,7 @@ pub struct CleanupReport {
 impl CleanupReport {
     /// Everything removed.
     pub fn total(&self) -> u64 {
-        [self.postgres_expired_rows, self.memory_expired, self.redis_orphaned_index_entries]
-            .into_iter()
-            .flatten()
-            .sum()
+        [self.postgres_expired_rows, self.memory_expired, self.redis_orphaned_index_entries].into_iter().flatten().sum()
     }
 }
 
@@ -318,7 +320,7 @@ pub fn glob_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{apply_write, ClientFields, Touched, WritePolicy};
+    use crate::domain::{ClientFields, Touched, WritePolicy, apply_write};
     use serde_json::json;
 
     fn stored(id: &str, body: serde_json::Value, at: i64) -> (ProgressId, StoredRecord) {

@@ -8,11 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::listing::{merge_descending, walk, ListCursor, ListPage, ListQuery, Verdict};
-use super::maintenance::{delete_page, status_of, timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth};
+use super::listing::{ListCursor, ListPage, ListQuery, Verdict, merge_descending, walk};
+use super::maintenance::{
+    CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, delete_page, status_of, timed,
+};
 use super::{ProgressStore, StoreError};
-use crate::metrics::store_op;
 use crate::domain::{ProgressId, Status, StoredRecord};
+use crate::metrics::store_op;
 
 /// In-process store. Expired records are invisible at once and swept
 /// from memory by a background task.
@@ -141,10 +143,7 @@ impl ProgressStore for MemoryStore {
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         store_op!("memory", "get").succeeded();
         let records = self.lock();
-        Ok(records
-            .get(id.as_str())
-            .filter(|e| e.expires_at > Instant::now())
-            .map(|e| e.record.clone()))
+        Ok(records.get(id.as_str()).filter(|e| e.expires_at > Instant::now()).map(|e| e.record.clone()))
     }
 
     async fn compare_and_set(
@@ -157,10 +156,7 @@ impl ProgressStore for MemoryStore {
         store_op!("memory", "compare_and_set").succeeded();
         let now = Instant::now();
         let mut records = self.lock();
-        let current = records
-            .get(id.as_str())
-            .filter(|e| e.expires_at > now)
-            .map_or(0, |e| e.record.version());
+        let current = records.get(id.as_str()).filter(|e| e.expires_at > now).map_or(0, |e| e.record.version());
         if current != expected {
             return Ok(false);
         }
@@ -185,9 +181,7 @@ impl ProgressStore for MemoryStore {
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         store_op!("memory", "delete").succeeded();
         let mut records = self.lock();
-        Ok(records
-            .remove(id.as_str())
-            .is_some_and(|e| e.expires_at > Instant::now()))
+        Ok(records.remove(id.as_str()).is_some_and(|e| e.expires_at > Instant::now()))
     }
 
     async fn health(&self) -> Vec<TierHealth> {
@@ -229,7 +223,9 @@ impl ProgressStore for MemoryStore {
                 .collect(),
         );
         Ok(walk(query, entries, |key| match (records.get(&key.id), ProgressId::parse(&key.id)) {
-            (Some(e), Ok(id)) if e.expires_at > now && query.matches_status(e.status) => Verdict::Take(id, e.record.clone()),
+            (Some(e), Ok(id)) if e.expires_at > now && query.matches_status(e.status) => {
+                Verdict::Take(id, e.record.clone())
+            }
             _ => Verdict::Skip,
         }))
     }
@@ -246,7 +242,7 @@ impl ProgressStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{apply_write, ClientFields, Timestamp, Touched, WritePolicy};
+    use crate::domain::{ClientFields, Timestamp, Touched, WritePolicy, apply_write};
 
     fn record(version_after: u64) -> StoredRecord {
         let policy = WritePolicy { default_ttl_seconds: 10, heartbeat_ms: 1000 };

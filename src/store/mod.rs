@@ -24,19 +24,19 @@ mod tiered;
 mod write_behind;
 
 pub use self::breaker::{BreakerState, CircuitBreaker};
-pub use self::tiered::{HotTier, TieredConfig, TieredStore};
-pub use self::write_behind::{PendingWrite, WriteBehind};
 pub use self::cached::{CacheConfig, CachedStore};
 pub use self::changes::{ChangeNotices, ChangeSink};
-pub use self::listing::{ListCursor, ListPage, ListQuery, MalformedCursor, DEFAULT_LIMIT, MAX_LIMIT, SCAN_BUDGET};
+pub use self::error_log::ErrorLog;
+pub use self::listing::{DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT, MalformedCursor, SCAN_BUDGET};
 pub use self::maintenance::{
-    spawn_cleanup, BacklogSummary, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, TierState,
-    MAINTENANCE_BATCH,
+    BacklogSummary, CleanupReport, LastError, MAINTENANCE_BATCH, RecordFilter, StatusCounts, TierHealth, TierState,
+    spawn_cleanup,
 };
 pub use self::memory::MemoryStore;
-pub use self::error_log::ErrorLog;
 pub use self::postgres::{DurableRow, MIGRATIONS_PENDING, PgDefaults, PostgresStore, PostgresStoreConfig};
-pub use self::redis::{from_redis, RedisStore, RedisStoreConfig};
+pub use self::redis::{RedisStore, RedisStoreConfig, from_redis};
+pub use self::tiered::{HotTier, TieredConfig, TieredStore};
+pub use self::write_behind::{PendingWrite, WriteBehind};
 
 /// Why a store could not answer.
 #[derive(Debug, thiserror::Error)]

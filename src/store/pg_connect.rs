@@ -116,17 +116,9 @@ pub struct PgConnect {
 /// `url` (or a `key=value` string) read as libpq would, with
 /// `PGSSLMODE` and `PGSSLROOTCERT` (`env_mode`, `env_root`) filling in what
 /// it does not say. The error names the bad part, never the password.
-pub fn parse(
-    url: &str,
-    env_mode: Option<&str>,
-    env_root: Option<&str>,
-) -> Result<PgConnect, String> {
+pub fn parse(url: &str, env_mode: Option<&str>, env_root: Option<&str>) -> Result<PgConnect, String> {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let params = if is_url {
-        url_params(url)?
-    } else {
-        key_values(url)?
-    };
+    let params = if is_url { url_params(url)? } else { key_values(url)? };
     let mut mode = None;
     let mut root = None;
     let mut ignored = Vec::new();
@@ -144,43 +136,24 @@ pub fn parse(
         (None, Some(env)) => SslMode::parse(env).map_err(|e| format!("PGSSLMODE: {e}"))?,
         (None, None) => SslMode::Prefer,
     };
-    let root = root
-        .or_else(|| env_root.map(str::to_owned))
-        .filter(|r| !r.is_empty());
+    let root = root.or_else(|| env_root.map(str::to_owned)).filter(|r| !r.is_empty());
     let verify = match mode {
         SslMode::VerifyFull => Verify::Full,
         SslMode::VerifyCa => Verify::Chain,
         SslMode::Require if root.is_some() => Verify::Chain,
         _ => Verify::Nothing,
     };
-    let rebuilt = if is_url {
-        rebuild_url(url, &kept, mode)
-    } else {
-        rebuild_key_values(&kept, mode)
-    };
-    let config = tokio_postgres::Config::from_str(&rebuilt)
-        .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+    let rebuilt = if is_url { rebuild_url(url, &kept, mode) } else { rebuild_key_values(&kept, mode) };
+    let config = tokio_postgres::Config::from_str(&rebuilt).map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
     let roots = match verify {
         Verify::Nothing => None,
         _ => {
-            let file = root
-                .as_deref()
-                .filter(|r| *r != "system")
-                .map(PathBuf::from);
-            Some(
-                tls::roots(file.as_deref())
-                    .map_err(|e| format!("sslmode={}: {e}", mode.as_str()))?,
-            )
+            let file = root.as_deref().filter(|r| *r != "system").map(PathBuf::from);
+            Some(tls::roots(file.as_deref()).map_err(|e| format!("sslmode={}: {e}", mode.as_str()))?)
         }
     };
     let tls = MakeRustlsConnect::new(tls::client_config(verify, roots)?);
-    Ok(PgConnect {
-        config,
-        tls,
-        mode,
-        verify,
-        ignored,
-    })
+    Ok(PgConnect { config, tls, mode, verify, ignored })
 }
 
 /// `(key, decoded value, raw text)` of a URL's query.
@@ -195,9 +168,8 @@ fn url_params(url: &str) -> Result<Vec<Param>, String> {
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("URL parameter {:?} has no value", decode(pair)))?;
+            let (key, value) =
+                pair.split_once('=').ok_or_else(|| format!("URL parameter {:?} has no value", decode(pair)))?;
             Ok((decode(key), decode(value), pair.to_owned()))
         })
         .collect()
@@ -301,37 +273,19 @@ mod tests {
     #[test]
     fn sslmode_keeps_libpq_meaning() {
         let c = connect("postgres://u:p@db.example:5433/app");
-        assert_eq!(
-            (c.mode, c.verify),
-            (SslMode::Prefer, Verify::Nothing),
-            "prefer is the default"
-        );
-        assert_eq!(
-            c.config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Prefer
-        );
+        assert_eq!((c.mode, c.verify), (SslMode::Prefer, Verify::Nothing), "prefer is the default");
+        assert_eq!(c.config.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer);
         assert_eq!(c.config.get_dbname(), Some("app"));
         assert_eq!(c.config.get_ports(), [5433]);
         let c = connect("postgres://u@h/app?sslmode=require");
         assert_eq!((c.mode, c.verify), (SslMode::Require, Verify::Nothing));
-        assert_eq!(
-            c.config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        );
+        assert_eq!(c.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
         let c = connect("postgresql://u@h/app?sslmode=verify-full");
         assert_eq!((c.mode, c.verify), (SslMode::VerifyFull, Verify::Full));
-        assert_eq!(
-            c.config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        );
+        assert_eq!(c.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
         let c = connect("postgres://u@h/app?sslmode=disable");
-        assert_eq!(
-            c.config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable
-        );
-        let e = parse("postgres://u:secret@h/app?sslmode=always", None, None)
-            .err()
-            .unwrap();
+        assert_eq!(c.config.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+        let e = parse("postgres://u:secret@h/app?sslmode=always", None, None).err().unwrap();
         assert!(e.contains("always") && !e.contains("secret"), "{e}");
     }
 
@@ -340,56 +294,26 @@ mod tests {
         crate::tls::install_provider();
         let c = parse("postgres://u@h/app", Some("require"), None).unwrap();
         assert_eq!(c.mode, SslMode::Require);
-        let c = parse(
-            "postgres://u@h/app?sslmode=disable",
-            Some("verify-full"),
-            None,
-        )
-        .unwrap();
+        let c = parse("postgres://u@h/app?sslmode=disable", Some("verify-full"), None).unwrap();
         assert_eq!(c.mode, SslMode::Disable, "the URL wins");
-        assert!(
-            parse("postgres://u@h/app", Some("bogus"), None)
-                .err()
-                .unwrap()
-                .starts_with("PGSSLMODE")
-        );
+        assert!(parse("postgres://u@h/app", Some("bogus"), None).err().unwrap().starts_with("PGSSLMODE"));
         let missing = "/nonexistent/progressd-ca.pem";
-        let e = parse("postgres://u@h/app?sslmode=verify-ca", None, Some(missing))
-            .err()
-            .unwrap();
+        let e = parse("postgres://u@h/app?sslmode=verify-ca", None, Some(missing)).err().unwrap();
         assert!(e.contains(missing), "PGSSLROOTCERT is read: {e}");
-        let e = parse(
-            &format!("postgres://u@h/app?sslmode=require&sslrootcert={missing}"),
-            None,
-            None,
-        )
-        .err()
-        .unwrap();
-        assert!(
-            e.contains("cannot read"),
-            "require with a root file verifies the chain: {e}"
-        );
+        let e = parse(&format!("postgres://u@h/app?sslmode=require&sslrootcert={missing}"), None, None).err().unwrap();
+        assert!(e.contains("cannot read"), "require with a root file verifies the chain: {e}");
     }
 
     #[test]
     fn unknown_parameters_are_dropped_and_named() {
-        let c = connect(
-            "postgres://u:p%40ss@h/app?sslmode=require&gssencmode=disable&application_name=x&sslcert=%2Fa",
-        );
+        let c = connect("postgres://u:p%40ss@h/app?sslmode=require&gssencmode=disable&application_name=x&sslcert=%2Fa");
         assert_eq!(c.ignored, ["gssencmode", "sslcert"]);
         assert_eq!(c.config.get_application_name(), Some("x"));
         assert_eq!(c.config.get_password(), Some(&b"p@ss"[..]));
-        let c = connect(
-            "host=/var/run/postgresql user=u password='it\\'s x' dbname=app sslmode=disable krbsrvname=x",
-        );
+        let c = connect("host=/var/run/postgresql user=u password='it\\'s x' dbname=app sslmode=disable krbsrvname=x");
         assert_eq!(c.ignored, ["krbsrvname"]);
         assert_eq!(c.config.get_password(), Some(&b"it's x"[..]));
         assert_eq!(c.config.get_dbname(), Some("app"));
-        assert!(
-            parse("host=h password='open", None, None)
-                .err()
-                .unwrap()
-                .contains("closing quote")
-        );
+        assert!(parse("host=h password='open", None, None).err().unwrap().contains("closing quote"));
     }
 }

@@ -26,10 +26,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{SimpleQueryMessage, Statement};
 
 use super::listing::{ListCursor, ListPage, ListQuery};
-use super::maintenance::{timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH};
+use super::maintenance::{CleanupReport, LastError, MAINTENANCE_BATCH, RecordFilter, StatusCounts, TierHealth, timed};
 use super::{ProgressStore, StoreError};
-use crate::metrics::{store_op, StoreOp};
 use crate::domain::{CorruptRecord, ProgressId, Status, StoredRecord, Timestamp};
+use crate::metrics::{StoreOp, store_op};
 use crate::settings::redact_url;
 
 mod embedded {
@@ -183,11 +183,8 @@ impl PostgresStore {
     /// [`PostgresStore::new`], with `defaults` for what the URL does not say.
     pub fn with_defaults(config: PostgresStoreConfig, defaults: &PgDefaults) -> Result<Self, String> {
         // The parse error names the bad part, never the value (nor the password).
-        let connect = super::pg_connect::parse(
-            &config.url,
-            defaults.ssl_mode.as_deref(),
-            defaults.ssl_root_cert.as_deref(),
-        )?;
+        let connect =
+            super::pg_connect::parse(&config.url, defaults.ssl_mode.as_deref(), defaults.ssl_root_cert.as_deref())?;
         for parameter in &connect.ignored {
             tracing::warn!(parameter = %parameter, "DATABASE_URL: ignoring a libpq parameter progressd does not use");
         }
@@ -199,12 +196,10 @@ impl PostgresStore {
         }
         // Fast: no test query on every checkout (one extra round trip per
         // operation); a dead connection fails its operation and is closed.
-        let manager = Manager::from_config(pg, connect.tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let timeouts = Timeouts {
-            wait: Some(config.timeout),
-            create: Some(config.timeout),
-            recycle: Some(config.timeout),
-        };
+        let manager =
+            Manager::from_config(pg, connect.tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let timeouts =
+            Timeouts { wait: Some(config.timeout), create: Some(config.timeout), recycle: Some(config.timeout) };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size.max(1))
             .timeouts(timeouts)
@@ -290,7 +285,15 @@ impl PostgresStore {
             let written = db
                 .execute(
                     &statement,
-                    &[&batch.ids, &batch.versions, &batch.statuses, &batch.created, &batch.updated, &batch.expires, &batch.records],
+                    &[
+                        &batch.ids,
+                        &batch.versions,
+                        &batch.statuses,
+                        &batch.created,
+                        &batch.updated,
+                        &batch.expires,
+                        &batch.records,
+                    ],
                 )
                 .await
                 .map_err(pg)?;
@@ -320,7 +323,8 @@ impl PostgresStore {
         rows.into_iter()
             .map(|row| {
                 let id: &str = row.get(0);
-                let id = ProgressId::parse(id).map_err(|e| CorruptRecord(format!("row id {id:?} is not a valid id: {}", e.0)))?;
+                let id = ProgressId::parse(id)
+                    .map_err(|e| CorruptRecord(format!("row id {id:?} is not a valid id: {}", e.0)))?;
                 let updated: SystemTime = row.get(4);
                 Ok((id, DurableRow::from_columns(row.get(1), row.get(2), row.get(3))?, millis(updated)))
             })
@@ -529,7 +533,9 @@ macro_rules! list_window {
         concat!(
             "SELECT id COLLATE \"C\" AS id, created_at, record, starts_with(id, $3) AS hit
              FROM progress
-             WHERE NOT deleted ", $status, " AND expires_at > now()
+             WHERE NOT deleted ",
+            $status,
+            " AND expires_at > now()
                AND (created_at, id COLLATE \"C\") < ($1, $2)
              ORDER BY created_at DESC, id COLLATE \"C\" DESC
              LIMIT $4"
@@ -617,7 +623,11 @@ impl PostgresStore {
     /// when the fence was raised at or after it. A write that fails after
     /// this drops its session, which closes the connection and so ends the
     /// transaction; one that succeeds ends with [`Session::leave_fence`].
-    async fn fenced_session(&self, fence: Option<Timestamp>, sql: &str) -> Result<Option<(Session, Statement)>, StoreError> {
+    async fn fenced_session(
+        &self,
+        fence: Option<Timestamp>,
+        sql: &str,
+    ) -> Result<Option<(Session, Statement)>, StoreError> {
         let db = self.session().await?;
         if let Some(since) = fence {
             let raised = db.simple_query(ENTER_FENCE).await.map_err(pg)?.iter().find_map(|message| match message {
@@ -655,9 +665,18 @@ impl PostgresStore {
             let Some((db, statement)) = self.fenced_session(fence, sql).await? else { return Ok(None) };
             // CREATE takes the columns, REPLACE the expected version as well.
             let guard = expected.unwrap_or(0);
-            let params: [&(dyn ToSql + Sync); 8] =
-                [&row.id, &row.version, &row.status, &row.created_at, &row.updated_at, &row.expires_at, &row.record, &guard];
-            let written = db.execute(&statement, &params[..if expected.is_some() { 8 } else { 7 }]).await.map_err(pg)?;
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &row.id,
+                &row.version,
+                &row.status,
+                &row.created_at,
+                &row.updated_at,
+                &row.expires_at,
+                &row.record,
+                &guard,
+            ];
+            let written =
+                db.execute(&statement, &params[..if expected.is_some() { 8 } else { 7 }]).await.map_err(pg)?;
             db.leave_fence(fence).await?;
             Ok(Some(written == 1))
         })
@@ -1016,8 +1035,7 @@ impl ProgressStore for PostgresStore {
                 Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
             })
             .await?;
-        raw.map(|bytes| StoredRecord::decode(Bytes::from(bytes)).map_err(StoreError::from))
-            .transpose()
+        raw.map(|bytes| StoredRecord::decode(Bytes::from(bytes)).map_err(StoreError::from)).transpose()
     }
 
     // The expiry comes from the record itself (`expires_at`), not `_ttl_ms`,

@@ -44,18 +44,18 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::Bytes;
+use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, RedisResult, Script};
-use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
 
-use super::maintenance::{
-    delete_page, glob_escape, status_of, timed, CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth,
-    MAINTENANCE_BATCH,
-};
 use super::listing::{ListCursor, ListPage, ListQuery};
+use super::maintenance::{
+    CleanupReport, LastError, MAINTENANCE_BATCH, RecordFilter, StatusCounts, TierHealth, delete_page, glob_escape,
+    status_of, timed,
+};
 use super::{ProgressStore, StoreError};
-use crate::metrics::{store_op, StoreOp};
 use crate::domain::{CorruptRecord, ProgressId, Status, StoredRecord, Timestamp};
+use crate::metrics::{StoreOp, store_op};
 
 /// Reads the stored version into `current` (0: absent), the creation time
 /// into `created` and the status into `old_status` from the header line
@@ -602,11 +602,8 @@ impl RedisStore {
             .set_response_timeout(None);
         let manager =
             Manager::new_with_config(client.get_connection_info().clone(), connection).map_err(|e| e.to_string())?;
-        let timeouts = Timeouts {
-            wait: Some(config.timeout),
-            create: Some(config.timeout),
-            recycle: Some(config.timeout),
-        };
+        let timeouts =
+            Timeouts { wait: Some(config.timeout), create: Some(config.timeout), recycle: Some(config.timeout) };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size.max(config.shared_connections))
             .timeouts(timeouts)
@@ -661,7 +658,9 @@ impl RedisStore {
         let error = error.replace("Error occurred while creating a new object: ", "cannot connect: ");
         let lower = error.to_ascii_lowercase();
         if self.tls && lower.contains("timed out") {
-            format!("{error} (no answer to the TLS handshake: if the server does not speak TLS on this port, use redis://)")
+            format!(
+                "{error} (no answer to the TLS handshake: if the server does not speak TLS on this port, use redis://)"
+            )
         } else if !self.tls && (lower.contains("reset by peer") || lower.contains("broken pipe")) {
             format!("{error} (the server closed a plain-text connection at once: if it expects TLS, use rediss://)")
         } else {
@@ -768,7 +767,9 @@ impl RedisStore {
         match outcome {
             1 => Ok(true),
             0 => Ok(false),
-            _ => Err(CorruptRecord(format!("key {} holds something that is not a progress record", self.key(id))).into()),
+            _ => {
+                Err(CorruptRecord(format!("key {} holds something that is not a progress record", self.key(id))).into())
+            }
         }
     }
 }
@@ -779,12 +780,23 @@ impl RedisStore {
     /// from `cursor` (0 to begin): the next cursor (0 at the end) and the
     /// records found, read with one MGET. Keys that are not records of ours
     /// are skipped.
-    pub async fn scan_page(&self, cursor: u64, id_prefix: &str) -> Result<(u64, Vec<(ProgressId, StoredRecord)>), StoreError> {
+    pub async fn scan_page(
+        &self,
+        cursor: u64,
+        id_prefix: &str,
+    ) -> Result<(u64, Vec<(ProgressId, StoredRecord)>), StoreError> {
         let record_key_start = format!("{}progress:", self.key_prefix);
         let pattern = format!("{}{id_prefix}*", glob_escape(&record_key_start));
         let (next, keys): (u64, Vec<String>) = self
             .run(|mut conn| async move {
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(MAINTENANCE_BATCH).query_async(&mut conn).await
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(MAINTENANCE_BATCH)
+                    .query_async(&mut conn)
+                    .await
             })
             .await?;
         let ids: Vec<(String, Option<ProgressId>)> = keys
@@ -798,9 +810,8 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok((next, Vec::new()));
         }
-        let values: Vec<Option<Vec<u8>>> = self
-            .run(|mut conn| async move { redis::cmd("MGET").arg(&keys).query_async(&mut conn).await })
-            .await?;
+        let values: Vec<Option<Vec<u8>>> =
+            self.run(|mut conn| async move { redis::cmd("MGET").arg(&keys).query_async(&mut conn).await }).await?;
         let records = ids
             .into_iter()
             .filter_map(|(_, id)| id)
@@ -837,7 +848,9 @@ impl RedisStore {
         let set: Option<String> = self
             .run(|mut conn| {
                 let (key, token) = (key.clone(), token.clone());
-                async move { redis::cmd("SET").arg(key).arg(token).arg("NX").arg("PX").arg(millis).query_async(&mut conn).await }
+                async move {
+                    redis::cmd("SET").arg(key).arg(token).arg("NX").arg("PX").arg(millis).query_async(&mut conn).await
+                }
             })
             .await?;
         Ok(set.map(|_| token))
@@ -846,7 +859,8 @@ impl RedisStore {
     /// Releases the cleanup lock if `token` still holds it.
     async fn unlock_cleanup(&self, token: &str) -> Result<(), StoreError> {
         let key = self.cleanup_lock_key();
-        let script = Lua::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
+        let script =
+            Lua::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
         let mut cmd = script.call(&[&key]);
         cmd.arg(token);
         let _: i64 = self.eval(&script, &cmd).await?;
@@ -870,7 +884,8 @@ impl RedisStore {
             let now = Timestamp::now().millis();
             let mut cmd = script.call(&self.index_keys.all_keys());
             cmd.arg(now).arg(MAINTENANCE_BATCH).arg(&record_keys);
-            let (n, examined): (u64, usize) = self.eval_counted(store_op!("redis", "prune_index"), script, &cmd).await?;
+            let (n, examined): (u64, usize) =
+                self.eval_counted(store_op!("redis", "prune_index"), script, &cmd).await?;
             pruned += n;
             if examined < MAINTENANCE_BATCH {
                 return Ok(pruned);
@@ -900,7 +915,14 @@ impl RedisStore {
                 .run(|mut conn| {
                     let pattern = pattern.clone();
                     async move {
-                        redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(MAINTENANCE_BATCH).query_async(&mut conn).await
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(MAINTENANCE_BATCH)
+                            .query_async(&mut conn)
+                            .await
                     }
                 })
                 .await?;
@@ -921,7 +943,8 @@ impl RedisStore {
             cursor = next;
             tokio::task::yield_now().await;
         }
-        self.run(|mut conn| async move { redis::cmd("SET").arg(marker).arg(1).query_async::<()>(&mut conn).await }).await
+        self.run(|mut conn| async move { redis::cmd("SET").arg(marker).arg(1).query_async::<()>(&mut conn).await })
+            .await
     }
 }
 
@@ -988,7 +1011,11 @@ fn expiry_to_set(current: Option<&StoredRecord>, record: &StoredRecord, ttl_ms: 
 }
 
 fn is_connection_failure(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
 }
 
 #[async_trait]
@@ -1009,8 +1036,7 @@ impl ProgressStore for RedisStore {
                 redis::cmd("GET").arg(&key).query_async(&mut conn).await
             })
             .await?;
-        raw.map(|bytes| from_redis(bytes).map_err(StoreError::from))
-            .transpose()
+        raw.map(|bytes| from_redis(bytes).map_err(StoreError::from)).transpose()
     }
 
     async fn compare_and_set(
@@ -1072,7 +1098,8 @@ impl ProgressStore for RedisStore {
             (script, cmd)
         } else {
             let (script, indexes) = (&self.swap, &self.index_keys);
-            let mut cmd = script.call(&[&key, &indexes.all, &indexes.expiry, indexes.of(old_status), indexes.of(status)]);
+            let mut cmd =
+                script.call(&[&key, &indexes.all, &indexes.expiry, indexes.of(old_status), indexes.of(status)]);
             cmd.arg(expected);
             with_redis_value(record, |value| cmd.arg(value))
                 .arg(ttl_ms.max(1))
@@ -1099,7 +1126,9 @@ impl ProgressStore for RedisStore {
     async fn ping(&self) -> Result<Duration, StoreError> {
         let started = std::time::Instant::now();
         let _: String = self
-            .run_counted(store_op!("redis", "ping"), |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .run_counted(store_op!("redis", "ping"), |mut conn| async move {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
             .await?;
         Ok(started.elapsed())
     }
@@ -1213,7 +1242,7 @@ impl ProgressStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{next_record, ClientFields, Touched, WritePolicy};
+    use crate::domain::{ClientFields, Touched, WritePolicy, next_record};
 
     fn record(body: serde_json::Value) -> StoredRecord {
         let id = ProgressId::parse("job").unwrap();
@@ -1227,7 +1256,9 @@ mod tests {
     #[test]
     fn index_members_and_notices_are_what_format_gives() {
         let id = ProgressId::parse("a.b:c-1").unwrap();
-        for created in [0, 7, 1_700_000_000_000, 999_999_999_999_999, 1_000_000_000_000_000, i64::MAX, -1, -42, i64::MIN] {
+        for created in
+            [0, 7, 1_700_000_000_000, 999_999_999_999_999, 1_000_000_000_000_000, i64::MAX, -1, -42, i64::MIN]
+        {
             assert_eq!(index_member(created, &id), format!("{created:015}:a.b:c-1"), "{created}");
         }
         for version in [0, 1, 10, 9_007_199_254_740_993, u64::MAX] {
@@ -1237,7 +1268,12 @@ mod tests {
 
     fn large() -> StoredRecord {
         let children: serde_json::Map<_, _> = (0..5)
-            .map(|i| (format!("child-{i}"), serde_json::json!({"title": format!("Step {i}"), "status": "running", "current": i, "total": 10})))
+            .map(|i| {
+                (
+                    format!("child-{i}"),
+                    serde_json::json!({"title": format!("Step {i}"), "status": "running", "current": i, "total": 10}),
+                )
+            })
             .collect();
         record(serde_json::json!({"status": "running", "message": "x".repeat(200), "children": children}))
     }
@@ -1249,7 +1285,10 @@ mod tests {
         assert!(value.len() < stored.raw().len(), "{} !< {}", value.len(), stored.raw().len());
         assert!(value.starts_with(stored.header()), "the header line stays readable by the scripts");
         assert_eq!(value[stored.header().len()], COMPRESSED);
-        assert!(std::str::from_utf8(stored.header()).unwrap().contains(r#""t":"running""#), "the header carries the status");
+        assert!(
+            std::str::from_utf8(stored.header()).unwrap().contains(r#""t":"running""#),
+            "the header carries the status"
+        );
         let back = from_redis(value).unwrap();
         assert_eq!(back.raw(), stored.raw());
         assert_eq!(back.meta(), stored.meta());

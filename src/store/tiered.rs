@@ -18,8 +18,8 @@
 //!   there ([`TieredStore::recover_hot`]).
 //! - **Shutdown**: the backlog is flushed before the process exits.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use super::breaker::{BreakerState, CircuitBreaker};
 use super::listing::{ListPage, ListQuery};
 use super::maintenance::{
-    delete_page, status_of, BacklogSummary, CleanupReport, RecordFilter, StatusCounts, TierHealth, MAINTENANCE_BATCH,
+    BacklogSummary, CleanupReport, MAINTENANCE_BATCH, RecordFilter, StatusCounts, TierHealth, delete_page, status_of,
 };
 use super::write_behind::{PendingWrite, WriteBehind};
 use super::{CachedStore, DurableRow, PostgresStore, ProgressStore, RedisStore, StoreError};
@@ -175,9 +175,15 @@ impl TieredStore {
         }
         let newest = match (pending, durable) {
             (Some(PendingWrite::Delete), _) => None,
-            (Some(PendingWrite::Upsert(mine)), DurableRow::Live(theirs)) if theirs.recency() > mine.recency() => Some(theirs),
+            (Some(PendingWrite::Upsert(mine)), DurableRow::Live(theirs)) if theirs.recency() > mine.recency() => {
+                Some(theirs)
+            }
             // Deleted (by any instance) after the incarnation we hold was created.
-            (Some(PendingWrite::Upsert(mine)), DurableRow::Deleted { created_at }) if created_at.millis() >= mine.meta().c => None,
+            (Some(PendingWrite::Upsert(mine)), DurableRow::Deleted { created_at })
+                if created_at.millis() >= mine.meta().c =>
+            {
+                None
+            }
             (Some(PendingWrite::Upsert(mine)), _) => Some(mine).filter(|r| r.meta().x > Timestamp::now().millis()),
             (None, DurableRow::Live(found)) => Some(found),
             (None, _) => None,
@@ -251,7 +257,10 @@ impl TieredStore {
         let (opened, fenced) = (self.hot_breaker.opened_at(), Timestamp(self.fenced_at_ms.load(Ordering::Acquire)));
         let since = opened.max(fenced);
         if (settle || fenced > opened) && Timestamp::now() < since.plus_millis(self.settle_ms()) {
-            return Err(unavailable("redis", "redis is down; writes resume on postgresql once every instance's backlog has reached it"));
+            return Err(unavailable(
+                "redis",
+                "redis is down; writes resume on postgresql once every instance's backlog has reached it",
+            ));
         }
         Ok(Some(since))
     }
@@ -314,7 +323,11 @@ impl TieredStore {
                 return Err(e);
             }
             self.backlog.settle(&batch);
-            tracing::debug!(rows = batch.len(), took_us = started.elapsed().as_micros() as u64, "write-behind batch flushed");
+            tracing::debug!(
+                rows = batch.len(),
+                took_us = started.elapsed().as_micros() as u64,
+                "write-behind batch flushed"
+            );
             settled += batch.len();
             if batch.len() < FLUSH_BATCH {
                 return Ok(settled);
@@ -536,8 +549,9 @@ impl ProgressStore for TieredStore {
             return Ok(deleted);
         }
         let fence = self.durable_fence(false)?;
-        let deleted = Self::observe(&self.durable_breaker, self.durable.compare_and_delete_fenced(id, expected, fence).await)?
-            .ok_or_else(|| self.fenced_off())?;
+        let deleted =
+            Self::observe(&self.durable_breaker, self.durable.compare_and_delete_fenced(id, expected, fence).await)?
+                .ok_or_else(|| self.fenced_off())?;
         if deleted {
             self.forget_during_outage(id);
         }
@@ -636,7 +650,10 @@ impl ProgressStore for TieredStore {
         }
         if !self.durable_breaker.allows() {
             let tier = if self.hot.is_some() { "redis" } else { "postgres" };
-            return Err(unavailable(tier, if self.hot.is_some() { "both tiers are down" } else { "circuit breaker open" }));
+            return Err(unavailable(
+                tier,
+                if self.hot.is_some() { "both tiers are down" } else { "circuit breaker open" },
+            ));
         }
         let mut page = Self::observe(&self.durable_breaker, self.durable.list_page(query).await)?;
         // PostgreSQL may be behind this instance's own acknowledged writes.

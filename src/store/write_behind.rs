@@ -76,7 +76,14 @@ impl WriteBehind {
                 }
             }
             None => {
-                let entry = Entry { id: id.clone(), write, since: Instant::now(), seq, in_flight: false, since_in_flight: None };
+                let entry = Entry {
+                    id: id.clone(),
+                    write,
+                    since: Instant::now(),
+                    seq,
+                    in_flight: false,
+                    since_in_flight: None,
+                };
                 entries.insert(id.as_str().to_owned(), entry);
             }
         }
@@ -168,12 +175,13 @@ impl WriteBehind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{apply_write, ClientFields, Timestamp, Touched, WritePolicy};
+    use crate::domain::{ClientFields, Timestamp, Touched, WritePolicy, apply_write};
 
     fn record(version: u64) -> StoredRecord {
         let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
         let id = ProgressId::parse("a").unwrap();
-        let (mut r, mut m) = apply_write(&id, None, ClientFields::default(), Touched::default(), Timestamp::now(), &policy);
+        let (mut r, mut m) =
+            apply_write(&id, None, ClientFields::default(), Touched::default(), Timestamp::now(), &policy);
         (r.version, m.v) = (version, version);
         StoredRecord::encode(&m, &r)
     }

@@ -77,13 +77,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings))
         .await
         .expect("server runs");
     });
-    TestApp {
-        base,
-        client: reqwest::Client::new(),
-        settings,
-        shutdown: Some(tx),
-        server: Some(server),
-    }
+    TestApp { base, client: reqwest::Client::new(), settings, shutdown: Some(tx), server: Some(server) }
 }
 
 impl TestApp {
@@ -173,7 +167,15 @@ impl Drop for TestApp {
 pub fn delete_keys(url: &str, prefix: &str) {
     let Ok(client) = redis::Client::open(url) else { return };
     let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else { return };
-    let keys: Vec<String> = match redis::cmd("SCAN").cursor_arg(0).arg("MATCH").arg(format!("{prefix}*")).arg("COUNT").arg(1000).clone().iter(&mut conn) {
+    let keys: Vec<String> = match redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg(format!("{prefix}*"))
+        .arg("COUNT")
+        .arg(1000)
+        .clone()
+        .iter(&mut conn)
+    {
         Ok(iter) => iter.filter_map(Result::ok).collect(),
         Err(_) => return,
     };

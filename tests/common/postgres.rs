@@ -65,7 +65,9 @@ impl TestDatabase {
                 Err(e) if attempt < 5 && e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
-                Err(e) => panic!("cannot create test database {name} on the test server (PROGRESS_TEST_DATABASE_URL): {e:?}"),
+                Err(e) => {
+                    panic!("cannot create test database {name} on the test server (PROGRESS_TEST_DATABASE_URL): {e:?}")
+                }
             }
         }
         Self { url: with_database(&admin, &name), name, admin }
@@ -83,7 +85,8 @@ impl TestDatabase {
 
     /// A plain connection to this database, for looking at rows directly.
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.expect("the test database accepts connections");
+        let (client, connection) =
+            tokio_postgres::connect(&self.url, NoTls).await.expect("the test database accepts connections");
         tokio::spawn(connection);
         client
     }
@@ -266,7 +269,8 @@ impl OwnPostgres {
     fn launch(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("postgres.log")).unwrap();
+            let log =
+                std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("postgres.log")).unwrap();
             let child = self
                 .command("postgres")
                 .arg("-D")
@@ -369,6 +373,7 @@ fn os_user(name: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string(Path::new("/etc/passwd")).ok()?;
     passwd.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
-        (fields.first() == Some(&name) && fields.len() > 3).then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))?
+        (fields.first() == Some(&name) && fields.len() > 3)
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))?
     })
 }

@@ -126,5 +126,7 @@ fn answers_ping(port: u16) -> bool {
     let _ = conn.set_read_timeout(Some(timeout));
     let mut reply = [0u8; 7];
     // `-NOAUTH …` is a server with `--requirepass` that is up.
-    conn.write_all(b"PING\r\n").is_ok() && conn.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
+    conn.write_all(b"PING\r\n").is_ok()
+        && conn.read_exact(&mut reply).is_ok()
+        && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
 }

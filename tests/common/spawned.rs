@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::binary::{free_port, progressd};
 
@@ -69,7 +69,11 @@ pub struct Running {
 fn unique_name(what: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    std::env::temp_dir().join(format!("progressd-{what}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+    std::env::temp_dir().join(format!(
+        "progressd-{what}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 impl Running {
@@ -108,7 +112,12 @@ impl Running {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("progressd exited with {status} before listening:\n{}", self.logs());
             }
-            assert!(Instant::now() < deadline, "progressd did not listen on {} within 10 s:\n{}", self.port, self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "progressd did not listen on {} within 10 s:\n{}",
+                self.port,
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -145,7 +154,11 @@ impl Running {
 
     /// Every log line that is a JSON object (with `PROGRESS_LOG_FORMAT=json`).
     pub fn log_lines(&self) -> Vec<Value> {
-        self.logs().lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).filter(Value::is_object).collect()
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(Value::is_object)
+            .collect()
     }
 
     /// Log lines at `level` (e.g. `WARN`) whose text contains `needle`,
@@ -219,10 +232,7 @@ impl Running {
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
-        request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: no answer ({e}); logs:\n{}", self.logs()))
+        request.send().await.unwrap_or_else(|e| panic!("{method} {path}: no answer ({e}); logs:\n{}", self.logs()))
     }
 
     /// PATCH, asserting 200; the record.

@@ -104,7 +104,8 @@ impl EventStream {
                     self.comments += 1;
                     continue;
                 }
-                let (field, value) = line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+                let (field, value) =
+                    line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
                 has_field = true;
                 match field {
                     "id" => event.id = Some(value.to_owned()),

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    date_time_ymd,
 };
 
 use super::postgres::OwnPostgres;
@@ -54,7 +54,8 @@ impl Pki {
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(DnType::CommonName, "progressd test CA");
         ca_params.distinguished_name.push(DnType::OrganizationName, "progressd tests");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         ca_params.not_before = date_time_ymd(2020, 1, 1);
         ca_params.not_after = date_time_ymd(2099, 1, 1);
         let ca_key = KeyPair::generate().unwrap();
@@ -174,11 +175,7 @@ pub fn tls_postgres(leaf: &Leaf) -> OwnPostgres {
 pub fn enable_tls(pg: &mut OwnPostgres, leaf: &Leaf) {
     let cert = pg.install_file("server.crt", leaf.cert_pem.as_bytes(), 0o644);
     let key = pg.install_file("server.key", leaf.key_pem.as_bytes(), 0o600);
-    pg.append_conf(&format!(
-        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
-        cert.display(),
-        key.display()
-    ));
+    pg.append_conf(&format!("ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n", cert.display(), key.display()));
     pg.set_hba("local all all trust\nhostssl all all 127.0.0.1/32 trust\n");
     pg.restart();
 }
