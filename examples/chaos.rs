@@ -423,14 +423,10 @@ async fn reader(shared: Arc<Shared>, ids: Vec<String>, deadline: f64, mut rng: f
             }
         };
         if let Some(obs) = observed {
-            if let Some(before) = last.get(&k) {
-                if obs.seq < before.seq || obs.version < before.version {
-                    shared.regressions.lock().unwrap().push(Regression {
-                        id: ids[k].clone(),
-                        before: *before,
-                        after: obs,
-                    });
-                }
+            if let Some(before) = last.get(&k)
+                && (obs.seq < before.seq || obs.version < before.version)
+            {
+                shared.regressions.lock().unwrap().push(Regression { id: ids[k].clone(), before: *before, after: obs });
             }
             last.insert(k, obs);
         }
@@ -842,7 +838,7 @@ pub fn run(config: Config) -> Result<bool, String> {
         // PostgreSQL behind the instances only by acknowledged writes it misses as documented.
         let pg_behind_documented = first.is_some_and(|(_, seq)| {
             let mut between = id_acks.iter().filter(|w| w.seq > pg_seq && w.seq <= seq).peekable();
-            between.peek().is_some() && between.all(|w| pg_explained(w))
+            between.peek().is_some() && between.all(pg_explained)
         });
         let instances_agree = views.iter().all(|v| *v == first);
         if instances_agree && pg_view != first && pg_behind_documented {
@@ -951,10 +947,10 @@ fn wait_ready(instances: &[Instance], within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     for instance in instances {
         loop {
-            if let Some((200, body)) = http_get_raw(instance.port, "/readyz") {
-                if body.contains(r#""status":"ok""#) {
-                    break;
-                }
+            if let Some((200, body)) = http_get_raw(instance.port, "/readyz")
+                && body.contains(r#""status":"ok""#)
+            {
+                break;
             }
             if Instant::now() > deadline {
                 return Err(format!(

@@ -401,19 +401,18 @@ impl Settings {
         if self.breaker_probe_ms == 0 {
             return bad("breaker_probe_ms", "must be at least 1".into());
         }
-        if let Some(url) = &self.database_url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("host=")) {
-                return bad("database_url", format!("expected a postgres:// URL, got {}", redact_url(url)));
-            }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("host="))
+        {
+            return bad("database_url", format!("expected a postgres:// URL, got {}", redact_url(url)));
         }
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://")
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
                 || url.starts_with("redis+unix://")
                 || url.starts_with("unix://"))
-            {
-                return bad("redis_url", format!("expected a redis:// or rediss:// URL, got {}", redact_url(url)));
-            }
+        {
+            return bad("redis_url", format!("expected a redis:// or rediss:// URL, got {}", redact_url(url)));
         }
         if let Some(file) = &self.redis_ca_file
             && let Err(e) = std::fs::metadata(file)

@@ -680,8 +680,7 @@ async fn real_problems_and_health_match_the_schemas() {
 
 #[tokio::test]
 async fn real_readiness_and_admin_documents_match_the_schemas() {
-    let mut settings = Settings::default();
-    settings.admin_token = Some("openapi-admin".into());
+    let settings = Settings { admin_token: Some("openapi-admin".into()), ..Settings::default() };
     let app = progressd::app::build_router(&settings, MemoryStore::start(Duration::from_secs(60)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server { base: format!("http://{}", listener.local_addr().unwrap()), client: reqwest::Client::new() };

@@ -398,15 +398,14 @@ proptest! {
         let (record, _) = patch(&held, &json!({ which: null }), 2_000).unwrap();
         prop_assert!(record.client_json().get(which).is_none(), "{} still in {}", which, record.client_json());
         // One level down: the first member of an object field.
-        if let Some(Value::Object(map)) = before.get(which) {
-            if let Some(first) = map.keys().next() {
+        if let Some(Value::Object(map)) = before.get(which)
+            && let Some(first) = map.keys().next() {
                 let (record, _) = patch(&held, &json!({ which: { first.as_str(): null } }), 2_000).unwrap();
                 let after = record.client_json();
                 let left = after.get(which).and_then(Value::as_object);
                 prop_assert!(left.is_none_or(|m| !m.contains_key(first)), "{}.{} still in {}", which, first, after);
                 prop_assert_eq!(left.map_or(0, Map::len), map.len() - 1);
             }
-        }
     }
 }
 
@@ -457,11 +456,10 @@ proptest! {
         if let Some(x) = derived_progress(&fields) {
             prop_assert!(in_percent_range(x), "{x} from {fields:?}");
         }
-        if let Some(children) = &fields.children {
-            if let Some(x) = children_percent(children.values()) {
+        if let Some(children) = &fields.children
+            && let Some(x) = children_percent(children.values()) {
                 prop_assert!(in_percent_range(x), "{x} from {children:?}");
             }
-        }
     }
 
     /// The `progress` of every record a PUT or PATCH builds is from 0 to 100.
@@ -625,9 +623,7 @@ thread_local! {
 impl Http {
     fn new() -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let mut settings = Settings::default();
-        settings.max_ttl_seconds = MAX_TTL;
-        settings.max_json_depth = MAX_DEPTH;
+        let settings = Settings { max_ttl_seconds: MAX_TTL, max_json_depth: MAX_DEPTH, ..Settings::default() };
         let router =
             runtime.block_on(async { progressd::app::build_router(&settings, Arc::new(MemoryStore::default())) });
         Self { runtime, router, next_id: RefCell::new(0) }

@@ -215,8 +215,8 @@ fn the_leak_finder_finds_every_form() {
     for text in [
         format!("a {s} b"),
         format!("url=redis://default:{}@h", percent(s, true, false)),
-        format!("{}", percent(s, false, false)),
-        format!("{}", percent(s, true, true)),
+        percent(s, false, false).to_string(),
+        percent(s, true, true).to_string(),
         format!("{{\"t\":\"{}\"}}", s.replace('/', "\\/")),
         format!("Basic {basic}"),
         format!("\"{}\"", shifted.replace('+', "-").replace('/', "_")),

@@ -248,10 +248,10 @@ fn next_stages(mut stages: Vec<StageSpan>, stage: Option<&str>, status: Status, 
             stages.push(StageSpan { name: name.to_owned(), started_at: now, finished_at: None, duration_ms: None });
         }
     }
-    if status.is_terminal() {
-        if let Some(last) = stages.last_mut().filter(|s| s.finished_at.is_none()) {
-            close(last, now);
-        }
+    if status.is_terminal()
+        && let Some(last) = stages.last_mut().filter(|s| s.finished_at.is_none())
+    {
+        close(last, now);
     }
     if stages.len() > MAX_STAGES {
         stages.drain(..stages.len() - MAX_STAGES);

@@ -549,10 +549,10 @@ impl<'de> Deserialize<'de> for FastNumber {
             return Err(D::Error::custom("not a number"));
         }
         // Digits only (JSON has no leading zeros): the text `Number::from` writes.
-        if text.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(whole) = text.parse::<u64>() {
-                return Ok(Self { number: Number::from(whole), value: whole as f64 });
-            }
+        if text.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(whole) = text.parse::<u64>()
+        {
+            return Ok(Self { number: Number::from(whole), value: whole as f64 });
         }
         let number: Number = text.parse().map_err(D::Error::custom)?;
         let value = number.as_f64().unwrap_or(f64::NAN);

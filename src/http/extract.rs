@@ -158,10 +158,10 @@ fn entity_tags(headers: &HeaderMap, name: HeaderName, weak_allowed: bool) -> Res
         }
         let tags = entity_tag_list(text).ok_or_else(bad)?;
         for (weak, tag) in tags {
-            if let Ok(v) = tag.parse::<u64>() {
-                if !weak || weak_allowed {
-                    versions.push(v);
-                }
+            if let Ok(v) = tag.parse::<u64>()
+                && (!weak || weak_allowed)
+            {
+                versions.push(v);
             }
         }
     }

@@ -100,10 +100,8 @@ pub async fn put(
     let Written { record, created } = state.service.write(&id, body, &conditions.into()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = record_response(status, &record, accepts_gzip);
-    if created {
-        if let Ok(location) = HeaderValue::from_str(&format!("/progress/{id}")) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
+    if created && let Ok(location) = HeaderValue::from_str(&format!("/progress/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
 }

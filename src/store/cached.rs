@@ -26,7 +26,7 @@
 //! which bounds staleness even if a notice were silently lost.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -268,9 +268,7 @@ impl CachedStore {
     }
 
     fn shard_of(&self, id: &str) -> usize {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(id) as usize) % SHARDS
     }
 
     fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {

@@ -191,10 +191,10 @@ impl TieredStore {
         if let (true, Some(hot), Some(record)) = (hot_missed, self.hot.as_ref(), &newest) {
             // Read repair: back into Redis with what is left of its TTL.
             let ttl = record.meta().x - Timestamp::now().millis();
-            if ttl > 0 {
-                if let Err(e) = hot.redis.put_if_newer(id, record, ttl).await {
-                    tracing::debug!(error = %e, "could not put a record back into redis");
-                }
+            if ttl > 0
+                && let Err(e) = hot.redis.put_if_newer(id, record, ttl).await
+            {
+                tracing::debug!(error = %e, "could not put a record back into redis");
             }
         }
         Ok(newest)
@@ -479,10 +479,11 @@ async fn flush_periodically(store: std::sync::Weak<TieredStore>) {
         let Some(s) = store.upgrade() else { return };
         // While Redis is down, PostgreSQL is the store of record: flush everything.
         let everything = s.hot.is_some() && !s.hot_breaker.allows();
-        if !s.backlog.is_empty() && s.durable_breaker.allows() {
-            if let Err(e) = s.flush(everything).await {
-                tracing::debug!(error = %e, "flush failed; the backlog is kept");
-            }
+        if !s.backlog.is_empty()
+            && s.durable_breaker.allows()
+            && let Err(e) = s.flush(everything).await
+        {
+            tracing::debug!(error = %e, "flush failed; the backlog is kept");
         }
         drop(s);
     }
@@ -733,11 +734,11 @@ impl TieredStore {
     /// Removes the PostgreSQL row now, or queues the removal; true when a
     /// row was removed now.
     async fn delete_durable(&self, id: &ProgressId) -> bool {
-        if self.durable_breaker.allows() {
-            if let Ok(removed) = Self::observe(&self.durable_breaker, self.durable.delete(id).await) {
-                self.backlog.supersede(id, u64::MAX);
-                return removed;
-            }
+        if self.durable_breaker.allows()
+            && let Ok(removed) = Self::observe(&self.durable_breaker, self.durable.delete(id).await)
+        {
+            self.backlog.supersede(id, u64::MAX);
+            return removed;
         }
         self.backlog.enqueue(id, PendingWrite::Delete);
         false

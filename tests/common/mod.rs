@@ -58,9 +58,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts the server with settings adjusted by `tweak`.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = Settings::default();
-    settings.host = Some("127.0.0.1".parse().unwrap());
-    settings.port = 0;
+    let mut settings = Settings { host: Some("127.0.0.1".parse().unwrap()), port: 0, ..Settings::default() };
     if backend == Backend::Redis {
         settings.redis_url = Some(redis_url());
         settings.key_prefix = unique_prefix();
