@@ -1,21 +1,39 @@
 //! progressd tracks the progress of long-running jobs over HTTP.
 //!
-//! A map of the crate, from the outside in:
+//! Workers write a record per job (`PUT`/`PATCH /progress/{id}`); readers
+//! poll it, long-poll it or stream its changes. Records live in a store
+//! chosen at start-up from two settings: process memory (neither set),
+//! Redis (`REDIS_URL`), PostgreSQL (`DATABASE_URL`), or Redis over
+//! PostgreSQL (both). `ARCHITECTURE.md` at the root of the repository
+//! walks through the design; this is the map of the crate, from the
+//! outside in:
 //!
-//! - [`settings`]: typed configuration (defaults < `progressd.toml` < environment).
-//! - [`app`]: picks the store, builds the router, runs the server until shutdown.
-//! - [`http`]: the route table, bearer-token access per route, the outer
+//! - [`app`]: builds the store from settings, the service and the router,
+//!   and runs the server until shutdown ([`run`]).
+//! - [`http`]: the route table with each route's access class, the outer
 //!   layers (CORS, request ids, compression, timeout), extractors,
-//!   handlers, and errors as problem+json.
-//! - [`live`]: who waits on which record (long-polls, event streams), woken on every change.
-//! - [`service`]: the operations (read, the atomic write loop, delete), free of HTTP.
-//! - [`domain`]: ids, the record, validation, merge patch, derived fields; no I/O.
-//! - [`store`]: one trait, one implementation per tier (memory, Redis).
-//! - [`metrics`]: Prometheus metrics: the recorder, the HTTP layer, what the stores count.
-//! - [`error`]: the one error type of the request path, each variant a stable code.
+//!   handlers, and errors as problem+json. Handlers call the service only.
+//! - [`service`]: the operations (read, the atomic write loop, delete,
+//!   listing, the admin operations), free of HTTP.
+//! - [`live`]: who waits on which record (long-polls, event streams); one
+//!   re-read per change for all of them.
+//! - [`domain`]: ids, the record, validation, merge patch, derived fields,
+//!   the stored form; no I/O.
+//! - [`store`]: the `ProgressStore` trait and its implementations: the
+//!   embedded store (`memory`), Redis (`redis/`), PostgreSQL
+//!   (`postgres/`), the read cache in front of Redis (`cached/`), and the
+//!   tiering layer (`tiered/`: Redis over PostgreSQL, with breakers,
+//!   write-behind, fence, settle and copy-back).
+//! - Beside them: [`settings`] (typed configuration: defaults <
+//!   `progressd.toml` < environment), [`secrets`] (passwords and tokens
+//!   kept out of logs), [`metrics`] (Prometheus), [`error`] (the one error
+//!   type of the request path, each variant a stable code), [`telemetry`]
+//!   (logging), [`tls`] (rustls for the stores) and [`healthcheck`] (the
+//!   `progressd healthcheck` command).
 //!
-//! `main.rs` only loads settings, sets up logging, binds and calls [`run`],
-//! so tests start exactly the server the binary starts.
+//! `main.rs` only parses the command, loads settings, sets up logging,
+//! binds and calls [`run`], so tests start exactly the server the binary
+//! starts.
 
 pub mod app;
 pub mod domain;
@@ -24,6 +42,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod secrets;
 pub mod service;
 pub mod settings;
 pub mod store;

@@ -8,11 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::bulk::{RecordFilter, StatusCounts, delete_page, status_of};
+use super::health::{LastError, TierHealth, timed};
 use super::listing::{ListCursor, ListPage, ListQuery, Verdict, merge_descending, walk};
-use super::maintenance::{
-    CleanupReport, LastError, RecordFilter, StatusCounts, TierHealth, delete_page, status_of, timed,
-};
-use super::{ProgressStore, StoreError};
+use super::{CleanupReport, ProgressStore, StoreError};
 use crate::domain::{ProgressId, Status, StoredRecord};
 use crate::metrics::store_op;
 

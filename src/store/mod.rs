@@ -5,38 +5,46 @@
 //! [`ProgressStore::compare_and_set`] stores it only if nobody wrote in
 //! between. That keeps every document byte produced by serde_json (exact
 //! numbers) while concurrent writers never lose each other's fields.
+//!
+//! The layout:
+//! - One folder or file per backend: [`MemoryStore`] (`memory.rs`, the
+//!   embedded default), [`RedisStore`] (`redis/`: keys, codec, Lua
+//!   scripts, change-notice subscription) and [`PostgresStore`]
+//!   (`postgres/`: connection string and TLS, SQL, fence, schema).
+//! - The layers that combine them: [`CachedStore`] (`cached/`, the read
+//!   cache in front of Redis kept coherent by its change notices) and
+//!   [`TieredStore`] (`tiered/`: Redis over PostgreSQL, with breakers,
+//!   write-behind, fence, settle and copy-back).
+//! - What every store shares: listing (`listing.rs`), bulk deletes and
+//!   counts (`bulk.rs`), health reports (`health.rs`) and the cleanup task
+//!   (`cleanup.rs`).
 
 use async_trait::async_trait;
 
 use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
 
-mod breaker;
+mod bulk;
 mod cached;
-mod changes;
-mod error_log;
+mod cleanup;
+mod health;
 mod listing;
-mod maintenance;
 mod memory;
-pub mod pg_connect;
 mod postgres;
 mod redis;
 mod tiered;
-mod write_behind;
 
-pub use self::breaker::{BreakerState, CircuitBreaker};
+pub use self::bulk::{MAINTENANCE_BATCH, RecordFilter, StatusCounts};
 pub use self::cached::{CacheConfig, CachedStore};
-pub use self::changes::{ChangeNotices, ChangeSink};
-pub use self::error_log::ErrorLog;
+pub use self::cleanup::{CleanupReport, spawn_cleanup};
+pub use self::health::{LastError, TierHealth, TierState};
 pub use self::listing::{DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT, MalformedCursor, SCAN_BUDGET};
-pub use self::maintenance::{
-    BacklogSummary, CleanupReport, LastError, MAINTENANCE_BATCH, RecordFilter, StatusCounts, TierHealth, TierState,
-    spawn_cleanup,
-};
 pub use self::memory::MemoryStore;
-pub use self::postgres::{DurableRow, MIGRATIONS_PENDING, PgDefaults, PostgresStore, PostgresStoreConfig};
-pub use self::redis::{RedisStore, RedisStoreConfig, from_redis};
-pub use self::tiered::{HotTier, TieredConfig, TieredStore};
-pub use self::write_behind::{PendingWrite, WriteBehind};
+pub use self::postgres::{DurableRow, MIGRATIONS_PENDING, PgDefaults, PostgresStore, PostgresStoreConfig, pg_connect};
+pub use self::redis::{ChangeNotices, ChangeSink, RedisStore, RedisStoreConfig, from_redis};
+pub use self::tiered::{
+    BacklogSummary, BreakerState, CircuitBreaker, ErrorLog, HotTier, PendingWrite, TieredConfig, TieredStore,
+    WriteBehind,
+};
 
 /// Why a store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +134,7 @@ pub trait ProgressStore: Send + Sync + 'static {
     /// Probes every tier behind this store, concurrently and each within its
     /// own timeout (for `/readyz`).
     async fn health(&self) -> Vec<TierHealth> {
-        let (probe, latency) = maintenance::timed(self.ping()).await;
+        let (probe, latency) = health::timed(self.ping()).await;
         vec![TierHealth::from_probe(self.kind(), probe, latency, &LastError::default())]
     }
 

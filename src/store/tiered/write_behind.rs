@@ -1,6 +1,6 @@
 //! The write-behind backlog: updates acknowledged from the hot tier that
 //! PostgreSQL has not seen yet, coalesced per record (the highest version
-//! wins) and flushed in batches by `TieredStore`'s flusher.
+//! wins) and flushed in batches by `TieredStore`'s flusher (`flush.rs`).
 //!
 //! The backlog lives in this process. What a crash of this process can
 //! lose is said in the README ("What a crash can lose").
@@ -18,6 +18,15 @@ pub enum PendingWrite {
     Upsert(StoredRecord),
     /// Remove the record.
     Delete,
+}
+
+/// The write-behind backlog at a glance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogSummary {
+    /// Records with an update PostgreSQL has not seen.
+    pub pending: usize,
+    /// How long the oldest of them has waited.
+    pub oldest_age: Option<Duration>,
 }
 
 #[derive(Debug)]

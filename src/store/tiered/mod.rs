@@ -1,0 +1,263 @@
+//! Redis and PostgreSQL as one store that keeps working when either is gone.
+//!
+//! - **Reads**: Redis first; on a miss or a Redis failure, PostgreSQL (and,
+//!   while Redis is down, this instance's newer unflushed writes). A
+//!   PostgreSQL hit that has not expired goes back into Redis with its
+//!   remaining TTL. No retries on the read path.
+//! - **Writes**: the compare-and-set runs in Redis. Creates and terminal
+//!   transitions then reach PostgreSQL before the response (when it is up);
+//!   other updates join the write-behind backlog, flushed in batches so
+//!   every update is in PostgreSQL within the persist interval. While Redis
+//!   is down the compare-and-set runs in PostgreSQL instead.
+//! - **Breakers**: each tier has one. An open breaker skips its tier at no
+//!   cost; a background probe half-opens it once the tier answers. Before
+//!   Redis is used again, every record PostgreSQL took during the outage is
+//!   copied back into Redis (never over a newer version), so no read
+//!   returns a version older than one acknowledged during the outage, and
+//!   a fence in PostgreSQL stops the writes other instances still make
+//!   there ([`TieredStore::recover_hot`]).
+//! - **Shutdown**: the backlog is flushed before the process exits.
+//!
+//! The files, by concern:
+//! - `read.rs`: the read path and read repair.
+//! - `write.rs`: compare-and-set and deletes, the fence and the settle time.
+//! - `flush.rs`: the write-behind flusher, and the flush at shutdown.
+//! - `recovery.rs`: breaker probes, copy-back when Redis returns,
+//!   migrations retried until PostgreSQL takes them.
+//! - `bulk.rs`: bulk deletes, cleanup, listing and counts across the tiers.
+//! - `breaker.rs`, `write_behind.rs`, `error_log.rs`: the circuit breaker,
+//!   the backlog of updates PostgreSQL has not seen, and the log throttle
+//!   of retry loops.
+//!
+//! Past [`ProgressStore`], the layer calls the tiers' own methods: on
+//! Redis, `put_if_newer`, `delete_incarnation`, `scan_page` and
+//! `exists_many` (all in `redis/tiering.rs`); on PostgreSQL, `lookup`,
+//! `upsert_newer` and `updated_since` (`postgres/tiering.rs`), the fenced
+//! writes and `raise_fence` (`postgres/fence.rs`), `migrate`, `ping`,
+//! `purge_expired`, the tombstones of bulk deletes, `list_page` and
+//! `count_statuses`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use self::read::Read;
+use super::{
+    CachedStore, CleanupReport, ListPage, ListQuery, PostgresStore, ProgressStore, RecordFilter, RedisStore,
+    StatusCounts, StoreError, TierHealth,
+};
+use crate::domain::{ProgressId, StoredRecord};
+use crate::metrics;
+
+mod breaker;
+mod bulk;
+mod error_log;
+mod flush;
+mod read;
+mod recovery;
+mod write;
+mod write_behind;
+
+pub use self::breaker::{BreakerState, CircuitBreaker};
+pub use self::error_log::ErrorLog;
+pub use self::write_behind::{BacklogSummary, PendingWrite, WriteBehind};
+
+/// How the tiers are combined.
+#[derive(Debug, Clone, Copy)]
+pub struct TieredConfig {
+    /// Every update reaches PostgreSQL within this long.
+    pub persist_interval: Duration,
+    /// Consecutive failures that open a breaker.
+    pub breaker_failures: u32,
+    /// How often an open breaker probes its tier.
+    pub probe_every: Duration,
+    /// Longest the flush at shutdown keeps trying PostgreSQL.
+    pub shutdown_flush: Duration,
+}
+
+/// The hot tier as the tiered store sees it.
+pub struct HotTier {
+    /// What requests use (Redis, possibly behind the read cache).
+    pub store: Arc<dyn ProgressStore>,
+    /// The Redis store itself, for copying records back after an outage.
+    pub redis: Arc<RedisStore>,
+    /// The read cache in front of it, if on: emptied after a bulk delete.
+    pub cache: Option<Arc<CachedStore>>,
+}
+
+/// Redis (optional) over PostgreSQL.
+pub struct TieredStore {
+    hot: Option<HotTier>,
+    durable: Arc<PostgresStore>,
+    hot_breaker: CircuitBreaker,
+    durable_breaker: CircuitBreaker,
+    backlog: WriteBehind,
+    config: TieredConfig,
+    /// When PostgreSQL last refused this instance's write because another
+    /// instance is back on Redis (ms since the epoch; 0: never): writes in
+    /// PostgreSQL wait from then as from the breaker opening.
+    fenced_at_ms: AtomicI64,
+    /// Which of the failures to reach PostgreSQL at start-up are logged.
+    durable_errors: ErrorLog,
+}
+
+impl TieredStore {
+    /// Builds the store and starts its background work: migrations (retried
+    /// until PostgreSQL answers), breaker probes and the flusher. PostgreSQL
+    /// is skipped until its migrations have run.
+    pub fn start(hot: Option<HotTier>, durable: Arc<PostgresStore>, config: TieredConfig) -> Arc<Self> {
+        let store = Arc::new(Self {
+            hot,
+            durable,
+            hot_breaker: CircuitBreaker::new("redis", config.breaker_failures, config.probe_every),
+            durable_breaker: CircuitBreaker::new_open("postgres", config.breaker_failures, config.probe_every),
+            backlog: WriteBehind::default(),
+            config,
+            fenced_at_ms: AtomicI64::new(0),
+            durable_errors: ErrorLog::default(),
+        });
+        tokio::spawn(recovery::probe_durable(Arc::downgrade(&store)));
+        if store.hot.is_some() {
+            tokio::spawn(recovery::probe_hot(Arc::downgrade(&store)));
+        }
+        tokio::spawn(flush::flush_periodically(Arc::downgrade(&store)));
+        store
+    }
+
+    /// Breaker states: (Redis, PostgreSQL); Redis is `None` when not configured.
+    pub fn breaker_states(&self) -> (Option<BreakerState>, BreakerState) {
+        (self.hot.as_ref().map(|_| self.hot_breaker.state()), self.durable_breaker.state())
+    }
+
+    /// Pending writes and the age of the oldest.
+    pub fn backlog(&self) -> (usize, Option<Duration>) {
+        (self.backlog.len(), self.backlog.oldest_age())
+    }
+
+    fn hot_usable(&self) -> Option<&HotTier> {
+        self.hot.as_ref().filter(|_| self.hot_breaker.allows())
+    }
+
+    /// Accounts a tier's answer in its breaker and passes it on.
+    fn observe<T>(breaker: &CircuitBreaker, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Ok(_) | Err(StoreError::Corrupt(_)) => breaker.record_success(),
+            Err(StoreError::Unavailable { .. }) => {
+                breaker.record_failure();
+            }
+        }
+        result
+    }
+}
+
+fn unavailable(tier: &'static str, reason: &str) -> StoreError {
+    StoreError::Unavailable { tier, reason: reason.to_owned() }
+}
+
+#[async_trait]
+impl ProgressStore for TieredStore {
+    fn kind(&self) -> &'static str {
+        if self.hot.is_some() { "redis+postgres" } else { "postgres" }
+    }
+
+    fn report_metrics(&self) {
+        let (hot, durable) = self.breaker_states();
+        if let Some(hot) = hot {
+            metrics::set_breaker_state("redis", hot);
+        }
+        metrics::set_breaker_state("postgres", durable);
+        let (pending, oldest) = self.backlog();
+        metrics::set_backlog(pending, oldest);
+        if let Some(hot) = &self.hot {
+            hot.store.report_metrics();
+        }
+        self.durable.report_metrics();
+    }
+
+    async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        self.read(id, Read::Cached).await
+    }
+
+    async fn get_to_write(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        self.read(id, Read::ToWrite).await
+    }
+
+    async fn get_uncached(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+        self.read(id, Read::Uncached).await
+    }
+
+    async fn compare_and_set(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.swap(id, expected, None, record, ttl_ms).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        id: &ProgressId,
+        current: Option<&StoredRecord>,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.swap(id, current.map_or(0, StoredRecord::version), Some(current), record, ttl_ms).await
+    }
+
+    async fn compare_and_delete(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
+        self.delete_if_version(id, expected).await
+    }
+
+    async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
+        self.delete_everywhere(id).await
+    }
+
+    async fn ping(&self) -> Result<Duration, StoreError> {
+        self.durable.ping().await
+    }
+
+    async fn health(&self) -> Vec<TierHealth> {
+        let (hot, durable) = match &self.hot {
+            Some(hot) => tokio::join!(async { Some(hot.redis.health().await) }, self.durable.health()),
+            None => (None, self.durable.health().await),
+        };
+        let mut tiers = Vec::new();
+        for mut tier in hot.into_iter().flatten() {
+            tier.breaker = Some(self.hot_breaker.state());
+            tiers.push(tier);
+        }
+        for mut tier in durable {
+            tier.breaker = Some(self.durable_breaker.state());
+            tiers.push(tier);
+        }
+        tiers
+    }
+
+    async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        self.cleanup_across_tiers(exclusive).await
+    }
+
+    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        self.delete_matching_across_tiers(filter).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        self.list_across_tiers(query).await
+    }
+
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        self.count_across_tiers().await
+    }
+
+    fn write_behind(&self) -> Option<BacklogSummary> {
+        Some(BacklogSummary { pending: self.backlog.len(), oldest_age: self.backlog.oldest_age() })
+    }
+
+    async fn shutdown(&self) {
+        self.flush_at_shutdown().await
+    }
+}

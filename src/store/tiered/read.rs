@@ -1,0 +1,86 @@
+//! The read path: Redis first (through or past its read cache), then
+//! PostgreSQL together with this instance's unflushed writes, and read
+//! repair, which puts what PostgreSQL answered back into Redis.
+
+use super::write_behind::PendingWrite;
+use super::{TieredStore, unavailable};
+use crate::domain::{ProgressId, StoredRecord, Timestamp};
+use crate::metrics;
+use crate::store::StoreError;
+use crate::store::postgres::DurableRow;
+
+/// Which of the hot tier's reads [`TieredStore::read`] makes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Read {
+    /// [`ProgressStore::get`]
+    Cached,
+    /// [`ProgressStore::get_to_write`]
+    ToWrite,
+    /// [`ProgressStore::get_uncached`]
+    Uncached,
+}
+
+impl TieredStore {
+    async fn durable_lookup(&self, id: &ProgressId) -> Result<DurableRow, StoreError> {
+        if !self.durable_breaker.allows() {
+            return Err(unavailable("postgres", "circuit breaker open"));
+        }
+        Self::observe(&self.durable_breaker, self.durable.lookup(id).await)
+    }
+
+    /// A read: Redis first (through or past its read cache, as `how`
+    /// says), then PostgreSQL and this instance's unflushed writes.
+    pub(super) async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
+        let mut hot_missed = false;
+        if let Some(hot) = self.hot_usable() {
+            let read = match how {
+                Read::Cached => hot.store.get(id).await,
+                Read::ToWrite => hot.store.get_to_write(id).await,
+                Read::Uncached => hot.store.get_uncached(id).await,
+            };
+            match Self::observe(&self.hot_breaker, read) {
+                Ok(Some(record)) => return Ok(Some(record)),
+                Ok(None) => hot_missed = true,
+                Err(StoreError::Unavailable { .. }) => {}
+                Err(corrupt) => return Err(corrupt),
+            }
+        }
+        // Redis is down or missed: PostgreSQL, and our own newer writes that
+        // PostgreSQL has not seen yet (Redis may have lost them: a restart
+        // between two requests need not open the breaker).
+        let pending = self.backlog.pending(id);
+        let durable = match self.durable_lookup(id).await {
+            Ok(found) => found,
+            Err(_) if hot_missed => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if self.hot.is_some() {
+            metrics::fallback_read(hot_missed);
+        }
+        let newest = match (pending, durable) {
+            (Some(PendingWrite::Delete), _) => None,
+            (Some(PendingWrite::Upsert(mine)), DurableRow::Live(theirs)) if theirs.recency() > mine.recency() => {
+                Some(theirs)
+            }
+            // Deleted (by any instance) after the incarnation we hold was created.
+            (Some(PendingWrite::Upsert(mine)), DurableRow::Deleted { created_at })
+                if created_at.millis() >= mine.meta().c =>
+            {
+                None
+            }
+            (Some(PendingWrite::Upsert(mine)), _) => Some(mine).filter(|r| r.meta().x > Timestamp::now().millis()),
+            (None, DurableRow::Live(found)) => Some(found),
+            (None, _) => None,
+        };
+        if let (true, Some(hot), Some(record)) = (hot_missed, self.hot.as_ref(), &newest) {
+            // Read repair: back into Redis with what is left of its TTL.
+            let ttl = record.meta().x - Timestamp::now().millis();
+            if ttl > 0
+                && let Err(e) = hot.redis.put_if_newer(id, record, ttl).await
+            {
+                tracing::debug!(error = %e, "could not put a record back into redis");
+            }
+        }
+        Ok(newest)
+    }
+}
