@@ -103,7 +103,7 @@ def cmd_unlink(url, prefix, mode=""):
     print(found)
 
 
-# What progressd's hot tier does with a record's body (src/store/redis.rs,
+# What progressd's hot tier does with a record's body (src/store/redis/codec.rs,
 # `with_redis_value`): from COMPRESS_FROM bytes on, `~`, the body's length
 # (4 bytes, little-endian) and the body as one LZ4 block, when that is shorter.
 COMPRESSED = b"~"

@@ -35,6 +35,17 @@ impl BreakerState {
     }
 }
 
+impl crate::metrics::GaugeValue for BreakerState {
+    /// 0 closed, 1 half-open, 2 open: the order of growing trouble.
+    fn gauge_value(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        }
+    }
+}
+
 /// One store's breaker. Lock-free: checked on every request.
 #[derive(Debug)]
 pub struct CircuitBreaker {
