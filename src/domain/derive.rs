@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
 use super::id::ProgressId;
-use super::record::{Child, ClientFields, ProgressRecord, ServerState, StageSpan, Status};
+use super::record::{Child, ClientFields, ProgressRecord, Resolved, ServerFields, ServerState, StageSpan, Status};
 use super::time::Timestamp;
 
 /// Most entries kept in `stages`; the oldest go first.
@@ -132,20 +132,9 @@ pub fn next_record(
     let eta = sample.and_then(|(t0, p0)| estimate_completion(t0, p0, now, percent));
 
     let ttl_seconds = fields.ttl_seconds.unwrap_or(policy.default_ttl_seconds);
-    let record = ProgressRecord {
+    let server = ServerFields {
         id: id.as_str().to_owned(),
         version,
-        status,
-        progress,
-        current: fields.current,
-        total: fields.total,
-        stage: fields.stage,
-        message: fields.message,
-        children: fields.children,
-        result: fields.result,
-        error: fields.error,
-        metadata: fields.metadata,
-        ttl_seconds,
         created_at,
         updated_at: now,
         started_at,
@@ -154,6 +143,7 @@ pub fn next_record(
         eta,
         stages,
     };
+    let record = ProgressRecord::assemble(server, fields, Resolved { progress, ttl_seconds });
     let stall_at = if status == Status::Running { now.millis().saturating_add(policy.heartbeat_ms) } else { 0 };
     let expires_at = record.expires_at.millis();
     let meta = RecordMeta {

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::record::{Child, ProgressRecord, StageSpan, Status};
+use super::record::{Children, ProgressRecord, StageSpan, Status};
 
 /// Appends `record` as JSON.
 pub fn write_record(out: &mut Vec<u8>, r: &ProgressRecord) {
@@ -16,42 +16,9 @@ pub fn write_record(out: &mut Vec<u8>, r: &ProgressRecord) {
     write_str(out, &r.id);
     out.extend_from_slice(b",\"version\":");
     write_u64(out, r.version);
-    out.extend_from_slice(b",\"status\":");
-    write_status(out, r.status);
-    out.extend_from_slice(b",\"progress\":");
-    write_number(out, &r.progress);
-    out.extend_from_slice(b",\"current\":");
-    write_opt(out, r.current.as_ref(), write_number);
-    out.extend_from_slice(b",\"total\":");
-    write_opt(out, r.total.as_ref(), write_number);
-    out.extend_from_slice(b",\"stage\":");
-    write_opt(out, r.stage.as_deref(), write_str);
-    out.extend_from_slice(b",\"message\":");
-    write_opt(out, r.message.as_deref(), write_str);
-    out.extend_from_slice(b",\"children\":");
-    match &r.children {
-        Some(children) => {
-            out.push(b'{');
-            for (i, (id, child)) in children.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, id);
-                out.push(b':');
-                write_child(out, child);
-            }
-            out.push(b'}');
-        }
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"result\":");
-    write_opt(out, r.result.as_ref(), write_value);
-    out.extend_from_slice(b",\"error\":");
-    write_opt(out, r.error.as_ref(), write_value);
-    out.extend_from_slice(b",\"metadata\":");
-    write_opt(out, r.metadata.as_ref(), write_map);
-    out.extend_from_slice(b",\"ttl_seconds\":");
-    write_u64(out, r.ttl_seconds);
+    // `,"status":…` to `,"ttl_seconds":…`, written for each client field
+    // from its declaration (record/fields.rs).
+    r.write_client_fields(out);
     out.extend_from_slice(b",\"created_at\":");
     r.created_at.write_json(out);
     out.extend_from_slice(b",\"updated_at\":");
@@ -74,42 +41,86 @@ pub fn write_record(out: &mut Vec<u8>, r: &ProgressRecord) {
     out.extend_from_slice(b"]}");
 }
 
-/// Fields that are `None` are left out, as `skip_serializing_if` does.
-fn write_child(out: &mut Vec<u8>, c: &Child) {
-    let mut first = true;
-    let mut key = |out: &mut Vec<u8>, name: &[u8]| {
-        out.push(if first { b'{' } else { b',' });
-        first = false;
-        out.extend_from_slice(name);
-    };
-    if let Some(title) = &c.title {
-        key(out, b"\"title\":");
-        write_str(out, title);
-    }
-    if let Some(status) = c.status {
-        key(out, b"\"status\":");
-        write_status(out, status);
-    }
-    for (name, number) in
-        [(&b"\"progress\":"[..], &c.progress), (b"\"current\":", &c.current), (b"\"total\":", &c.total)]
-    {
-        if let Some(number) = number {
-            key(out, name);
-            write_number(out, number);
+/// A value of a client field, written as its `Serialize` writes it: what
+/// the record writer needs to write a field from its type alone.
+pub(super) trait WriteJson {
+    /// Appends the value as JSON.
+    fn write_json(&self, out: &mut Vec<u8>);
+}
+
+/// `None` is `null`: the record writes every client field. (A child leaves
+/// out the fields it has not, as `skip_serializing_if` does: see
+/// record/generate.rs.)
+impl<T: WriteJson> WriteJson for Option<T> {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Some(value) => value.write_json(out),
+            None => out.extend_from_slice(b"null"),
         }
     }
-    if let Some(message) = &c.message {
-        key(out, b"\"message\":");
-        write_str(out, message);
+}
+
+impl WriteJson for Status {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        out.extend_from_slice(self.as_str().as_bytes());
+        out.push(b'"');
     }
-    if let Some(weight) = &c.weight {
-        key(out, b"\"weight\":");
-        write_number(out, weight);
+}
+
+impl WriteJson for u64 {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_u64(out, *self);
     }
-    if first {
+}
+
+/// With `arbitrary_precision`, a number is its text, written as it is.
+impl WriteJson for Number {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_str().as_bytes());
+    }
+}
+
+impl WriteJson for String {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_str(out, self);
+    }
+}
+
+/// Values of any shape are written by serde_json.
+impl WriteJson for Value {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("writing to a Vec cannot fail");
+    }
+}
+
+impl WriteJson for Map<String, Value> {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("writing to a Vec cannot fail");
+    }
+}
+
+impl WriteJson for Children {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'{');
+        for (i, (id, child)) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, id);
+            out.push(b':');
+            child.write_json(out);
+        }
+        out.push(b'}');
     }
-    out.push(b'}');
 }
 
 fn write_stage(out: &mut Vec<u8>, s: &StageSpan) {
@@ -131,19 +142,8 @@ fn write_opt<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec
     }
 }
 
-fn write_status(out: &mut Vec<u8>, status: Status) {
-    out.push(b'"');
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b'"');
-}
-
 fn write_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-/// With `arbitrary_precision`, a number is its text, written as it is.
-fn write_number(out: &mut Vec<u8>, n: &Number) {
-    out.extend_from_slice(n.as_str().as_bytes());
 }
 
 /// A string as serde_json writes it: as it is unless it holds a quote, a
@@ -156,12 +156,4 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
-}
-
-fn write_value(out: &mut Vec<u8>, value: &Value) {
-    serde_json::to_writer(out, value).expect("writing to a Vec cannot fail");
-}
-
-fn write_map(out: &mut Vec<u8>, map: &Map<String, Value>) {
-    serde_json::to_writer(out, map).expect("writing to a Vec cannot fail");
 }
