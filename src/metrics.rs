@@ -11,9 +11,15 @@
 //! - **Stores**: each tier counts its own operations where they happen
 //!   (`store_op!`); the tiered store counts fallback reads. Gauges that
 //!   describe state (breakers, backlog, pools) are set at scrape time by
-//!   [`crate::store::ProgressStore::report_metrics`].
+//!   the store's `report_metrics`, which the `/metrics` handler in `http`
+//!   calls before [`render`].
 //! - **Records**: the service counts writes and deletes; cleanup reports
 //!   what it purged through [`records_cleaned_up`].
+//!
+//! This module sits below everything that records into it: it takes plain
+//! values (static names, numbers, booleans) and knows neither the HTTP
+//! layer nor the store, so both can call it without an import cycle. A
+//! store type that a gauge shows as a number implements [`GaugeValue`].
 //!
 //! Recording must stay cheap on the request path: label values are static
 //! strings, and the handles of the series a request touches are looked up
@@ -28,15 +34,11 @@ use std::time::{Duration, Instant};
 
 use ::metrics::{Counter, Histogram, SharedString, Unit};
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use axum::extract::{MatchedPath, State};
-use axum::http::{HeaderValue, Method, Request, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::MatchedPath;
+use axum::http::{Method, Request, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
-
-use crate::http::AppState;
-use crate::store::{BreakerState, StoreError};
 
 /// Requests answered, by `method`, `route` and `status`.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -141,11 +143,9 @@ fn describe() {
     describe_gauge!(READ_CACHE_ENTRIES, Unit::Count, "Records held by the read cache in front of Redis.");
 }
 
-/// `GET /metrics`: the store reports its state, then every metric is rendered.
-pub async fn scrape(State(state): State<AppState>) -> Response {
-    state.service.store().report_metrics();
-    let body = handle().render();
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT))], body).into_response()
+/// Every metric in the text format ([`TEXT_FORMAT`]), as of now.
+pub fn render() -> String {
+    handle().render()
 }
 
 // --- storage ------------------------------------------------------------------
@@ -166,8 +166,8 @@ impl StoreOp {
         }
     }
 
-    /// Counts one finished operation, and its failure.
-    pub fn count<T>(&self, result: &Result<T, StoreError>) {
+    /// Counts one finished operation, and its failure (whatever the error type).
+    pub fn count<T, E>(&self, result: &Result<T, E>) {
         self.operations.increment(1);
         if result.is_err() {
             self.errors.increment(1);
@@ -180,7 +180,7 @@ impl StoreOp {
     }
 
     /// Awaits `operation` and counts it.
-    pub async fn observe<T>(&self, operation: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    pub async fn observe<T, E>(&self, operation: impl Future<Output = Result<T, E>>) -> Result<T, E> {
         let result = operation.await;
         self.count(&result);
         result
@@ -250,14 +250,23 @@ pub fn breaker_opened(tier: &'static str) {
     counter!(BREAKER_OPENED, "tier" => tier).increment(1);
 }
 
+/// A state that a gauge shows as a number. The store's breaker state
+/// implements it ([`BREAKER_STATE`]: 0 closed, 1 half-open, 2 open), so
+/// this module need not know the store's types.
+pub trait GaugeValue {
+    /// The value the gauge is set to.
+    fn gauge_value(self) -> f64;
+}
+
+impl GaugeValue for f64 {
+    fn gauge_value(self) -> f64 {
+        self
+    }
+}
+
 /// Sets the breaker gauge of `tier` (scrape time).
-pub fn set_breaker_state(tier: &'static str, state: BreakerState) {
-    let value = match state {
-        BreakerState::Closed => 0.0,
-        BreakerState::HalfOpen => 1.0,
-        BreakerState::Open => 2.0,
-    };
-    gauge!(BREAKER_STATE, "tier" => tier).set(value);
+pub fn set_breaker_state(tier: &'static str, state: impl GaugeValue) {
+    gauge!(BREAKER_STATE, "tier" => tier).set(state.gauge_value());
 }
 
 /// Sets the write-behind gauges (scrape time).

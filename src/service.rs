@@ -1,6 +1,16 @@
 //! The progress operations, independent of HTTP: read, the write loop
-//! (read, merge, derive, compare-and-set, retry on a lost race), delete.
+//! (read, merge, derive, compare-and-set, retry on a lost race), delete,
+//! and what listing, the admin routes, `/readyz` and `/metrics` ask of the
+//! store.
+//!
+//! This is the handlers' only way to the store: `http` holds a
+//! [`ProgressService`], never the store itself. The plain data types those
+//! operations take and return (a listing query and page, a bulk-delete
+//! filter, tier health, counts) are defined by the store and re-exported
+//! here, so `http` imports nothing from `store`; the store's trait and its
+//! tiers stay out of reach of the handlers.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -11,7 +21,12 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::live::Live;
-use crate::store::ProgressStore;
+use crate::store::{ProgressStore, StoreError};
+
+pub use crate::store::{
+    BacklogSummary, BreakerState, CleanupReport, DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT,
+    RecordFilter, StatusCounts, TierHealth, TierState,
+};
 
 /// How many times a write re-reads after losing a compare-and-set race.
 /// Every lost race means another write landed, so N concurrent writers
@@ -90,11 +105,6 @@ impl ProgressService {
     /// Who waits on which record; told of every write through this service.
     pub fn live(&self) -> &Live {
         &self.live
-    }
-
-    /// The store underneath.
-    pub fn store(&self) -> &Arc<dyn ProgressStore> {
-        &self.store
     }
 
     /// The largest `ttl_seconds` a write may ask for.
@@ -245,6 +255,66 @@ impl ProgressService {
     }
 }
 
+/// Listing, the admin operations and what `/readyz` and `/metrics` report.
+impl ProgressService {
+    /// One page of live records, newest first, as `query` says.
+    pub async fn list(&self, query: &ListQuery) -> Result<ListPage, Error> {
+        Ok(self.store.list(query).await?)
+    }
+
+    /// Purges expired data in every tier now; the counts per tier. Not
+    /// under the cleanup lock: a concurrent background cleanup only splits
+    /// the work (each batch deletes rows the other has not).
+    pub async fn cleanup(&self) -> Result<CleanupReport, Error> {
+        let store = self.store.clone();
+        let report = to_completion(async move { store.cleanup(false).await }).await?.unwrap_or_default();
+        crate::metrics::records_cleaned_up(report.total());
+        Ok(report)
+    }
+
+    /// Deletes every live record matching `filter` from every tier; how many.
+    pub async fn delete_matching(&self, filter: RecordFilter) -> Result<u64, Error> {
+        let store = self.store.clone();
+        let deleted = to_completion(async move { store.delete_matching(&filter).await }).await?;
+        crate::metrics::records_deleted(deleted);
+        Ok(deleted)
+    }
+
+    /// Live records per status. The store's own error, not [`Error`]: the
+    /// stats show an operator its cause, where a request would only see
+    /// "storage is unavailable".
+    pub async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        self.store.count_by_status().await
+    }
+
+    /// Probes every tier, concurrently and each within its own timeout.
+    pub async fn health(&self) -> Vec<TierHealth> {
+        self.store.health().await
+    }
+
+    /// The write-behind backlog, when the store has one.
+    pub fn write_behind(&self) -> Option<BacklogSummary> {
+        self.store.write_behind()
+    }
+
+    /// Sets the gauges that describe the store's state, before a scrape.
+    pub fn report_metrics(&self) {
+        self.store.report_metrics();
+    }
+}
+
+/// Runs `work` in a task of its own and waits for it: if the caller is cut
+/// short (the client goes away, or the request timeout fires on a very
+/// large delete), the batches still run to the end.
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(work).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(Error::Internal(format!("an admin task failed: {e}"))),
+    }
+}
+
 /// `If-Match` and `If-None-Match` of a write.
 #[derive(Debug, Clone, Default)]
 pub struct Preconditions {
@@ -291,7 +361,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::{MemoryStore, StoreError};
+    use crate::store::MemoryStore;
 
     /// A store that refuses the first `losses` compare-and-sets, as if
     /// another writer had come first each time.

@@ -1,10 +1,8 @@
 //! The admin routes (`Access::Admin`): cleanup, bulk delete and stats.
 //!
-//! The work of cleanup and bulk delete runs in a task of its own: if the
-//! request is cut short (the client goes away, or the request timeout
-//! fires on a very large delete), the batches still run to the end.
+//! The work of cleanup and bulk delete runs to the end even when the
+//! request is cut short (see `ProgressService::cleanup`).
 
-use std::future::Future;
 use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
@@ -19,16 +17,12 @@ use super::extract::{distinct_params, id_prefix};
 use super::health::{Readiness, millis};
 use crate::domain::{Status, Timestamp};
 use crate::error::Error;
-use crate::store::{RecordFilter, StoreError};
+use crate::service::RecordFilter;
 
 /// `POST /admin/cleanup`: purges expired data in every tier now; the counts per tier.
 pub async fn cleanup(State(state): State<AppState>) -> Result<Response, Error> {
-    let store = state.service.store().clone();
     let started = Instant::now();
-    // Not under the cleanup lock: a concurrent background cleanup only
-    // splits the work (each batch deletes rows the other has not).
-    let report = to_completion(async move { store.cleanup(false).await }).await?.unwrap_or_default();
-    crate::metrics::records_cleaned_up(report.total());
+    let report = state.service.cleanup().await?;
     Ok(json_response(
         StatusCode::OK,
         json!({
@@ -49,17 +43,15 @@ pub async fn delete_progress(
 ) -> Result<Response, Error> {
     let Query(pairs) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
     let filter = parse_filter(pairs, Timestamp::now())?;
-    let store = state.service.store().clone();
-    let deleted = to_completion(async move { store.delete_matching(&filter).await }).await?;
-    crate::metrics::records_deleted(deleted);
+    let deleted = state.service.delete_matching(filter).await?;
     Ok(json_response(StatusCode::OK, json!({ "deleted": deleted })))
 }
 
 /// `GET /admin/stats`: records per status, the dependencies as `/readyz`
 /// sees them, breaker states and the write-behind backlog.
 pub async fn stats(State(state): State<AppState>) -> Result<Response, Error> {
-    let store = state.service.store();
-    let (readiness, counts) = tokio::join!(Readiness::check(store.as_ref()), store.count_by_status());
+    let service = &state.service;
+    let (readiness, counts) = tokio::join!(Readiness::check(service), service.count_by_status());
     let (records, records_error) = match counts {
         Ok(counts) => {
             let by_status: Map<String, Value> =
@@ -69,7 +61,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, Error> {
         // Stats matter most when something is down: answer with what is known.
         Err(e) => (Value::Null, json!(e.to_string())),
     };
-    let write_behind = store.write_behind().map(|b| {
+    let write_behind = service.write_behind().map(|b| {
         json!({
             "pending": b.pending,
             "oldest_age_ms": b.oldest_age.map(millis),
@@ -86,16 +78,6 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, Error> {
             "write_behind": write_behind,
         }),
     ))
-}
-
-/// Runs `work` in a task of its own and waits for it.
-async fn to_completion<T: Send + 'static>(
-    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) -> Result<T, Error> {
-    match tokio::spawn(work).await {
-        Ok(result) => Ok(result?),
-        Err(e) => Err(Error::Internal(format!("an admin task failed: {e}"))),
-    }
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use crate::domain::Timestamp;
-use crate::store::{BreakerState, ProgressStore, TierHealth, TierState};
+use crate::service::{BreakerState, ProgressService, TierHealth, TierState};
 
 /// The dependencies `/readyz` always reports, configured or not.
 const DEPENDENCIES: [&str; 3] = ["memory", "redis", "postgres"];
@@ -55,11 +55,11 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Probes every tier of `store`. Any one tier that is up can serve
-    /// reads and writes on its own (the tiered store falls back to the
-    /// other), so the service is unavailable only when none is.
-    pub async fn check(store: &dyn ProgressStore) -> Self {
-        let tiers = store.health().await;
+    /// Probes every tier of the service's store. Any one tier that is up
+    /// can serve reads and writes on its own (the tiered store falls back
+    /// to the other), so the service is unavailable only when none is.
+    pub async fn check(service: &ProgressService) -> Self {
+        let tiers = service.health().await;
         Self { overall: overall_of(&tiers), tiers, checked_at: Timestamp::now() }
     }
 
@@ -140,7 +140,7 @@ pub(crate) fn millis(d: std::time::Duration) -> f64 {
 /// `GET /readyz`: 200 while reads and writes can be served (`ok` or
 /// `degraded`), else 503 with `Retry-After`; the body says why either way.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let readiness = Readiness::check(state.service.store().as_ref()).await;
+    let readiness = Readiness::check(&state.service).await;
     let status = if readiness.can_serve() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mut response = (status, readiness.to_json().to_string()).into_response();
     let headers = response.headers_mut();

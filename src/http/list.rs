@@ -1,5 +1,5 @@
 //! `GET /progress?status=&prefix=&limit=&cursor=` (`Access::List`): newest
-//! first listing for dashboards, a page at a time (see `store::listing`).
+//! first listing for dashboards, a page at a time (see `ProgressService::list`).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -11,7 +11,7 @@ use super::AppState;
 use super::extract::{distinct_params, id_prefix};
 use crate::domain::{Status, Timestamp};
 use crate::error::Error;
-use crate::store::{DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT};
+use crate::service::{DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT};
 
 /// `GET /progress`: `{"items": [record, …], "next_cursor": "…" | null}`,
 /// each record exactly as `GET /progress/{id}` renders it.
@@ -21,7 +21,7 @@ pub async fn list(
 ) -> Result<Response, Error> {
     let Query(pairs) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
     let query = parse_query(pairs)?;
-    let page = state.service.store().list(&query).await?;
+    let page = state.service.list(&query).await?;
     Ok(page_response(&page))
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::State;
 use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
@@ -120,7 +121,7 @@ where
 pub fn routes() -> Vec<Route> {
     vec![
         route(Method::GET, "/healthz", Access::Public, healthz),
-        route(Method::GET, "/metrics", Access::Public, crate::metrics::scrape),
+        route(Method::GET, "/metrics", Access::Public, metrics),
         route(Method::GET, "/readyz", Access::Public, health::readyz),
         route(Method::GET, "/client.js", Access::Public, assets::client_js),
         route(Method::GET, "/dashboard", Access::Public, assets::dashboard),
@@ -175,6 +176,13 @@ async fn healthz() -> Response {
     let mut response = r#"{"status":"ok"}"#.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// `GET /metrics`: the store sets its gauges, then every metric is rendered.
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.service.report_metrics();
+    let body = crate::metrics::render();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::TEXT_FORMAT))], body).into_response()
 }
 
 async fn not_found(uri: Uri) -> Error {
