@@ -36,7 +36,7 @@ use redis_server::OwnRedis;
 
 /// What the run promises to check, printed before it starts.
 pub const HEADER: &str = "\
-definitions (from README: Storage, The durable tier, What a crash can lose, Known limits):
+definitions (from README: Storage, What a crash can lose, Known limits; ARCHITECTURE.md: degraded modes):
   acknowledged write   a PUT/PATCH answered 200/201; its version is the ETag, and its body
                        carries `current` = a per-id sequence number only its one writer uses,
                        so every write of an id is told apart even if versions are reused
