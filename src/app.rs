@@ -15,8 +15,8 @@ use crate::live::Live;
 use crate::service::ProgressService;
 use crate::settings::{Settings, redact_url};
 use crate::store::{
-    CacheConfig, CachedStore, ChangeNotices, ChangeSink, ErrorLog, HotTier, MemoryStore, PostgresStore,
-    PostgresStoreConfig, ProgressStore, RedisStore, RedisStoreConfig, TierState, TieredConfig, TieredStore,
+    CacheConfig, CachedStore, ChangeNotices, ChangeSink, ErrorLog, Hot, MemoryStore, PostgresStore,
+    PostgresStoreConfig, RedisStore, RedisStoreConfig, Store, TierState, TieredConfig, TieredStore,
 };
 use crate::tls::{self, Verify};
 
@@ -41,7 +41,7 @@ const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Never waits for a tier: one that is down at start-up is reported per
 /// request (and retried in the background), not as a start-up failure.
 /// Must run inside Tokio.
-pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn ProgressStore>, Notices)> {
+pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Notices)> {
     let (hot, notices) = match &settings.redis_url {
         Some(url) => {
             let (hot, notices) = build_redis(settings, url)?;
@@ -85,12 +85,13 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn ProgressStore
         probe_every: Duration::from_millis(settings.breaker_probe_ms),
         shutdown_flush: Duration::from_secs(settings.shutdown_flush_seconds),
     };
-    Ok((TieredStore::start(hot, Arc::new(durable), config), notices))
+    let store: Arc<TieredStore<RedisStore, PostgresStore>> = TieredStore::start(hot, Arc::new(durable), config);
+    Ok((store, notices))
 }
 
 /// Redis, behind the read cache unless `PROGRESS_CACHE_MAX_AGE_MS` is 0,
 /// and the subscription to its change notices.
-fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<(HotTier, Arc<ChangeNotices>)> {
+fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<(Hot<RedisStore>, Arc<ChangeNotices>)> {
     let variable = settings.redis_url_variable;
     let invalid = |e: &dyn std::fmt::Display| anyhow::anyhow!("invalid setting {variable} ({}): {e}", redact_url(url));
     let (client, tls) = redis_client(settings, url).map_err(|e| invalid(&e))?;
@@ -120,7 +121,7 @@ fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<(HotTier, Arc<C
         settings.redis_timeout(),
     );
     if settings.cache_max_age_ms == 0 {
-        return Ok((HotTier { store: redis.clone(), redis, cache: None }, notices));
+        return Ok((Hot { store: redis.clone(), tier: redis, cache: None }, notices));
     }
     let cached = Arc::new(CachedStore::new(
         redis.clone(),
@@ -130,7 +131,7 @@ fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<(HotTier, Arc<C
         },
     ));
     notices.attach(Arc::downgrade(&cached) as std::sync::Weak<dyn ChangeSink>);
-    Ok((HotTier { store: cached.clone(), redis, cache: Some(cached) }, notices))
+    Ok((Hot { store: cached.clone(), tier: redis, cache: Some(cached) }, notices))
 }
 
 /// The Redis client for `url`, and for `rediss://` the TLS configuration
@@ -217,7 +218,7 @@ fn listen(address: SocketAddr, dual_stack: bool) -> std::io::Result<TcpListener>
 /// reason changes, and at most once a minute while it lasts), and when it
 /// answers again. Probes every second while a tier is down, every ten
 /// while all are up; stops once the store is dropped.
-fn watch_tiers(store: &Arc<dyn ProgressStore>) {
+fn watch_tiers(store: &Arc<dyn Store>) {
     use crate::store::MIGRATIONS_PENDING;
     let store = Arc::downgrade(store);
     tokio::spawn(async move {
@@ -266,13 +267,13 @@ fn watch_tiers(store: &Arc<dyn ProgressStore>) {
 
 /// The application router over `store`, with live updates from this
 /// instance's writes only.
-pub fn build_router(settings: &Settings, store: Arc<dyn ProgressStore>) -> Router {
+pub fn build_router(settings: &Settings, store: Arc<dyn Store>) -> Router {
     build_app(settings, store, None).0
 }
 
 /// The application router over `store`, and its live-update hub, which
 /// also hears of other instances' writes through `notices`.
-pub fn build_app(settings: &Settings, store: Arc<dyn ProgressStore>, notices: Notices) -> (Router, Live) {
+pub fn build_app(settings: &Settings, store: Arc<dyn Store>, notices: Notices) -> (Router, Live) {
     let policy = WritePolicy {
         default_ttl_seconds: settings.ttl_seconds,
         heartbeat_ms: i64::try_from(settings.heartbeat_seconds).unwrap_or(i64::MAX / 1000) * 1000,

@@ -19,11 +19,13 @@
 //!   re-read per change for all of them.
 //! - [`domain`]: ids, the record, validation, merge patch, derived fields,
 //!   the stored form; no I/O.
-//! - [`store`]: the `ProgressStore` trait and its implementations: the
+//! - [`store`]: the store traits (`ProgressStore`, `Health`,
+//!   `Maintenance`; together `Store`) and their implementations: the
 //!   embedded store (`memory`), Redis (`redis/`), PostgreSQL
 //!   (`postgres/`), the read cache in front of Redis (`cached/`), and the
-//!   tiering layer (`tiered/`: Redis over PostgreSQL, with breakers,
-//!   write-behind, fence, settle and copy-back).
+//!   tiering layer (`tiered/`: Redis over PostgreSQL, generic over a
+//!   `HotTier` and a `DurableTier`, with breakers, write-behind, fence,
+//!   settle and copy-back).
 //! - Beside them: [`settings`] (typed configuration: defaults <
 //!   `progressd.toml` < environment), [`secrets`] (passwords and tokens
 //!   kept out of logs), [`metrics`] (Prometheus), [`error`] (the one error

@@ -21,7 +21,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::live::Live;
-use crate::store::{ProgressStore, StoreError};
+use crate::store::{Store, StoreError};
 
 pub use crate::store::{
     BacklogSummary, BreakerState, CleanupReport, DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT,
@@ -89,7 +89,7 @@ pub struct Written {
 /// Progress operations over one store.
 #[derive(Clone)]
 pub struct ProgressService {
-    store: Arc<dyn ProgressStore>,
+    store: Arc<dyn Store>,
     policy: WritePolicy,
     max_ttl_seconds: u64,
     live: Live,
@@ -97,7 +97,7 @@ pub struct ProgressService {
 
 impl ProgressService {
     /// A service over `store`.
-    pub fn new(store: Arc<dyn ProgressStore>, policy: WritePolicy, max_ttl_seconds: u64) -> Self {
+    pub fn new(store: Arc<dyn Store>, policy: WritePolicy, max_ttl_seconds: u64) -> Self {
         let live = Live::new(store.clone());
         Self { store, policy, max_ttl_seconds, live }
     }
@@ -361,7 +361,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{ListPage, ListQuery, MemoryStore, ProgressStore};
 
     /// A store that refuses the first `losses` compare-and-sets, as if
     /// another writer had come first each time.
@@ -372,9 +372,6 @@ mod tests {
 
     #[async_trait]
     impl ProgressStore for Racy {
-        fn kind(&self) -> &'static str {
-            "racy"
-        }
         async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
             self.inner.get(id).await
         }
@@ -390,7 +387,12 @@ mod tests {
         async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
             self.inner.delete(id).await
         }
+        async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+            self.inner.list(query).await
+        }
     }
+
+    crate::store::operations_of_inner!(Racy, inner);
 
     fn racy_service() -> (ProgressService, Arc<Racy>) {
         let store = Arc::new(Racy { inner: MemoryStore::start(Duration::from_secs(60)), losses: AtomicUsize::new(0) });

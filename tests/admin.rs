@@ -15,7 +15,7 @@ use common::proxy::{Mode, Proxy};
 use common::redis_server::OwnRedis;
 use common::{Backend, TestApp, assert_problem, delete_keys, redis_conn, redis_url, spawn_app_with, unique_prefix};
 use progressd::Settings;
-use progressd::store::{ProgressStore, RedisStore, RedisStoreConfig};
+use progressd::store::{Maintenance, RedisStore, RedisStoreConfig};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 

@@ -19,7 +19,7 @@ use serde_yaml::Value as Yaml;
 use tower::ServiceExt;
 
 use progressd::Settings;
-use progressd::store::{MemoryStore, ProgressStore};
+use progressd::store::{MemoryStore, Store};
 
 /// Seconds a host must wait after SIGTERM beyond the flush bound: the
 /// requests in flight finish first, and the process has to exit.
@@ -191,7 +191,7 @@ fn health_checks() -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn every_health_check_path_answers_200() {
-    let store: Arc<dyn ProgressStore> = MemoryStore::start(Duration::from_secs(10));
+    let store: Arc<dyn Store> = MemoryStore::start(Duration::from_secs(10));
     let router = progressd::app::build_router(&Settings::default(), store);
     let mut problems = Vec::new();
     for (place, path) in health_checks() {

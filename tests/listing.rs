@@ -22,8 +22,8 @@ use common::{
 use progressd::Settings;
 use progressd::domain::{ClientFields, ProgressId, Status, StoredRecord, Timestamp, Touched, WritePolicy, apply_write};
 use progressd::store::{
-    ListCursor, ListPage, ListQuery, MemoryStore, PostgresStore, PostgresStoreConfig, ProgressStore, RedisStore,
-    RedisStoreConfig,
+    ListCursor, ListPage, ListQuery, Maintenance, MemoryStore, PostgresStore, PostgresStoreConfig, ProgressStore,
+    RedisStore, RedisStoreConfig, Store,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -582,7 +582,7 @@ fn ids(page: &ListPage) -> Vec<String> {
 }
 
 /// Every page of `query` on `store`; the ids and the number of pages.
-async fn pages_of(store: &dyn ProgressStore, query: &ListQuery) -> (Vec<String>, usize) {
+async fn pages_of(store: &dyn Store, query: &ListQuery) -> (Vec<String>, usize) {
     let (mut all, mut pages, mut query) = (Vec::new(), 0, query.clone());
     loop {
         let page = store.list(&query).await.unwrap();
@@ -625,7 +625,7 @@ async fn ties_on_created_at_page_exactly_on_every_store() {
     })
     .unwrap();
     postgres.migrate().await.unwrap();
-    let stores: [&dyn ProgressStore; 3] = [memory.as_ref(), &redis, &postgres];
+    let stores: [&dyn Store; 3] = [memory.as_ref(), &redis, &postgres];
     for store in stores {
         for (id, at, status) in &plan {
             assert!(

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::postgres::{OwnPostgres, TestDatabase, free_port};
 use progressd::domain::{ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy, apply_write};
-use progressd::store::{DurableRow, PostgresStore, PostgresStoreConfig, ProgressStore, RecordFilter, StoreError};
+use progressd::store::{
+    DurableRow, Health, PostgresStore, PostgresStoreConfig, ProgressStore, RecordFilter, StoreError,
+};
 use serde_json::{Value, json};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -295,7 +297,7 @@ async fn ping_measures_one_round_trip() {
     let store = store(db.url(), Duration::from_secs(5));
     let latency = store.ping().await.unwrap();
     assert!(latency < Duration::from_secs(5));
-    let via_trait: &dyn ProgressStore = &store;
+    let via_trait: &dyn Health = &store;
     via_trait.ping().await.unwrap();
 }
 

@@ -13,7 +13,7 @@ use common::proxy::{Mode, Proxy};
 use common::redis_server::OwnRedis;
 use common::{Backend, TestApp, spawn_app, spawn_app_with};
 use progressd::Settings;
-use progressd::store::{PostgresStore, PostgresStoreConfig, ProgressStore, TierState};
+use progressd::store::{Health, PostgresStore, PostgresStoreConfig, TierState};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -21,3 +21,5 @@ pub use record::{
 };
 pub use stored::{CorruptRecord, StoredRecord};
 pub use time::Timestamp;
+#[cfg(test)]
+pub(crate) use time::test_clock;

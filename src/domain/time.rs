@@ -7,10 +7,37 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(pub i64);
 
+/// The unit tests' hold on the wall clock: tokio's paused clock moves
+/// timers, this moves [`Timestamp::now`] with them (per thread, so tests
+/// running side by side do not see each other's). Always 0 outside tests.
+#[cfg(test)]
+pub(crate) mod test_clock {
+    use std::cell::Cell;
+
+    thread_local!(static OFFSET_MS: Cell<i64> = const { Cell::new(0) });
+
+    /// Moves this thread's wall clock forward by `ms`.
+    pub(crate) fn advance_ms(ms: i64) {
+        OFFSET_MS.with(|o| o.set(o.get() + ms));
+    }
+
+    pub(super) fn offset_ms() -> i64 {
+        OFFSET_MS.with(Cell::get)
+    }
+}
+
+#[cfg(not(test))]
+mod test_clock {
+    #[inline(always)]
+    pub(super) const fn offset_ms() -> i64 {
+        0
+    }
+}
+
 impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Self {
-        Self(Utc::now().timestamp_millis())
+        Self(Utc::now().timestamp_millis() + test_clock::offset_ms())
     }
 
     /// Milliseconds since the Unix epoch.

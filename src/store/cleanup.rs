@@ -1,12 +1,12 @@
 //! Purging expired data: what one cleanup removed, and the background
-//! task that runs [`ProgressStore::cleanup`] on an interval. Each tier
+//! task that runs [`Maintenance::cleanup`](super::Maintenance::cleanup) on an interval. Each tier
 //! does its own purge (and takes its own lock, so that one instance at a
 //! time does it); this is the timer and the report.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::ProgressStore;
+use super::Store;
 
 /// What one cleanup removed, per tier; `None` where the tier is not configured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,11 +27,11 @@ impl CleanupReport {
     }
 }
 
-/// Runs [`ProgressStore::cleanup`] every `every` for as long as the store
+/// Runs [`Maintenance::cleanup`](super::Maintenance::cleanup) every `every` for as long as the store
 /// lives, on one instance at a time (the store's own lock decides which).
 /// The first run is one interval after start-up. Must be called inside Tokio.
-pub fn spawn_cleanup(store: &Arc<dyn ProgressStore>, every: Duration) {
-    let weak: Weak<dyn ProgressStore> = Arc::downgrade(store);
+pub fn spawn_cleanup(store: &Arc<dyn Store>, every: Duration) {
+    let weak: Weak<dyn Store> = Arc::downgrade(store);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::bulk::{RecordFilter, StatusCounts, delete_page, status_of};
 use super::health::{LastError, TierHealth, timed};
 use super::listing::{ListCursor, ListPage, ListQuery, Verdict, merge_descending, walk};
-use super::{CleanupReport, ProgressStore, StoreError};
+use super::{BacklogSummary, CleanupReport, Health, Maintenance, ProgressStore, StoreError};
 use crate::domain::{ProgressId, Status, StoredRecord};
 use crate::metrics::store_op;
 
@@ -135,10 +135,6 @@ async fn sweep(store: Weak<MemoryStore>, every: Duration) {
 
 #[async_trait]
 impl ProgressStore for MemoryStore {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         store_op!("memory", "get").succeeded();
         let records = self.lock();
@@ -183,26 +179,6 @@ impl ProgressStore for MemoryStore {
         Ok(records.remove(id.as_str()).is_some_and(|e| e.expires_at > Instant::now()))
     }
 
-    async fn health(&self) -> Vec<TierHealth> {
-        let (probe, latency) = timed(async {
-            drop(self.lock());
-            Ok(())
-        })
-        .await;
-        vec![TierHealth::from_probe("memory", probe, latency, &LastError::default())]
-    }
-
-    async fn cleanup(&self, _exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
-        // Each instance has its own memory: no lock to take.
-        let swept = self.sweep_expired() as u64;
-        Ok(Some(CleanupReport { memory_expired: Some(swept), ..CleanupReport::default() }))
-    }
-
-    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
-        let candidates = self.snapshot(|id| filter.matches_id(id));
-        Ok(delete_page(self, candidates, filter).await?.len() as u64)
-    }
-
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
         store_op!("memory", "list").succeeded();
         let now = Instant::now();
@@ -228,6 +204,42 @@ impl ProgressStore for MemoryStore {
             _ => Verdict::Skip,
         }))
     }
+}
+
+#[async_trait]
+impl Health for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn health(&self) -> Vec<TierHealth> {
+        let (probe, latency) = timed(async {
+            drop(self.lock());
+            Ok(())
+        })
+        .await;
+        vec![TierHealth::from_probe("memory", probe, latency, &LastError::default())]
+    }
+
+    async fn ping(&self) -> Result<Duration, StoreError> {
+        Ok(Duration::ZERO)
+    }
+
+    fn report_metrics(&self) {}
+}
+
+#[async_trait]
+impl Maintenance for MemoryStore {
+    async fn cleanup(&self, _exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        // Each instance has its own memory: no lock to take.
+        let swept = self.sweep_expired() as u64;
+        Ok(Some(CleanupReport { memory_expired: Some(swept), ..CleanupReport::default() }))
+    }
+
+    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        let candidates = self.snapshot(|id| filter.matches_id(id));
+        Ok(delete_page(self, candidates, filter).await?.len() as u64)
+    }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
         let mut counts = StatusCounts::new("memory");
@@ -236,6 +248,14 @@ impl ProgressStore for MemoryStore {
         }
         Ok(counts)
     }
+
+    // Nothing is pending: every write is the record itself.
+    fn write_behind(&self) -> Option<BacklogSummary> {
+        None
+    }
+
+    // Memory dies with the process; there is nothing to persist.
+    async fn shutdown(&self) {}
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! Storage tiers. Each tier implements [`ProgressStore`]; the HTTP layer and
-//! the write logic never know which one they talk to.
+//! Storage tiers. Each store implements three small traits: [`ProgressStore`]
+//! (the request path), [`Health`] and [`Maintenance`]; the service holds
+//! one as `Arc<dyn Store>`, and the HTTP layer and the write logic never
+//! know which one they talk to.
 //!
 //! Writes are optimistic: read, build the next version in Rust, then
 //! [`ProgressStore::compare_and_set`] stores it only if nobody wrote in
@@ -42,8 +44,8 @@ pub use self::memory::MemoryStore;
 pub use self::postgres::{DurableRow, MIGRATIONS_PENDING, PgDefaults, PostgresStore, PostgresStoreConfig, pg_connect};
 pub use self::redis::{ChangeNotices, ChangeSink, RedisStore, RedisStoreConfig, from_redis};
 pub use self::tiered::{
-    BacklogSummary, BreakerState, CircuitBreaker, ErrorLog, HotTier, PendingWrite, TieredConfig, TieredStore,
-    WriteBehind,
+    BacklogSummary, BreakerState, CircuitBreaker, DurableMaintenance, DurableTier, ErrorLog, Hot, HotTier,
+    PendingWrite, TieredConfig, TieredStore, WriteBehind,
 };
 
 /// Why a store could not answer.
@@ -62,12 +64,11 @@ pub enum StoreError {
     Corrupt(#[from] CorruptRecord),
 }
 
-/// One storage tier.
+/// What every store does on the request path: read, compare-and-set or
+/// swap, delete, and list. Every tier and every layer implements it; the
+/// service calls it once per request through `dyn Store`.
 #[async_trait]
 pub trait ProgressStore: Send + Sync + 'static {
-    /// Short name for logs and health reports (`memory`, `redis`).
-    fn kind(&self) -> &'static str;
-
     /// The record, or `None` when absent or expired.
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError>;
 
@@ -118,50 +119,102 @@ pub trait ProgressStore: Send + Sync + 'static {
     /// Removes the record; `Ok(false)` when there was none.
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError>;
 
+    /// One page of live records, newest first (`created_at`, then id, both
+    /// descending), filtered and continued as `query` says (see `listing`).
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError>;
+}
+
+/// What a tier says about itself: its name, a probe, a health report and
+/// its gauges. Every store and every tier of [`TieredStore`] implements it.
+#[async_trait]
+pub trait Health: Send + Sync + 'static {
+    /// Short name for logs and health reports (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+
     /// One cheap round trip to the tier; its latency.
-    async fn ping(&self) -> Result<std::time::Duration, StoreError> {
-        Ok(std::time::Duration::ZERO)
-    }
-
-    /// Called once at shutdown, after the last request: persist what is
-    /// still only in memory.
-    async fn shutdown(&self) {}
-
-    /// Sets the gauges that describe this store's state (breakers, backlog,
-    /// pools; see `crate::metrics`). Called on every scrape of `/metrics`.
-    fn report_metrics(&self) {}
+    async fn ping(&self) -> Result<std::time::Duration, StoreError>;
 
     /// Probes every tier behind this store, concurrently and each within its
-    /// own timeout (for `/readyz`).
+    /// own timeout (for `/readyz`). By default, [`Health::ping`] once.
     async fn health(&self) -> Vec<TierHealth> {
         let (probe, latency) = health::timed(self.ping()).await;
         vec![TierHealth::from_probe(self.kind(), probe, latency, &LastError::default())]
     }
 
+    /// Sets the gauges that describe this store's state (breakers, backlog,
+    /// pools; see `crate::metrics`). Called on every scrape of `/metrics`.
+    fn report_metrics(&self);
+}
+
+/// The operations beside the request path: cleanup, bulk deletes, counts,
+/// the write-behind backlog and the last act at shutdown. Every store says
+/// what each does (nothing is "not supported" at run time).
+#[async_trait]
+pub trait Maintenance: Send + Sync + 'static {
     /// Purges expired data from every tier. With `exclusive`, only when no
     /// other instance is cleaning up (`Ok(None)` when one is).
-    async fn cleanup(&self, _exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
-        Ok(Some(CleanupReport::default()))
-    }
+    async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError>;
 
     /// Deletes every live record matching `filter` from every tier; how many.
-    async fn delete_matching(&self, _filter: &RecordFilter) -> Result<u64, StoreError> {
-        Err(StoreError::Unavailable { tier: self.kind(), reason: "bulk deletes are not supported".into() })
-    }
-
-    /// One page of live records, newest first (`created_at`, then id, both
-    /// descending), filtered and continued as `query` says (see `listing`).
-    async fn list(&self, _query: &ListQuery) -> Result<ListPage, StoreError> {
-        Err(StoreError::Unavailable { tier: self.kind(), reason: "listing is not supported".into() })
-    }
+    async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError>;
 
     /// Live records per status.
-    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
-        Err(StoreError::Unavailable { tier: self.kind(), reason: "counting is not supported".into() })
-    }
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError>;
 
-    /// The write-behind backlog, for stores that have one.
-    fn write_behind(&self) -> Option<BacklogSummary> {
-        None
-    }
+    /// The write-behind backlog; `None` for stores that have none.
+    fn write_behind(&self) -> Option<BacklogSummary>;
+
+    /// Called once at shutdown, after the last request: persist what is
+    /// still only in memory.
+    async fn shutdown(&self);
 }
+
+/// A whole store as the service holds it (`Arc<dyn Store>`): the request
+/// path, its health and its maintenance. Implemented for every type that
+/// implements the three.
+pub trait Store: ProgressStore + Health + Maintenance {}
+
+impl<T: ProgressStore + Health + Maintenance> Store for T {}
+
+/// For test stores that wrap another (`$inner`) on the request path:
+/// [`Health`] and [`Maintenance`] as the wrapped store answers them.
+#[cfg(test)]
+macro_rules! operations_of_inner {
+    ($store:ty, $inner:ident) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Health for $store {
+            fn kind(&self) -> &'static str {
+                self.$inner.kind()
+            }
+            async fn ping(&self) -> Result<std::time::Duration, $crate::store::StoreError> {
+                self.$inner.ping().await
+            }
+            fn report_metrics(&self) {}
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Maintenance for $store {
+            async fn cleanup(
+                &self,
+                exclusive: bool,
+            ) -> Result<Option<$crate::store::CleanupReport>, $crate::store::StoreError> {
+                self.$inner.cleanup(exclusive).await
+            }
+            async fn delete_matching(
+                &self,
+                filter: &$crate::store::RecordFilter,
+            ) -> Result<u64, $crate::store::StoreError> {
+                self.$inner.delete_matching(filter).await
+            }
+            async fn count_by_status(&self) -> Result<$crate::store::StatusCounts, $crate::store::StoreError> {
+                self.$inner.count_by_status().await
+            }
+            fn write_behind(&self) -> Option<$crate::store::BacklogSummary> {
+                None
+            }
+            async fn shutdown(&self) {}
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use operations_of_inner;

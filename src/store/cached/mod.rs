@@ -35,7 +35,8 @@ use async_trait::async_trait;
 use self::shard::{Entry, Shard};
 use self::write_guard::WriteGuard;
 use super::{
-    ChangeSink, CleanupReport, ListPage, ListQuery, ProgressStore, RecordFilter, StatusCounts, StoreError, TierHealth,
+    BacklogSummary, ChangeSink, CleanupReport, Health, ListPage, ListQuery, Maintenance, ProgressStore, RecordFilter,
+    StatusCounts, Store, StoreError, TierHealth,
 };
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 
@@ -56,7 +57,7 @@ pub struct CacheConfig {
 
 /// A store that answers reads from memory when it safely can.
 pub struct CachedStore {
-    inner: Arc<dyn ProgressStore>,
+    inner: Arc<dyn Store>,
     config: CacheConfig,
     shards: Vec<Mutex<Shard>>,
     /// Bumped for every change notice of an id hashing to the shard.
@@ -70,7 +71,7 @@ pub struct CachedStore {
 
 impl CachedStore {
     /// A cache over `inner`, off until [`CachedStore::reset`] says notices flow.
-    pub fn new(inner: Arc<dyn ProgressStore>, config: CacheConfig) -> Self {
+    pub fn new(inner: Arc<dyn Store>, config: CacheConfig) -> Self {
         Self {
             inner,
             config,
@@ -208,15 +209,6 @@ impl CachedStore {
 
 #[async_trait]
 impl ProgressStore for CachedStore {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn report_metrics(&self) {
-        crate::metrics::set_read_cache_entries(self.len());
-        self.inner.report_metrics();
-    }
-
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         self.lookup(id, false).await
     }
@@ -270,16 +262,36 @@ impl ProgressStore for CachedStore {
         deleted
     }
 
+    // Pages are not cached: each is one bounded round trip to the inner store.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        self.inner.list(query).await
+    }
+}
+
+#[async_trait]
+impl Health for CachedStore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn report_metrics(&self) {
+        crate::metrics::set_read_cache_entries(self.len());
+        self.inner.report_metrics();
+    }
+
     async fn ping(&self) -> Result<Duration, StoreError> {
         self.inner.ping().await
     }
 
-    async fn shutdown(&self) {
-        self.inner.shutdown().await;
-    }
-
     async fn health(&self) -> Vec<TierHealth> {
         self.inner.health().await
+    }
+}
+
+#[async_trait]
+impl Maintenance for CachedStore {
+    async fn shutdown(&self) {
+        self.inner.shutdown().await;
     }
 
     async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
@@ -298,9 +310,8 @@ impl ProgressStore for CachedStore {
         self.inner.count_by_status().await
     }
 
-    // Pages are not cached: each is one bounded round trip to the inner store.
-    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
-        self.inner.list(query).await
+    fn write_behind(&self) -> Option<BacklogSummary> {
+        self.inner.write_behind()
     }
 }
 

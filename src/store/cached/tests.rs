@@ -30,9 +30,6 @@ impl GatedStore {
 
 #[async_trait]
 impl ProgressStore for GatedStore {
-    fn kind(&self) -> &'static str {
-        "gated"
-    }
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         let read = self.inner.get(id).await;
         self.gate.acquire().await.unwrap().forget();
@@ -51,7 +48,12 @@ impl ProgressStore for GatedStore {
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         self.inner.delete(id).await
     }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        self.inner.list(query).await
+    }
 }
+
+crate::store::operations_of_inner!(GatedStore, inner);
 
 const CONFIG: CacheConfig = CacheConfig { max_age: Duration::from_secs(60), max_entries: 64 };
 

@@ -101,7 +101,7 @@ impl PostgresStore {
         Ok(parse_ids(rows))
     }
 
-    /// Leaves a tombstone for each of `ids`, like [`ProgressStore::delete`]
+    /// Leaves a tombstone for each of `ids`, like [`ProgressStore::delete`](crate::store::ProgressStore::delete)
     /// for many records at once (in batches).
     pub async fn tombstone_ids(&self, ids: &[ProgressId]) -> Result<(), StoreError> {
         let query = format!(

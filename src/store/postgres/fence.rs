@@ -63,7 +63,7 @@ impl PostgresStore {
         Ok(Some((db, statement)))
     }
 
-    /// [`ProgressStore::compare_and_set`] behind `fence`; `None` when fenced off.
+    /// [`ProgressStore::compare_and_set`](crate::store::ProgressStore::compare_and_set) behind `fence`; `None` when fenced off.
     pub async fn compare_and_set_fenced(
         &self,
         id: &ProgressId,
@@ -102,7 +102,7 @@ impl PostgresStore {
         .await
     }
 
-    /// [`ProgressStore::compare_and_delete`] behind `fence`; `None` when fenced off.
+    /// [`ProgressStore::compare_and_delete`](crate::store::ProgressStore::compare_and_delete) behind `fence`; `None` when fenced off.
     pub async fn compare_and_delete_fenced(
         &self,
         id: &ProgressId,
@@ -119,7 +119,7 @@ impl PostgresStore {
         .await
     }
 
-    /// [`ProgressStore::delete`] behind `fence`; `None` when fenced off.
+    /// [`ProgressStore::delete`](crate::store::ProgressStore::delete) behind `fence`; `None` when fenced off.
     pub async fn delete_fenced(&self, id: &ProgressId, fence: Option<Timestamp>) -> Result<Option<bool>, StoreError> {
         self.bounded_counted(store_op!("postgres", "delete"), async {
             let Some((db, statement)) = self.fenced_session(fence, DELETE).await? else { return Ok(None) };

@@ -31,7 +31,7 @@ use self::session::pg;
 use super::bulk::{RecordFilter, StatusCounts};
 use super::health::{LastError, TierHealth, timed};
 use super::listing::{ListPage, ListQuery};
-use super::{CleanupReport, ProgressStore, StoreError};
+use super::{BacklogSummary, CleanupReport, Health, Maintenance, ProgressStore, StoreError};
 use crate::domain::{ProgressId, StoredRecord};
 use crate::metrics::store_op;
 use crate::secrets::redact_url;
@@ -147,15 +147,6 @@ impl PostgresStore {
 
 #[async_trait]
 impl ProgressStore for PostgresStore {
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn report_metrics(&self) {
-        let pool = self.pool.status();
-        crate::metrics::set_pool("postgres", pool.size, pool.available, pool.max_size, pool.waiting);
-    }
-
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         let raw = self
             .bounded_counted(store_op!("postgres", "get"), async {
@@ -189,6 +180,22 @@ impl ProgressStore for PostgresStore {
         Ok(self.delete_fenced(id, None).await?.unwrap_or(false))
     }
 
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        self.list_page(query).await
+    }
+}
+
+#[async_trait]
+impl Health for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn report_metrics(&self) {
+        let pool = self.pool.status();
+        crate::metrics::set_pool("postgres", pool.size, pool.available, pool.max_size, pool.waiting);
+    }
+
     async fn ping(&self) -> Result<Duration, StoreError> {
         PostgresStore::ping(self).await
     }
@@ -197,7 +204,10 @@ impl ProgressStore for PostgresStore {
         let (probe, latency) = timed(self.check_schema()).await;
         vec![TierHealth::from_probe("postgres", probe, latency, &self.last_error)]
     }
+}
 
+#[async_trait]
+impl Maintenance for PostgresStore {
     async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
         Ok(self
             .purge_expired(exclusive)
@@ -213,7 +223,10 @@ impl ProgressStore for PostgresStore {
         self.count_statuses().await
     }
 
-    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
-        self.list_page(query).await
+    fn write_behind(&self) -> Option<BacklogSummary> {
+        None
     }
+
+    // Every write is in PostgreSQL before it is acknowledged.
+    async fn shutdown(&self) {}
 }

@@ -85,7 +85,7 @@ DELETE FROM progress
 WHERE ctid = ANY(ARRAY(SELECT ctid FROM progress WHERE expires_at <= now() LIMIT $1))
   AND expires_at <= now()";
 
-/// The conditions of a [`RecordFilter`] on live rows: `$1` status, `$2` id
+/// The conditions of a [`RecordFilter`](crate::store::RecordFilter) on live rows: `$1` status, `$2` id
 /// prefix, `$3` updated before (each NULL when not set).
 pub(super) const LIVE_MATCHING: &str = "
 NOT deleted AND expires_at > now()

@@ -13,7 +13,7 @@ use super::rows::{Batch, DurableRow, Row, millis, system_time};
 use super::session::pg;
 use crate::domain::{CorruptRecord, ProgressId, StoredRecord, Timestamp};
 use crate::metrics::store_op;
-use crate::store::StoreError;
+use crate::store::{ListPage, ListQuery, RecordFilter, StatusCounts, StoreError};
 
 impl PostgresStore {
     /// Version-guarded batch upsert in one statement: each record is written
@@ -116,5 +116,103 @@ impl PostgresStore {
             None => Ok(DurableRow::Absent),
             Some(row) => Ok(DurableRow::from_columns(row.get(0), row.get(1), row.get(2))?),
         }
+    }
+}
+
+impl crate::store::DurableTier for PostgresStore {
+    fn lookup(&self, id: &ProgressId) -> impl Future<Output = Result<DurableRow, StoreError>> + Send {
+        PostgresStore::lookup(self, id)
+    }
+
+    fn upsert_newer(
+        &self,
+        records: &[(ProgressId, StoredRecord)],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        PostgresStore::upsert_newer(self, records)
+    }
+
+    fn updated_since(
+        &self,
+        since: Timestamp,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(ProgressId, DurableRow, Timestamp)>, StoreError>> + Send {
+        PostgresStore::updated_since(self, since, limit)
+    }
+
+    fn compare_and_set_fenced(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        record: &StoredRecord,
+        fence: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Option<bool>, StoreError>> + Send {
+        PostgresStore::compare_and_set_fenced(self, id, expected, record, fence)
+    }
+
+    fn compare_and_delete_fenced(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        fence: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Option<bool>, StoreError>> + Send {
+        PostgresStore::compare_and_delete_fenced(self, id, expected, fence)
+    }
+
+    fn delete_fenced(
+        &self,
+        id: &ProgressId,
+        fence: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Option<bool>, StoreError>> + Send {
+        PostgresStore::delete_fenced(self, id, fence)
+    }
+
+    fn raise_fence(&self, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send {
+        PostgresStore::raise_fence(self, at)
+    }
+
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        PostgresStore::migrate(self)
+    }
+}
+
+impl crate::store::DurableMaintenance for PostgresStore {
+    fn purge_expired(&self, exclusive: bool) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        PostgresStore::purge_expired(self, exclusive)
+    }
+
+    fn tombstone_matching(
+        &self,
+        filter: &RecordFilter,
+        fence: Option<Timestamp>,
+    ) -> impl Future<Output = Result<(Vec<ProgressId>, bool), StoreError>> + Send {
+        PostgresStore::tombstone_matching(self, filter, fence)
+    }
+
+    fn matching_page(
+        &self,
+        filter: &RecordFilter,
+        after: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(ProgressId, i64)>, StoreError>> + Send {
+        PostgresStore::matching_page(self, filter, after, limit)
+    }
+
+    fn tombstone_versions(
+        &self,
+        rows: &[(ProgressId, i64)],
+    ) -> impl Future<Output = Result<Vec<ProgressId>, StoreError>> + Send {
+        PostgresStore::tombstone_versions(self, rows)
+    }
+
+    fn tombstone_ids(&self, ids: &[ProgressId]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        PostgresStore::tombstone_ids(self, ids)
+    }
+
+    fn list_page(&self, query: &ListQuery) -> impl Future<Output = Result<ListPage, StoreError>> + Send {
+        PostgresStore::list_page(self, query)
+    }
+
+    fn count_statuses(&self) -> impl Future<Output = Result<StatusCounts, StoreError>> + Send {
+        PostgresStore::count_statuses(self)
     }
 }

@@ -18,7 +18,7 @@ use crate::store::{CleanupReport, StoreError};
 const CLEANUP_LOCK_HOLD: Duration = Duration::from_secs(60);
 
 impl RedisStore {
-    /// [`ProgressStore::cleanup`](crate::store::ProgressStore::cleanup) for Redis.
+    /// [`Maintenance::cleanup`](crate::store::Maintenance::cleanup) for Redis.
     pub(super) async fn clean_up(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
         let token = if exclusive {
             match self.lock_cleanup(CLEANUP_LOCK_HOLD).await? {

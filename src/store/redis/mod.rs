@@ -29,7 +29,7 @@ use self::scripts::Scripts;
 use super::bulk::{RecordFilter, StatusCounts, delete_page, status_of};
 use super::health::{LastError, TierHealth, timed};
 use super::listing::{ListCursor, ListPage, ListQuery};
-use super::{CleanupReport, ProgressStore, StoreError};
+use super::{BacklogSummary, CleanupReport, Health, Maintenance, ProgressStore, StoreError};
 use crate::domain::{CorruptRecord, ProgressId, StoredRecord};
 use crate::metrics::store_op;
 
@@ -138,15 +138,6 @@ impl RedisStore {
 
 #[async_trait]
 impl ProgressStore for RedisStore {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    fn report_metrics(&self) {
-        let pool = self.pool.status();
-        crate::metrics::set_pool("redis", pool.size, pool.available, pool.max_size, pool.waiting);
-    }
-
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         let key = self.key(id);
         let raw: Option<Vec<u8>> = self
@@ -241,16 +232,6 @@ impl ProgressStore for RedisStore {
         self.script_outcome(id, outcome)
     }
 
-    async fn ping(&self) -> Result<Duration, StoreError> {
-        let started = std::time::Instant::now();
-        let _: String = self
-            .run_counted(store_op!("redis", "ping"), |mut conn| async move {
-                redis::cmd("PING").query_async(&mut conn).await
-            })
-            .await?;
-        Ok(started.elapsed())
-    }
-
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         let key = self.key(id);
         let (script, channel, notice) = (&self.scripts.delete, &self.changes_channel, change_notice(0, id));
@@ -258,15 +239,6 @@ impl ProgressStore for RedisStore {
         cmd.arg(channel).arg(notice).arg(id.as_str());
         let removed: i64 = self.eval_counted(store_op!("redis", "delete"), script, &cmd).await?;
         Ok(removed > 0)
-    }
-
-    async fn health(&self) -> Vec<TierHealth> {
-        let (probe, latency) = timed(self.ping()).await;
-        vec![TierHealth::from_probe("redis", probe, latency, &self.last_error)]
-    }
-
-    async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
-        self.clean_up(exclusive).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
@@ -309,6 +281,40 @@ impl ProgressStore for RedisStore {
         }
         Ok(page)
     }
+}
+
+#[async_trait]
+impl Health for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn report_metrics(&self) {
+        let pool = self.pool.status();
+        crate::metrics::set_pool("redis", pool.size, pool.available, pool.max_size, pool.waiting);
+    }
+
+    async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = std::time::Instant::now();
+        let _: String = self
+            .run_counted(store_op!("redis", "ping"), |mut conn| async move {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
+            .await?;
+        Ok(started.elapsed())
+    }
+
+    async fn health(&self) -> Vec<TierHealth> {
+        let (probe, latency) = timed(self.ping()).await;
+        vec![TierHealth::from_probe("redis", probe, latency, &self.last_error)]
+    }
+}
+
+#[async_trait]
+impl Maintenance for RedisStore {
+    async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
+        self.clean_up(exclusive).await
+    }
 
     async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
         let prefix = filter.id_prefix.as_deref().unwrap_or("");
@@ -337,4 +343,11 @@ impl ProgressStore for RedisStore {
             cursor = next;
         }
     }
+
+    fn write_behind(&self) -> Option<BacklogSummary> {
+        None
+    }
+
+    // Every write is in Redis before it is acknowledged.
+    async fn shutdown(&self) {}
 }

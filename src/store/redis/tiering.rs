@@ -116,3 +116,34 @@ impl RedisStore {
         self.run(|mut conn| async move { pipe.query_async(&mut conn).await }).await
     }
 }
+
+impl crate::store::HotTier for RedisStore {
+    fn put_if_newer(
+        &self,
+        id: &ProgressId,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        RedisStore::put_if_newer(self, id, record, ttl_ms)
+    }
+
+    fn delete_incarnation(
+        &self,
+        id: &ProgressId,
+        created_at: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        RedisStore::delete_incarnation(self, id, created_at)
+    }
+
+    fn scan_page(
+        &self,
+        cursor: u64,
+        id_prefix: &str,
+    ) -> impl Future<Output = Result<(u64, Vec<(ProgressId, StoredRecord)>), StoreError>> + Send {
+        RedisStore::scan_page(self, cursor, id_prefix)
+    }
+
+    fn exists_many(&self, ids: &[ProgressId]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        RedisStore::exists_many(self, ids)
+    }
+}

@@ -4,13 +4,13 @@
 //! counts by status.
 
 use super::write_behind::PendingWrite;
-use super::{HotTier, TieredStore, unavailable};
+use super::{DurableTier, Hot, HotTier, TieredStore, unavailable};
 use crate::domain::{ProgressId, Timestamp};
 use crate::store::bulk::{MAINTENANCE_BATCH, delete_page, status_of};
-use crate::store::{CleanupReport, ListPage, ListQuery, ProgressStore, RecordFilter, StatusCounts, StoreError};
+use crate::store::{CleanupReport, ListPage, ListQuery, RecordFilter, StatusCounts, StoreError};
 
-impl TieredStore {
-    /// [`ProgressStore::cleanup`] across the tiers.
+impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
+    /// [`Maintenance::cleanup`](crate::store::Maintenance::cleanup) across the tiers.
     pub(super) async fn cleanup_across_tiers(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
         if !self.durable_breaker.allows() {
             return Err(unavailable("postgres", "circuit breaker open"));
@@ -19,13 +19,13 @@ impl TieredStore {
         let Some(rows) = self.durable.purge_expired(exclusive).await? else { return Ok(None) };
         let mut report = CleanupReport { postgres_expired_rows: Some(rows), ..CleanupReport::default() };
         if let Some(hot) = &self.hot {
-            let redis = hot.redis.cleanup(false).await?.unwrap_or_default();
+            let redis = hot.tier.cleanup(false).await?.unwrap_or_default();
             report.redis_orphaned_index_entries = redis.redis_orphaned_index_entries;
         }
         Ok(Some(report))
     }
 
-    /// [`ProgressStore::delete_matching`] across the tiers.
+    /// [`Maintenance::delete_matching`](crate::store::Maintenance::delete_matching) across the tiers.
     pub(super) async fn delete_matching_across_tiers(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
         let Some(hot) = self.hot_usable() else { return self.delete_matching_durable(filter).await };
         // Redis decides for every record it holds, judged by its current
@@ -34,7 +34,7 @@ impl TieredStore {
         let prefix = filter.id_prefix.as_deref().unwrap_or("");
         let (mut cursor, mut deleted) = (0, 0);
         loop {
-            let (next, page) = Self::observe(&self.hot_breaker, hot.redis.scan_page(cursor, prefix).await)?;
+            let (next, page) = Self::observe(&self.hot_breaker, hot.tier.scan_page(cursor, prefix).await)?;
             let ids = Self::observe(&self.hot_breaker, delete_page(hot.store.as_ref(), page, filter).await)?;
             deleted += ids.len() as u64;
             self.delete_durable_many(&ids).await;
@@ -56,7 +56,7 @@ impl TieredStore {
         Ok(deleted)
     }
 
-    /// [`ProgressStore::list`] across the tiers.
+    /// [`ProgressStore::list`](crate::store::ProgressStore::list) across the tiers.
     pub(super) async fn list_across_tiers(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
         if let Some(hot) = self.hot_usable() {
             match Self::observe(&self.hot_breaker, hot.store.list(query).await) {
@@ -92,7 +92,7 @@ impl TieredStore {
         Ok(page)
     }
 
-    /// [`ProgressStore::count_by_status`] across the tiers.
+    /// [`Maintenance::count_by_status`](crate::store::Maintenance::count_by_status) across the tiers.
     pub(super) async fn count_across_tiers(&self) -> Result<StatusCounts, StoreError> {
         if self.durable_breaker.allows() {
             // This instance's unflushed updates first, so that they count.
@@ -113,7 +113,7 @@ impl TieredStore {
 }
 
 /// Bulk deletes beyond what Redis holds.
-impl TieredStore {
+impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// PostgreSQL is the store of record (Redis is down or not configured):
     /// tombstone its matching rows, after flushing what this instance
     /// acknowledged and PostgreSQL has not seen. The tombstones reach Redis
@@ -158,7 +158,7 @@ impl TieredStore {
     /// Tombstones the live PostgreSQL rows matching `filter` that Redis does
     /// not hold (the Redis pass judged the others by their current version),
     /// judging by this instance's unflushed write where it has one.
-    async fn delete_durable_only(&self, hot: &HotTier, filter: &RecordFilter) -> Result<u64, StoreError> {
+    async fn delete_durable_only(&self, hot: &Hot<H>, filter: &RecordFilter) -> Result<u64, StoreError> {
         let (mut after, mut deleted) = (String::new(), 0);
         loop {
             let page = Self::observe(
@@ -168,7 +168,7 @@ impl TieredStore {
             let Some((last, _)) = page.last() else { return Ok(deleted) };
             after = last.as_str().to_owned();
             let ids: Vec<ProgressId> = page.iter().map(|(id, _)| id.clone()).collect();
-            let held = Self::observe(&self.hot_breaker, hot.redis.exists_many(&ids).await)?;
+            let held = Self::observe(&self.hot_breaker, hot.tier.exists_many(&ids).await)?;
             let mut stale = Vec::new();
             for ((id, version), in_redis) in page.iter().zip(held) {
                 // The row matched; this instance's unflushed write, if any, is newer.

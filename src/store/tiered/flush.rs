@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use super::breaker::BreakerState;
 use super::write_behind::PendingWrite;
-use super::{TieredStore, unavailable};
+use super::{DurableTier, HotTier, TieredStore, unavailable};
 use crate::domain::{ProgressId, StoredRecord};
-use crate::store::{ProgressStore, StoreError};
+use crate::store::StoreError;
 
 /// Most records written to PostgreSQL in one statement.
 const FLUSH_BATCH: usize = 500;
 
-impl TieredStore {
+impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// Writes due backlog entries to PostgreSQL; returns how many were settled.
     pub(super) async fn flush(&self, everything: bool) -> Result<usize, StoreError> {
         let horizon = flush_horizon(self.config.persist_interval);
@@ -40,7 +40,7 @@ impl TieredStore {
                     Self::observe(&self.durable_breaker, self.durable.upsert_newer(&upserts).await.map(|_| ()))?;
                 }
                 for due in batch.iter().filter(|d| matches!(d.write, PendingWrite::Delete)) {
-                    Self::observe(&self.durable_breaker, self.durable.delete(&due.id).await)?;
+                    Self::observe(&self.durable_breaker, self.delete_unfenced(&due.id).await)?;
                 }
                 Ok::<(), StoreError>(())
             }
@@ -62,7 +62,7 @@ impl TieredStore {
         }
     }
 
-    /// [`ProgressStore::shutdown`]: flushes the backlog, retrying until
+    /// [`Maintenance::shutdown`](crate::store::Maintenance::shutdown): flushes the backlog, retrying until
     /// PostgreSQL takes it or the shutdown flush time is up.
     pub(super) async fn flush_at_shutdown(&self) {
         let deadline = tokio::time::Instant::now() + self.config.shutdown_flush;
@@ -104,7 +104,7 @@ fn flush_horizon(interval: Duration) -> Duration {
 
 /// The flusher: every tick while the store lives, writes the due backlog
 /// entries to PostgreSQL.
-pub(super) async fn flush_periodically(store: std::sync::Weak<TieredStore>) {
+pub(super) async fn flush_periodically<H: HotTier, D: DurableTier>(store: std::sync::Weak<TieredStore<H, D>>) {
     let Some(tick) = store.upgrade().map(|s| flush_tick(s.config.persist_interval)) else { return };
     // Fixed rate: the time a flush takes does not push the next one back.
     let mut ticker = tokio::time::interval(tick);

@@ -28,14 +28,14 @@
 //! - `breaker.rs`, `write_behind.rs`, `error_log.rs`: the circuit breaker,
 //!   the backlog of updates PostgreSQL has not seen, and the log throttle
 //!   of retry loops.
-//!
-//! Past [`ProgressStore`], the layer calls the tiers' own methods: on
-//! Redis, `put_if_newer`, `delete_incarnation`, `scan_page` and
-//! `exists_many` (all in `redis/tiering.rs`); on PostgreSQL, `lookup`,
-//! `upsert_newer` and `updated_since` (`postgres/tiering.rs`), the fenced
-//! writes and `raise_fence` (`postgres/fence.rs`), `migrate`, `ping`,
-//! `purge_expired`, the tombstones of bulk deletes, `list_page` and
-//! `count_statuses`.
+//! - `tiers.rs`: what the layer needs of each tier beyond the request path
+//!   ([`HotTier`]: `put_if_newer`, `delete_incarnation`, `scan_page`,
+//!   `exists_many`; [`DurableTier`]: `lookup`, `upsert_newer`,
+//!   `updated_since`, the fenced writes, `raise_fence`, `migrate`;
+//!   [`DurableMaintenance`]: purge, tombstones, listing, counts).
+//!   [`TieredStore`] is generic over them: the real tiers are `RedisStore`
+//!   and `PostgresStore` (`app.rs`), the unit tests (`tests/`) use fakes
+//!   with injectable failures, one test per degraded mode.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -45,8 +45,8 @@ use async_trait::async_trait;
 
 use self::read::Read;
 use super::{
-    CachedStore, CleanupReport, ListPage, ListQuery, PostgresStore, ProgressStore, RecordFilter, RedisStore,
-    StatusCounts, StoreError, TierHealth,
+    CleanupReport, Health, ListPage, ListQuery, Maintenance, ProgressStore, RecordFilter, StatusCounts, StoreError,
+    TierHealth,
 };
 use crate::domain::{ProgressId, StoredRecord};
 use crate::metrics;
@@ -57,11 +57,16 @@ mod error_log;
 mod flush;
 mod read;
 mod recovery;
+mod tiers;
 mod write;
 mod write_behind;
 
+#[cfg(test)]
+mod tests;
+
 pub use self::breaker::{BreakerState, CircuitBreaker};
 pub use self::error_log::ErrorLog;
+pub use self::tiers::{DurableMaintenance, DurableTier, Hot, HotTier};
 pub use self::write_behind::{BacklogSummary, PendingWrite, WriteBehind};
 
 /// How the tiers are combined.
@@ -77,20 +82,12 @@ pub struct TieredConfig {
     pub shutdown_flush: Duration,
 }
 
-/// The hot tier as the tiered store sees it.
-pub struct HotTier {
-    /// What requests use (Redis, possibly behind the read cache).
-    pub store: Arc<dyn ProgressStore>,
-    /// The Redis store itself, for copying records back after an outage.
-    pub redis: Arc<RedisStore>,
-    /// The read cache in front of it, if on: emptied after a bulk delete.
-    pub cache: Option<Arc<CachedStore>>,
-}
-
-/// Redis (optional) over PostgreSQL.
-pub struct TieredStore {
-    hot: Option<HotTier>,
-    durable: Arc<PostgresStore>,
+/// Redis (optional) over PostgreSQL; in general, a [`HotTier`] (optional)
+/// over a [`DurableTier`]. Generic rather than over trait objects: the
+/// tiers' calls are then static, and their futures are not boxed.
+pub struct TieredStore<H, D> {
+    hot: Option<Hot<H>>,
+    durable: Arc<D>,
     hot_breaker: CircuitBreaker,
     durable_breaker: CircuitBreaker,
     backlog: WriteBehind,
@@ -103,11 +100,11 @@ pub struct TieredStore {
     durable_errors: ErrorLog,
 }
 
-impl TieredStore {
+impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// Builds the store and starts its background work: migrations (retried
     /// until PostgreSQL answers), breaker probes and the flusher. PostgreSQL
     /// is skipped until its migrations have run.
-    pub fn start(hot: Option<HotTier>, durable: Arc<PostgresStore>, config: TieredConfig) -> Arc<Self> {
+    pub fn start(hot: Option<Hot<H>>, durable: Arc<D>, config: TieredConfig) -> Arc<Self> {
         let store = Arc::new(Self {
             hot,
             durable,
@@ -136,8 +133,14 @@ impl TieredStore {
         (self.backlog.len(), self.backlog.oldest_age())
     }
 
-    fn hot_usable(&self) -> Option<&HotTier> {
+    fn hot_usable(&self) -> Option<&Hot<H>> {
         self.hot.as_ref().filter(|_| self.hot_breaker.allows())
+    }
+
+    /// An unfenced delete in PostgreSQL: the durable copy of a delete the
+    /// hot tier took, or a queued one.
+    async fn delete_unfenced(&self, id: &ProgressId) -> Result<bool, StoreError> {
+        Ok(self.durable.delete_fenced(id, None).await?.unwrap_or(false))
     }
 
     /// Accounts a tier's answer in its breaker and passes it on.
@@ -157,25 +160,7 @@ fn unavailable(tier: &'static str, reason: &str) -> StoreError {
 }
 
 #[async_trait]
-impl ProgressStore for TieredStore {
-    fn kind(&self) -> &'static str {
-        if self.hot.is_some() { "redis+postgres" } else { "postgres" }
-    }
-
-    fn report_metrics(&self) {
-        let (hot, durable) = self.breaker_states();
-        if let Some(hot) = hot {
-            metrics::set_breaker_state("redis", hot);
-        }
-        metrics::set_breaker_state("postgres", durable);
-        let (pending, oldest) = self.backlog();
-        metrics::set_backlog(pending, oldest);
-        if let Some(hot) = &self.hot {
-            hot.store.report_metrics();
-        }
-        self.durable.report_metrics();
-    }
-
+impl<H: HotTier, D: DurableTier> ProgressStore for TieredStore<H, D> {
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
         self.read(id, Read::Cached).await
     }
@@ -216,13 +201,38 @@ impl ProgressStore for TieredStore {
         self.delete_everywhere(id).await
     }
 
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        self.list_across_tiers(query).await
+    }
+}
+
+#[async_trait]
+impl<H: HotTier, D: DurableTier> Health for TieredStore<H, D> {
+    fn kind(&self) -> &'static str {
+        if self.hot.is_some() { "redis+postgres" } else { "postgres" }
+    }
+
+    fn report_metrics(&self) {
+        let (hot, durable) = self.breaker_states();
+        if let Some(hot) = hot {
+            metrics::set_breaker_state("redis", hot);
+        }
+        metrics::set_breaker_state("postgres", durable);
+        let (pending, oldest) = self.backlog();
+        metrics::set_backlog(pending, oldest);
+        if let Some(hot) = &self.hot {
+            hot.store.report_metrics();
+        }
+        self.durable.report_metrics();
+    }
+
     async fn ping(&self) -> Result<Duration, StoreError> {
         self.durable.ping().await
     }
 
     async fn health(&self) -> Vec<TierHealth> {
         let (hot, durable) = match &self.hot {
-            Some(hot) => tokio::join!(async { Some(hot.redis.health().await) }, self.durable.health()),
+            Some(hot) => tokio::join!(async { Some(hot.tier.health().await) }, self.durable.health()),
             None => (None, self.durable.health().await),
         };
         let mut tiers = Vec::new();
@@ -236,17 +246,16 @@ impl ProgressStore for TieredStore {
         }
         tiers
     }
+}
 
+#[async_trait]
+impl<H: HotTier, D: DurableTier> Maintenance for TieredStore<H, D> {
     async fn cleanup(&self, exclusive: bool) -> Result<Option<CleanupReport>, StoreError> {
         self.cleanup_across_tiers(exclusive).await
     }
 
     async fn delete_matching(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
         self.delete_matching_across_tiers(filter).await
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
-        self.list_across_tiers(query).await
     }
 
     async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {

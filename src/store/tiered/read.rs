@@ -3,7 +3,7 @@
 //! repair, which puts what PostgreSQL answered back into Redis.
 
 use super::write_behind::PendingWrite;
-use super::{TieredStore, unavailable};
+use super::{DurableTier, HotTier, TieredStore, unavailable};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::metrics;
 use crate::store::StoreError;
@@ -12,15 +12,15 @@ use crate::store::postgres::DurableRow;
 /// Which of the hot tier's reads [`TieredStore::read`] makes.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Read {
-    /// [`ProgressStore::get`]
+    /// [`ProgressStore::get`](crate::store::ProgressStore::get)
     Cached,
-    /// [`ProgressStore::get_to_write`]
+    /// [`ProgressStore::get_to_write`](crate::store::ProgressStore::get_to_write)
     ToWrite,
-    /// [`ProgressStore::get_uncached`]
+    /// [`ProgressStore::get_uncached`](crate::store::ProgressStore::get_uncached)
     Uncached,
 }
 
-impl TieredStore {
+impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     async fn durable_lookup(&self, id: &ProgressId) -> Result<DurableRow, StoreError> {
         if !self.durable_breaker.allows() {
             return Err(unavailable("postgres", "circuit breaker open"));
@@ -76,7 +76,7 @@ impl TieredStore {
             // Read repair: back into Redis with what is left of its TTL.
             let ttl = record.meta().x - Timestamp::now().millis();
             if ttl > 0
-                && let Err(e) = hot.redis.put_if_newer(id, record, ttl).await
+                && let Err(e) = hot.tier.put_if_newer(id, record, ttl).await
             {
                 tracing::debug!(error = %e, "could not put a record back into redis");
             }

@@ -5,7 +5,7 @@
 //! version older than one acknowledged meanwhile.
 
 use super::breaker::BreakerState;
-use super::{HotTier, TieredStore};
+use super::{DurableTier, Hot, HotTier, TieredStore};
 use crate::domain::Timestamp;
 use crate::metrics::store_op;
 use crate::store::StoreError;
@@ -14,11 +14,11 @@ use crate::store::postgres::DurableRow;
 /// Records copied back per query while repairing Redis after an outage.
 const REPAIR_PAGE: i64 = 1000;
 
-impl TieredStore {
+impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// Copies what PostgreSQL took since `since` into Redis: records (never
     /// over a newer one) and deletes (never of a record created after the
     /// delete). Returns the time the copy started, for a second pass.
-    async fn copy_back_since(&self, hot: &HotTier, since: Timestamp) -> Result<Timestamp, StoreError> {
+    async fn copy_back_since(&self, hot: &Hot<H>, since: Timestamp) -> Result<Timestamp, StoreError> {
         let started = Timestamp::now();
         let mut from = since;
         loop {
@@ -28,11 +28,11 @@ impl TieredStore {
                     DurableRow::Live(record) => {
                         let ttl = record.meta().x - Timestamp::now().millis();
                         if ttl > 0 {
-                            hot.redis.put_if_newer(id, record, ttl).await?;
+                            hot.tier.put_if_newer(id, record, ttl).await?;
                         }
                     }
                     DurableRow::Deleted { created_at } => {
-                        hot.redis.delete_incarnation(id, *created_at).await?;
+                        hot.tier.delete_incarnation(id, *created_at).await?;
                     }
                     DurableRow::Absent => {}
                 }
@@ -52,7 +52,7 @@ impl TieredStore {
     /// reached Redis would go on writing in PostgreSQL on a version older
     /// than the one this instance writes in Redis, and one of the two
     /// acknowledged writes would be lost (the chaos run caught that).
-    async fn recover_hot(&self, hot: &HotTier) -> Result<(), StoreError> {
+    async fn recover_hot(&self, hot: &Hot<H>) -> Result<(), StoreError> {
         // A second of slack for clocks of other instances.
         let outage_began = self.hot_breaker.opened_at().plus_millis(-1000);
         let first_pass = self.copy_back_since(hot, outage_began).await?;
@@ -65,7 +65,7 @@ impl TieredStore {
 
 /// Redis's probe: while its breaker is open, pings it every probe interval
 /// and, once it answers, recovers it ([`TieredStore::recover_hot`]).
-pub(super) async fn probe_hot(store: std::sync::Weak<TieredStore>) {
+pub(super) async fn probe_hot<H: HotTier, D: DurableTier>(store: std::sync::Weak<TieredStore<H, D>>) {
     loop {
         let Some(s) = store.upgrade() else { return };
         let every = s.hot_breaker.probe_every();
@@ -86,7 +86,7 @@ pub(super) async fn probe_hot(store: std::sync::Weak<TieredStore>) {
 /// PostgreSQL's probe: while its breaker is open (from start-up until the
 /// migrations have run), migrates or pings it every probe interval and
 /// half-opens the breaker once it answers.
-pub(super) async fn probe_durable(store: std::sync::Weak<TieredStore>) {
+pub(super) async fn probe_durable<H: HotTier, D: DurableTier>(store: std::sync::Weak<TieredStore<H, D>>) {
     let mut migrated = false;
     loop {
         let Some(s) = store.upgrade() else { return };

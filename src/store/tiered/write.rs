@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use super::flush::flush_tick;
 use super::write_behind::PendingWrite;
-use super::{TieredStore, unavailable};
+use super::{DurableTier, HotTier, TieredStore, unavailable};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
-use crate::store::{ProgressStore, StoreError};
+use crate::store::StoreError;
 
-impl TieredStore {
+impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// A compare-and-set of `expected` (the version of `current`, when the
     /// caller has it): in Redis while it is usable, else in PostgreSQL.
     pub(super) async fn swap(
@@ -49,7 +49,7 @@ impl TieredStore {
         Self::observe(&self.durable_breaker, written)?.ok_or_else(|| self.fenced_off())
     }
 
-    /// [`ProgressStore::compare_and_delete`] across the tiers.
+    /// [`ProgressStore::compare_and_delete`](crate::store::ProgressStore::compare_and_delete) across the tiers.
     pub(super) async fn delete_if_version(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
         if let Some(hot) = self.hot_usable() {
             let deleted = Self::observe(&self.hot_breaker, hot.store.compare_and_delete(id, expected).await)?;
@@ -68,7 +68,7 @@ impl TieredStore {
         Ok(deleted)
     }
 
-    /// [`ProgressStore::delete`] across the tiers.
+    /// [`ProgressStore::delete`](crate::store::ProgressStore::delete) across the tiers.
     pub(super) async fn delete_everywhere(&self, id: &ProgressId) -> Result<bool, StoreError> {
         if let Some(hot) = self.hot_usable() {
             // The tombstone first: a reader that misses Redis in between must
@@ -163,7 +163,7 @@ impl TieredStore {
     /// row was removed now.
     async fn delete_durable(&self, id: &ProgressId) -> bool {
         if self.durable_breaker.allows()
-            && let Ok(removed) = Self::observe(&self.durable_breaker, self.durable.delete(id).await)
+            && let Ok(removed) = Self::observe(&self.durable_breaker, self.delete_unfenced(id).await)
         {
             self.backlog.supersede(id, u64::MAX);
             return removed;

@@ -1,0 +1,156 @@
+//! What the tiering layer needs of each tier, beyond the request path:
+//! [`HotTier`] (Redis) and [`DurableTier`] with [`DurableMaintenance`]
+//! (PostgreSQL). `RedisStore` and `PostgresStore` implement them by
+//! delegating to their own methods (`redis/tiering.rs`,
+//! `postgres/tiering.rs`); the unit tests (`tests/`) implement them over
+//! HashMaps with injectable failures.
+//!
+//! The methods return `impl Future + Send` rather than going through
+//! `async_trait`: [`TieredStore`](super::TieredStore) is generic over the
+//! tiers, so these calls are static and their futures are not boxed — no
+//! allocation and no dynamic dispatch beyond what the concrete calls cost.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::domain::{ProgressId, StoredRecord, Timestamp};
+use crate::store::{
+    CachedStore, DurableRow, Health, ListPage, ListQuery, RecordFilter, StatusCounts, Store, StoreError,
+};
+
+/// The hot tier (Redis): a whole [`Store`], and the calls that copy records
+/// in from PostgreSQL and walk what it holds.
+pub trait HotTier: Store {
+    /// Stores `record` unless the tier holds a newer version of it (or a
+    /// newer incarnation of the id); true when it was stored.
+    fn put_if_newer(
+        &self,
+        id: &ProgressId,
+        record: &StoredRecord,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes the record if it was created at or before `created_at` (a
+    /// delete never removes a later incarnation); true when it did.
+    fn delete_incarnation(
+        &self,
+        id: &ProgressId,
+        created_at: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// One page of the records whose id starts with `id_prefix`, from
+    /// `cursor` (0: the start); the next cursor is 0 at the end.
+    fn scan_page(
+        &self,
+        cursor: u64,
+        id_prefix: &str,
+    ) -> impl Future<Output = Result<(u64, Vec<(ProgressId, StoredRecord)>), StoreError>> + Send;
+
+    /// For each id, whether the tier holds a record for it.
+    fn exists_many(&self, ids: &[ProgressId]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+}
+
+/// The durable tier (PostgreSQL) on the request path and in recovery:
+/// what a read falls back to, the write-behind flush, the fenced writes
+/// made while the hot tier is down, the copy-back and the migrations.
+pub trait DurableTier: Health + DurableMaintenance {
+    /// What the tier holds for `id`: a record, a tombstone or nothing.
+    fn lookup(&self, id: &ProgressId) -> impl Future<Output = Result<DurableRow, StoreError>> + Send;
+
+    /// Writes each record unless a newer version (or a tombstone of its
+    /// incarnation) is there; how many were written.
+    fn upsert_newer(
+        &self,
+        records: &[(ProgressId, StoredRecord)],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Up to `limit` rows changed at or after `since`, oldest first, each
+    /// with the time it changed (the copy-back after a hot-tier outage).
+    fn updated_since(
+        &self,
+        since: Timestamp,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(ProgressId, DurableRow, Timestamp)>, StoreError>> + Send;
+
+    /// [`ProgressStore::compare_and_set`](crate::store::ProgressStore::compare_and_set) behind
+    /// `fence` (`None`: unfenced); `Ok(None)` when the fence refused it.
+    fn compare_and_set_fenced(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        record: &StoredRecord,
+        fence: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Option<bool>, StoreError>> + Send;
+
+    /// A compare-and-delete behind `fence`; `Ok(None)` when fenced off.
+    fn compare_and_delete_fenced(
+        &self,
+        id: &ProgressId,
+        expected: u64,
+        fence: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Option<bool>, StoreError>> + Send;
+
+    /// A delete (a tombstone) behind `fence`; `Ok(None)` when fenced off.
+    fn delete_fenced(
+        &self,
+        id: &ProgressId,
+        fence: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Option<bool>, StoreError>> + Send;
+
+    /// Records that the hot tier answers again at `at`: fenced writes
+    /// made since before then are refused from now on.
+    fn raise_fence(&self, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Brings the schema up to date (retried until it succeeds).
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The durable tier's maintenance: expiry, the tombstones of bulk deletes,
+/// listing and counts when the hot tier cannot answer them.
+pub trait DurableMaintenance: Send + Sync + 'static {
+    /// Purges expired rows; `Ok(None)` with `exclusive` when another
+    /// instance holds the cleanup lock.
+    fn purge_expired(&self, exclusive: bool) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Tombstones live rows matching `filter`, behind `fence`: the ids, and
+    /// whether the fence stopped it part way.
+    fn tombstone_matching(
+        &self,
+        filter: &RecordFilter,
+        fence: Option<Timestamp>,
+    ) -> impl Future<Output = Result<(Vec<ProgressId>, bool), StoreError>> + Send;
+
+    /// Live rows matching `filter` with ids after `after`, in id order, with
+    /// their versions.
+    fn matching_page(
+        &self,
+        filter: &RecordFilter,
+        after: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(ProgressId, i64)>, StoreError>> + Send;
+
+    /// Tombstones each row still at the given version; the ids tombstoned.
+    fn tombstone_versions(
+        &self,
+        rows: &[(ProgressId, i64)],
+    ) -> impl Future<Output = Result<Vec<ProgressId>, StoreError>> + Send;
+
+    /// Tombstones the ids whatever their versions.
+    fn tombstone_ids(&self, ids: &[ProgressId]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One page of live rows (see [`ProgressStore::list`](crate::store::ProgressStore::list)).
+    fn list_page(&self, query: &ListQuery) -> impl Future<Output = Result<ListPage, StoreError>> + Send;
+
+    /// Live rows per status.
+    fn count_statuses(&self) -> impl Future<Output = Result<StatusCounts, StoreError>> + Send;
+}
+
+/// The hot tier as the tiered store holds it.
+pub struct Hot<H> {
+    /// What requests use: the tier itself, or the read cache in front of it.
+    pub store: Arc<dyn Store>,
+    /// The tier itself, for copying records back after an outage.
+    pub tier: Arc<H>,
+    /// The read cache in front of it, if on: emptied after a bulk delete.
+    pub cache: Option<Arc<CachedStore>>,
+}
