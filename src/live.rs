@@ -1,7 +1,7 @@
 //! Live updates: who is waiting on which record, and waking them when it
 //! changes, for long-polls (`?wait=`) and event streams (`/events`).
 //!
-//! Waiters of one id share one [`Watched`] entry. When a change is
+//! Waiters of one id share one `Watched` entry. When a change is
 //! announced — by a write through this instance, or by a Redis change
 //! notice from any instance — the entry re-reads the record once and hands
 //! the new snapshot to all its waiters, so a thousand waiters on a record

@@ -69,13 +69,44 @@ fn redact_key_value(conninfo: &str) -> String {
     out
 }
 
-/// The password in a `scheme://user:password@host/…` URL, as written, so a
-/// message that quotes it can be scrubbed with [`scrub`].
+/// The password in a `scheme://user:password@host/…` URL, as written, or
+/// in a libpq `key=value` string (`password='…'`, unquoted), so a message
+/// that quotes it can be scrubbed with [`scrub`].
 pub fn url_password(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
+    let Some(scheme_end) = url.find("://") else { return key_value_password(url) };
+    let rest = &url[scheme_end + 3..];
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
     let userinfo = &authority[..authority.rfind('@')?];
     userinfo.split_once(':').map(|(_, password)| password.to_owned())
+}
+
+/// The value of `password=` in a libpq `key=value` string, unquoted.
+fn key_value_password(conninfo: &str) -> Option<String> {
+    let mut rest = conninfo;
+    while let Some(at) = rest.find("password") {
+        let after = rest[at + "password".len()..].trim_start();
+        let Some(value) = after.strip_prefix('=') else {
+            rest = &rest[at + "password".len()..];
+            continue;
+        };
+        let value = value.trim_start();
+        let mut password = String::new();
+        let mut chars = value.chars();
+        if let Some(quoted) = value.strip_prefix('\'') {
+            chars = quoted.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => password.extend(chars.next()),
+                    '\'' => break,
+                    c => password.push(c),
+                }
+            }
+        } else {
+            password.extend(chars.take_while(|c| !c.is_whitespace()));
+        }
+        return Some(password);
+    }
+    None
 }
 
 /// `text` with every occurrence of `secret` replaced by `****`.
@@ -130,6 +161,9 @@ mod tests {
         assert_eq!(url_password("redis://default:hunter2@h:1/0").as_deref(), Some("hunter2"));
         assert_eq!(url_password("redis://h:1"), None);
         assert_eq!(url_password("redis://u@h:1"), None);
+        assert_eq!(url_password("host=h password=pw user=u").as_deref(), Some("pw"));
+        assert_eq!(url_password("host='h' password = 'p w\\'s' user='u'").as_deref(), Some("p w's"));
+        assert_eq!(url_password("host=h user=u"), None);
         assert_eq!(scrub("auth s3cret failed", "s3cret"), "auth **** failed");
         assert_eq!(scrub("auth failed", ""), "auth failed");
     }

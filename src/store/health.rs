@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::StoreError;
 use super::tiered::BreakerState;
 use crate::domain::Timestamp;
+use crate::secrets::{scrub, url_password};
 
 /// Whether a dependency answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +90,7 @@ impl LastError {
         if let StoreError::Unavailable { .. } = e {
             let mut text = e.to_string();
             if let Some(secret) = &self.secret {
-                text = text.replace(secret.as_str(), "****");
+                text = scrub(&text, secret);
             }
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Timestamp::now(), text));
         }
@@ -109,14 +110,6 @@ impl LastError {
     }
 }
 
-/// The password in a `scheme://user:password@host/…` URL, as written.
-fn url_password(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, password)| password.to_owned())
-}
-
 /// How long `probe` takes, and what it answered.
 pub(crate) async fn timed<T>(probe: impl Future<Output = Result<T, StoreError>>) -> (Result<(), StoreError>, Duration) {
     let started = Instant::now();
@@ -130,10 +123,12 @@ mod tests {
 
     #[test]
     fn finds_and_scrubs_passwords() {
-        assert_eq!(url_password("redis://default:hunter2@h:1/0").as_deref(), Some("hunter2"));
-        assert_eq!(url_password("redis://h:1"), None);
         let errors = LastError::for_url("postgres://u:s3cret@h/db");
         errors.record(&StoreError::Unavailable { tier: "postgres", reason: "auth s3cret failed".into() });
+        assert_eq!(errors.get().unwrap().1, "postgres is unavailable: auth **** failed");
+        // The key=value form that libpq's PG* variables build.
+        let errors = LastError::for_url("host='h' user='u' password='s3\\'cret' dbname='d'");
+        errors.record(&StoreError::Unavailable { tier: "postgres", reason: "auth s3'cret failed".into() });
         assert_eq!(errors.get().unwrap().1, "postgres is unavailable: auth **** failed");
     }
 }

@@ -82,7 +82,7 @@ const SWAP: &str = part!("swap.lua");
 /// `%.17g`: this script has 6 arguments where [`SWAP`] has 12. A steady
 /// PUT costs Redis 57,000 instructions through it, against 71,000 through
 /// [`SWAP`] when that took the channel as an argument and passed numbers
-/// (`bench/redis_cost.sh`, a 785-byte record; see README "Performance").
+/// (`bench/redis_cost.sh`, a 785-byte record; see bench/README.md, "redis_cost.sh results").
 const SWAP_IN_PLACE: &str = part!("swap_in_place.lua");
 
 /// Deletes the key when the stored version equals `ARGV[1]`, unindexes id
