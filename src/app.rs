@@ -84,6 +84,7 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Notic
         breaker_failures: settings.breaker_failures,
         probe_every: Duration::from_millis(settings.breaker_probe_ms),
         shutdown_flush: Duration::from_secs(settings.shutdown_flush_seconds),
+        first_answer_wait: settings.database_timeout(),
     };
     let store: Arc<TieredStore<RedisStore, PostgresStore>> = TieredStore::start(hot, Arc::new(durable), config);
     Ok((store, notices))

@@ -45,6 +45,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             tokio::task::yield_now().await;
         }
         // Then what only PostgreSQL holds (Redis lost it): read repair would bring it back.
+        self.first_durable_answer().await;
         if self.durable_breaker.allows() {
             deleted += self.delete_durable_only(hot, filter).await?;
         }
@@ -65,6 +66,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
                 Err(corrupt) => return Err(corrupt),
             }
         }
+        self.first_durable_answer().await;
         if !self.durable_breaker.allows() {
             let tier = if self.hot.is_some() { "redis" } else { "postgres" };
             return Err(unavailable(
@@ -94,6 +96,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
 
     /// [`Maintenance::count_by_status`](crate::store::Maintenance::count_by_status) across the tiers.
     pub(super) async fn count_across_tiers(&self) -> Result<StatusCounts, StoreError> {
+        self.first_durable_answer().await;
         if self.durable_breaker.allows() {
             // This instance's unflushed updates first, so that they count.
             if let Err(e) = self.flush(true).await {
@@ -122,6 +125,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// nothing more here (the batches before are copied back by that
     /// instance's second pass).
     async fn delete_matching_durable(&self, filter: &RecordFilter) -> Result<u64, StoreError> {
+        self.first_durable_answer().await;
         let fence = self.durable_fence(false)?;
         if !self.backlog.is_empty() {
             self.flush(true).await?;

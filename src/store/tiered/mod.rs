@@ -42,6 +42,7 @@ use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use self::read::Read;
 use super::{
@@ -80,6 +81,9 @@ pub struct TieredConfig {
     pub probe_every: Duration,
     /// Longest the flush at shutdown keeps trying PostgreSQL.
     pub shutdown_flush: Duration,
+    /// Longest a request waits for the first attempt to reach PostgreSQL
+    /// (its migrations) to end, on a fresh instance: the database timeout.
+    pub first_answer_wait: Duration,
 }
 
 /// Redis (optional) over PostgreSQL; in general, a [`HotTier`] (optional)
@@ -98,12 +102,17 @@ pub struct TieredStore<H, D> {
     fenced_at_ms: AtomicI64,
     /// Which of the failures to reach PostgreSQL at start-up are logged.
     durable_errors: ErrorLog,
+    /// Set once the first attempt to reach PostgreSQL (its migrations) has
+    /// ended, either way: until then PostgreSQL is unknown, not down.
+    durable_tried: watch::Sender<bool>,
 }
 
 impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// Builds the store and starts its background work: migrations (retried
     /// until PostgreSQL answers), breaker probes and the flusher. PostgreSQL
-    /// is skipped until its migrations have run.
+    /// is skipped until its migrations have run; requests that need it
+    /// before the first attempt has ended wait for that attempt
+    /// (`first_durable_answer`).
     pub fn start(hot: Option<Hot<H>>, durable: Arc<D>, config: TieredConfig) -> Arc<Self> {
         let store = Arc::new(Self {
             hot,
@@ -114,6 +123,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             config,
             fenced_at_ms: AtomicI64::new(0),
             durable_errors: ErrorLog::default(),
+            durable_tried: watch::Sender::new(false),
         });
         tokio::spawn(recovery::probe_durable(Arc::downgrade(&store)));
         if store.hot.is_some() {
@@ -131,6 +141,19 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// Pending writes and the age of the oldest.
     pub fn backlog(&self) -> (usize, Option<Duration>) {
         (self.backlog.len(), self.backlog.oldest_age())
+    }
+
+    /// On a fresh instance, waits (at most `first_answer_wait`) until the
+    /// first attempt to reach PostgreSQL has ended, so that PostgreSQL's
+    /// breaker, open from start-up until then, says whether it answers
+    /// rather than only that nothing is known yet. At once afterwards.
+    /// Called by every request that needs PostgreSQL, before its breaker.
+    async fn first_durable_answer(&self) {
+        if *self.durable_tried.borrow() {
+            return;
+        }
+        let mut tried = self.durable_tried.subscribe();
+        let _ = tokio::time::timeout(self.config.first_answer_wait, tried.wait_for(|tried| *tried)).await;
     }
 
     fn hot_usable(&self) -> Option<&Hot<H>> {

@@ -22,6 +22,7 @@ pub(super) enum Read {
 
 impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     async fn durable_lookup(&self, id: &ProgressId) -> Result<DurableRow, StoreError> {
+        self.first_durable_answer().await;
         if !self.durable_breaker.allows() {
             return Err(unavailable("postgres", "circuit breaker open"));
         }
@@ -49,9 +50,14 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
         // PostgreSQL has not seen yet (Redis may have lost them: a restart
         // between two requests need not open the breaker).
         let pending = self.backlog.pending(id);
+        // A miss in Redis is an answer only with PostgreSQL's: a record may
+        // be in PostgreSQL alone (Redis restarted, or evicted it), so a read
+        // that cannot ask PostgreSQL is unavailable, never absent (issue 20).
+        // The write path's reads are the exception: a create must still go to
+        // Redis while PostgreSQL is down, as a PUT replaces the record anyway.
         let durable = match self.durable_lookup(id).await {
             Ok(found) => found,
-            Err(_) if hot_missed => return Ok(None),
+            Err(_) if hot_missed && !matches!(how, Read::Cached) => return Ok(None),
             Err(e) => return Err(e),
         };
         if self.hot.is_some() {

@@ -85,7 +85,9 @@ pub(super) async fn probe_hot<H: HotTier, D: DurableTier>(store: std::sync::Weak
 
 /// PostgreSQL's probe: while its breaker is open (from start-up until the
 /// migrations have run), migrates or pings it every probe interval and
-/// half-opens the breaker once it answers.
+/// half-opens the breaker once it answers. The end of its first attempt,
+/// either way, releases the requests that wait for PostgreSQL's first
+/// answer ([`TieredStore::first_durable_answer`]).
 pub(super) async fn probe_durable<H: HotTier, D: DurableTier>(store: std::sync::Weak<TieredStore<H, D>>) {
     let mut migrated = false;
     loop {
@@ -116,6 +118,9 @@ pub(super) async fn probe_durable<H: HotTier, D: DurableTier>(store: std::sync::
                 }
                 Err(_) => {}
             }
+            // PostgreSQL is now known, up or down: requests stop waiting for
+            // this first answer and follow the breaker.
+            s.durable_tried.send_replace(true);
         }
         drop(s);
         tokio::time::sleep(every).await;

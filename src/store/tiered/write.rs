@@ -35,6 +35,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             }
             return Ok(stored);
         }
+        self.first_durable_answer().await;
         let fence = self.durable_fence(true)?;
         // PostgreSQL is the store of record now; first make it as new as
         // what this instance acknowledged from Redis.
@@ -58,6 +59,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             }
             return Ok(deleted);
         }
+        self.first_durable_answer().await;
         let fence = self.durable_fence(false)?;
         let deleted =
             Self::observe(&self.durable_breaker, self.durable.compare_and_delete_fenced(id, expected, fence).await)?
@@ -77,6 +79,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             let in_hot = Self::observe(&self.hot_breaker, hot.store.delete(id).await)?;
             return Ok(in_hot || in_durable);
         }
+        self.first_durable_answer().await;
         let fence = self.durable_fence(false)?;
         let unflushed = matches!(self.backlog.pending(id),
             Some(PendingWrite::Upsert(r)) if r.meta().x > Timestamp::now().millis());
@@ -128,7 +131,12 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
 
     /// Persists an acknowledged hot-tier write: at once when it matters
     /// (create, terminal status) and PostgreSQL is up, else via the backlog.
+    /// On a fresh instance, "up" waits for PostgreSQL's first answer: a
+    /// create acknowledged while PostgreSQL answers is in it at the response.
     async fn persist(&self, id: &ProgressId, record: &StoredRecord, urgent: bool) {
+        if urgent {
+            self.first_durable_answer().await;
+        }
         if urgent && self.durable_breaker.allows() {
             let written = self.durable.upsert_newer(&[(id.clone(), record.clone())]).await;
             if Self::observe(&self.durable_breaker, written).is_ok() {
@@ -162,6 +170,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// Removes the PostgreSQL row now, or queues the removal; true when a
     /// row was removed now.
     async fn delete_durable(&self, id: &ProgressId) -> bool {
+        self.first_durable_answer().await;
         if self.durable_breaker.allows()
             && let Ok(removed) = Self::observe(&self.durable_breaker, self.delete_unfenced(id).await)
         {

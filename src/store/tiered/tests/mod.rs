@@ -19,6 +19,7 @@ mod across_tiers;
 mod durable_outage;
 mod fakes;
 mod hot_outage;
+mod unknown_durable;
 
 /// Every update reaches PostgreSQL within this; at 50 ms (the shortest
 /// flush tick) every backlog entry is due at the next tick.
@@ -29,6 +30,8 @@ const PROBE: Duration = Duration::from_millis(100);
 const FAILURES: u32 = 3;
 /// How long the flush at shutdown keeps trying.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+/// Longest a request waits for PostgreSQL's first answer (the database timeout).
+const FIRST_ANSWER: Duration = Duration::from_secs(1);
 /// A record's time to live.
 const TTL_MS: i64 = 3_600_000;
 
@@ -62,15 +65,23 @@ impl Tiers {
     async fn launch(persist: Duration, before: impl FnOnce(&FakeHot, &FakeDurable)) -> Self {
         let (hot, durable) = (Arc::new(FakeHot::default()), Arc::new(FakeDurable::default()));
         before(&hot, &durable);
+        let tiers = Self::fresh(persist, hot, durable);
+        tokio::task::yield_now().await;
+        tiers
+    }
+
+    /// A fresh instance over `hot` and `durable`, returned before any of its
+    /// background tasks has run: PostgreSQL's first answer is still to come.
+    fn fresh(persist: Duration, hot: Arc<FakeHot>, durable: Arc<FakeDurable>) -> Self {
         let config = TieredConfig {
             persist_interval: persist,
             breaker_failures: FAILURES,
             probe_every: PROBE,
             shutdown_flush: SHUTDOWN_FLUSH,
+            first_answer_wait: FIRST_ANSWER,
         };
         let layer = Hot { store: hot.clone(), tier: hot.clone(), cache: None };
         let store = TieredStore::start(Some(layer), durable.clone(), config);
-        tokio::task::yield_now().await;
         Self { store, hot, durable }
     }
 
