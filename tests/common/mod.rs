@@ -221,20 +221,8 @@ pub async fn until_writes_resume(limit: Duration, mut write: impl AsyncFnMut() -
     }
 }
 
-pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
-    let got = res.status().as_u16();
-    let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
-    let text = res.text().await.unwrap();
-    assert_eq!(got, status, "status for {code}: {text}");
-    assert_eq!(content_type.as_deref(), Some("application/problem+json"), "{text}");
-    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("problem is JSON ({e}): {text}"));
-    assert_eq!(doc["code"], code, "{text}");
-    assert_eq!(doc["status"], status, "{text}");
-    for member in ["type", "title", "detail"] {
-        assert!(doc[member].is_string(), "problem has {member}: {text}");
-    }
-    doc
-}
+/// One definition, in `spawned.rs`, which the binary-only tests include by path.
+pub use spawned::assert_problem;
 
 /// Generates one `#[tokio::test]` per store for each listed async fn taking a `Backend`.
 #[macro_export]

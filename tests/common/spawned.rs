@@ -41,6 +41,9 @@ pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
     let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("problem is JSON ({e}): {text}"));
     assert_eq!(doc["code"], code, "{text}");
     assert_eq!(doc["status"], status, "{text}");
+    for member in ["type", "title", "detail"] {
+        assert!(doc[member].is_string(), "problem has {member}: {text}");
+    }
     doc
 }
 
