@@ -176,6 +176,20 @@ impl ProgressService {
                     maybe_cached = false;
                     continue;
                 }
+                // A write's own read takes a miss in Redis as absent even
+                // when PostgreSQL cannot be asked (a PUT must still create),
+                // so a PATCH's 404 is given only once a read that can tell
+                // agrees: never a false 404 (it is 503 when the store cannot
+                // tell). One more read, on the 404 path only.
+                Err(Error::NotFound(message)) if matches!(body, WriteBody::Merge(_)) => match self.store.get(id).await?
+                {
+                    None => return Err(Error::NotFound(message)),
+                    Some(_) => {
+                        maybe_cached = false;
+                        attempt += 1;
+                        continue;
+                    }
+                },
                 Err(e) => return Err(e),
             };
             if self.store.compare_and_swap(id, current.as_ref(), &stored, ttl).await? {

@@ -141,6 +141,9 @@ async fn a_redis_miss_while_postgres_cannot_be_asked_is_503_not_404() {
         unavailable(&app, "s1", &format!("paused, read {n}")).await;
     }
     unavailable(&app, "never-written", "paused, an id nobody wrote").await;
+    // A PATCH cannot tell either: 503, not 404 (a PUT may still create in Redis).
+    let res = app.patch("s1", &json!({"current": 5})).await;
+    assert_problem(res, 503, "storage_unavailable").await;
 
     proxy.set_mode(Mode::Forward).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -156,6 +159,7 @@ async fn a_redis_miss_while_postgres_cannot_be_asked_is_503_not_404() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_problem(app.get("never-written").await, 404, "not_found").await;
+    assert_problem(app.patch("never-written", &json!({"current": 1})).await, 404, "not_found").await;
 
     // PostgreSQL gone: connections reset and refused.
     forget_in_redis(&app, "s1").await;
