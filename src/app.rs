@@ -161,17 +161,17 @@ fn redis_client(
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         return Ok((client, Some((tls::client_config(Verify::Nothing, None)?, Verify::Nothing))));
     }
-    let roots = tls::roots(ca_file.map(std::path::Path::new)).map_err(|e| match ca_file {
-        Some(_) => format!("PROGRESS_REDIS_CA_FILE: {e}"),
-        None => e,
-    })?;
-    let client = match ca_file {
+    // The CA file is read once: the subscription's roots and the pool's
+    // (redis-rs parses its own copy of the PEM) come from the same bytes.
+    let (client, roots) = match ca_file {
         Some(path) => {
             let pem = std::fs::read(path).map_err(|e| format!("PROGRESS_REDIS_CA_FILE: cannot read {path}: {e}"))?;
+            let roots = tls::roots_from_pem(&pem, std::path::Path::new(path))
+                .map_err(|e| format!("PROGRESS_REDIS_CA_FILE: {e}"))?;
             let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-            redis::Client::build_with_tls(url, certificates).map_err(|e| e.to_string())?
+            (redis::Client::build_with_tls(url, certificates).map_err(|e| e.to_string())?, roots)
         }
-        None => redis::Client::open(url).map_err(|e| e.to_string())?,
+        None => (redis::Client::open(url).map_err(|e| e.to_string())?, tls::roots(None)?),
     };
     Ok((client, Some((tls::client_config(Verify::Full, Some(roots))?, Verify::Full))))
 }

@@ -47,23 +47,29 @@ fn ring() -> CryptoProvider {
 /// The roots to trust: the certificates of the PEM file at `ca_file`, or
 /// the system's (`/etc/ssl/certs`, or `SSL_CERT_FILE` / `SSL_CERT_DIR`).
 pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
-    let mut store = RootCertStore::empty();
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("the CA file {} is not PEM: {e}", path.display()))?;
-            store.add(cert).map_err(|e| format!("the CA file {} holds a bad certificate: {e}", path.display()))?;
-        }
-        if store.is_empty() {
-            return Err(format!("the CA file {} holds no certificate", path.display()));
-        }
-        return Ok(store);
+        return roots_from_pem(&pem, path);
     }
+    let mut store = RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     let (added, _) = store.add_parsable_certificates(found.certs);
     if added == 0 {
         let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
         return Err(format!("no system CA certificates found{why}; install ca-certificates or name a CA file"));
+    }
+    Ok(store)
+}
+
+/// The certificates of `pem`, the contents of the CA file at `path`.
+pub fn roots_from_pem(pem: &[u8], path: &Path) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("the CA file {} is not PEM: {e}", path.display()))?;
+        store.add(cert).map_err(|e| format!("the CA file {} holds a bad certificate: {e}", path.display()))?;
+    }
+    if store.is_empty() {
+        return Err(format!("the CA file {} holds no certificate", path.display()));
     }
     Ok(store)
 }
