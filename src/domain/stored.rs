@@ -52,6 +52,18 @@ impl Clone for StoredRecord {
 pub struct CorruptRecord(pub String);
 
 impl StoredRecord {
+    /// For unit tests: a fresh record of id `a` (TTL 60 s) at `version`.
+    #[cfg(test)]
+    pub(crate) fn sample(version: u64) -> Self {
+        use super::{ClientFields, ProgressId, Timestamp, Touched, WritePolicy, apply_write};
+        let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
+        let id = ProgressId::parse("a").expect("a valid id");
+        let (mut r, mut m) =
+            apply_write(&id, None, ClientFields::default(), Touched::default(), Timestamp::now(), &policy);
+        (r.version, m.v) = (version, version);
+        Self::encode(&m, &r)
+    }
+
     /// Serializes a record and its server state.
     pub fn encode(meta: &RecordMeta, record: &ProgressRecord) -> Self {
         Self::encode_sized(meta, record, 1024)

@@ -119,15 +119,9 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ClientFields, ProgressId, Timestamp, Touched, WritePolicy, apply_write};
 
     fn record(version: u64) -> StoredRecord {
-        let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
-        let id = ProgressId::parse("a").unwrap();
-        let (mut r, mut m) =
-            apply_write(&id, None, ClientFields::default(), Touched::default(), Timestamp::now(), &policy);
-        (r.version, m.v) = (version, version);
-        StoredRecord::encode(&m, &r)
+        StoredRecord::sample(version)
     }
 
     #[test]

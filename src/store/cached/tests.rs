@@ -3,15 +3,10 @@
 //! can hold at a gate.
 
 use super::*;
-use crate::domain::{ClientFields, Touched, WritePolicy, apply_write};
 use crate::store::MemoryStore;
 
 fn record(version: u64) -> StoredRecord {
-    let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
-    let id = ProgressId::parse("a").unwrap();
-    let (mut r, mut m) = apply_write(&id, None, ClientFields::default(), Touched::default(), Timestamp::now(), &policy);
-    (r.version, m.v) = (version, version);
-    StoredRecord::encode(&m, &r)
+    StoredRecord::sample(version)
 }
 
 /// A store whose reads (and, with `gate_writes`, compare-and-sets)
