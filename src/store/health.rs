@@ -110,6 +110,15 @@ impl LastError {
     }
 }
 
+/// How a failure to open a connection starts, in every tier's messages.
+pub(crate) const CANNOT_CONNECT: &str = "cannot connect: ";
+
+/// A pool's error said plainly: deadpool's "Error occurred while creating
+/// a new object: " becomes [`CANNOT_CONNECT`].
+pub(crate) fn connect_failure(error: &str) -> String {
+    error.replace("Error occurred while creating a new object: ", CANNOT_CONNECT)
+}
+
 /// How long `probe` takes, and what it answered.
 pub(crate) async fn timed<T>(probe: impl Future<Output = Result<T, StoreError>>) -> (Result<(), StoreError>, Duration) {
     let started = Instant::now();

@@ -95,6 +95,6 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
-    let text = text.replace('\n', "; ").replace("Error occurred while creating a new object: ", "cannot connect: ");
+    let text = crate::store::health::connect_failure(&text.replace('\n', "; "));
     crate::tls::with_hint(crate::tls::Store::Postgres, text)
 }

@@ -44,7 +44,7 @@ impl RedisStore {
     /// What went wrong connecting, said plainly, with a guess at the cause
     /// when TLS is on one side only.
     fn connect_error(&self, error: &str) -> String {
-        let error = error.replace("Error occurred while creating a new object: ", "cannot connect: ");
+        let error = crate::store::health::connect_failure(error);
         let lower = error.to_ascii_lowercase();
         if self.tls && lower.contains("timed out") {
             format!(

@@ -110,7 +110,7 @@ pub(super) async fn probe_durable<H: HotTier, D: DurableTier>(store: std::sync::
                 Err(e) if !migrated => {
                     let error = e.to_string();
                     // Failing to connect is the tier watcher's to report (`app`).
-                    if error.contains("cannot connect") || error.contains("no answer within") {
+                    if error.contains(crate::store::health::CANNOT_CONNECT) || error.contains("no answer within") {
                         tracing::debug!(error, "postgres is not reachable yet; migrations will retry");
                     } else if s.durable_errors.should_log(&error) {
                         tracing::warn!(error, "postgres answers but the migrations failed; retrying");

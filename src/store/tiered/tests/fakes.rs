@@ -91,7 +91,10 @@ impl Faults {
             return Err(StoreError::Unavailable { tier: self.tier, reason: format!("no answer within {timeout:?}") });
         }
         match fail {
-            true => Err(StoreError::Unavailable { tier: self.tier, reason: format!("cannot connect ({op})") }),
+            true => Err(StoreError::Unavailable {
+                tier: self.tier,
+                reason: format!("{}{op} (injected)", crate::store::health::CANNOT_CONNECT),
+            }),
             false => Ok(()),
         }
     }
