@@ -15,6 +15,8 @@
 //! - `queries.rs`: the SQL.
 //! - `rows.rs`: rows to records and back.
 //! - `fence.rs`: writes made while Redis is down, and the fence that ends them.
+//! - `peers.rs`: heartbeats and flush requests between instances, and the
+//!   connection that listens for them.
 //! - `tiering.rs`: what the tiering layer calls past [`ProgressStore`].
 //! - `cleanup.rs`, `bulk.rs`, `listing.rs`: expired rows, bulk deletes,
 //!   listing and counts.
@@ -40,6 +42,7 @@ mod bulk;
 mod cleanup;
 mod fence;
 mod listing;
+mod peers;
 pub mod pg_connect;
 mod queries;
 mod rows;
@@ -88,6 +91,11 @@ pub struct PostgresStore {
     last_error: LastError,
     /// libpq's `sslmode` in force.
     ssl_mode: pg_connect::SslMode,
+    /// How to connect, for the connection that listens to other instances.
+    pg_config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// Notices from other instances (`peers.rs`).
+    peers: peers::PeerChannel,
 }
 
 impl PostgresStore {
@@ -117,8 +125,11 @@ impl PostgresStore {
         }
         // Fast: no test query on every checkout (one extra round trip per
         // operation); a dead connection fails its operation and is closed.
-        let manager =
-            Manager::from_config(pg, connect.tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            pg.clone(),
+            connect.tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let timeouts =
             Timeouts { wait: Some(config.timeout), create: Some(config.timeout), recycle: Some(config.timeout) };
         let pool = Pool::builder(manager)
@@ -127,7 +138,15 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { pool, timeout: config.timeout, last_error: LastError::for_url(&config.url), ssl_mode: connect.mode })
+        Ok(Self {
+            pool,
+            timeout: config.timeout,
+            last_error: LastError::for_url(&config.url),
+            ssl_mode: connect.mode,
+            pg_config: pg,
+            tls: connect.tls,
+            peers: peers::PeerChannel::default(),
+        })
     }
 
     /// One round trip (`SELECT 1`, after the pool checkout); its latency.

@@ -149,3 +149,51 @@ pub(super) const LIST_BY_STATUS: &str = list_page!(concat!(
     list_window!("AND status = s.status"),
     ") p ORDER BY created_at DESC, id DESC LIMIT $4"
 ));
+
+/// The server's clock in ms since the epoch: the instances' heartbeats and
+/// flush requests are compared in it, not in their own clocks.
+macro_rules! now_ms {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    };
+}
+
+/// The channel of flush requests and confirmations (`peers.rs`).
+pub(super) const PEER_CHANNEL: &str = "progress_peers";
+
+/// An instance is alive now; rows silent for a day are gone for good.
+pub(super) const HEARTBEAT: &str = concat!(
+    "WITH gone AS (DELETE FROM progress_instances WHERE seen_ms < ",
+    now_ms!(),
+    " - 86400000) INSERT INTO progress_instances (instance, seen_ms) VALUES ($1, ",
+    now_ms!(),
+    ") ON CONFLICT (instance) DO UPDATE SET seen_ms = EXCLUDED.seen_ms"
+);
+
+/// Asks every instance to flush, as of `$1` (null: now); the request's time.
+pub(super) const REQUEST_FLUSH: &str = concat!(
+    "SELECT at, pg_notify('progress_peers', 'flush:' || at)::text FROM (SELECT coalesce($1::bigint, ",
+    now_ms!(),
+    ") AS at) request"
+);
+
+/// An instance flushed for the request of `$2`.
+pub(super) const CONFIRM_FLUSH: &str = concat!(
+    "INSERT INTO progress_instances (instance, seen_ms, flushed_ms) VALUES ($1, ",
+    now_ms!(),
+    ", $2) ON CONFLICT (instance) DO UPDATE SET seen_ms = EXCLUDED.seen_ms, ",
+    "flushed_ms = greatest(progress_instances.flushed_ms, EXCLUDED.flushed_ms)"
+);
+
+/// Tells the instances that wait to check again.
+pub(super) const NOTIFY_FLUSHED: &str = "SELECT pg_notify('progress_peers', 'flushed')::text";
+
+/// Whether every instance heard from in the last `$2` ms answered the request of `$1`.
+pub(super) const ALL_FLUSHED: &str = concat!(
+    "SELECT NOT EXISTS (SELECT 1 FROM progress_instances WHERE flushed_ms < $1 AND seen_ms >= ",
+    now_ms!(),
+    " - $2)"
+);
+
+/// An instance shut down with its backlog flushed.
+pub(super) const LEAVE: &str = "DELETE FROM progress_instances WHERE instance = $1";

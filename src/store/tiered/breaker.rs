@@ -8,8 +8,11 @@
 //! - **HalfOpen**: requests use the store again; the first failure opens
 //!   it, the first success closes it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::domain::Timestamp;
 
@@ -55,6 +58,8 @@ pub struct CircuitBreaker {
     threshold: u32,
     opened_at_ms: AtomicI64,
     probe_every: Duration,
+    /// Woken when the breaker opens (not when it starts open).
+    opened: Arc<Notify>,
 }
 
 const CLOSED: u8 = 0;
@@ -71,6 +76,7 @@ impl CircuitBreaker {
             threshold: threshold.max(1),
             opened_at_ms: AtomicI64::new(0),
             probe_every,
+            opened: Arc::new(Notify::new()),
         }
     }
 
@@ -99,6 +105,12 @@ impl CircuitBreaker {
     /// When it last opened (ms since the epoch); 0 if never.
     pub fn opened_at(&self) -> Timestamp {
         Timestamp(self.opened_at_ms.load(Ordering::Acquire))
+    }
+
+    /// Notified each time the breaker opens (a permit is kept when nobody
+    /// waits, so an opening is not missed).
+    pub fn on_open(&self) -> Arc<Notify> {
+        self.opened.clone()
     }
 
     /// How often an open breaker's store is probed.
@@ -132,6 +144,7 @@ impl CircuitBreaker {
         if was != OPEN {
             self.opened_at_ms.store(Timestamp::now().millis(), Ordering::Release);
             tracing::warn!(tier = self.tier, "circuit breaker open: requests skip this tier until it answers again");
+            self.opened.notify_one();
         }
         was != OPEN
     }

@@ -69,6 +69,10 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
         loop {
             if self.backlog.is_empty() {
                 tracing::info!("write-behind backlog flushed");
+                if self.hot.is_some() {
+                    // Nothing left that another instance should wait for.
+                    let _ = self.durable.leave(&self.instance).await;
+                }
                 return;
             }
             if self.durable_breaker.state() == BreakerState::Open {

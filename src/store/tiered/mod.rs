@@ -21,6 +21,8 @@
 //! The files, by concern:
 //! - `read.rs`: the read path and read repair.
 //! - `write.rs`: compare-and-set and deletes, the fence and the settle time.
+//! - `handover.rs`: how instances tell each other, through PostgreSQL, that
+//!   their backlogs have landed once Redis fails, so writes move there.
 //! - `flush.rs`: the write-behind flusher, and the flush at shutdown.
 //! - `recovery.rs`: breaker probes, copy-back when Redis returns,
 //!   migrations retried until PostgreSQL takes them.
@@ -49,13 +51,14 @@ use super::{
     CleanupReport, Health, ListPage, ListQuery, Maintenance, ProgressStore, RecordFilter, StatusCounts, StoreError,
     TierHealth,
 };
-use crate::domain::{ProgressId, StoredRecord};
+use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::metrics;
 
 mod breaker;
 mod bulk;
 mod error_log;
 mod flush;
+mod handover;
 mod read;
 mod recovery;
 mod tiers;
@@ -67,7 +70,8 @@ mod tests;
 
 pub use self::breaker::{BreakerState, CircuitBreaker};
 pub use self::error_log::ErrorLog;
-pub use self::tiers::{DurableMaintenance, DurableTier, Hot, HotTier};
+pub use self::handover::{HEARTBEAT_EVERY, LIVE_MS};
+pub use self::tiers::{DurableMaintenance, DurableTier, Hot, HotTier, PeerNotice, Peers};
 pub use self::write_behind::{BacklogSummary, PendingWrite, WriteBehind};
 
 /// How the tiers are combined.
@@ -105,6 +109,15 @@ pub struct TieredStore<H, D> {
     /// Set once the first attempt to reach PostgreSQL (its migrations) has
     /// ended, either way: until then PostgreSQL is unknown, not down.
     durable_tried: watch::Sender<bool>,
+    /// This instance's name among the others ([`Peers`]): random per start.
+    instance: String,
+    /// Held (shared) by every write to Redis until it has reached the
+    /// backlog or PostgreSQL; taken alone by a flush for the other
+    /// instances, so that it covers every write acknowledged before it.
+    hot_writes: tokio::sync::RwLock<()>,
+    /// The Redis outage (when the breaker opened, ms) for which every live
+    /// instance has flushed its backlog (`handover.rs`).
+    handed_over: watch::Sender<i64>,
 }
 
 impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
@@ -124,10 +137,14 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             fenced_at_ms: AtomicI64::new(0),
             durable_errors: ErrorLog::default(),
             durable_tried: watch::Sender::new(false),
+            instance: format!("{:016x}", fastrand::u64(..)),
+            hot_writes: tokio::sync::RwLock::new(()),
+            handed_over: watch::Sender::new(-1),
         });
         tokio::spawn(recovery::probe_durable(Arc::downgrade(&store)));
         if store.hot.is_some() {
             tokio::spawn(recovery::probe_hot(Arc::downgrade(&store)));
+            tokio::spawn(handover::coordinate(Arc::downgrade(&store)));
         }
         tokio::spawn(flush::flush_periodically(Arc::downgrade(&store)));
         store
@@ -154,6 +171,11 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
         }
         let mut tried = self.durable_tried.subscribe();
         let _ = tokio::time::timeout(self.config.first_answer_wait, tried.wait_for(|tried| *tried)).await;
+    }
+
+    /// When PostgreSQL last refused this instance's write behind the fence.
+    fn fenced_at(&self) -> Timestamp {
+        Timestamp(self.fenced_at_ms.load(std::sync::atomic::Ordering::Acquire))
     }
 
     fn hot_usable(&self) -> Option<&Hot<H>> {

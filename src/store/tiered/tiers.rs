@@ -53,7 +53,7 @@ pub trait HotTier: Store {
 /// The durable tier (PostgreSQL) on the request path and in recovery:
 /// what a read falls back to, the write-behind flush, the fenced writes
 /// made while the hot tier is down, the copy-back and the migrations.
-pub trait DurableTier: Health + DurableMaintenance {
+pub trait DurableTier: Health + DurableMaintenance + Peers {
     /// What the tier holds for `id`: a record, a tombstone or nothing.
     fn lookup(&self, id: &ProgressId) -> impl Future<Output = Result<DurableRow, StoreError>> + Send;
 
@@ -103,6 +103,46 @@ pub trait DurableTier: Health + DurableMaintenance {
 
     /// Brings the schema up to date (retried until it succeeds).
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// What instances tell each other through the durable tier when Redis
+/// fails (`tiered/handover.rs`): each keeps a heartbeat row, and a request
+/// to flush, sent to all, is answered by each live instance once what it
+/// acknowledged from Redis before the request is in PostgreSQL. Times are
+/// the durable tier's own clock, so instances' clocks need not agree.
+pub trait Peers: Send + Sync + 'static {
+    /// Says that instance `me` is alive (adding its row if need be).
+    fn heartbeat(&self, me: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Asks every instance to flush its backlog now, as of `at` (`None`:
+    /// now); returns the request's time.
+    fn request_flush(&self, at: Option<Timestamp>) -> impl Future<Output = Result<Timestamp, StoreError>> + Send;
+
+    /// Says that `me` has flushed everything it acknowledged before the
+    /// request of `at`, and tells the instances that wait.
+    fn confirm_flush(&self, me: &str, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether every live instance (a heartbeat within `live_ms`) has
+    /// confirmed a flush at or after `at`.
+    fn all_flushed(&self, at: Timestamp, live_ms: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes `me` (it shut down with its backlog flushed).
+    fn leave(&self, me: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The requests and confirmations of every instance (this one's
+    /// included) as they arrive.
+    fn peer_notices(&self) -> tokio::sync::broadcast::Receiver<PeerNotice>;
+}
+
+/// What one instance told the others (see [`Peers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerNotice {
+    /// Flush now: Redis failed for an instance at this time.
+    FlushRequested(Timestamp),
+    /// An instance confirmed a flush: whoever waits checks again.
+    Flushed,
+    /// The channel was lost and is back: notices may have been missed.
+    Resumed,
 }
 
 /// The durable tier's maintenance: expiry, the tombstones of bulk deletes,

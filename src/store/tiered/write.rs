@@ -25,6 +25,8 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
         ttl_ms: i64,
     ) -> Result<bool, StoreError> {
         if let Some(hot) = self.hot_usable() {
+            // Until the write is in the backlog or PostgreSQL (`handover.rs`).
+            let _gate = self.hot_writes.read().await;
             let written = match current {
                 Some(current) => hot.store.compare_and_swap(id, current, record, ttl_ms).await,
                 None => hot.store.compare_and_set(id, expected, record, ttl_ms).await,
@@ -36,6 +38,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             return Ok(stored);
         }
         self.first_durable_answer().await;
+        self.await_hand_over().await;
         let fence = self.durable_fence(true)?;
         // PostgreSQL is the store of record now; first make it as new as
         // what this instance acknowledged from Redis.
@@ -53,6 +56,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// [`ProgressStore::compare_and_delete`](crate::store::ProgressStore::compare_and_delete) across the tiers.
     pub(super) async fn delete_if_version(&self, id: &ProgressId, expected: u64) -> Result<bool, StoreError> {
         if let Some(hot) = self.hot_usable() {
+            let _gate = self.hot_writes.read().await;
             let deleted = Self::observe(&self.hot_breaker, hot.store.compare_and_delete(id, expected).await)?;
             if deleted {
                 self.delete_durable(id).await;
@@ -73,6 +77,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// [`ProgressStore::delete`](crate::store::ProgressStore::delete) across the tiers.
     pub(super) async fn delete_everywhere(&self, id: &ProgressId) -> Result<bool, StoreError> {
         if let Some(hot) = self.hot_usable() {
+            let _gate = self.hot_writes.read().await;
             // The tombstone first: a reader that misses Redis in between must
             // find the record deleted, not bring it back from a backlog.
             let in_durable = self.delete_durable(id).await;
@@ -93,7 +98,8 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// (see [`PostgresStore::compare_and_set_fenced`]): `None` with
     /// PostgreSQL alone, else since when this instance has been without
     /// Redis. `settle`: refuse the write until other instances' backlogs
-    /// have had time to land (see [`Self::settle_ms`]). Deletes need not
+    /// have landed: every live instance said so (`handover.rs`), or the
+    /// settle time has passed (see [`Self::settle_ms`]). Deletes need not
     /// wait for backlogs (a tombstone outranks every version), but once the
     /// fence has refused this instance in this outage, Redis is back for
     /// others and would not hear of a delete here either: then every write
@@ -108,9 +114,10 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
         if !self.durable_breaker.allows() {
             return Err(unavailable("redis", "both tiers are down"));
         }
-        let (opened, fenced) = (self.hot_breaker.opened_at(), Timestamp(self.fenced_at_ms.load(Ordering::Acquire)));
+        let (opened, fenced) = (self.hot_breaker.opened_at(), self.fenced_at());
         let since = opened.max(fenced);
-        if (settle || fenced > opened) && Timestamp::now() < since.plus_millis(self.settle_ms()) {
+        let waits = if fenced > opened { true } else { settle && !self.handed_over(opened) };
+        if waits && Timestamp::now() < since.plus_millis(self.settle_ms()) {
             return Err(unavailable(
                 "redis",
                 "redis is down; writes resume on postgresql once every instance's backlog has reached it",
@@ -147,15 +154,16 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
         self.backlog.enqueue(id, PendingWrite::Upsert(record.clone()));
     }
 
-    /// How long after Redis went away writes wait before PostgreSQL takes
-    /// them: Redis may have lost updates that other instances acknowledged
-    /// and hold in their backlogs, due in PostgreSQL within the persist
-    /// interval. A write on PostgreSQL's older version before they land
-    /// would fork the record, and whichever version lands last would undo
-    /// an acknowledged write. One persist interval, two flush ticks and a
-    /// second of slack cover every backlog (an instance that sees Redis
+    /// The longest writes wait, after Redis went away, before PostgreSQL
+    /// takes them, when an instance has not said that its backlog landed
+    /// (`handover.rs`): Redis may have lost updates that other instances
+    /// acknowledged and hold in their backlogs, due in PostgreSQL within the
+    /// persist interval. A write on PostgreSQL's older version before they
+    /// land would fork the record, and whichever version lands last would
+    /// undo an acknowledged write. One persist interval, two flush ticks and
+    /// a second of slack cover every backlog (an instance that sees Redis
     /// fail flushes all of its backlog at once).
-    fn settle_ms(&self) -> i64 {
+    pub(super) fn settle_ms(&self) -> i64 {
         let interval = self.config.persist_interval;
         let settle = interval + flush_tick(interval) * 2 + Duration::from_secs(1);
         i64::try_from(settle.as_millis()).unwrap_or(i64::MAX)

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::fake_peers::FakePeers;
+
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::store::bulk::{delete_page, status_of};
 use crate::store::{
@@ -78,7 +80,7 @@ impl Faults {
         self.lock().calls.len()
     }
 
-    async fn enter(&self, op: &'static str) -> Result<(), StoreError> {
+    pub(super) async fn enter(&self, op: &'static str) -> Result<(), StoreError> {
         let (fail, hang) = {
             let mut state = self.lock();
             state.calls.push(op);
@@ -309,11 +311,14 @@ pub(super) struct FakeDurable {
     pub(super) faults: Faults,
     rows: Mutex<HashMap<String, Row>>,
     fence_ms: Mutex<i64>,
+    /// The instances' heartbeats and flush requests (`fake_peers.rs`).
+    pub(super) peers: FakePeers,
 }
 
 impl Default for FakeDurable {
     fn default() -> Self {
-        Self { faults: Faults::new("postgres"), rows: Mutex::default(), fence_ms: Mutex::new(0) }
+        let (rows, fence_ms) = (Mutex::default(), Mutex::new(0));
+        Self { faults: Faults::new("postgres"), rows, fence_ms, peers: FakePeers::default() }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Redis down, Redis back: reads and writes fall back to PostgreSQL, the
-//! settle time and the fence guard those writes, and the copy-back brings
+//! hand-over and the fence guard those writes, and the copy-back brings
 //! Redis up to date before it is used again.
 
 use super::*;
@@ -40,7 +40,7 @@ async fn a_redis_that_hangs_opens_its_breaker_after_its_timeouts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn redis_down_writes_wait_the_settle_time_then_go_to_postgres() {
+async fn redis_down_writes_go_to_postgres() {
     let t = Tiers::start().await;
     let job = id("job");
     let created = Timestamp::now();
@@ -48,13 +48,8 @@ async fn redis_down_writes_wait_the_settle_time_then_go_to_postgres() {
     t.hot.faults.down();
     t.open_hot_breaker().await;
 
-    // Other instances' backlogs may still be on their way to PostgreSQL.
-    let early = t.write(&job, &record_at("job", 2, "running", created)).await;
-    assert!(is_unavailable(&early), "a write during the settle time is refused: {early:?}");
-    assert_eq!(t.durable.version(&job), 1);
-
-    // The settle time: one persist interval, two flush ticks and a second.
-    advance(PERSIST + Duration::from_millis(100) + Duration::from_secs(1)).await;
+    // Once this instance (the only one) has flushed its backlog: see
+    // `handover.rs` for several instances and one that does not answer.
     assert!(t.write(&job, &record_at("job", 2, "running", created)).await.unwrap());
     assert_eq!(t.durable.version(&job), 2, "the compare-and-set ran in PostgreSQL");
     assert_eq!(t.hot.version(&job), 1, "Redis was not written");

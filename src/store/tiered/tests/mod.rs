@@ -17,7 +17,9 @@ use crate::store::{DurableRow, DurableTier, ProgressStore, StoreError};
 
 mod across_tiers;
 mod durable_outage;
+mod fake_peers;
 mod fakes;
+mod handover;
 mod hot_outage;
 mod unknown_durable;
 
