@@ -43,7 +43,7 @@ THREADS="${DEGRADED_THREADS:-2}"
 CONNECTIONS="${DEGRADED_CONNECTIONS:-32}"
 TARGET_MS="${DEGRADED_TARGET_MS:-1}"
 PROBES="${DEGRADED_PROBES:-8}"
-REDIS_TIMEOUT_MS=1000  # PROGRESS_REDIS_TIMEOUT_MS: the server default, not set
+REDIS_TIMEOUT_MS=100   # PROGRESS_REDIS_TIMEOUT_MS: the server default, not set
 BREAKER_FAILURES=3     # PROGRESS_BREAKER_FAILURES: the server default, not set
 
 need_tools wrk curl awk psql python3 redis-server redis-cli cargo

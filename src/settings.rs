@@ -217,8 +217,10 @@ settings! {
         range: 1..=64,
         rule: connections_within_pool,
     }
-    /// Bound on connecting to Redis and on each Redis operation, in milliseconds.
-    redis_timeout_ms: u64 { var: "PROGRESS_REDIS_TIMEOUT_MS", default: "1000", read: parsed(MILLISECONDS), range: 1.. }
+    /// Bound on connecting to Redis and on each Redis operation, in
+    /// milliseconds: what a request pays per Redis call while Redis stops
+    /// answering, before the breaker opens (README, Storage).
+    redis_timeout_ms: u64 { var: "PROGRESS_REDIS_TIMEOUT_MS", default: "100", read: parsed(MILLISECONDS), range: 1.. }
     /// PostgreSQL URL, the durable tier; unset: built from `PGHOST` and its
     /// group, else none (records live in the hot tier only). libpq's `sslmode`
     /// (`disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`)

@@ -1,8 +1,8 @@
 //! Never a false 404 (issue 20): a record PostgreSQL holds is never
 //! answered 404 because Redis missed it. A fresh instance asks PostgreSQL
 //! before its first answers (and a create it acknowledges is in PostgreSQL
-//! at the response); while PostgreSQL cannot be asked, a Redis miss is 503
-//! `storage_unavailable` with `Retry-After`.
+//! at the response); while PostgreSQL cannot be asked, a Redis miss (a
+//! GET, a PATCH or a DELETE) is 503 `storage_unavailable` with `Retry-After`.
 //!
 //! In-process servers (as in `tests/durable_tier.rs`) on the machine's Redis,
 //! each with a key prefix of its own, over a database of their own, reached
@@ -144,6 +144,9 @@ async fn a_redis_miss_while_postgres_cannot_be_asked_is_503_not_404() {
     // A PATCH cannot tell either: 503, not 404 (a PUT may still create in Redis).
     let res = app.patch("s1", &json!({"current": 5})).await;
     assert_problem(res, 503, "storage_unavailable").await;
+    // Nor a DELETE, which then deletes nothing (no tombstone is queued).
+    let res = app.send(reqwest::Method::DELETE, "/progress/s1", None, &[]).await;
+    assert_problem(res, 503, "storage_unavailable").await;
 
     proxy.set_mode(Mode::Forward).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -160,6 +163,8 @@ async fn a_redis_miss_while_postgres_cannot_be_asked_is_503_not_404() {
     }
     assert_problem(app.get("never-written").await, 404, "not_found").await;
     assert_problem(app.patch("never-written", &json!({"current": 1})).await, 404, "not_found").await;
+    let res = app.send(reqwest::Method::DELETE, "/progress/never-written", None, &[]).await;
+    assert_problem(res, 404, "not_found").await;
 
     // PostgreSQL gone: connections reset and refused.
     forget_in_redis(&app, "s1").await;

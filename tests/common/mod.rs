@@ -58,7 +58,14 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts the server with settings adjusted by `tweak`.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = Settings { host: Some("127.0.0.1".parse().unwrap()), port: 0, ..Settings::default() };
+    let mut settings = Settings {
+        host: Some("127.0.0.1".parse().unwrap()),
+        port: 0,
+        // The default (100 ms) leaves a loaded CI machine's scheduling too
+        // little room; tests of the timeout set their own.
+        redis_timeout_ms: 1000,
+        ..Settings::default()
+    };
     if backend == Backend::Redis {
         settings.redis_url = Some(redis_url());
         settings.key_prefix = unique_prefix();

@@ -80,9 +80,18 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             let _gate = self.hot_writes.read().await;
             // The tombstone first: a reader that misses Redis in between must
             // find the record deleted, not bring it back from a backlog.
-            let in_durable = self.delete_durable(id).await;
+            let in_durable = self.delete_durable_now(id).await;
             let in_hot = Self::observe(&self.hot_breaker, hot.store.delete(id).await)?;
-            return Ok(in_hot || in_durable);
+            return match in_durable {
+                Some(in_durable) => Ok(in_hot || in_durable),
+                None if in_hot => {
+                    self.backlog.enqueue(id, PendingWrite::Delete);
+                    Ok(true)
+                }
+                // Not in Redis, and PostgreSQL, which may hold it alone,
+                // cannot be asked: neither 404 nor a delete (issue 20).
+                None => Err(unavailable("postgres", "cannot tell whether postgresql holds the record")),
+            };
         }
         self.first_durable_answer().await;
         let fence = self.durable_fence(false)?;
@@ -178,14 +187,22 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     /// Removes the PostgreSQL row now, or queues the removal; true when a
     /// row was removed now.
     async fn delete_durable(&self, id: &ProgressId) -> bool {
-        self.first_durable_answer().await;
-        if self.durable_breaker.allows()
-            && let Ok(removed) = Self::observe(&self.durable_breaker, self.delete_unfenced(id).await)
-        {
-            self.backlog.supersede(id, u64::MAX);
-            return removed;
+        let removed = self.delete_durable_now(id).await;
+        if removed.is_none() {
+            self.backlog.enqueue(id, PendingWrite::Delete);
         }
-        self.backlog.enqueue(id, PendingWrite::Delete);
-        false
+        removed.unwrap_or(false)
+    }
+
+    /// Removes the PostgreSQL row now: whether there was one, or `None` when
+    /// PostgreSQL cannot be asked.
+    async fn delete_durable_now(&self, id: &ProgressId) -> Option<bool> {
+        self.first_durable_answer().await;
+        if !self.durable_breaker.allows() {
+            return None;
+        }
+        let removed = Self::observe(&self.durable_breaker, self.delete_unfenced(id).await).ok()?;
+        self.backlog.supersede(id, u64::MAX);
+        Some(removed)
     }
 }

@@ -100,3 +100,30 @@ async fn postgres_down_at_start_up_makes_redis_misses_unavailable_after_a_bounde
     assert_eq!(t.durable.version(&job), 1, "the create waited in the backlog");
     assert!(t.store.get(&id("absent")).await.unwrap().is_none(), "with PostgreSQL's answer, a miss is a 404");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_misses_in_redis_while_postgres_cannot_be_asked_is_unavailable_and_deletes_nothing() {
+    let t = Tiers::start().await;
+    let job = only_in_postgres(&t, "job").await;
+    t.durable.faults.fail("delete");
+    let deleted = t.store.delete(&job).await;
+    assert!(is_unavailable(&deleted), "503, not 404: {deleted:?}");
+    assert_eq!(t.store.backlog().0, 0, "no tombstone queued for an answer that was not given");
+    t.durable.faults.up();
+    assert_eq!(t.version(&job).await.unwrap(), 1, "the record is still there");
+    assert!(t.store.delete(&job).await.unwrap(), "and a retry deletes it");
+    assert!(matches!(t.durable.row(&job), DurableRow::Deleted { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_finds_the_record_in_redis_while_postgres_is_down_queues_its_tombstone() {
+    let t = Tiers::start().await;
+    let job = id("job");
+    assert!(t.write(&job, &record_at("job", 1, "running", Timestamp::now())).await.unwrap());
+    t.durable.faults.down();
+    assert!(t.store.delete(&job).await.unwrap(), "deleted from Redis: 204");
+    assert_eq!(t.store.backlog().0, 1, "the tombstone waits for PostgreSQL");
+    t.durable.faults.up();
+    t.wait_for(|t| t.store.backlog().0 == 0).await;
+    assert!(matches!(t.durable.row(&job), DurableRow::Deleted { .. }));
+}
