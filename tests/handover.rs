@@ -35,8 +35,11 @@ fn quick(s: &mut Settings, redis_url: String, database_url: String, prefix: Stri
 /// (with the `current` and version it was acknowledged at).
 #[derive(Default)]
 struct Log {
-    writes: Vec<(Instant, Result<(u64, u64), u16>)>,
+    writes: Vec<(Instant, Written)>,
 }
+
+/// Acknowledged at (`current`, version), or refused with this status.
+type Written = Result<(u64, u64), u16>;
 
 /// PATCHes `id` 50 times a second with a growing `current` until `stop`.
 async fn writer(app: Arc<TestApp>, id: String, until: Instant, log: Arc<Mutex<Log>>) {
