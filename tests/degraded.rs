@@ -439,6 +439,52 @@ async fn a_blackholed_redis_is_bounded_then_skipped() {
     .await;
 }
 
+/// Mode 6 with the default PROGRESS_REDIS_TIMEOUT_MS (100 ms): the first
+/// ten requests after Redis stops answering, PATCHes and GETs in turn. A
+/// request pays at most two Redis timeouts (a write's read and its
+/// compare-and-set) before the breaker opens; after that, none. The
+/// latencies are printed (`-- --nocapture`); bench/blackhole_latency.py
+/// measures the same against the release binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_redis_costs_the_first_requests_at_most_two_default_timeouts() {
+    let timeout = Duration::from_millis(Settings::default().redis_timeout_ms);
+    let redis = OwnRedis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let db = TestDatabase::create().await;
+    let url = format!("redis://127.0.0.1:{}", proxy.port());
+    let app = spawn_app_with(Backend::Redis, |s| {
+        quick(s, url.clone(), db.url().into());
+        s.redis_timeout_ms = Settings::default().redis_timeout_ms;
+        s.cache_max_age_ms = 0;
+    })
+    .await;
+    durable_ready(&app, db.url()).await;
+    for n in 0..10 {
+        app.put_ok(&format!("bh-{n}"), &json!({"status": "running"})).await;
+    }
+    proxy.set_mode(Mode::Blackhole).await;
+    let mut latencies = Vec::new();
+    for n in 0..10 {
+        let started = Instant::now();
+        let res = if n % 2 == 0 {
+            app.patch(&format!("bh-{n}"), &json!({"current": n})).await
+        } else {
+            app.get(&format!("bh-{n}")).await
+        };
+        latencies.push((if n % 2 == 0 { "PATCH" } else { "GET" }, res.status().as_u16(), started.elapsed()));
+    }
+    println!("first ten requests with Redis blackholed (timeout {timeout:?}): {latencies:?}");
+    for (method, status, took) in &latencies {
+        assert!(*status == 200 || *status == 503, "{method} answered {status}");
+        // Two timeouts, a PostgreSQL round trip and a loaded CI machine's slack.
+        assert!(*took < timeout * 2 + Duration::from_millis(400), "{method} took {took:?}: {latencies:?}");
+    }
+    let refused = latencies.iter().filter(|(_, status, _)| *status == 503).count();
+    assert!(refused <= 1, "only a write before the breaker opened may fail: {latencies:?}");
+    let after_open = &latencies[4..];
+    assert!(after_open.iter().all(|(_, s, _)| *s == 200), "{latencies:?}");
+}
+
 /// Mode 5: SIGTERM with a backlog: the process flushes it and exits 0;
 /// after FLUSHALL on Redis every record is still served, latest version,
 /// from PostgreSQL.
