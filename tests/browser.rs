@@ -276,6 +276,8 @@ async fn the_dashboard_lists_filters_highlights_and_follows_records() {
         "status": "completed", "result": {"url": "https://example.com/book.pdf", "pages": 312}, "metadata": {"bookId": 42}
     }), None).await;
     put(&app, "dash-stalled", json!({"status": "running", "progress": 35, "stage": "WAITING"}), None).await;
+    // A second sample: an estimate, soon past, which must not show once stalled.
+    put(&app, "dash-stalled", json!({"status": "running", "progress": 40, "stage": "WAITING"}), None).await;
     put(
         &app,
         "dash-xss",
