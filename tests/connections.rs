@@ -113,20 +113,16 @@ async fn the_connection_cap_refuses_the_excess_at_once() {
     let app = spawn_app_with(Backend::Memory, |s| s.max_connections = 20).await;
     let address = address(&app);
     let refused_before = metric(&app, "progressd_connections_refused_total").await;
-    // `/metrics` above came over a keep-alive connection the client keeps:
-    // it counts against the cap until the client drops it.
+    // That connection is closed; let the server see it go.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Twenty keep-alive connections, each served once (so each was let in).
     let mut held = Vec::new();
-    let mut probe = TcpStream::connect(&address).await.unwrap();
-    probe.write_all(FULL_GET).await.unwrap();
-    read_healthz(&mut probe).await;
-    held.push(probe);
-    while held.len() < 19 {
-        held.push(TcpStream::connect(&address).await.unwrap());
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream.write_all(FULL_GET).await.unwrap();
+        assert!(read_healthz(&mut stream).await.starts_with("HTTP/1.1 200"));
+        held.push(stream);
     }
-    // Every connection the server has accepted is counted before the next
-    // accept; a request over one of the held ones proves all were accepted.
-    held[0].write_all(FULL_GET).await.unwrap();
-    read_healthz(&mut held[0]).await;
 
     let started = Instant::now();
     let mut excess = TcpStream::connect(&address).await.unwrap();
@@ -137,20 +133,21 @@ async fn the_connection_cap_refuses_the_excess_at_once() {
     assert!(took < Duration::from_millis(500), "refused after {took:?}");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // The twenty are still served.
+    held[0].write_all(FULL_GET).await.unwrap();
+    assert!(read_healthz(&mut held[0]).await.starts_with("HTTP/1.1 200"));
 
     // A closed connection makes room at once.
     drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut next = TcpStream::connect(&address).await.unwrap();
     next.write_all(FULL_GET).await.unwrap();
     assert!(read_healthz(&mut next).await.starts_with("HTTP/1.1 200"));
     drop(next);
     drop(held);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let refused_after = metric(&app, "progressd_connections_refused_total").await;
     assert!(refused_after >= refused_before + 1.0, "{refused_before} → {refused_after}");
-    let metrics = app.send(Method::GET, "/metrics", None, &[]).await.text().await.unwrap();
-    assert!(metrics.lines().any(|l| l.starts_with("progressd_connections_open ")), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,8 +216,31 @@ async fn streams_and_long_polls_outlive_the_idle_timeout() {
     }
 }
 
-/// The value of an unlabelled metric, 0 when absent.
+/// Shutdown closes idle keep-alive connections at once, and a half-sent
+/// head holds it no longer than the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_by_idle_or_slow_connections() {
+    let app = spawn_app_with(Backend::Memory, |s| s.header_timeout_seconds = 1).await;
+    let mut idle = TcpStream::connect(address(&app)).await.unwrap();
+    idle.write_all(FULL_GET).await.unwrap();
+    read_healthz(&mut idle).await;
+    let mut slow = TcpStream::connect(address(&app)).await.unwrap();
+    slow.write_all(HALF_HEAD).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    app.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "shutdown took {took:?}");
+    for stream in [&mut idle, &mut slow] {
+        assert!(until_closed(stream, Duration::from_secs(1)).await.1.is_some(), "closed by the shutdown");
+    }
+}
+
+/// The value of an unlabelled metric, 0 when absent (the gauge of open
+/// connections must be there), over a connection that is closed after.
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.send(Method::GET, "/metrics", None, &[]).await.text().await.unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let text = client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l.starts_with("progressd_connections_open ")), "{text}");
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
