@@ -100,8 +100,10 @@
     return t === null ? '' : formatDuration(Date.now() - t) + ' ago';
   }
 
+  // A stalled job has no estimate (the server sends `eta: null` then; an
+  // older server's stale one must not read "any moment" beside the badge).
   function formatEta(record) {
-    var t = parseTime(record.eta);
+    var t = record.stalled ? null : parseTime(record.eta);
     if (t === null) return '';
     var left = t - Date.now();
     return left <= 0 ? 'any moment' : 'in ' + formatDuration(left);
@@ -440,7 +442,7 @@
       facts.appendChild(dd);
     }
     fact('Stage', record.stage);
-    fact('ETA', formatEta(record), localTime(record.eta));
+    fact('ETA', formatEta(record), record.stalled ? '' : localTime(record.eta));
     fact('Created', ago(record.created_at), localTime(record.created_at));
     fact('Started', ago(record.started_at), localTime(record.started_at));
     fact('Updated', ago(record.updated_at), localTime(record.updated_at));

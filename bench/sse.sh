@@ -142,11 +142,13 @@ wait_listeners() {
 }
 
 # start_store NAME STORE: a progressd on STORE; sets SERVER_PID, SERVER_BASE.
+# Its connection cap leaves room for the writers beside the streams.
 start_store() {
+  local cap="PROGRESS_MAX_CONNECTIONS=$(( MOST_SUBS + 1000 ))"
   if [[ "$2" == redis ]]; then
-    start_progressd "$1" REDIS_URL="$SHARED_REDIS_URL" PROGRESS_KEY_PREFIX="$RUN_PREFIX"
+    start_progressd "$1" "$cap" REDIS_URL="$SHARED_REDIS_URL" PROGRESS_KEY_PREFIX="$RUN_PREFIX"
   else
-    start_progressd "$1"
+    start_progressd "$1" "$cap"
   fi
 }
 

@@ -1,5 +1,5 @@
-//! Assembly: the store chosen from settings, the router, and the server
-//! loop with graceful shutdown.
+//! Assembly: the store chosen from settings, the router, and `run`, which
+//! serves them (the server loop itself is `serve.rs`) until shutdown.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -315,10 +315,17 @@ pub async fn run(
         shutdown.await;
         live.close();
     };
-    // `into_make_service`: every connection shares the router. Serving the
-    // `Router` itself clones the route table per connection, about 24 KB
-    // each (bench/sse.sh: 10,000 event streams took 540 MB instead of 290).
-    axum::serve(listener, app.into_make_service()).with_graceful_shutdown(shutdown).await?;
+    // Every connection shares the router (an `Arc`): a route table per
+    // connection was about 24 KB each (bench/sse.sh: 10,000 event streams
+    // took 540 MB instead of 290).
+    let limits = crate::serve::Limits::from_settings(&settings);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_timeout_s = limits.header_timeout.as_secs(),
+        idle_timeout_s = limits.idle_timeout.as_secs(),
+        "connection limits"
+    );
+    crate::serve::serve(listener, app, limits, shutdown).await;
     // No request is running any more: persist what only memory holds.
     store.shutdown().await;
     tracing::info!("progressd stopped");

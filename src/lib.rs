@@ -9,7 +9,9 @@
 //! outside in:
 //!
 //! - [`app`]: builds the store from settings, the service and the router,
-//!   and runs the server until shutdown ([`run`]).
+//!   and runs the server until shutdown ([`run`]); [`serve`] is the server
+//!   loop: the connection cap, the header and idle timeouts, graceful
+//!   shutdown.
 //! - [`http`]: the route table with each route's access class, the outer
 //!   layers (CORS, request ids, compression, timeout), extractors,
 //!   handlers, and errors as problem+json. Handlers call the service only.
@@ -45,6 +47,7 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod secrets;
+pub mod serve;
 pub mod service;
 pub mod settings;
 pub mod store;

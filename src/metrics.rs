@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ::metrics::{Counter, Histogram, SharedString, Unit};
+use ::metrics::{Counter, Gauge, Histogram, SharedString, Unit};
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, StatusCode};
@@ -74,6 +74,12 @@ pub const POOL_MAX: &str = "progressd_pool_max_connections";
 pub const POOL_WAITING: &str = "progressd_pool_waiting";
 /// Records held by the read cache in front of Redis.
 pub const READ_CACHE_ENTRIES: &str = "progressd_read_cache_entries";
+/// Client connections open now.
+pub const CONNECTIONS_OPEN: &str = "progressd_connections_open";
+/// Connections refused at once because `PROGRESS_MAX_CONNECTIONS` were open.
+pub const CONNECTIONS_REFUSED: &str = "progressd_connections_refused_total";
+/// Connections closed by a timeout, by `reason`: `header` or `idle`.
+pub const CONNECTIONS_TIMED_OUT: &str = "progressd_connections_timed_out_total";
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] =
@@ -141,6 +147,13 @@ fn describe() {
     describe_gauge!(POOL_MAX, Unit::Count, "Most connections the pool opens.");
     describe_gauge!(POOL_WAITING, Unit::Count, "Requests waiting for a pool connection.");
     describe_gauge!(READ_CACHE_ENTRIES, Unit::Count, "Records held by the read cache in front of Redis.");
+    describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Client connections open now.");
+    describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "Connections refused because the most allowed were open.");
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        Unit::Count,
+        "Connections closed by the header timeout or the idle timeout, by reason."
+    );
 }
 
 /// Every metric in the text format ([`TEXT_FORMAT`]), as of now.
@@ -205,6 +218,10 @@ struct Counters {
     updated: Counter,
     deleted: Counter,
     cleaned_up: Counter,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    header_timeouts: Counter,
+    idle_timeouts: Counter,
 }
 
 fn counters() -> &'static Counters {
@@ -218,6 +235,10 @@ fn counters() -> &'static Counters {
             updated: counter!(RECORDS_WRITTEN, "kind" => "update"),
             deleted: counter!(RECORDS_DELETED),
             cleaned_up: counter!(RECORDS_CLEANED_UP),
+            connections_open: gauge!(CONNECTIONS_OPEN),
+            connections_refused: counter!(CONNECTIONS_REFUSED),
+            header_timeouts: counter!(CONNECTIONS_TIMED_OUT, "reason" => "header"),
+            idle_timeouts: counter!(CONNECTIONS_TIMED_OUT, "reason" => "idle"),
         }
     })
 }
@@ -242,6 +263,35 @@ pub fn records_deleted(n: u64) {
 /// `n` expired or orphaned records were purged by cleanup.
 pub fn records_cleaned_up(n: u64) {
     counters().cleaned_up.increment(n);
+}
+
+/// A client connection was accepted; the gauge goes down again when the
+/// returned guard is dropped.
+pub fn connection_opened() -> OpenConnection {
+    counters().connections_open.increment(1.0);
+    OpenConnection(())
+}
+
+/// Counts one open connection in [`CONNECTIONS_OPEN`] while it lives.
+#[derive(Debug)]
+pub struct OpenConnection(());
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        counters().connections_open.decrement(1.0);
+    }
+}
+
+/// A connection was refused because the most allowed were open.
+pub fn connection_refused() {
+    counters().connections_refused.increment(1);
+}
+
+/// A connection was closed by the header timeout (`header`) or the idle
+/// timeout (`idle`).
+pub fn connection_timed_out(header: bool) {
+    let c = counters();
+    if header { &c.header_timeouts } else { &c.idle_timeouts }.increment(1);
 }
 
 /// A circuit breaker opened after failures of `tier`.

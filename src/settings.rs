@@ -271,6 +271,24 @@ settings! {
         read: parsed(SECONDS),
         range: 1..,
     }
+    /// Longest a client may take to send a request's headers, in seconds:
+    /// from the connection's start for its first request, from the first
+    /// byte for later ones; then the connection is closed.
+    header_timeout_seconds: u64 { var: "PROGRESS_HEADER_TIMEOUT_SECONDS", default: "10", read: parsed(SECONDS), range: 1.. }
+    /// A keep-alive connection with no request in progress is closed after
+    /// this many seconds (keep it above the idle timeout of a proxy in front,
+    /// 60 s on AWS's load balancers); event streams and long-polls are
+    /// requests in progress.
+    idle_timeout_seconds: u64 { var: "PROGRESS_IDLE_TIMEOUT_SECONDS", default: "75", read: parsed(SECONDS), range: 1.. }
+    /// Most client connections open at once; past it a new one is answered
+    /// 503 and closed at once. Lowered at start-up to what the open-file
+    /// limit allows.
+    max_connections: usize {
+        var: "PROGRESS_MAX_CONNECTIONS",
+        default: "10000",
+        read: parsed(WHOLE),
+        range: 1..=1_000_000,
+    }
     /// Longest the SIGTERM flush of the write-behind backlog keeps trying
     /// PostgreSQL, in seconds (keep it under the host's drain time).
     shutdown_flush_seconds: u64 { var: "PROGRESS_SHUTDOWN_FLUSH_SECONDS", default: "20", read: parsed(SECONDS) }

@@ -276,6 +276,8 @@ async fn the_dashboard_lists_filters_highlights_and_follows_records() {
         "status": "completed", "result": {"url": "https://example.com/book.pdf", "pages": 312}, "metadata": {"bookId": 42}
     }), None).await;
     put(&app, "dash-stalled", json!({"status": "running", "progress": 35, "stage": "WAITING"}), None).await;
+    // A second sample: an estimate, soon past, which must not show once stalled.
+    put(&app, "dash-stalled", json!({"status": "running", "progress": 40, "stage": "WAITING"}), None).await;
     put(
         &app,
         "dash-xss",
@@ -299,12 +301,14 @@ async fn client_js_watches_in_order_stops_cancels_and_falls_back_to_polling() {
     let Some(browser) = browser("client") else { return };
     let app = spawn_app_with(Backend::Memory, |s| {
         s.cors_origins = vec!["*".into()];
-        s.read_tokens = vec!["reader".into()];
+        // `ui-secret`: the README snippet's read token.
+        s.read_tokens = vec!["reader".into(), "ui-secret".into()];
     })
     .await;
     for id in ["c-order", "c-resume", "c-cancel", "c-poll", "c-del", "c-del-poll"] {
         put(&app, id, json!({"status": "running"}), None).await;
     }
+    put(&app, "book-42", json!({"status": "running", "progress": 10}), None).await;
     run_scenario(&browser, "client", &app, None).await;
 }
 

@@ -20,6 +20,7 @@ on_both_stores!(
     delete_removes_the_record,
     patch_of_a_missing_record_is_404,
     a_quiet_running_record_is_stalled,
+    a_stalled_record_has_no_eta_wherever_it_is_read,
 );
 
 async fn put_creates_then_replaces(backend: Backend) {
@@ -230,4 +231,39 @@ async fn a_quiet_running_record_is_stalled(backend: Backend) {
     assert_eq!(app.get_ok("waiting").await["stalled"], false, "only running records stall");
     let r = app.patch_ok("quiet", &json!({"message": "heartbeat"})).await;
     assert_eq!(r["stalled"], false, "a write is a heartbeat");
+}
+
+/// Once a record has stalled its estimate is stale: `eta` is null in a GET,
+/// a long-poll, the listing and the event stream, and comes back with the
+/// next write.
+async fn a_stalled_record_has_no_eta_wherever_it_is_read(backend: Backend) {
+    use common::sse::EventStream;
+    let app = spawn_app_with(backend, |s| s.heartbeat_seconds = 1).await;
+    app.put_ok("late", &json!({"status": "running", "progress": 10})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let written = app.patch_ok("late", &json!({"progress": 20})).await;
+    assert!(written["eta"].is_string(), "two samples make an estimate: {written}");
+    assert_eq!(app.get_ok("late").await["eta"], written["eta"]);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+
+    let read = app.get_ok("late").await;
+    assert_eq!((&read["stalled"], &read["eta"]), (&json!(true), &Value::Null), "GET: {read}");
+    let res = app.send(Method::GET, "/progress/late?wait=5", None, &[("if-none-match", "\"1\"")]).await;
+    let polled: Value = res.json().await.unwrap();
+    assert_eq!((&polled["stalled"], &polled["eta"]), (&json!(true), &Value::Null), "long-poll: {polled}");
+    let page: Value = app.send(Method::GET, "/progress", None, &[]).await.json().await.unwrap();
+    let listed = page["items"].as_array().unwrap().iter().find(|r| r["id"] == "late").unwrap();
+    assert_eq!((&listed["stalled"], &listed["eta"]), (&json!(true), &Value::Null), "listing: {listed}");
+    let (status, stream) = EventStream::open(&app.client, &app.url("/progress/late/events"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let event = stream.unwrap().expect_event(std::time::Duration::from_secs(2)).await.json();
+    assert_eq!((&event["stalled"], &event["eta"]), (&json!(true), &Value::Null), "event: {event}");
+    // Everything else is as written.
+    let mut expected = written.clone();
+    expected["eta"] = Value::Null;
+    expected["stalled"] = json!(true);
+    assert_eq!(read, expected);
+
+    let resumed = app.patch_ok("late", &json!({"progress": 30})).await;
+    assert_eq!((&resumed["stalled"], resumed["eta"].is_string()), (&json!(false), true), "{resumed}");
 }

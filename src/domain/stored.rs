@@ -1,5 +1,6 @@
 //! The stored form of a record: one line of server state, a newline, then
-//! the record JSON exactly as GET returns it (less `stalled`).
+//! the record JSON exactly as GET returns it (less `stalled`, and with
+//! `eta` null once it has stalled).
 //!
 //! Keeping the response bytes means a GET does no JSON work, and keeping the
 //! version first in the header lets a Lua script compare versions with a
@@ -247,6 +248,15 @@ impl StoredRecord {
 
     fn parts_stalled(&self, stalled: bool) -> [Bytes; 2] {
         let end: &'static [u8] = if stalled { b",\"stalled\":true}" } else { b",\"stalled\":false}" };
+        let body = &self.raw[self.body_start..self.raw.len() - 1];
+        // A stalled job's estimate is stale: no `eta` (a copy, on this path only).
+        if let Some(eta) = stalled.then(|| eta_value(body)).flatten() {
+            let mut out = BytesMut::with_capacity(body.len());
+            out.put_slice(&body[..eta.start]);
+            out.put_slice(b"null");
+            out.put_slice(&body[eta.end..]);
+            return [out.freeze(), Bytes::from_static(end)];
+        }
         [self.raw.slice(self.body_start..self.raw.len() - 1), Bytes::from_static(end)]
     }
 
@@ -261,6 +271,23 @@ impl StoredRecord {
             None => pack(&self.render_stalled(stalled)),
         }
     }
+}
+
+/// Where the top-level `eta` of a stored body is, when it is not null.
+///
+/// `encode.rs` writes `…,"eta":<null or a time>,"stages":[…]}` last, and
+/// nothing after `eta` has a member of that name (stages are name, times and
+/// duration), while `"eta":` cannot occur inside a JSON string (its quotes
+/// would be escaped): so the last `,"eta":` in the body is the record's.
+/// `None` for a body laid out otherwise, which is then served as it is.
+fn eta_value(body: &[u8]) -> Option<std::ops::Range<usize>> {
+    const KEY: &[u8] = b",\"eta\":";
+    const NEXT: &[u8] = b",\"stages\":[";
+    let start = body.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let len = body[start..].windows(NEXT.len()).position(|w| w == NEXT)?;
+    let value = &body[start..start + len];
+    let quoted = value.len() > 2 && value[0] == b'"' && value[len - 1] == b'"';
+    (quoted && !value[1..len - 1].contains(&b'"')).then_some(start..start + len)
 }
 
 #[cfg(test)]
@@ -333,6 +360,55 @@ mod tests {
             let [body, end] = s.render_parts(now);
             assert_eq!([&body[..], &end[..]].concat(), s.render(now), "the pieces are the whole body");
             assert_eq!(body.as_ptr(), s.raw()[s.header().len()..].as_ptr(), "shared with the stored bytes, not copied");
+        }
+    }
+
+    /// A running record with an `eta` (written at 5 s and 10 s, stalled
+    /// after 11 s), a metadata member of the same name, and stages.
+    fn with_eta() -> StoredRecord {
+        let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1_000 };
+        let id = ProgressId::parse("a").unwrap();
+        let body = json!({"status": "running", "progress": 10, "stage": "eta", "metadata": {"eta": "soon"}});
+        let f = ClientFields::from_json(&body, 100).unwrap();
+        let (r, m) = apply_write(&id, None, f, Touched::default(), Timestamp(5_000), &policy);
+        let f =
+            ClientFields::from_json(&json!({"status": "running", "progress": 20, "stage": "\"eta\":"}), 100).unwrap();
+        let prev = Some((r.server_state(), m));
+        let (r, m) = next_record(&id, prev, f, Touched::default(), Timestamp(10_000), &policy);
+        assert!(r.eta.is_some(), "two samples make an estimate");
+        StoredRecord::encode(&m, &r)
+    }
+
+    #[test]
+    fn a_stalled_record_renders_no_eta() {
+        let s = with_eta();
+        let running: Value = serde_json::from_slice(&s.render(10_500)).unwrap();
+        assert_eq!((running["stalled"].as_bool(), running["eta"].is_string()), (Some(false), true), "{running}");
+        let stalled: Value = serde_json::from_slice(&s.render(11_001)).unwrap();
+        assert_eq!((stalled["stalled"].as_bool(), stalled["eta"].is_null()), (Some(true), true), "{stalled}");
+        // Only the record's own member: the rest is as stored.
+        let mut expected = running.clone();
+        expected["eta"] = Value::Null;
+        expected["stalled"] = json!(true);
+        assert_eq!(stalled, expected);
+        let [body, end] = s.render_parts(11_001);
+        assert_eq!([&body[..], &end[..]].concat(), s.render(11_001));
+        let packed = s.clone().with_packed_bodies();
+        assert_eq!(packed.packed(11_001, |b| Some(Bytes::copy_from_slice(b))).unwrap(), s.render(11_001));
+        assert_eq!(packed.packed(10_500, |b| Some(Bytes::copy_from_slice(b))).unwrap(), s.render(10_500));
+    }
+
+    #[test]
+    fn the_eta_member_is_found_only_where_the_encoder_puts_it() {
+        assert_eq!(eta_value(br#"{"id":"a","eta":"2026-01-01T00:00:00.000Z","stages":[]"#), Some(16..42));
+        for body in [
+            &br#"{"id":"a","eta":null,"stages":[]"#[..],
+            br#"{"id":"a","metadata":{"eta":"x"},"stages":[]"#,
+            br#"{"id":"a","eta":"x""#,
+            br#"{"id":"a","eta":"a","b":"c","stages":[]"#,
+            b"",
+        ] {
+            assert_eq!(eta_value(body), None, "{}", String::from_utf8_lossy(body));
         }
     }
 

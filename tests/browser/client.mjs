@@ -5,8 +5,10 @@
 // a fatal 401, and with the event stream blocked it falls back to polling.
 //
 // Records written by tests/browser.rs before this starts, each `running`:
-//   c-order, c-resume, c-cancel, c-poll, c-del, c-del-poll
+//   c-order, c-resume, c-cancel, c-poll, c-del, c-del-poll; and book-42 (10 %)
+// for the README's browser snippet, run as printed (only its host changed).
 
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { base, run, write, log, assert, assertEqual, until, sleep, screenshot, hasEventStream } from './lib.mjs';
 
@@ -41,10 +43,18 @@ const PAGE = `<!doctype html>
 </script>
 </body></html>`;
 
+// The README's first html block, the host of its script changed to the server's.
+const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+const snippet = readme.split('```html\n')[1].split('\n```')[0];
+const README_PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>README snippet</title>
+<link rel="icon" href="data:,"></head><body>
+${snippet.replaceAll('https://progressd.example', base)}
+</body></html>`;
+
 // The page's own origin: a different port of 127.0.0.1 is a different origin.
 const server = createServer((req, res) => {
   res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-  res.end(PAGE);
+  res.end(req.url === '/readme.html' ? README_PAGE : PAGE);
 });
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const pageUrl = `http://127.0.0.1:${server.address().port}/page.html`;
@@ -168,6 +178,16 @@ await run('client', async (browser) => {
 
   await screenshot(page, 'client.png');
   assertEqual(pageErrors, [], 'no uncaught errors in the page');
+
+  // The README's snippet: its <progress> follows the record.
+  assert(snippet.includes('<progress id="book-42"'), 'the README snippet has a <progress> element');
+  await page.goto(pageUrl.replace('/page.html', '/readme.html'));
+  const shown = () => js(() => [document.getElementById('book-42').value, document.getElementById('book-42-status').textContent]);
+  await until('the README snippet shows 10 %', async () => (await shown())[0] === 10);
+  await write(['PATCH', 'book-42', { progress: 55, message: 'chapter 3 of 5' }]);
+  await until('the <progress> follows to 55 %', async () => (await shown())[0] === 55);
+  assertEqual(await shown(), [55, 'chapter 3 of 5'], 'the bar and the message');
+  assertEqual(pageErrors, [], 'no uncaught errors in the README snippet');
 });
 
 server.close();

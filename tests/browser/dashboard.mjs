@@ -58,6 +58,8 @@ await run('dashboard', async (browser) => {
   assert((await row('dash-failed')).classes.includes('is-failed'), 'the failed record is highlighted');
   await until('dash-stalled is highlighted as stalled', async () => (await row('dash-stalled')).classes.includes('is-stalled'));
   assert((await row('dash-stalled')).text.includes('stalled'), 'the stalled row says so');
+  const stalledText = (await row('dash-stalled')).text;
+  assert(!stalledText.includes('any moment') && !/\bin \d/.test(stalledText), `a stalled row shows no ETA: ${stalledText}`);
 
   // Markup in record data stays text.
   const xss = await row('dash-xss');

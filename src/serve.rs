@@ -1,0 +1,500 @@
+//! The server loop: what `axum::serve` did (accept, one hyper HTTP/1.1
+//! connection per client, graceful shutdown), and the limits that keep slow
+//! or idle clients from holding the server:
+//!
+//! - **Header timeout** (`PROGRESS_HEADER_TIMEOUT_SECONDS`): a request's
+//!   head must arrive in full within it, counted from the connection's start
+//!   for its first request and from the first byte of each later one; else
+//!   the connection is closed without an answer (the client never finished
+//!   asking). The request timeout starts only once the head is in.
+//! - **Idle timeout** (`PROGRESS_IDLE_TIMEOUT_SECONDS`): a keep-alive
+//!   connection with no request in progress is closed after it. A request in
+//!   progress is never idle: an event stream has its heartbeat, a long-poll
+//!   its `wait`, the others the request timeout.
+//! - **Connection cap** (`PROGRESS_MAX_CONNECTIONS`, lowered to what the
+//!   open-file limit allows): past it a new connection is answered 503 and
+//!   closed at once, before its request is read; nothing queues.
+//!
+//! Both timeouts are one timer per connection, in the connection's own task
+//! ([`Activity`]): the request service marks when a request starts and when
+//! its response body is done, the socket wrapper the first byte of the next
+//! request's head. hyper's own `header_read_timeout` cannot do this: it also
+//! runs between keep-alive requests, so it would be the idle timeout too.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::future::RouteFuture;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::metrics;
+use crate::settings::Settings;
+
+/// File descriptors kept for everything but client connections (listener,
+/// logs, the runtime, DNS, TLS files), on top of the store pools.
+const FILES_RESERVED: usize = 64;
+
+/// What a refused connection is told, before its request is read.
+const REFUSAL: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// The limits of the server loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest a request's head may take to arrive.
+    pub header_timeout: Duration,
+    /// Longest a connection may wait, with no request in progress, for the next one.
+    pub idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The three settings, the cap lowered to what the open-file limit
+    /// allows (after raising the soft limit to the hard one, as far as the
+    /// system lets us), with a warning when it is.
+    pub fn from_settings(settings: &Settings) -> Self {
+        let requested = settings.max_connections;
+        let reserved = FILES_RESERVED + settings.redis_pool_size + settings.database_pool_size;
+        let max_connections = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(files) => {
+                let allowed = usize::try_from(files).unwrap_or(usize::MAX).saturating_sub(reserved).max(1);
+                if allowed < requested {
+                    tracing::warn!(
+                        open_file_limit = files,
+                        max_connections = allowed,
+                        "PROGRESS_MAX_CONNECTIONS is {requested}, but the open-file limit allows {allowed} \
+                         client connections; raise `ulimit -n` (LimitNOFILE, the container's nofile) to allow more"
+                    );
+                }
+                requested.min(allowed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the open-file limit; PROGRESS_MAX_CONNECTIONS is not checked against it");
+                requested
+            }
+        };
+        Self {
+            header_timeout: Duration::from_secs(settings.header_timeout_seconds),
+            idle_timeout: Duration::from_secs(settings.idle_timeout_seconds),
+            max_connections: max_connections.min(Semaphore::MAX_PERMITS),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes; then stops
+/// accepting, lets every connection finish the request it is serving (hyper's
+/// graceful shutdown; idle connections close at once) and returns when all
+/// are closed. Ending long-polls and streams is the caller's part of
+/// `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // As axum::serve: the signal is a channel whose receiver goes away, and
+    // each connection holds a receiver of `close` until it is done.
+    let (signal_tx, signal_rx) = watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        drop(signal_rx);
+    });
+    let (close_tx, close_rx) = watch::channel(());
+    loop {
+        let stream = tokio::select! {
+            stream = accept(&listener) => stream,
+            () = signal_tx.closed() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse(stream);
+            continue;
+        };
+        let connection = Connection { limits, signal: signal_tx.clone(), _close: close_rx.clone(), _permit: permit };
+        tokio::spawn(connection.serve(stream, app.clone()));
+    }
+    drop(close_rx);
+    drop(listener);
+    close_tx.closed().await;
+}
+
+/// The next connection. Errors that concern one connection are skipped;
+/// others (out of file descriptors) are logged and retried after a second,
+/// as axum::serve does.
+async fn accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "accepting a connection failed; retrying in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Answers 503 without waiting for anything and closes. What the client has
+/// sent so far is read first (as much as is there), so that closing does not
+/// reset the connection before the answer is read.
+fn refuse(stream: TcpStream) {
+    metrics::connection_refused();
+    let mut sink = [0u8; 2048];
+    for _ in 0..4 {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n == sink.len() => {}
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(REFUSAL);
+}
+
+/// One accepted connection and what it holds until it closes.
+struct Connection {
+    limits: Limits,
+    signal: watch::Sender<()>,
+    _close: watch::Receiver<()>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, router: Router) {
+        let _open = metrics::connection_opened();
+        let activity = Arc::new(Activity::new(self.limits));
+        let io = TokioIo::new(Watched { stream, activity: activity.clone() });
+        let service = Requests { router, activity: activity.clone() };
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // Ours (`Activity`) instead, which leaves keep-alive idleness alone.
+        builder.header_read_timeout(None);
+        let mut conn = pin!(builder.serve_connection(io, service));
+        let mut shutdown = pin!(self.signal.closed());
+        let mut shutting_down = false;
+        let mut armed = activity.deadline();
+        let timer = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
+        let mut timer = pin!(timer);
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = activity.changed.notified() => {}
+                () = timer.as_mut(), if armed.is_some() => {
+                    if let Some(header) = activity.expired() {
+                        metrics::connection_timed_out(header);
+                        // Dropping the connection closes the socket; no
+                        // request is in progress.
+                        return;
+                    }
+                }
+                () = shutdown.as_mut(), if !shutting_down => {
+                    shutting_down = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            let deadline = activity.deadline();
+            if deadline != armed {
+                armed = deadline;
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+            }
+        }
+    }
+}
+
+/// No deadline: a request is in progress.
+const NONE: u64 = u64::MAX;
+
+/// When a connection must have shown life, kept by the parts that see it.
+/// All of them run in the connection's task; the atomics only make it `Sync`.
+struct Activity {
+    /// The accept time, which the milliseconds below count from.
+    epoch: Instant,
+    header_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    /// Requests whose response body is not done (one, or none, over HTTP/1.1).
+    in_flight: AtomicUsize,
+    /// A head is arriving (or, at the start, may): its deadline is set.
+    reading_head: AtomicBool,
+    /// The deadline in milliseconds from `epoch`, or [`NONE`].
+    deadline_ms: AtomicU64,
+    /// Which timeout `deadline_ms` is.
+    header_deadline: AtomicBool,
+    /// Wakes the connection's task when the deadline moves to an earlier or
+    /// first time.
+    changed: Notify,
+}
+
+impl Activity {
+    fn new(limits: Limits) -> Self {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE - 1);
+        let header_timeout_ms = millis(limits.header_timeout);
+        Self {
+            epoch: Instant::now(),
+            header_timeout_ms,
+            idle_timeout_ms: millis(limits.idle_timeout),
+            in_flight: AtomicUsize::new(0),
+            // The first head is timed from the accept, not its first byte.
+            reading_head: AtomicBool::new(true),
+            deadline_ms: AtomicU64::new(header_timeout_ms),
+            header_deadline: AtomicBool::new(true),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn set_deadline(&self, after_ms: u64, header: bool) {
+        self.header_deadline.store(header, Ordering::Relaxed);
+        self.deadline_ms.store(self.now_ms().saturating_add(after_ms).min(NONE - 1), Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// A request's head is in and its handler runs: no deadline until its
+    /// response is done.
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.reading_head.store(false, Ordering::Relaxed);
+        self.deadline_ms.store(NONE, Ordering::Release);
+    }
+
+    /// A response body was sent in full, or dropped.
+    fn request_ended(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.set_deadline(self.idle_timeout_ms, false);
+        }
+    }
+
+    /// Bytes arrived: between requests, the first ones start a head.
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 && !self.reading_head.swap(true, Ordering::AcqRel) {
+            self.set_deadline(self.header_timeout_ms, true);
+        }
+    }
+
+    /// The deadline, if one runs.
+    fn deadline(&self) -> Option<Instant> {
+        match self.deadline_ms.load(Ordering::Acquire) {
+            NONE => None,
+            ms => Some(self.epoch + Duration::from_millis(ms)),
+        }
+    }
+
+    /// `Some(true)` when the header timeout has passed, `Some(false)` the
+    /// idle timeout, `None` when neither.
+    fn expired(&self) -> Option<bool> {
+        let deadline = self.deadline_ms.load(Ordering::Acquire);
+        (deadline != NONE && self.now_ms() >= deadline).then(|| self.header_deadline.load(Ordering::Relaxed))
+    }
+}
+
+/// The socket, telling [`Activity`] when bytes arrive.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The router as hyper's service, marking each request's start and end.
+struct Requests {
+    router: Router,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Requests {
+    type Response = Response<Tracked>;
+    type Error = Infallible;
+    type Future = Responding;
+
+    fn call(&self, request: Request<Incoming>) -> Responding {
+        self.activity.request_started();
+        let in_flight = InFlight(self.activity.clone());
+        // A `Router` is an `Arc`; its `poll_ready` is always ready.
+        let mut router = self.router.clone();
+        Responding { inner: router.call(request), in_flight: Some(in_flight) }
+    }
+}
+
+/// A request in progress until dropped: with the handler's future if it
+/// never answers, else with the response body.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+pin_project! {
+    /// The router's future, its response body carrying the [`InFlight`].
+    struct Responding {
+        #[pin]
+        inner: RouteFuture<Infallible>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl Future for Responding {
+    type Output = Result<Response<Tracked>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|body| Tracked { body, _in_flight: in_flight })))
+    }
+}
+
+pin_project! {
+    /// A response body; the request ends when hyper drops it (sent in full,
+    /// or the connection gone).
+    pub struct Tracked {
+        #[pin]
+        body: Body,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(75), max_connections: 1 }
+    }
+
+    fn after(activity: &Activity) -> Option<Duration> {
+        activity.deadline().map(|d| d - activity.epoch)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_head_is_timed_from_the_accept() {
+        let activity = Activity::new(limits());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        activity.bytes_read();
+        assert_eq!(after(&activity), Some(Duration::from_secs(10)), "the first byte does not restart it");
+        assert_eq!(activity.expired(), None);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(activity.expired(), Some(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_deadline_while_a_request_is_in_progress() {
+        let activity = Activity::new(limits());
+        activity.request_started();
+        assert_eq!(activity.deadline(), None);
+        activity.bytes_read();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!((activity.deadline(), activity.expired()), (None, None), "a request body, or a stream");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn between_requests_the_idle_timeout_then_the_header_timeout() {
+        let activity = Activity::new(limits());
+        activity.request_started();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.request_ended();
+        assert_eq!(after(&activity), Some(Duration::from_secs(76)));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(activity.expired(), None);
+        activity.bytes_read();
+        assert_eq!(after(&activity), Some(Duration::from_secs(41)), "the next head's first byte");
+        activity.bytes_read();
+        assert_eq!(after(&activity), Some(Duration::from_secs(41)), "later bytes of the same head");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(activity.expired(), Some(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_expires_as_idle() {
+        let activity = Activity::new(limits());
+        activity.request_started();
+        activity.request_ended();
+        tokio::time::advance(Duration::from_secs(75)).await;
+        assert_eq!(activity.expired(), Some(false));
+    }
+}
