@@ -31,11 +31,14 @@ fn quick(s: &mut Settings, redis_url: String, database_url: String, prefix: Stri
     s.database_timeout_ms = 1000;
 }
 
-/// What one writer saw: each write's time and whether it was acknowledged
-/// (with the `current` and version it was acknowledged at).
+/// One write's answer: the `current` and version it was acknowledged at, or
+/// the status it was refused with.
+type Answer = Result<(u64, u64), u16>;
+
+/// What one writer saw: each write's time and whether it was acknowledged.
 #[derive(Default)]
 struct Log {
-    writes: Vec<(Instant, Result<(u64, u64), u16>)>,
+    writes: Vec<(Instant, Answer)>,
 }
 
 /// PATCHes `id` 50 times a second with a growing `current` until `stop`.
