@@ -2,10 +2,13 @@
 # bench/chaos.sh: the chaos run (examples/chaos.rs) against the release
 # binary: its own redis-server, its own PostgreSQL cluster (initdb in a temp
 # dir, run as the OS user postgres when we are root) and three progressd
-# instances sharing both, all on free ports; writers and readers through
-# random instances while Redis, PostgreSQL and one instance at a time are
-# SIGKILLed and restarted. See bench/README.md ("chaos.sh") for the
-# definitions it prints and what it checks.
+# instances sharing both (each reaching Redis through its own in-process
+# proxy), all on free ports; writers and readers through random instances
+# while, one fault at a time, Redis, PostgreSQL or an instance is SIGKILLed
+# and restarted, Redis or PostgreSQL is paused (SIGSTOP, SIGCONT), or one
+# instance is cut off from Redis (its proxy resets or blackholes). See
+# bench/README.md ("chaos.sh") for the definitions it prints, what it
+# checks, and the refused writes and refusal windows it counts.
 #
 # Environment (all optional):
 #   CHAOS_SECONDS          how long the load and the faults last (default 60)
@@ -14,6 +17,8 @@
 #   CHAOS_READERS          reader tasks (default 4)
 #   CHAOS_PERSIST_SECONDS  PROGRESS_PERSIST_INTERVAL_SECONDS (default 1)
 #   CHAOS_SEED             the seed of every random choice (default random, printed)
+#   CHAOS_INSTANCES        progressd instances (default 3)
+#   CHAOS_FAULTS           the kinds of fault to choose from (default kill,pause,partition)
 #   BENCH_SKIP_BUILD       1: use the existing target/release/progressd and example
 #
 # Exit status: 0 when no violation was found, 1 on violations, 2 when the

@@ -177,6 +177,12 @@ impl OwnPostgres {
         kill_child(&mut self.child);
     }
 
+    /// The pid of the postmaster this fixture started, while it runs (its
+    /// backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The cluster's directory (data, socket and `postgres.log`).
     pub fn dir(&self) -> &Path {
         &self.dir
