@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::postgres::TestDatabase;
+use common::proxy::{Mode, Proxy};
 use common::redis_server::OwnRedis;
 use common::{Backend, TestApp, spawn_app_with};
 use progressd::Settings;
@@ -165,5 +166,57 @@ async fn three_instances_refuse_writes_for_at_most_a_second() {
     for o in &outcomes {
         assert!(o.refused.iter().all(|(_, s)| *s == 503));
         assert!(o.acknowledged > 150, "writes went on: {}", o.acknowledged);
+    }
+}
+
+/// Redis cut off from one instance only (its proxy refuses): that instance
+/// must not write in PostgreSQL while the other writes the same record in
+/// Redis (a fork: one of two acknowledged writes on one version would be
+/// lost). Its writes are refused until it reaches Redis again; the other's
+/// go on; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_redis_refuses_writes_while_the_other_goes_on() {
+    let redis = OwnRedis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let db = TestDatabase::create().await;
+    let prefix = common::unique_prefix();
+    let (via_proxy, direct) = (format!("redis://127.0.0.1:{}", proxy.port()), redis.url());
+    let (database, p) = (db.url().to_owned(), prefix.clone());
+    let a = spawn_app_with(Backend::Redis, move |s| quick(s, via_proxy, database, p)).await;
+    let (database, p) = (db.url().to_owned(), prefix.clone());
+    let b = spawn_app_with(Backend::Redis, move |s| quick(s, direct, database, p)).await;
+    b.put_ok("job", &json!({"status": "running", "current": 0})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.get("job").await.status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "A never read the record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    proxy.set_mode(Mode::Reset).await;
+    proxy.set_mode(Mode::Refuse).await;
+    let mut last = 0;
+    for n in 1..=20 {
+        // B writes in Redis; A, cut off, must not write the same record elsewhere.
+        last = b.patch_ok("job", &json!({"current": n})).await["version"].as_u64().unwrap();
+        let res = a.patch("job", &json!({"message": format!("from A {n}")})).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "A's write {n} was taken while cut off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.set_mode(Mode::Forward).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = a.patch("job", &json!({"message": "A is back"})).await;
+        if res.status() == StatusCode::OK {
+            let r: Value = res.json().await.unwrap();
+            assert_eq!(r["version"].as_u64(), Some(last + 1), "A wrote on B's last version: {r}");
+            assert_eq!(r["current"].as_u64(), Some(20), "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never wrote again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for app in [&a, &b] {
+        let r = app.get_ok("job").await;
+        assert_eq!((r["version"].as_u64(), r["current"].as_u64()), (Some(last + 1), Some(20)), "{r}");
     }
 }

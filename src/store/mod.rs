@@ -44,8 +44,8 @@ pub use self::memory::MemoryStore;
 pub use self::postgres::{DurableRow, MIGRATIONS_PENDING, PgDefaults, PostgresStore, PostgresStoreConfig, pg_connect};
 pub use self::redis::{ChangeNotices, ChangeSink, RedisStore, RedisStoreConfig, from_redis};
 pub use self::tiered::{
-    BacklogSummary, BreakerState, CircuitBreaker, DurableMaintenance, DurableTier, ErrorLog, HEARTBEAT_EVERY, Hot,
-    HotTier, LIVE_MS, PeerNotice, Peers, PendingWrite, TieredConfig, TieredStore, WriteBehind,
+    BacklogSummary, BreakerState, CircuitBreaker, DurableMaintenance, DurableTier, ErrorLog, FlushState,
+    HEARTBEAT_EVERY, Hot, HotTier, LIVE_MS, PeerNotice, Peers, PendingWrite, TieredConfig, TieredStore, WriteBehind,
 };
 
 /// Why a store could not answer.

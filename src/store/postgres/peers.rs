@@ -10,11 +10,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::AsyncMessage;
 
 use super::PostgresStore;
-use super::queries::{ALL_FLUSHED, CONFIRM_FLUSH, HEARTBEAT, LEAVE, NOTIFY_FLUSHED, PEER_CHANNEL, REQUEST_FLUSH};
+use super::queries::{CONFIRM_FLUSH, FLUSH_STATE, HEARTBEAT, LEAVE, NOTIFY_FLUSHED, PEER_CHANNEL, REQUEST_FLUSH};
 use super::session::{describe, pg};
 use crate::domain::Timestamp;
 use crate::metrics::store_op;
-use crate::store::{PeerNotice, Peers, StoreError};
+use crate::store::{FlushState, PeerNotice, Peers, StoreError};
 
 /// How often the listening connection is checked with a query.
 const LISTEN_CHECK: Duration = Duration::from_secs(5);
@@ -62,16 +62,22 @@ impl Peers for PostgresStore {
         Ok(Timestamp(at))
     }
 
-    async fn confirm_flush(&self, me: &str, at: Timestamp) -> Result<(), StoreError> {
+    async fn confirm_flush(&self, me: &str, at: Timestamp, redis_up: bool) -> Result<(), StoreError> {
         let op = store_op!("postgres", "confirm_flush");
-        self.peers_execute(op, CONFIRM_FLUSH, &[&me, &at.millis()]).await?;
+        self.peers_execute(op, CONFIRM_FLUSH, &[&me, &at.millis(), &redis_up]).await?;
         self.peers_execute(op, NOTIFY_FLUSHED, &[]).await.map(drop)
     }
 
-    async fn all_flushed(&self, at: Timestamp, live_ms: i64) -> Result<bool, StoreError> {
-        let rows =
-            self.peers_execute(store_op!("postgres", "all_flushed"), ALL_FLUSHED, &[&at.millis(), &live_ms]).await?;
-        Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
+    async fn flush_state(&self, at: Timestamp, live_ms: i64) -> Result<FlushState, StoreError> {
+        let op = store_op!("postgres", "flush_state");
+        let rows = self.peers_execute(op, FLUSH_STATE, &[&at.millis(), &live_ms]).await?;
+        let row = rows.first().ok_or_else(|| pg_unavailable("no answer to the flush state"))?;
+        let (waiting, redis_up) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        Ok(match (waiting, redis_up) {
+            (_, 1..) => FlushState::RedisUpElsewhere,
+            (1.., _) => FlushState::Waiting,
+            _ => FlushState::Flushed,
+        })
     }
 
     async fn leave(&self, me: &str) -> Result<(), StoreError> {

@@ -177,22 +177,26 @@ pub(super) const REQUEST_FLUSH: &str = concat!(
     ") AS at) request"
 );
 
-/// An instance flushed for the request of `$2`.
+/// An instance flushed for the request of `$2`, and Redis answered it (`$3`) or not.
 pub(super) const CONFIRM_FLUSH: &str = concat!(
-    "INSERT INTO progress_instances (instance, seen_ms, flushed_ms) VALUES ($1, ",
+    "INSERT INTO progress_instances (instance, seen_ms, flushed_ms, redis_up) VALUES ($1, ",
     now_ms!(),
-    ", $2) ON CONFLICT (instance) DO UPDATE SET seen_ms = EXCLUDED.seen_ms, ",
+    ", $2, $3) ON CONFLICT (instance) DO UPDATE SET seen_ms = EXCLUDED.seen_ms, ",
+    "redis_up = CASE WHEN EXCLUDED.flushed_ms >= progress_instances.flushed_ms ",
+    "THEN EXCLUDED.redis_up ELSE progress_instances.redis_up END, ",
     "flushed_ms = greatest(progress_instances.flushed_ms, EXCLUDED.flushed_ms)"
 );
 
 /// Tells the instances that wait to check again.
 pub(super) const NOTIFY_FLUSHED: &str = "SELECT pg_notify('progress_peers', 'flushed')::text";
 
-/// Whether every instance heard from in the last `$2` ms answered the request of `$1`.
-pub(super) const ALL_FLUSHED: &str = concat!(
-    "SELECT NOT EXISTS (SELECT 1 FROM progress_instances WHERE flushed_ms < $1 AND seen_ms >= ",
+/// Of the instances heard from in the last `$2` ms: how many have not answered
+/// the request of `$1`, and how many answered that Redis answers them.
+pub(super) const FLUSH_STATE: &str = concat!(
+    "SELECT count(*) FILTER (WHERE flushed_ms < $1), count(*) FILTER (WHERE flushed_ms >= $1 AND redis_up) ",
+    "FROM progress_instances WHERE seen_ms >= ",
     now_ms!(),
-    " - $2)"
+    " - $2"
 );
 
 /// An instance shut down with its backlog flushed.

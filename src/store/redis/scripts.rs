@@ -95,6 +95,7 @@ const COMPARE_AND_DELETE: &str = part!("compare_and_delete.lua");
 /// newer (a later incarnation, or a higher version of the same one);
 /// indexes it (id `ARGV[7]`, status `ARGV[8]`, expiry `ARGV[9]`) and
 /// announces `ARGV[5]` on channel `ARGV[4]`. 1 when stored, 0 otherwise.
+/// `ARGV[10]` = `1`: the same version is replaced too (the copy-back).
 const PUT_IF_NEWER: &str = part!("put_if_newer.lua");
 
 /// Deletes the key when it holds the incarnation created at `ARGV[1]` or an
@@ -275,7 +276,7 @@ mod tests {
                 ("swap_in_place", &scripts.swap_in_place, swap_in_place),
                 ("compare_and_delete", &scripts.compare_and_delete, "13d8eec18965c7c2df12d836feba1ed88b4ae5b5"),
                 ("delete", &scripts.delete, "1e5ffa0f4621cb03766b0a6f11623f04cabc0a2f"),
-                ("put_if_newer", &scripts.put_if_newer, "53d849894b6caeffaca00f82433fd437b71461c1"),
+                ("put_if_newer", &scripts.put_if_newer, "f84610797e9c7ddf7290968d66942207902cc7ea"),
                 ("delete_incarnation", &scripts.delete_incarnation, "51e192bda9e64e95f38e3a2c37606231b87e9af8"),
                 ("list", &scripts.list, "a3b5d3b9b1ff0947fc3c27aabed87932da2f64de"),
                 ("prune_index", &scripts.prune_index, "cd14f63ebe44a3becde20735a228c5841e133b5d"),

@@ -17,7 +17,18 @@ impl RedisStore {
     /// Stores `record` unless Redis already holds its version or a newer
     /// one: how records written to PostgreSQL while Redis was away, or
     /// read back from it, return to Redis without ever moving a version back.
-    pub async fn put_if_newer(&self, id: &ProgressId, record: &StoredRecord, ttl_ms: i64) -> Result<bool, StoreError> {
+    ///
+    /// `same_too`: replace the same version as well. The copy-back does:
+    /// a Redis that was paused may run a write that timed out (and was
+    /// refused) when it resumes, on the version PostgreSQL has since given
+    /// to an acknowledged write; PostgreSQL's is the one to keep.
+    pub async fn put_if_newer(
+        &self,
+        id: &ProgressId,
+        record: &StoredRecord,
+        ttl_ms: i64,
+        same_too: bool,
+    ) -> Result<bool, StoreError> {
         let key = self.key(id);
         let (script, channel) = (&self.scripts.put_if_newer, &self.changes_channel);
         let notice = change_notice(record.version(), id);
@@ -33,7 +44,8 @@ impl RedisStore {
             .arg(record.meta().c)
             .arg(id.as_str())
             .arg(status)
-            .arg(expires);
+            .arg(expires)
+            .arg(if same_too { "1" } else { "0" });
         let outcome: i64 = self.eval_counted(store_op!("redis", "put_if_newer"), script, &cmd).await?;
         self.script_outcome(id, outcome)
     }
@@ -123,8 +135,9 @@ impl crate::store::HotTier for RedisStore {
         id: &ProgressId,
         record: &StoredRecord,
         ttl_ms: i64,
+        same_too: bool,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        RedisStore::put_if_newer(self, id, record, ttl_ms)
+        RedisStore::put_if_newer(self, id, record, ttl_ms, same_too)
     }
 
     fn delete_incarnation(

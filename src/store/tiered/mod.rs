@@ -70,8 +70,9 @@ mod tests;
 
 pub use self::breaker::{BreakerState, CircuitBreaker};
 pub use self::error_log::ErrorLog;
+use self::handover::Decision;
 pub use self::handover::{HEARTBEAT_EVERY, LIVE_MS};
-pub use self::tiers::{DurableMaintenance, DurableTier, Hot, HotTier, PeerNotice, Peers};
+pub use self::tiers::{DurableMaintenance, DurableTier, FlushState, Hot, HotTier, PeerNotice, Peers};
 pub use self::write_behind::{BacklogSummary, PendingWrite, WriteBehind};
 
 /// How the tiers are combined.
@@ -115,9 +116,9 @@ pub struct TieredStore<H, D> {
     /// backlog or PostgreSQL; taken alone by a flush for the other
     /// instances, so that it covers every write acknowledged before it.
     hot_writes: tokio::sync::RwLock<()>,
-    /// The Redis outage (when the breaker opened, ms) for which every live
-    /// instance has flushed its backlog (`handover.rs`).
-    handed_over: watch::Sender<i64>,
+    /// How the hand-over of the latest Redis outage ended, if it has
+    /// (`handover.rs`).
+    handed_over: watch::Sender<Decision>,
 }
 
 impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
@@ -139,7 +140,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             durable_tried: watch::Sender::new(false),
             instance: format!("{:016x}", fastrand::u64(..)),
             hot_writes: tokio::sync::RwLock::new(()),
-            handed_over: watch::Sender::new(-1),
+            handed_over: watch::Sender::new(Decision::NONE),
         });
         tokio::spawn(recovery::probe_durable(Arc::downgrade(&store)));
         if store.hot.is_some() {

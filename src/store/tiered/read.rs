@@ -82,7 +82,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             // Read repair: back into Redis with what is left of its TTL.
             let ttl = record.meta().x - Timestamp::now().millis();
             if ttl > 0
-                && let Err(e) = hot.tier.put_if_newer(id, record, ttl).await
+                && let Err(e) = hot.tier.put_if_newer(id, record, ttl, false).await
             {
                 tracing::debug!(error = %e, "could not put a record back into redis");
             }

@@ -28,7 +28,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
                     DurableRow::Live(record) => {
                         let ttl = record.meta().x - Timestamp::now().millis();
                         if ttl > 0 {
-                            hot.tier.put_if_newer(id, record, ttl).await?;
+                            hot.tier.put_if_newer(id, record, ttl, true).await?;
                         }
                     }
                     DurableRow::Deleted { created_at } => {

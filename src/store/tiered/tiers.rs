@@ -22,12 +22,14 @@ use crate::store::{
 /// in from PostgreSQL and walk what it holds.
 pub trait HotTier: Store {
     /// Stores `record` unless the tier holds a newer version of it (or a
-    /// newer incarnation of the id); true when it was stored.
+    /// newer incarnation of the id), or, unless `same_too`, the same
+    /// version; true when it was stored.
     fn put_if_newer(
         &self,
         id: &ProgressId,
         record: &StoredRecord,
         ttl_ms: i64,
+        same_too: bool,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Removes the record if it was created at or before `created_at` (a
@@ -119,12 +121,18 @@ pub trait Peers: Send + Sync + 'static {
     fn request_flush(&self, at: Option<Timestamp>) -> impl Future<Output = Result<Timestamp, StoreError>> + Send;
 
     /// Says that `me` has flushed everything it acknowledged before the
-    /// request of `at`, and tells the instances that wait.
-    fn confirm_flush(&self, me: &str, at: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// request of `at`, and whether Redis answers it (`redis_up`), and tells
+    /// the instances that wait.
+    fn confirm_flush(
+        &self,
+        me: &str,
+        at: Timestamp,
+        redis_up: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Whether every live instance (a heartbeat within `live_ms`) has
-    /// confirmed a flush at or after `at`.
-    fn all_flushed(&self, at: Timestamp, live_ms: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Where the live instances (a heartbeat within `live_ms`) stand on
+    /// the request of `at`.
+    fn flush_state(&self, at: Timestamp, live_ms: i64) -> impl Future<Output = Result<FlushState, StoreError>> + Send;
 
     /// Removes `me` (it shut down with its backlog flushed).
     fn leave(&self, me: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -132,6 +140,18 @@ pub trait Peers: Send + Sync + 'static {
     /// The requests and confirmations of every instance (this one's
     /// included) as they arrive.
     fn peer_notices(&self) -> tokio::sync::broadcast::Receiver<PeerNotice>;
+}
+
+/// The answers to a flush request (see [`Peers::flush_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushState {
+    /// Some live instance has not answered yet.
+    Waiting,
+    /// Every live instance has flushed, and Redis answers none of them.
+    Flushed,
+    /// An instance that answered still reaches Redis: the asking one is cut
+    /// off from a Redis the others use, and must not write elsewhere.
+    RedisUpElsewhere,
 }
 
 /// What one instance told the others (see [`Peers`]).

@@ -124,6 +124,12 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
             return Err(unavailable("redis", "both tiers are down"));
         }
         let (opened, fenced) = (self.hot_breaker.opened_at(), self.fenced_at());
+        if fenced <= opened && self.cut_off(opened) {
+            return Err(unavailable(
+                "redis",
+                "redis answers other instances but not this one; writes resume once this instance reaches it",
+            ));
+        }
         let since = opened.max(fenced);
         let waits = if fenced > opened { true } else { settle && !self.handed_over(opened) };
         if waits && Timestamp::now() < since.plus_millis(self.settle_ms()) {

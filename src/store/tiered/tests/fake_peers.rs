@@ -9,11 +9,11 @@ use tokio::sync::broadcast;
 
 use super::fakes::FakeDurable;
 use crate::domain::Timestamp;
-use crate::store::{PeerNotice, Peers, StoreError};
+use crate::store::{FlushState, PeerNotice, Peers, StoreError};
 
-/// The rows of `progress_instances` (`(seen, flushed)` by instance) and the channel.
+/// The rows of `progress_instances` (`(seen, flushed, redis_up)` by instance) and the channel.
 pub(super) struct FakePeers {
-    rows: Mutex<HashMap<String, (i64, i64)>>,
+    rows: Mutex<HashMap<String, (i64, i64, bool)>>,
     channel: broadcast::Sender<PeerNotice>,
 }
 
@@ -24,13 +24,13 @@ impl Default for FakePeers {
 }
 
 impl FakePeers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, i64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, i64, bool)>> {
         self.rows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An instance whose last heartbeat was at `seen` and that never answers.
     pub(super) fn add_silent(&self, name: &str, seen: Timestamp) {
-        self.lock().insert(name.to_owned(), (seen.millis(), 0));
+        self.lock().insert(name.to_owned(), (seen.millis(), 0, false));
     }
 
     /// How many instances have a row.
@@ -42,7 +42,7 @@ impl FakePeers {
 impl Peers for FakeDurable {
     async fn heartbeat(&self, me: &str) -> Result<(), StoreError> {
         self.faults.enter("heartbeat").await?;
-        self.peers.lock().entry(me.to_owned()).or_insert((0, 0)).0 = Timestamp::now().millis();
+        self.peers.lock().entry(me.to_owned()).or_insert((0, 0, false)).0 = Timestamp::now().millis();
         Ok(())
     }
 
@@ -53,21 +53,32 @@ impl Peers for FakeDurable {
         Ok(at)
     }
 
-    async fn confirm_flush(&self, me: &str, at: Timestamp) -> Result<(), StoreError> {
+    async fn confirm_flush(&self, me: &str, at: Timestamp, redis_up: bool) -> Result<(), StoreError> {
         self.faults.enter("confirm_flush").await?;
         let now = Timestamp::now().millis();
         let mut rows = self.peers.lock();
-        let row = rows.entry(me.to_owned()).or_insert((now, 0));
-        (row.0, row.1) = (now, row.1.max(at.millis()));
+        let row = rows.entry(me.to_owned()).or_insert((now, 0, false));
+        if at.millis() >= row.1 {
+            (row.1, row.2) = (at.millis(), redis_up);
+        }
+        row.0 = now;
         drop(rows);
         let _ = self.peers.channel.send(PeerNotice::Flushed);
         Ok(())
     }
 
-    async fn all_flushed(&self, at: Timestamp, live_ms: i64) -> Result<bool, StoreError> {
-        self.faults.enter("all_flushed").await?;
+    async fn flush_state(&self, at: Timestamp, live_ms: i64) -> Result<FlushState, StoreError> {
+        self.faults.enter("flush_state").await?;
         let now = Timestamp::now().millis();
-        Ok(self.peers.lock().values().all(|&(seen, flushed)| seen < now - live_ms || flushed >= at.millis()))
+        let rows = self.peers.lock();
+        let live: Vec<_> = rows.values().filter(|(seen, ..)| *seen >= now - live_ms).collect();
+        Ok(if live.iter().any(|&&(_, flushed, up)| flushed >= at.millis() && up) {
+            FlushState::RedisUpElsewhere
+        } else if live.iter().any(|&&(_, flushed, _)| flushed < at.millis()) {
+            FlushState::Waiting
+        } else {
+            FlushState::Flushed
+        })
     }
 
     async fn leave(&self, me: &str) -> Result<(), StoreError> {

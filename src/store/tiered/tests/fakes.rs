@@ -137,7 +137,7 @@ impl FakeHot {
         self.lock().get(id.as_str()).map(|(_, expires)| expires - now_ms())
     }
 
-    fn put(&self, id: &ProgressId, record: &StoredRecord, ttl_ms: i64) {
+    pub(super) fn put(&self, id: &ProgressId, record: &StoredRecord, ttl_ms: i64) {
         self.lock().insert(id.as_str().to_owned(), (record.clone(), now_ms() + ttl_ms.max(1)));
     }
 }
@@ -239,9 +239,19 @@ impl Maintenance for FakeHot {
 }
 
 impl HotTier for FakeHot {
-    async fn put_if_newer(&self, id: &ProgressId, record: &StoredRecord, ttl_ms: i64) -> Result<bool, StoreError> {
+    async fn put_if_newer(
+        &self,
+        id: &ProgressId,
+        record: &StoredRecord,
+        ttl_ms: i64,
+        same_too: bool,
+    ) -> Result<bool, StoreError> {
         self.faults.enter("put_if_newer").await?;
-        if self.live(id).is_some_and(|held| held.recency() >= record.recency()) {
+        let newer = |held: &StoredRecord| match same_too {
+            true => held.recency() > record.recency(),
+            false => held.recency() >= record.recency(),
+        };
+        if self.live(id).is_some_and(|held| newer(&held)) {
             return Ok(false);
         }
         self.put(id, record, ttl_ms);

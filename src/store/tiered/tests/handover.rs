@@ -3,7 +3,7 @@
 //! the fixed settle time unless an instance does not answer.
 
 use super::*;
-use crate::store::Peers;
+use crate::store::{FlushState, Peers};
 
 /// Another instance over the same two fakes (as over one Redis and one
 /// PostgreSQL), with its own backlog, breakers and coordinator.
@@ -115,10 +115,14 @@ async fn a_flush_for_the_others_waits_for_redis_writes_in_flight() {
     let in_flight = t.store.hot_writes.read().await;
     t.durable.request_flush(Some(at)).await.unwrap();
     advance(Duration::from_millis(500)).await;
-    assert!(!t.durable.all_flushed(at, 60_000).await.unwrap(), "not confirmed while a write is in flight");
+    let state = t.durable.flush_state(at, 60_000).await.unwrap();
+    assert_eq!(state, FlushState::Waiting, "not confirmed while a write is in flight");
     drop(in_flight);
-    let confirmed =
-        || matches!(futures_util::FutureExt::now_or_never(t.durable.all_flushed(at, 60_000)), Some(Ok(true)));
+    // Redis answers this instance: it says so.
+    let confirmed = || {
+        let state = futures_util::FutureExt::now_or_never(t.durable.flush_state(at, 60_000));
+        matches!(state, Some(Ok(FlushState::RedisUpElsewhere)))
+    };
     within(Duration::from_secs(1), confirmed).await;
 }
 
@@ -144,4 +148,33 @@ async fn an_instance_leaves_when_it_shuts_down_with_its_backlog_flushed() {
     within(Duration::from_secs(3), || a.durable.peers.count() == 2).await;
     crate::store::Maintenance::shutdown(&*b.store).await;
     assert_eq!(a.durable.peers.count(), 1, "B is no longer waited for");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_cut_off_from_a_redis_the_others_reach_writes_nowhere() {
+    let a = Tiers::start().await;
+    // B reaches a Redis of its own view that keeps answering: A alone is cut off.
+    let b = Tiers::fresh(PERSIST, Arc::new(FakeHot::default()), a.durable.clone());
+    within(Duration::from_secs(3), || a.durable.peers.count() == 2).await;
+    let job = id("job");
+    let created = Timestamp::now();
+    assert!(a.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
+    a.hot.faults.down();
+    a.open_hot_breaker().await;
+    let cut_off = a.write(&job, &record_at("job", 2, "running", created)).await;
+    assert!(is_unavailable(&cut_off), "B still writes in Redis: a write in PostgreSQL would fork: {cut_off:?}");
+    advance(Duration::from_secs(3)).await;
+    let still = a.write(&job, &record_at("job", 2, "running", created)).await;
+    assert!(is_unavailable(&still), "not even after the settle time: {still:?}");
+    assert!(is_unavailable(&a.store.delete(&job).await), "nor a delete");
+    assert_eq!(a.durable.version(&job), 1);
+    assert_eq!(b.hot_breaker(), BreakerState::Closed, "B answered that Redis answers it");
+
+    // Redis dies for B too: B's PING fails, B opens its breaker and says so.
+    b.hot.faults.down();
+    let started = tokio::time::Instant::now();
+    within(Duration::from_secs(2), || b.hot_breaker() == BreakerState::Open).await;
+    within(Duration::from_secs(2), || a.store.handed_over(a.store.hot_breaker.opened_at())).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(a.write(&job, &record_at("job", 2, "running", created)).await.unwrap());
 }

@@ -233,3 +233,22 @@ async fn a_read_repair_puts_a_postgres_hit_back_into_redis_with_its_remaining_tt
     let remaining = record.meta().x - Timestamp::now().millis();
     assert!((remaining - 50..=remaining).contains(&left), "with what was left of its TTL: {left} ms, not {TTL_MS}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_a_paused_redis_runs_late_loses_to_the_same_version_postgres_acknowledged() {
+    let t = Tiers::start().await;
+    let job = id("job");
+    let created = Timestamp::now();
+    assert!(t.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
+    t.hot.faults.down();
+    t.open_hot_breaker().await;
+    assert!(t.write(&job, &record_at("job", 2, "completed", created)).await.unwrap(), "acknowledged in PostgreSQL");
+    // Redis resumes and runs a write that timed out (and was refused) on
+    // version 1: another version 2.
+    t.hot.put(&job, &record_at("job", 2, "failed", created), TTL_MS);
+    t.hot.faults.up();
+    t.wait_for(|t| t.hot_breaker() != BreakerState::Open).await;
+    let served = t.store.get(&job).await.unwrap().unwrap();
+    assert_eq!(crate::store::bulk::status_of(&served).unwrap().as_str(), "completed", "the acknowledged version 2");
+    assert_eq!(t.hot.version(&job), 2);
+}
