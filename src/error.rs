@@ -57,7 +57,8 @@ pub enum Error {
         /// Seconds until the next request is accepted (`Retry-After`).
         retry_after: u64,
     },
-    /// `POST /tokens` while `PROGRESS_SIGNING_KEYS` is unset (501 `signing_disabled`).
+    /// `POST /tokens` while `PROGRESS_SIGNING_KEYS` is unset (403 `signing_disabled`,
+    /// as `admin_disabled` is for the admin routes).
     #[error("scoped tokens are disabled: PROGRESS_SIGNING_KEYS is not set")]
     SigningDisabled,
     /// No such record or route (404 `not_found`).

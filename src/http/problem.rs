@@ -19,9 +19,8 @@ impl Error {
             | Error::InvalidQuery(_)
             | Error::FilterRequired => StatusCode::BAD_REQUEST,
             Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Error::AdminDisabled | Error::ForbiddenScope(_) => StatusCode::FORBIDDEN,
+            Error::AdminDisabled | Error::ForbiddenScope(_) | Error::SigningDisabled => StatusCode::FORBIDDEN,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::SigningDisabled => StatusCode::NOT_IMPLEMENTED,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,

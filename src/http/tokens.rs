@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! POST /tokens  {"id": "book-42", "ttl_seconds": 3600}      (or {"prefix": "user-7:"})
-//! 201           {"token": "eyJ…", "expires_at": "2026-01-01T12:00:00Z"}
+//! 200           {"token": "eyJ…", "expires_at": "2026-01-01T12:00:00Z"}
 //! ```
 
 use axum::extract::State;
@@ -41,7 +41,7 @@ pub fn parse_request(body: &Value, max_ttl_seconds: u64) -> Result<TokenRequest,
         ));
     }
     let text = |name: &str| match object.get(name) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
         Some(_) => Err(invalid(name, format!("{name} must be a string"))),
     };
@@ -52,7 +52,7 @@ pub fn parse_request(body: &Value, max_ttl_seconds: u64) -> Result<TokenRequest,
         (None, None) => return Err(invalid("", "give id (one job) or prefix (every job whose id starts with it)")),
     };
     let ttl_seconds = match object.get("ttl_seconds") {
-        None | Some(Value::Null) => DEFAULT_TTL_SECONDS.min(max_ttl_seconds),
+        None => DEFAULT_TTL_SECONDS.min(max_ttl_seconds),
         Some(v) => v.as_u64().filter(|n| (1..=max_ttl_seconds).contains(n)).ok_or_else(|| {
             invalid(
                 "ttl_seconds",
@@ -65,7 +65,7 @@ pub fn parse_request(body: &Value, max_ttl_seconds: u64) -> Result<TokenRequest,
     Ok(TokenRequest { scope, ttl_seconds })
 }
 
-/// `POST /tokens`: 201 with the token and when it expires; 501
+/// `POST /tokens`: 200 with the token and when it expires; 403
 /// `signing_disabled` while `PROGRESS_SIGNING_KEYS` is unset.
 pub async fn mint(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, Error> {
     let keys = state.tokens.signing_keys().ok_or(Error::SigningDisabled)?;
@@ -73,7 +73,7 @@ pub async fn mint(State(state): State<AppState>, JsonBody(body): JsonBody) -> Re
     let (token, exp) = keys.mint(&request.scope, request.ttl_seconds, now_seconds()).map_err(Error::Internal)?;
     let expires_at = Timestamp(i64::try_from(exp).unwrap_or(i64::MAX / 1000).saturating_mul(1000)).to_rfc3339();
     let mut response =
-        (StatusCode::CREATED, json!({ "token": token, "expires_at": expires_at }).to_string()).into_response();
+        (StatusCode::OK, json!({ "token": token, "expires_at": expires_at }).to_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -104,6 +104,8 @@ mod tests {
         assert_eq!(field(json!({"id": "a", "ttl_seconds": "60"})), "ttl_seconds");
         assert_eq!(field(json!({"id": "a b"})), "id");
         assert_eq!(field(json!({"id": 42})), "id");
+        assert_eq!(field(json!({"id": null, "prefix": "a"})), "id");
+        assert_eq!(field(json!({"id": "a", "ttl_seconds": null})), "ttl_seconds");
         assert_eq!(field(json!({"prefix": ""})), "prefix");
         assert_eq!(field(json!({"id": "a", "prefix": "a"})), "");
         assert_eq!(field(json!({})), "");
