@@ -53,7 +53,13 @@ pub fn parse_request(body: &Value, max_ttl_seconds: u64) -> Result<TokenRequest,
     };
     let ttl_seconds = match object.get("ttl_seconds") {
         None => DEFAULT_TTL_SECONDS.min(max_ttl_seconds),
-        Some(v) => v.as_u64().filter(|n| (1..=max_ttl_seconds).contains(n)).ok_or_else(|| {
+        // A whole number in any JSON spelling (`60`, `60.0`, `6e1`), as JSON
+        // Schema's `integer` counts it; never a fraction.
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= max_ttl_seconds as f64).map(|f| f as u64))
+            .filter(|n| (1..=max_ttl_seconds).contains(n))
+            .ok_or_else(|| {
             invalid(
                 "ttl_seconds",
                 format!(
@@ -99,6 +105,9 @@ mod tests {
         assert_eq!(ok, TokenRequest { scope: Scope::prefix("user-7:").unwrap(), ttl_seconds: 3600 });
         assert_eq!(parse_request(&json!({"id": "a"}), 60).unwrap().ttl_seconds, 60, "the default within the max");
         assert_eq!(field(json!({"id": "a", "ttl_seconds": 3601})), "ttl_seconds");
+        let spelled: Value = serde_json::from_str(r#"{"id": "a", "ttl_seconds": 60.0}"#).unwrap();
+        assert_eq!(parse_request(&spelled, 3600).unwrap().ttl_seconds, 60, "60.0 is a whole number");
+        assert_eq!(field(json!({"id": "a", "ttl_seconds": 60.5})), "ttl_seconds");
         assert_eq!(field(json!({"id": "a", "ttl_seconds": 0})), "ttl_seconds");
         assert_eq!(field(json!({"id": "a", "ttl_seconds": -1})), "ttl_seconds");
         assert_eq!(field(json!({"id": "a", "ttl_seconds": "60"})), "ttl_seconds");
