@@ -45,6 +45,12 @@ THREADS="${SCOPED_THREADS:-2}"
 CONNECTIONS="${SCOPED_CONNECTIONS:-64}"
 require_count "$ROUNDS" SCOPED_ROUNDS
 require_count "$DURATION" SCOPED_DURATION
+if ! command -v wrk >/dev/null 2>&1; then
+  log "$BENCH_NAME: wrk not found; installing it with apt-get"
+  SUDO=""
+  [[ "$(id -u)" == 0 ]] || SUDO="sudo"
+  $SUDO apt-get install -y wrk >&2 || { $SUDO apt-get update >&2 && $SUDO apt-get install -y wrk >&2; }
+fi
 need_tools wrk curl python3 redis-cli
 
 READ_TOKEN="bench-read-token-$RUN_ID"
