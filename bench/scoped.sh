@@ -16,7 +16,10 @@
 #   query    ?access_token=<scoped token>            (as EventSource sends it)
 #
 # The table gives each row's median requests/s and p99, and the median of
-# the rounds' jwt/static and query/static ratios (target: 0.9 or more).
+# the rounds' jwt/static and query/static ratios (target: 0.9 or more); and,
+# since a shared machine makes requests/s noisy, the server's CPU time per
+# request (utime + stime of the process over the run, from /proc), which
+# other processes' load disturbs far less.
 #
 # Environment (all optional):
 #   SCOPED_ROUNDS       rounds (default 3)
@@ -100,6 +103,10 @@ run_row() {
     "${args[@]}" >"$out" 2>&1
 }
 
+# server_cpu_ticks: user + system CPU of the server so far, in clock ticks.
+server_cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
+
 # value KEY FILE: the KEY=value of the BENCH_RESULT line.
 value() { grep -o "BENCH_RESULT.*" "$2" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
 
@@ -115,14 +122,17 @@ for round in $(seq 1 "$ROUNDS"); do
   (( round % 2 == 0 )) && order=(query jwt static)
   for row in "${order[@]}"; do
     out="$WORK/$row-$round.txt"
+    cpu_before="$(server_cpu_ticks)"
     run_row "$row" "$DURATION" "$out" || problems+=("$row round $round: wrk failed")
+    cpu_us=$(( ($(server_cpu_ticks) - cpu_before) * TICK_US ))
     if ! grep -q BENCH_RESULT "$out"; then
       problems+=("$row round $round: no result (see $out)")
       continue
     fi
     errors=$(( $(value status "$out") + $(value connect "$out") + $(value read "$out") + $(value write "$out") + $(value timeout "$out") ))
     (( errors == 0 )) || problems+=("$row round $round: $errors errors or non-200 answers")
-    printf '%s\t%s\t%s\t%s\n' "$round" "$row" "$(value rps "$out")" "$(value p99_us "$out")" >>"$RAW"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$row" "$(value rps "$out")" "$(value p99_us "$out")" \
+      "$cpu_us" "$(value requests "$out")" >>"$RAW"
   done
 done
 
@@ -130,11 +140,12 @@ python3 - "$RAW" <<'EOF'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    rnd, row, rps, p99 = line.split()
-    rows.setdefault(row, {})[int(rnd)] = (float(rps), int(p99))
+    rnd, row, rps, p99, cpu_us, requests = line.split()
+    rows.setdefault(row, {})[int(rnd)] = (float(rps), int(p99), int(cpu_us) / max(int(requests), 1))
 print()
-print("| row | requests/s (median) | p99 ms (median) | ÷ static (median of rounds) |")
-print("|---|---|---|---|")
+print("| row | requests/s (median) | p99 ms (median) | ÷ static (median of rounds) "
+      "| server CPU µs/request (median) | static ÷ row, CPU |")
+print("|---|---|---|---|---|---|")
 for row, label in [("static", "GET, static read token"), ("jwt", "GET, scoped JWT (Authorization)"),
                    ("query", "GET, scoped JWT (?access_token=)")]:
     if row not in rows:
@@ -143,7 +154,9 @@ for row, label in [("static", "GET, static read token"), ("jwt", "GET, scoped JW
     p99 = statistics.median(v[1] for v in rows[row].values()) / 1000
     ratios = [rows[row][r][0] / rows["static"][r][0] for r in rows[row] if r in rows.get("static", {})]
     ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "-"
-    print(f"| {label} | {rps:,.0f} | {p99:.2f} | {ratio} |")
+    cpu = statistics.median(v[2] for v in rows[row].values())
+    cpu_ratio = statistics.median(v[2] for v in rows["static"].values()) / cpu if "static" in rows else 0
+    print(f"| {label} | {rps:,.0f} | {p99:.2f} | {ratio} | {cpu:.1f} | {cpu_ratio:.2f} |")
 EOF
 
 if (( ${#problems[@]} )); then

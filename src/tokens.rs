@@ -7,7 +7,9 @@
 //! HTTP: the guard in `http::auth` decides what a verified scope may call.
 
 use std::fmt;
+use std::sync::Arc;
 
+use dashmap::DashMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +20,10 @@ pub const DEFAULT_TTL_SECONDS: u64 = 900;
 
 /// Seconds of clock skew forgiven on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 5;
+
+/// Most verified tokens remembered; past it, the expired ones are dropped,
+/// and if that is not enough, all of them.
+const CACHED_TOKENS: usize = 4096;
 
 /// Shortest secret accepted: an HS256 key is at least as long as the
 /// hash's output (RFC 7518 §3.2).
@@ -111,6 +117,13 @@ struct Key {
 pub struct SigningKeys {
     keys: Vec<Key>,
     validation: Validation,
+    /// Tokens that verified, with their scope and `exp`: a page polls with
+    /// the same token again and again, and a remembered token costs a hash
+    /// and a lookup instead of base64, JSON and HMAC. Keyed by the whole
+    /// token, so only the very token that verified is found; only `exp` is
+    /// checked again (an `nbf` it passed stays passed). The keys are fixed
+    /// for the life of the process, so a remembered token stays valid.
+    verified: DashMap<Box<[u8]>, (Arc<Scope>, u64), foldhash::quality::RandomState>,
 }
 
 impl fmt::Debug for SigningKeys {
@@ -161,7 +174,7 @@ impl SigningKeys {
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
         validation.validate_aud = false;
-        Ok(Some(Self { keys, validation }))
+        Ok(Some(Self { keys, validation, verified: DashMap::default() }))
     }
 
     /// A token for `scope` that expires `ttl_seconds` after `now` (seconds
@@ -184,6 +197,41 @@ impl SigningKeys {
     /// without `kid`, any configured key), `exp` not passed, `nbf` (when
     /// present) reached, and exactly one valid scope claim.
     pub fn verify(&self, token: &str) -> Result<Scope, Invalid> {
+        self.verify_uncached(token).map(|(scope, _)| scope)
+    }
+
+    /// [`SigningKeys::verify`], answered from the tokens that verified before
+    /// when `token` is one of them (and has not expired since).
+    pub fn verify_cached(&self, token: &str) -> Result<Arc<Scope>, Invalid> {
+        let now = now_seconds();
+        if let Some(entry) = self.verified.get(token.as_bytes()) {
+            let (scope, exp) = entry.value();
+            if *exp >= now.saturating_sub(LEEWAY_SECONDS) {
+                return Ok(scope.clone());
+            }
+            drop(entry);
+            self.verified.remove(token.as_bytes());
+            return Err(Invalid::Expired);
+        }
+        let (scope, exp) = self.verify_uncached(token)?;
+        let scope = Arc::new(scope);
+        if self.verified.len() >= CACHED_TOKENS {
+            self.verified.retain(|_, (_, exp)| *exp >= now.saturating_sub(LEEWAY_SECONDS));
+            if self.verified.len() >= CACHED_TOKENS {
+                self.verified.clear();
+            }
+        }
+        self.verified.insert(token.as_bytes().into(), (scope.clone(), exp));
+        Ok(scope)
+    }
+
+    /// Tokens remembered now.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.verified.len()
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Scope, u64), Invalid> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| classify(&e))?;
         if header.alg != Algorithm::HS256 {
             return Err(Invalid::Algorithm);
@@ -205,11 +253,12 @@ impl SigningKeys {
                 found.ok_or(last)?
             }
         };
-        match (claims.sub, claims.prefix) {
-            (Some(sub), None) => Scope::id(&sub).map_err(|_| Invalid::Malformed),
-            (None, Some(prefix)) => Scope::prefix(&prefix).map_err(|_| Invalid::Malformed),
-            _ => Err(Invalid::Malformed),
-        }
+        let scope = match (claims.sub, claims.prefix) {
+            (Some(sub), None) => Scope::id(&sub).map_err(|_| Invalid::Malformed)?,
+            (None, Some(prefix)) => Scope::prefix(&prefix).map_err(|_| Invalid::Malformed)?,
+            _ => return Err(Invalid::Malformed),
+        };
+        Ok((scope, claims.exp))
     }
 
     fn decode(&self, token: &str, key: &Key) -> Result<Claims, Invalid> {

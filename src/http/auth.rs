@@ -51,7 +51,7 @@ pub enum Grant {
     /// Everything its route class allows (a static token, or an open class).
     Full,
     /// A scoped token's reads.
-    Scoped(Scope),
+    Scoped(Arc<Scope>),
 }
 
 /// The scope of the token a request came with, in its extensions when
@@ -130,7 +130,7 @@ impl AccessTokens {
             {
                 // looks_like_jwt: ASCII only.
                 let text = std::str::from_utf8(token).unwrap_or_default();
-                return match keys.verify(text) {
+                return match keys.verify_cached(text) {
                     Ok(scope) => self.scoped(access, scope, token),
                     Err(invalid) => Err(Error::Unauthorized { presented: true, reason: Some(invalid.reason()) }),
                 };
@@ -157,8 +157,8 @@ impl AccessTokens {
     }
 
     /// What a verified scoped token may do on a route of class `access`.
-    fn scoped(&self, access: Access, scope: Scope, token: &[u8]) -> Result<Grant, Error> {
-        match (access, &scope) {
+    fn scoped(&self, access: Access, scope: Arc<Scope>, token: &[u8]) -> Result<Grant, Error> {
+        match (access, &*scope) {
             (Access::Read, _) | (Access::List, Scope::Prefix(_)) => {}
             (Access::List, Scope::Id(_)) => {
                 return Err(Error::ForbiddenScope(
@@ -265,7 +265,7 @@ async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Resp
 
 /// A read of the path's `{id}` needs the id in the scope; the scope goes
 /// into the request's extensions for the handlers (the listing applies it).
-async fn in_scope(access: Access, scope: Scope, request: Request) -> Result<Request, Error> {
+async fn in_scope(access: Access, scope: Arc<Scope>, request: Request) -> Result<Request, Error> {
     let (mut parts, body) = request.into_parts();
     if access == Access::Read {
         let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
@@ -274,7 +274,7 @@ async fn in_scope(access: Access, scope: Scope, request: Request) -> Result<Requ
             return Err(Error::ForbiddenScope("the token does not grant this id".into()));
         }
     }
-    parts.extensions.insert(ScopedGrant(Arc::new(scope)));
+    parts.extensions.insert(ScopedGrant(scope));
     Ok(Request::from_parts(parts, body))
 }
 

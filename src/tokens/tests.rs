@@ -181,3 +181,30 @@ fn the_command_line() {
         assert!(parse_command(&args(bad), 7200).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn verified_tokens_are_remembered_until_they_expire() {
+    let k = keys(&[NEW]);
+    let now = now_seconds();
+    let sign = |claims: Value| signed(&json!({"kid": "new"}), &claims, secret(NEW));
+    let token = sign(json!({"sub": "a", "exp": now + 600}));
+    assert_eq!(*k.verify_cached(&token).unwrap(), Scope::id("a").unwrap());
+    assert_eq!(*k.verify_cached(&token).unwrap(), Scope::id("a").unwrap(), "from the cache");
+    assert_eq!(k.remembered(), 1);
+    // Refusals are not remembered; a token one byte off is not the remembered one.
+    let mut tampered = token.clone();
+    tampered.push('x');
+    assert!(k.verify_cached(&tampered).is_err());
+    assert_eq!(k.remembered(), 1);
+    // A remembered token that has expired since is refused and forgotten.
+    let short = sign(json!({"sub": "a", "exp": now}));
+    assert!(k.verify_cached(&short).is_ok(), "within the leeway");
+    k.verified.alter(short.as_bytes(), |_, (scope, _)| (scope, now - LEEWAY_SECONDS - 1));
+    assert_eq!(k.verify_cached(&short), Err(Invalid::Expired));
+    assert_eq!(k.remembered(), 1);
+    // Bounded.
+    for n in 0..(CACHED_TOKENS + 10) {
+        k.verify_cached(&sign(json!({"sub": format!("id-{n}"), "exp": now + 600}))).unwrap();
+    }
+    assert!(k.remembered() <= CACHED_TOKENS, "{}", k.remembered());
+}
