@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::binary::{free_port, progressd, terminate, wait_ready};
+use common::spawned::Running;
 use common::sse::EventStream;
 use common::{Backend, TestApp, assert_problem, spawn_app_with};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -457,21 +458,26 @@ fn progressd_token_mints_offline_with_the_same_keys() {
 #[test]
 fn an_open_server_on_a_public_address_says_so_once() {
     let warning = "anyone who can reach this port can read, write and list every job";
+    // Its own log says when it listens (connecting to the port could reach
+    // another test's server that got the same free port).
     let start = |host: &str, extra: &[(&str, &str)]| {
-        let port = free_port();
-        let mut env = vec![("PORT", port.to_string()), ("PROGRESS_HOST", host.to_owned())];
-        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let child = progressd(&env).spawn().unwrap();
-        wait_ready(port);
-        let (code, logs) = terminate(child);
+        let mut env = vec![("PROGRESS_HOST", host)];
+        env.extend_from_slice(extra);
+        let running = Running::spawn(&env, |_| {});
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !running.stderr().contains("progressd listening") {
+            assert!(Instant::now() < deadline, "progressd did not log that it listens:\n{}", running.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let (code, logs) = running.stop();
         assert_eq!(code, 0, "{logs}");
         logs
     };
     let logs = start("0.0.0.0", &[]);
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains(warning)).collect();
     assert_eq!(lines.len(), 1, "{logs}");
-    assert!(lines[0].contains("WARN"), "{logs}");
+    assert!(lines[0].contains(r#""level":"WARN""#), "{logs}");
     assert!(!start("127.0.0.1", &[]).contains(warning), "loopback: only this machine can reach it");
     assert!(!start("0.0.0.0", &[("PROGRESS_WRITE_TOKENS", WRITE)]).contains(warning), "a token is set");
 }
