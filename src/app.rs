@@ -19,6 +19,7 @@ use crate::store::{
     PostgresStoreConfig, RedisStore, RedisStoreConfig, Store, TierState, TieredConfig, TieredStore,
 };
 use crate::tls::{self, Verify};
+use crate::tokens::SigningKeys;
 
 /// Redis's change notices, when there is a Redis.
 pub type Notices = Option<Arc<ChangeNotices>>;
@@ -287,11 +288,36 @@ pub fn build_app(settings: &Settings, store: Arc<dyn Store>, notices: Notices) -
     let state = AppState::new(SharedState {
         service,
         limits: BodyLimits { max_body_bytes: settings.max_body_bytes, max_json_depth: settings.max_json_depth },
-        tokens: Arc::new(AccessTokens::from_settings(settings)),
+        tokens: Arc::new(AccessTokens::from_settings(settings, signing_keys(settings))),
         layers: LayerSettings::from_settings(settings),
         heartbeat: Duration::from_secs(settings.sse_heartbeat_seconds),
+        max_token_ttl_seconds: settings.max_token_ttl_seconds,
     });
     (http::router(state), live)
+}
+
+/// The keys of `PROGRESS_SIGNING_KEYS` (already checked with the settings;
+/// a key the JWT library refuses is logged and scoped tokens stay off).
+fn signing_keys(settings: &Settings) -> Option<Arc<SigningKeys>> {
+    match SigningKeys::new(&settings.signing_keys) {
+        Ok(keys) => keys.map(Arc::new),
+        Err(reason) => {
+            tracing::error!("invalid setting PROGRESS_SIGNING_KEYS: {reason}; scoped tokens are off");
+            None
+        }
+    }
+}
+
+/// With no token of any class, every request is open: said once, as a
+/// warning, when the address is reachable from other machines.
+fn warn_if_open(settings: &Settings, address: SocketAddr) {
+    let open = settings.read_tokens.is_empty() && settings.write_tokens.is_empty() && settings.admin_token.is_none();
+    if open && !address.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            address = %address,
+            "no PROGRESS_READ_TOKENS, PROGRESS_WRITE_TOKENS or PROGRESS_ADMIN_TOKEN is set: anyone who can reach this port can read, write and list every job"
+        );
+    }
 }
 
 /// Serves on `listener` until `shutdown` completes, then finishes the
@@ -308,7 +334,9 @@ pub async fn run(
         watch_tiers(&store);
     }
     let (app, live) = build_app(&settings, store.clone(), notices);
-    tracing::info!(address = %listener.local_addr()?, "progressd listening");
+    let address = listener.local_addr()?;
+    tracing::info!(address = %address, "progressd listening");
+    warn_if_open(&settings, address);
     // Long-polls and event streams would hold the graceful shutdown open:
     // end them when it starts.
     let shutdown = async move {

@@ -37,14 +37,30 @@ pub enum Error {
     #[error(transparent)]
     Validation(#[from] ValidationError),
     /// No bearer token, or one that is not valid for the route (401 `unauthorized`).
-    #[error("{}", unauthorized_detail(.presented))]
+    #[error("{}", unauthorized_detail(.presented, .reason))]
     Unauthorized {
-        /// Whether the request carried an `Authorization` header at all.
+        /// Whether the request carried a token at all.
         presented: bool,
+        /// Why a scoped token was refused (expired, bad signature…), when it was one.
+        reason: Option<&'static str>,
     },
     /// An admin route while `PROGRESS_ADMIN_TOKEN` is unset (403 `admin_disabled`).
     #[error("admin routes are disabled: PROGRESS_ADMIN_TOKEN is unset")]
     AdminDisabled,
+    /// A scoped token used outside its scope: another id, a listing outside
+    /// its prefix, or a route it never grants (403 `forbidden_scope`).
+    #[error("{0}")]
+    ForbiddenScope(String),
+    /// A scoped token read faster than its rate limit (429 `rate_limited`).
+    #[error("this token is over its rate limit; retry in {retry_after} s")]
+    RateLimited {
+        /// Seconds until the next request is accepted (`Retry-After`).
+        retry_after: u64,
+    },
+    /// `POST /tokens` while `PROGRESS_SIGNING_KEYS` is unset (403 `signing_disabled`,
+    /// as `admin_disabled` is for the admin routes).
+    #[error("scoped tokens are disabled: PROGRESS_SIGNING_KEYS is not set")]
+    SigningDisabled,
     /// No such record or route (404 `not_found`).
     #[error("{0}")]
     NotFound(String),
@@ -80,8 +96,10 @@ pub enum Error {
 }
 
 /// The detail of a 401: never says which tokens exist.
-fn unauthorized_detail(presented: &bool) -> &'static str {
-    if *presented {
+fn unauthorized_detail(presented: &bool, reason: &Option<&'static str>) -> &'static str {
+    if let Some(reason) = reason {
+        reason
+    } else if *presented {
         "the bearer token is not valid for this route"
     } else {
         "this route needs a bearer token: send Authorization: Bearer <token>"
@@ -111,6 +129,9 @@ impl Error {
             Error::Validation(_) => "validation_failed",
             Error::Unauthorized { .. } => "unauthorized",
             Error::AdminDisabled => "admin_disabled",
+            Error::ForbiddenScope(_) => "forbidden_scope",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::SigningDisabled => "signing_disabled",
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::ConflictTerminal { .. } => "conflict_terminal",

@@ -33,7 +33,8 @@
 //!   kept out of logs), [`metrics`] (Prometheus), [`error`] (the one error
 //!   type of the request path, each variant a stable code), [`telemetry`]
 //!   (logging), [`tls`] (rustls for the stores) and [`healthcheck`] (the
-//!   `progressd healthcheck` command).
+//!   `progressd healthcheck` command), [`tokens`] (scoped read tokens:
+//!   signing keys, minting and verifying HS256 JWTs).
 //!
 //! `main.rs` only parses the command, loads settings, sets up logging,
 //! binds and calls [`run`], so tests start exactly the server the binary
@@ -53,6 +54,7 @@ pub mod settings;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod tokens;
 
 pub use app::run;
 pub use settings::Settings;

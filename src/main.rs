@@ -1,6 +1,7 @@
 //! The `progressd` binary: settings, logging, bind, run.
 //! `progressd healthcheck` probes a running server instead (for containers);
-//! `progressd migrate` applies the database schema and exits.
+//! `progressd migrate` applies the database schema and exits;
+//! `progressd token` prints a scoped read token.
 
 use std::process::ExitCode;
 
@@ -21,6 +22,11 @@ Commands:
   serve        serve HTTP on PORT (the default)
   healthcheck  exit 0 when the local server's /healthz answers 200, else 1
   migrate      apply the PostgreSQL schema to DATABASE_URL and exit
+  token        print a scoped read token signed with PROGRESS_SIGNING_KEYS:
+                 progressd token --id book-42 [--ttl 3600]
+                 progressd token --prefix user-7: [--ttl 3600]
+               (--ttl in seconds, default 900, at most
+               PROGRESS_MAX_TOKEN_TTL_SECONDS)
 
 Options:
   -h, --help     print this help
@@ -65,9 +71,10 @@ async fn main() -> ExitCode {
             };
         }
         Some("migrate") => return migrate(&settings).await,
+        Some("token") => return token(&settings),
         Some(other) => {
             eprintln!(
-                "progressd: unknown command {other:?}; commands: serve (default), healthcheck, migrate (see --help)"
+                "progressd: unknown command {other:?}; commands: serve (default), healthcheck, migrate, token (see --help)"
             );
             return ExitCode::from(2);
         }
@@ -113,6 +120,43 @@ async fn migrate(settings: &Settings) -> ExitCode {
         }
         Err(e) => {
             eprintln!("progressd: migrate failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `progressd token`: a scoped read token on stdout (its expiry on
+/// stderr), minted offline with the first key of `PROGRESS_SIGNING_KEYS`.
+/// 2 on a bad argument or without keys.
+fn token(settings: &Settings) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let (scope, ttl) = match progressd::tokens::parse_command(&args, settings.max_token_ttl_seconds) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("progressd: token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let keys = match progressd::tokens::SigningKeys::new(&settings.signing_keys) {
+        Ok(Some(keys)) => keys,
+        Ok(None) => {
+            eprintln!("progressd: token needs PROGRESS_SIGNING_KEYS (comma-separated kid:secret pairs); it is not set");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("progressd: invalid setting PROGRESS_SIGNING_KEYS: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match keys.mint(&scope, ttl, progressd::tokens::now_seconds()) {
+        Ok((token, exp)) => {
+            println!("{token}");
+            let at = progressd::domain::Timestamp(i64::try_from(exp).unwrap_or(i64::MAX / 1000).saturating_mul(1000));
+            eprintln!("progressd: the token expires at {} (in {ttl} s)", at.to_rfc3339());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("progressd: token: {e}");
             ExitCode::from(1)
         }
     }

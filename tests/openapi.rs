@@ -190,7 +190,8 @@ fn security_follows_the_access_class_of_each_route() {
         let (expected, may_401, may_403) = match route.access {
             Access::Public => (json!([]), false, false),
             // Open until tokens of the class are configured: the empty requirement.
-            Access::Read | Access::Write | Access::List => (json!([{"bearerAuth": []}, {}]), true, false),
+            // A scoped token can be refused (403 forbidden_scope) on every route that takes a token.
+            Access::Read | Access::Write | Access::List => (json!([{"bearerAuth": []}, {}]), true, true),
             Access::Admin => (json!([{"bearerAuth": []}]), true, true),
         };
         if route.access == Access::Public {
@@ -199,7 +200,7 @@ fn security_follows_the_access_class_of_each_route() {
             assert_eq!(*security, expected, "{what}: security");
         }
         assert_eq!(responses.contains("401"), may_401, "{what}: a 401 response exactly when a token can be needed");
-        assert_eq!(responses.contains("403"), may_403, "{what}: a 403 response exactly on admin routes");
+        assert_eq!(responses.contains("403"), may_403, "{what}: a 403 response exactly where a token is taken");
         if may_401 {
             let unauthorized = resolve(&op["responses"]["401"]);
             assert!(unauthorized["headers"].get("WWW-Authenticate").is_some(), "{what}: 401 has WWW-Authenticate");
@@ -227,6 +228,9 @@ fn variant(e: &Error) -> &'static str {
         Error::MethodNotAllowed(_) => "MethodNotAllowed",
         Error::Unauthorized { .. } => "Unauthorized",
         Error::AdminDisabled => "AdminDisabled",
+        Error::ForbiddenScope(_) => "ForbiddenScope",
+        Error::RateLimited { .. } => "RateLimited",
+        Error::SigningDisabled => "SigningDisabled",
         Error::ConflictTerminal { .. } => "ConflictTerminal",
         Error::PreconditionFailed(_) => "PreconditionFailed",
         Error::WriteContention => "WriteContention",
@@ -249,8 +253,11 @@ fn samples() -> Vec<Error> {
         Error::Validation(ValidationError { field: "stage".into(), message: "x".into() }),
         Error::NotFound("x".into()),
         Error::MethodNotAllowed("POST".into()),
-        Error::Unauthorized { presented: true },
+        Error::Unauthorized { presented: true, reason: None },
         Error::AdminDisabled,
+        Error::ForbiddenScope("x".into()),
+        Error::RateLimited { retry_after: 1 },
+        Error::SigningDisabled,
         Error::ConflictTerminal { status: Status::Completed, version: 3 },
         Error::PreconditionFailed("x".into()),
         Error::WriteContention,

@@ -3,10 +3,12 @@
 # (`--checks all`: no server errors, status codes, content types, response
 # headers and schemas, positive and negative data, auth, ...). Two runs:
 #
-#   memory  the embedded store; read, write and admin tokens configured
+#   memory  the embedded store; read, write and admin tokens and a signing
+#           key configured (POST /tokens mints)
 #   redis   Redis on $SCHEMATHESIS_REDIS_URL (default the machine's
 #           127.0.0.1:6379) under a unique key prefix, removed afterwards;
-#           only the admin token configured (reads and writes open)
+#           only the admin token configured (reads and writes open; no
+#           signing key, so POST /tokens is 403 signing_disabled)
 #
 # Both send the admin token, which every route accepts; Schemathesis's auth
 # checks send requests without it and with a wrong one.
@@ -124,7 +126,8 @@ failed=0
 for mode in "${modes[@]}"; do
   case $mode in
     memory)
-      run memory PROGRESS_READ_TOKENS=st-read-token PROGRESS_WRITE_TOKENS=st-write-token || failed=1
+      run memory PROGRESS_READ_TOKENS=st-read-token PROGRESS_WRITE_TOKENS=st-write-token \
+        PROGRESS_SIGNING_KEYS=st:schemathesis-signing-key-of-32-bytes-or-more || failed=1
       ;;
     redis)
       PREFIX="schemathesis-$$-$RANDOM:"

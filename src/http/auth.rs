@@ -5,61 +5,176 @@
 //! path that a new route could miss, and the router's own 404 and 405
 //! answers need no token. The check runs before any extractor, so a request
 //! without the right token learns nothing about ids or records.
+//!
+//! Two kinds of token: the static tokens of the settings (compared first,
+//! in constant time; the hot path never parses a JWT), and scoped read
+//! tokens (`crate::tokens`), checked only when what was presented has the
+//! shape of a JWT and signing keys are configured. A scoped token reads
+//! (`Access::Read`) only ids in its scope, checked here against the path's
+//! `{id}`; lists (`Access::List`) only with a prefix scope, which the
+//! listing handler applies from the [`ScopedGrant`] this check leaves in the
+//! request's extensions; and calls nothing else (403 `forbidden_scope`).
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use subtle::{Choice, ConstantTimeEq};
 
+use super::rate::ScopedLimiter;
 use super::{Access, AppState};
 use crate::error::Error;
 use crate::settings::Settings;
+use crate::tokens::{Scope, SigningKeys, looks_like_jwt};
 
-/// The configured bearer tokens. Its `Debug` shows only how many there are.
+/// The query parameter that may carry a scoped token (RFC 6750 §2.3).
+pub const ACCESS_TOKEN_PARAM: &str = "access_token";
+
+/// The configured bearer tokens and signing keys. Its `Debug` shows only
+/// how many tokens there are and the key ids.
 pub struct AccessTokens {
     read: Vec<Box<[u8]>>,
     write: Vec<Box<[u8]>>,
     admin: Option<Box<[u8]>>,
+    signing: Option<Arc<SigningKeys>>,
+    limiter: ScopedLimiter,
 }
+
+/// What a request may do, as the check decided.
+#[derive(Debug)]
+pub enum Grant {
+    /// Everything its route class allows (a static token, or an open class).
+    Full,
+    /// A scoped token's reads.
+    Scoped(Arc<Scope>),
+}
+
+/// The scope of the token a request came with, in its extensions when
+/// (and only when) it came with a scoped token.
+#[derive(Debug, Clone)]
+pub struct ScopedGrant(pub Arc<Scope>);
 
 impl AccessTokens {
     /// Read, write and admin tokens; empty lists (and no admin token) leave
-    /// their class open (admin: closed).
+    /// their class open (admin: closed). No signing keys, default rate limit.
     pub fn new(read: &[String], write: &[String], admin: Option<&str>) -> Self {
         let bytes = |t: &str| t.as_bytes().to_vec().into_boxed_slice();
         Self {
             read: read.iter().map(|t| bytes(t)).collect(),
             write: write.iter().map(|t| bytes(t)).collect(),
             admin: admin.map(bytes),
+            signing: None,
+            limiter: ScopedLimiter::new(NonZeroU32::new(10).expect("10"), NonZeroU32::new(60).expect("60")),
         }
     }
 
-    /// The tokens of `PROGRESS_READ_TOKENS`, `PROGRESS_WRITE_TOKENS` and `PROGRESS_ADMIN_TOKEN`.
-    pub fn from_settings(settings: &Settings) -> Self {
-        Self::new(&settings.read_tokens, &settings.write_tokens, settings.admin_token.as_deref())
+    /// These tokens, and scoped tokens verified with `keys`, each limited
+    /// to `per_second` reads sustained and `burst` at once.
+    pub fn with_signing(mut self, keys: Option<Arc<SigningKeys>>, per_second: u32, burst: u32) -> Self {
+        self.signing = keys;
+        let nonzero = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        self.limiter = ScopedLimiter::new(nonzero(per_second), nonzero(burst));
+        self
     }
 
-    /// Whether a request with this `Authorization` header may call a route of class `access`.
-    pub fn authorize(&self, access: Access, headers: &HeaderMap) -> Result<(), Error> {
-        let presented = bearer_token(headers);
-        let admin = self.admin.iter();
-        let allowed = match access {
-            Access::Public => return Ok(()),
-            Access::Read if self.read.is_empty() => return Ok(()),
-            Access::Write if self.write.is_empty() => return Ok(()),
-            Access::Admin if self.admin.is_none() => return Err(Error::AdminDisabled),
-            Access::List if self.read.is_empty() && self.admin.is_none() => return Ok(()),
-            Access::Read => matches_any(presented.token(), self.read.iter().chain(&self.write).chain(admin)),
-            Access::Write => matches_any(presented.token(), self.write.iter().chain(admin)),
-            Access::Admin => matches_any(presented.token(), admin),
-            Access::List => matches_any(presented.token(), self.read.iter().chain(admin)),
+    /// The tokens of `PROGRESS_READ_TOKENS`, `PROGRESS_WRITE_TOKENS` and
+    /// `PROGRESS_ADMIN_TOKEN`, and the keys of `PROGRESS_SIGNING_KEYS`.
+    pub fn from_settings(settings: &Settings, keys: Option<Arc<SigningKeys>>) -> Self {
+        Self::new(&settings.read_tokens, &settings.write_tokens, settings.admin_token.as_deref()).with_signing(
+            keys,
+            settings.scoped_rate_per_second,
+            settings.scoped_rate_burst,
+        )
+    }
+
+    /// The signing keys, when scoped tokens are on.
+    pub fn signing_keys(&self) -> Option<&Arc<SigningKeys>> {
+        self.signing.as_ref()
+    }
+
+    /// Whether no static token of any class is configured.
+    pub fn none_configured(&self) -> bool {
+        self.read.is_empty() && self.write.is_empty() && self.admin.is_none()
+    }
+
+    /// Whether a request with these headers and this query may call a route
+    /// of class `access`, and with what grant. A static token in
+    /// `Authorization` is compared first; a scoped token is accepted there
+    /// or (when there is no `Authorization`) as `?access_token=`.
+    pub fn authorize(&self, access: Access, headers: &HeaderMap, query: Option<&str>) -> Result<Grant, Error> {
+        if access == Access::Public {
+            return Ok(Grant::Full);
+        }
+        let presented = match bearer_token(headers) {
+            Presented::Nothing => query.map_or(Presented::Nothing, query_token),
+            header => header,
         };
-        if allowed { Ok(()) } else { Err(Error::Unauthorized { presented: !matches!(presented, Presented::Nothing) }) }
+        let open = match access {
+            Access::Public => true,
+            Access::Read => self.read.is_empty(),
+            Access::Write => self.write.is_empty(),
+            Access::List => self.read.is_empty() && self.admin.is_none(),
+            Access::Admin => false,
+        };
+        if let Presented::Token { token, in_query } = presented {
+            if !open && !in_query && self.matches_static(access, token) {
+                return Ok(Grant::Full);
+            }
+            if let Some(keys) = &self.signing
+                && looks_like_jwt(token)
+            {
+                // looks_like_jwt: ASCII only.
+                let text = std::str::from_utf8(token).unwrap_or_default();
+                return match keys.verify_cached(text) {
+                    Ok(scope) => self.scoped(access, scope, token),
+                    Err(invalid) => Err(Error::Unauthorized { presented: true, reason: Some(invalid.reason()) }),
+                };
+            }
+        }
+        if open {
+            return Ok(Grant::Full);
+        }
+        if access == Access::Admin && self.admin.is_none() {
+            return Err(Error::AdminDisabled);
+        }
+        Err(Error::Unauthorized { presented: !matches!(presented, Presented::Nothing), reason: None })
+    }
+
+    fn matches_static(&self, access: Access, token: &[u8]) -> bool {
+        let admin = self.admin.iter();
+        match access {
+            Access::Public => true,
+            Access::Read => matches_any(Some(token), self.read.iter().chain(&self.write).chain(admin)),
+            Access::Write => matches_any(Some(token), self.write.iter().chain(admin)),
+            Access::Admin => matches_any(Some(token), admin),
+            Access::List => matches_any(Some(token), self.read.iter().chain(admin)),
+        }
+    }
+
+    /// What a verified scoped token may do on a route of class `access`.
+    fn scoped(&self, access: Access, scope: Arc<Scope>, token: &[u8]) -> Result<Grant, Error> {
+        match (access, &*scope) {
+            (Access::Read, _) | (Access::List, Scope::Prefix(_)) => {}
+            (Access::List, Scope::Id(_)) => {
+                return Err(Error::ForbiddenScope(
+                    "a token for one id cannot list records; a token with a prefix lists inside its prefix".into(),
+                ));
+            }
+            _ => {
+                return Err(Error::ForbiddenScope(
+                    "a scoped token only reads (GET /progress/{id}, its events, and with a prefix the listing); \
+                     it cannot write, delete, mint tokens or call admin routes"
+                        .into(),
+                ));
+            }
+        }
+        self.limiter.check(token)?;
+        Ok(Grant::Scoped(scope))
     }
 }
 
@@ -69,27 +184,24 @@ impl fmt::Debug for AccessTokens {
             .field("read", &format!("{} token(s)", self.read.len()))
             .field("write", &format!("{} token(s)", self.write.len()))
             .field("admin", &self.admin.as_ref().map(|_| "****"))
+            .field("signing", &self.signing)
             .finish()
     }
 }
 
-/// What the `Authorization` header holds.
+/// What the request presents.
 enum Presented<'a> {
-    /// No header.
+    /// No `Authorization` header and no `access_token`.
     Nothing,
     /// A header that is not `Bearer <token>`: presented, never valid.
     Malformed,
-    /// The token of `Bearer <token>`.
-    Token(&'a [u8]),
-}
-
-impl<'a> Presented<'a> {
-    fn token(&self) -> Option<&'a [u8]> {
-        match self {
-            Presented::Token(t) => Some(t),
-            _ => None,
-        }
-    }
+    /// The token of `Bearer <token>`, or of `?access_token=`.
+    Token {
+        /// The token's bytes.
+        token: &'a [u8],
+        /// From the query: only a scoped token is accepted there.
+        in_query: bool,
+    },
 }
 
 /// `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
@@ -102,7 +214,18 @@ fn bearer_token(headers: &HeaderMap) -> Presented<'_> {
     if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
         return Presented::Malformed;
     }
-    Presented::Token(token)
+    Presented::Token { token, in_query: false }
+}
+
+/// `?access_token=<token>` (empty counts as absent). A JWT needs no
+/// percent-encoding, so the value is taken as it is; one that was encoded
+/// is not a JWT and is refused as such.
+fn query_token(query: &str) -> Presented<'_> {
+    let value = query.split('&').find_map(|pair| pair.strip_prefix(ACCESS_TOKEN_PARAM)?.strip_prefix('='));
+    match value {
+        Some(token) if !token.is_empty() => Presented::Token { token: token.as_bytes(), in_query: true },
+        _ => Presented::Nothing,
+    }
 }
 
 /// Whether `presented` equals one of `candidates`. Every candidate is
@@ -126,14 +249,33 @@ struct Guard {
 }
 
 async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    match guard.tokens.authorize(guard.access, request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => {
-            // The token itself is never logged, only the outcome.
-            tracing::debug!(access = ?guard.access, code = refusal.code(), "request refused");
-            refusal.into_response()
+    let decision = guard.tokens.authorize(guard.access, request.headers(), request.uri().query());
+    let refusal = match decision {
+        Ok(Grant::Full) => return next.run(request).await,
+        Ok(Grant::Scoped(scope)) => match in_scope(guard.access, scope, request).await {
+            Ok(request) => return next.run(request).await,
+            Err(refusal) => refusal,
+        },
+        Err(refusal) => refusal,
+    };
+    // The token itself is never logged, only the outcome.
+    tracing::debug!(access = ?guard.access, code = refusal.code(), "request refused");
+    refusal.into_response()
+}
+
+/// A read of the path's `{id}` needs the id in the scope; the scope goes
+/// into the request's extensions for the handlers (the listing applies it).
+async fn in_scope(access: Access, scope: Arc<Scope>, request: Request) -> Result<Request, Error> {
+    let (mut parts, body) = request.into_parts();
+    if access == Access::Read {
+        let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
+        let id = params.as_ref().and_then(|p| p.iter().find(|(name, _)| *name == "id").map(|(_, v)| v));
+        if !id.is_some_and(|id| scope.covers(id)) {
+            return Err(Error::ForbiddenScope("the token does not grant this id".into()));
         }
     }
+    parts.extensions.insert(ScopedGrant(scope));
+    Ok(Request::from_parts(parts, body))
 }
 
 /// `handler` behind the token check of `access` (public routes unchanged).
@@ -151,6 +293,7 @@ pub(crate) fn guard(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::Scope;
     use axum::http::HeaderValue;
 
     fn tokens(read: &[&str], write: &[&str], admin: Option<&str>) -> AccessTokens {
@@ -168,9 +311,10 @@ mod tests {
 
     /// The code of the answer: "ok", or the problem code.
     fn decide(t: &AccessTokens, access: Access, authorization: Option<&str>) -> String {
-        match t.authorize(access, &with(authorization)) {
-            Ok(()) => "ok".into(),
-            Err(Error::Unauthorized { presented: true }) => "unauthorized+invalid_token".into(),
+        match t.authorize(access, &with(authorization), None) {
+            Ok(Grant::Full) => "ok".into(),
+            Ok(Grant::Scoped(_)) => "scoped".into(),
+            Err(Error::Unauthorized { presented: true, .. }) => "unauthorized+invalid_token".into(),
             Err(e) => e.code().into(),
         }
     }
@@ -276,5 +420,94 @@ mod tests {
         let shown = format!("{t:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("1 token(s)"), "{shown}");
+    }
+
+    const KEY: &str = "k1:0123456789abcdef0123456789abcdef";
+
+    fn signing(t: AccessTokens) -> AccessTokens {
+        let keys = SigningKeys::new(&[KEY.to_owned()]).unwrap().map(Arc::new);
+        t.with_signing(keys, 10, 3)
+    }
+
+    fn jwt(scope: Scope) -> String {
+        let keys = SigningKeys::new(&[KEY.to_owned()]).unwrap().unwrap();
+        keys.mint(&scope, 60, crate::tokens::now_seconds()).unwrap().0
+    }
+
+    fn decide_query(t: &AccessTokens, access: Access, query: &str) -> String {
+        match t.authorize(access, &HeaderMap::new(), Some(query)) {
+            Ok(Grant::Full) => "ok".into(),
+            Ok(Grant::Scoped(_)) => "scoped".into(),
+            Err(Error::Unauthorized { presented: true, .. }) => "unauthorized+invalid_token".into(),
+            Err(e) => e.code().into(),
+        }
+    }
+
+    #[test]
+    fn a_scoped_token_reads_and_lists_only() {
+        for t in [signing(tokens(&["r1"], &["w1"], Some("adm"))), signing(tokens(&[], &[], None))] {
+            let id = format!("Bearer {}", jwt(Scope::id("book-42").unwrap()));
+            let prefix = format!("Bearer {}", jwt(Scope::prefix("user-7:").unwrap()));
+            assert_eq!(decide(&t, Access::Read, Some(&id)), "scoped", "{t:?}");
+            assert_eq!(decide(&t, Access::List, Some(&id)), "forbidden_scope", "one id does not list");
+            assert_eq!(decide(&t, Access::List, Some(&prefix)), "scoped");
+            for access in [Access::Write, Access::Admin] {
+                assert_eq!(decide(&t, access, Some(&id)), "forbidden_scope", "{access:?}");
+                assert_eq!(decide(&t, access, Some(&prefix)), "forbidden_scope", "{access:?}");
+            }
+            assert_eq!(decide(&t, Access::Public, Some(&id)), "ok");
+        }
+    }
+
+    #[test]
+    fn static_tokens_are_compared_first_and_never_parsed() {
+        let t = signing(tokens(&["r1"], &["w1"], Some("adm")));
+        assert_eq!(decide(&t, Access::Read, Some("Bearer r1")), "ok");
+        assert_eq!(decide(&t, Access::Read, Some("Bearer eyJnot.a.jwt")), "unauthorized+invalid_token");
+        // Without signing keys, a JWT is just a wrong token.
+        let plain = tokens(&["r1"], &[], None);
+        let id = format!("Bearer {}", jwt(Scope::id("a").unwrap()));
+        assert_eq!(decide(&plain, Access::Read, Some(&id)), "unauthorized+invalid_token");
+    }
+
+    #[test]
+    fn a_scoped_token_in_the_query() {
+        let t = signing(tokens(&["r1"], &[], None));
+        let token = jwt(Scope::id("a").unwrap());
+        assert_eq!(decide_query(&t, Access::Read, &format!("wait=5&access_token={token}")), "scoped");
+        assert_eq!(
+            decide_query(&t, Access::Read, "access_token=r1"),
+            "unauthorized+invalid_token",
+            "static: header only"
+        );
+        assert_eq!(decide_query(&t, Access::Read, "access_token="), "unauthorized");
+        assert_eq!(decide_query(&t, Access::Read, "xaccess_token=r1&access_tokens=r1"), "unauthorized");
+        // The header wins over the query.
+        let headers = with(Some("Bearer r1"));
+        assert!(matches!(t.authorize(Access::Read, &headers, Some("access_token=junk")), Ok(Grant::Full)));
+    }
+
+    #[test]
+    fn scoped_reads_are_rate_limited_per_token() {
+        let t = signing(tokens(&[], &[], None));
+        let a = format!("Bearer {}", jwt(Scope::id("a").unwrap()));
+        let b = format!("Bearer {}", jwt(Scope::id("b").unwrap()));
+        for _ in 0..3 {
+            assert_eq!(decide(&t, Access::Read, Some(&a)), "scoped");
+        }
+        assert_eq!(decide(&t, Access::Read, Some(&a)), "rate_limited");
+        assert_eq!(decide(&t, Access::Read, Some(&b)), "scoped");
+        assert_eq!(decide(&t, Access::Read, None), "ok", "requests without a scoped token are not limited");
+    }
+
+    #[test]
+    fn an_invalid_scoped_token_is_401_with_its_reason_even_on_open_routes() {
+        let t = signing(tokens(&[], &[], None));
+        let keys = SigningKeys::new(&[KEY.to_owned()]).unwrap().unwrap();
+        let (expired, _) = keys.mint(&Scope::id("a").unwrap(), 1, 1_000).unwrap();
+        match t.authorize(Access::Read, &with(Some(&format!("Bearer {expired}"))), None) {
+            Err(Error::Unauthorized { presented: true, reason: Some(reason) }) => assert!(reason.contains("expired")),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -229,11 +229,15 @@ fn entity_tag_list(text: &str) -> Option<Vec<(bool, &str)>> {
 }
 
 /// Query parameters with each name at most once (400 `invalid_query`
-/// otherwise); empty values count as absent and are dropped.
+/// otherwise); empty values count as absent and are dropped, and so is
+/// `access_token` (the token check has read it; it is never echoed).
 pub(super) fn distinct_params(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>, Error> {
     let mut seen = std::collections::HashSet::new();
     let mut params = Vec::with_capacity(pairs.len());
     for (name, value) in pairs {
+        if name == super::ACCESS_TOKEN_PARAM {
+            continue;
+        }
         if !seen.insert(name.clone()) {
             return Err(Error::InvalidQuery(format!("{name} is given more than once")));
         }

@@ -2,27 +2,52 @@
 //! first listing for dashboards, a page at a time (see `ProgressService::list`).
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
 
-use super::AppState;
 use super::extract::{distinct_params, id_prefix};
+use super::{AppState, ScopedGrant};
 use crate::domain::{Status, Timestamp};
 use crate::error::Error;
 use crate::service::{DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT};
+use crate::tokens::Scope;
 
 /// `GET /progress`: `{"items": [record, …], "next_cursor": "…" | null}`,
 /// each record exactly as `GET /progress/{id}` renders it.
+///
+/// With a prefix token, the listing stays inside its prefix: without a
+/// `prefix` parameter the token's is used, and one that does not start with
+/// the token's is 403 `forbidden_scope`.
 pub async fn list(
     State(state): State<AppState>,
+    grant: Option<Extension<ScopedGrant>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(pairs) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
-    let query = parse_query(pairs)?;
+    let mut query = parse_query(pairs)?;
+    if let Some(Extension(ScopedGrant(scope))) = grant {
+        scope_listing(&mut query, &scope)?;
+    }
     let page = state.service.list(&query).await?;
     Ok(page_response(&page))
+}
+
+/// Keeps a listing inside a scoped token's prefix (the guard lets only
+/// prefix tokens list).
+fn scope_listing(query: &mut ListQuery, scope: &Scope) -> Result<(), Error> {
+    let Scope::Prefix(own) = scope else {
+        return Err(Error::ForbiddenScope("a token for one id cannot list records".into()));
+    };
+    match &query.id_prefix {
+        None => query.id_prefix = Some(own.clone()),
+        Some(asked) if asked.starts_with(own.as_str()) => {}
+        Some(_) => {
+            return Err(Error::ForbiddenScope(format!("the token lists only ids starting with {own:?}")));
+        }
+    }
+    Ok(())
 }
 
 /// The listing query from the query string. Empty values count as absent;
@@ -148,5 +173,29 @@ mod tests {
         assert!(refused(&[("cursor", "nope!")]).starts_with("cursor "));
         assert!(refused(&[("limit", "5"), ("limit", "6")]).starts_with("limit is given more than once"));
         assert!(refused(&[("stauts", "failed")]).contains("\"stauts\""));
+    }
+
+    #[test]
+    fn access_token_is_accepted_and_ignored() {
+        let q = parse_query(pairs(&[("access_token", "eyJ.x.y"), ("prefix", "job-")])).unwrap();
+        assert_eq!(q.id_prefix.as_deref(), Some("job-"));
+    }
+
+    #[test]
+    fn a_prefix_token_lists_inside_its_prefix() {
+        let scope = Scope::prefix("user-7:").unwrap();
+        let mut q = ListQuery::default();
+        scope_listing(&mut q, &scope).unwrap();
+        assert_eq!(q.id_prefix.as_deref(), Some("user-7:"), "no prefix: the token's");
+        let mut q = ListQuery { id_prefix: Some("user-7:book".into()), ..ListQuery::default() };
+        scope_listing(&mut q, &scope).unwrap();
+        assert_eq!(q.id_prefix.as_deref(), Some("user-7:book"), "narrower: kept");
+        for outside in ["user-7", "user-", "user-70:", "other"] {
+            let mut q = ListQuery { id_prefix: Some(outside.into()), ..ListQuery::default() };
+            assert!(matches!(scope_listing(&mut q, &scope), Err(Error::ForbiddenScope(_))), "{outside}");
+        }
+        let mut q = ListQuery::default();
+        let id = Scope::id("user-7:a").unwrap();
+        assert!(matches!(scope_listing(&mut q, &id), Err(Error::ForbiddenScope(_))));
     }
 }

@@ -30,8 +30,10 @@ mod layers;
 mod list;
 mod problem;
 mod progress;
+mod rate;
+mod tokens;
 
-pub use auth::AccessTokens;
+pub use auth::{ACCESS_TOKEN_PARAM, AccessTokens, Grant, ScopedGrant};
 pub use layers::{LayerSettings, REQUEST_ID};
 pub use problem::PROBLEM_JSON;
 
@@ -78,6 +80,8 @@ pub struct SharedState {
     pub layers: LayerSettings,
     /// Longest an event stream stays silent before a comment line.
     pub heartbeat: std::time::Duration,
+    /// Longest lifetime `POST /tokens` gives a scoped token, in seconds.
+    pub max_token_ttl_seconds: u64,
 }
 
 /// Who may call a route (see `PROGRESS_*_TOKENS` in the README).
@@ -85,7 +89,9 @@ pub struct SharedState {
 pub enum Access {
     /// Anyone: health and metrics.
     Public,
-    /// A read token when read tokens are configured (write and admin tokens also read).
+    /// A read token when read tokens are configured (write and admin tokens
+    /// also read); a scoped token for the path's id, whether or not read
+    /// tokens are configured.
     Read,
     /// A write token when write tokens are configured (the admin token also writes).
     Write,
@@ -93,6 +99,7 @@ pub enum Access {
     Admin,
     /// Listing (`GET /progress`): the admin token or a read token when
     /// either is configured (write tokens do not list); open when neither is.
+    /// A scoped token with a prefix lists inside its prefix.
     List,
 }
 
@@ -136,6 +143,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, "/admin/cleanup", Access::Admin, admin::cleanup),
         route(Method::DELETE, "/admin/progress", Access::Admin, admin::delete_progress),
         route(Method::GET, "/admin/stats", Access::Admin, admin::stats),
+        route(Method::POST, "/tokens", Access::Write, tokens::mint),
     ]
 }
 

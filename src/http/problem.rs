@@ -19,7 +19,8 @@ impl Error {
             | Error::InvalidQuery(_)
             | Error::FilterRequired => StatusCode::BAD_REQUEST,
             Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Error::AdminDisabled => StatusCode::FORBIDDEN,
+            Error::AdminDisabled | Error::ForbiddenScope(_) | Error::SigningDisabled => StatusCode::FORBIDDEN,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -43,6 +44,9 @@ impl Error {
             Error::FilterRequired => "Filter required",
             Error::Unauthorized { .. } => "Unauthorized",
             Error::AdminDisabled => "Admin routes disabled",
+            Error::ForbiddenScope(_) => "Outside the token's scope",
+            Error::RateLimited { .. } => "Rate limited",
+            Error::SigningDisabled => "Scoped tokens disabled",
             Error::RequestTimeout { .. } => "Request timeout",
             Error::UnsupportedMediaType(_) => "Unsupported media type",
             Error::PayloadTooLarge { .. } => "Payload too large",
@@ -90,7 +94,10 @@ impl IntoResponse for Error {
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Error::Unauthorized { presented } = self {
+        if let Error::RateLimited { retry_after } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        if let Error::Unauthorized { presented, .. } = self {
             // RFC 6750 §3: the challenge, and why a presented token failed.
             let challenge = if presented {
                 r#"Bearer realm="progressd", error="invalid_token""#

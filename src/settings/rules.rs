@@ -27,6 +27,11 @@ pub(super) fn ttl_within_max(s: &Settings) -> Result<(), String> {
         .map_err(|_| format!("must be from 1 to PROGRESS_MAX_TTL_SECONDS ({})", s.max_ttl_seconds))
 }
 
+/// Each signing key is `kid:secret` with a long enough secret, each kid once.
+pub(super) fn signing_keys(s: &Settings) -> Result<(), String> {
+    crate::tokens::parse_entries(&s.signing_keys).map(|_| ())
+}
+
 /// Multiplexed connections come out of the pool.
 pub(super) fn connections_within_pool(s: &Settings) -> Result<(), String> {
     if s.redis_connections > s.redis_pool_size {
