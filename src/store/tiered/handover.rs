@@ -197,15 +197,29 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     }
 }
 
-/// The coordinator, one per instance with Redis over PostgreSQL: keeps the
-/// heartbeat, answers every instance's flush requests, and drives this
-/// instance's hand-over when its Redis breaker opens. Ends with the store.
+/// The heartbeat, one per instance with Redis over PostgreSQL, in a task of
+/// its own so that a flush or a slow hand-over step never delays it (an
+/// instance whose heartbeat lapses is not waited for). Ends with the store.
+pub(super) async fn heartbeat<H: HotTier, D: DurableTier>(store: Weak<TieredStore<H, D>>) {
+    let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(s) = store.upgrade() else { return };
+        if let Err(e) = s.durable.heartbeat(&s.instance).await {
+            tracing::debug!(error = %e, "heartbeat not recorded");
+        }
+    }
+}
+
+/// The coordinator, one per instance with Redis over PostgreSQL: answers
+/// every instance's flush requests, and drives this instance's hand-over
+/// when its Redis breaker opens. Ends with the store.
 pub(super) async fn coordinate<H: HotTier, D: DurableTier>(store: Weak<TieredStore<H, D>>) {
     let Some((mut notices, opened)) = store.upgrade().map(|s| (s.durable.peer_notices(), s.hot_breaker.on_open()))
     else {
         return;
     };
-    let mut beat_due = Instant::now();
     let mut outage = None;
     loop {
         let (mut flush_for, mut check) = (None::<Timestamp>, false);
@@ -230,12 +244,6 @@ pub(super) async fn coordinate<H: HotTier, D: DurableTier>(store: Weak<TieredSto
             }
         }
         let Some(s) = store.upgrade() else { return };
-        if Instant::now() >= beat_due {
-            beat_due = Instant::now() + HEARTBEAT_EVERY;
-            if let Err(e) = s.durable.heartbeat(&s.instance).await {
-                tracing::debug!(error = %e, "heartbeat not recorded");
-            }
-        }
         if let Some(at) = flush_for {
             s.flush_for_peers(at).await;
         }

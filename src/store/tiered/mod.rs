@@ -146,6 +146,7 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
         if store.hot.is_some() {
             tokio::spawn(recovery::probe_hot(Arc::downgrade(&store)));
             tokio::spawn(handover::coordinate(Arc::downgrade(&store)));
+            tokio::spawn(handover::heartbeat(Arc::downgrade(&store)));
         }
         tokio::spawn(flush::flush_periodically(Arc::downgrade(&store)));
         store
