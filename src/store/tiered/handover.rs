@@ -47,8 +47,12 @@ use crate::domain::Timestamp;
 
 /// How often each instance says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// An instance silent for this long is taken as gone, and not waited for.
-pub const LIVE_MS: i64 = 5_000;
+/// An instance silent for this long (three heartbeats) is taken as gone,
+/// and not waited for: one killed just before Redis fails holds the
+/// hand-over up for no longer than this. Its heartbeat has a task of its
+/// own, so only an instance that cannot reach PostgreSQL (and so could not
+/// flush) or has died misses three.
+pub const LIVE_MS: i64 = 3_000;
 /// How often an unanswered flush request is sent again.
 const ASK_AGAIN: Duration = Duration::from_millis(500);
 /// How often the coordinator wakes when nothing else wakes it.
