@@ -9,11 +9,13 @@
 //! `CHAOS_SEED` (default random, printed) replay or lengthen it;
 //! `CHAOS_INSTANCES` (3) and `CHAOS_FAULTS` change the cast and the faults.
 //!
-//! Kills only by default here, unlike the example (kill, pause, partition):
-//! a paused Redis, or one cut off from a single instance, still loses
-//! acknowledged writes on this branch (bench/README.md, chaos.sh, the
-//! 2026-12-06 findings), and CI would fail on that until it is fixed.
-//! `CHAOS_FAULTS=kill,pause,partition cargo test --test chaos` shows it.
+//! Kills only by default here, unlike the example (kill, pause, partition).
+//! The two losses pauses and cuts exposed are fixed (bench/README.md,
+//! chaos.sh, the 2026-12-06 findings), and 60 s release runs with all three
+//! pass; but of ten 15 s debug runs with all three, one (seed 2026) ended
+//! with one violation that four replays of the seed did not show, and is
+//! not explained yet. Until it is, CI keeps to the faults that always pass;
+//! `CHAOS_FAULTS=kill,pause,partition cargo test --test chaos` runs them all.
 
 #[path = "../examples/chaos.rs"]
 mod chaos;
