@@ -156,11 +156,7 @@ async fn an_instance_cut_off_from_a_redis_the_others_reach_writes_nowhere() {
     // B reaches a Redis of its own view that keeps answering: A alone is cut off.
     let b = Tiers::fresh(PERSIST, Arc::new(FakeHot::default()), a.durable.clone());
     within(Duration::from_secs(3), || a.durable.peers.count() == 2).await;
-    let job = id("job");
-    let created = Timestamp::now();
-    assert!(a.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
-    a.hot.faults.down();
-    a.open_hot_breaker().await;
+    let (job, created) = a.job_then_redis_down().await;
     let cut_off = a.write(&job, &record_at("job", 2, "running", created)).await;
     assert!(is_unavailable(&cut_off), "B still writes in Redis: a write in PostgreSQL would fork: {cut_off:?}");
     advance(Duration::from_secs(3)).await;

@@ -42,11 +42,7 @@ async fn a_redis_that_hangs_opens_its_breaker_after_its_timeouts() {
 #[tokio::test(start_paused = true)]
 async fn redis_down_writes_go_to_postgres() {
     let t = Tiers::start().await;
-    let job = id("job");
-    let created = Timestamp::now();
-    assert!(t.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
-    t.hot.faults.down();
-    t.open_hot_breaker().await;
+    let (job, created) = t.job_then_redis_down().await;
 
     // Once this instance (the only one) has flushed its backlog: see
     // `handover.rs` for several instances and one that does not answer.
@@ -71,11 +67,7 @@ async fn a_redis_down_at_start_up_sends_requests_to_postgres() {
 #[tokio::test(start_paused = true)]
 async fn redis_back_gets_the_outage_writes_copied_back_and_the_fence_raised_before_it_is_used() {
     let t = Tiers::start().await;
-    let job = id("job");
-    let created = Timestamp::now();
-    assert!(t.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
-    t.hot.faults.down();
-    t.open_hot_breaker().await;
+    let (job, created) = t.job_then_redis_down().await;
     advance(Duration::from_secs(2)).await;
     assert!(t.write(&job, &record_at("job", 2, "running", created)).await.unwrap());
     assert!(t.write(&job, &record_at("job", 3, "running", created)).await.unwrap());
@@ -110,11 +102,7 @@ async fn redis_back_gets_the_outage_deletes_copied_back() {
 #[tokio::test(start_paused = true)]
 async fn redis_is_not_used_again_while_the_copy_back_fails() {
     let t = Tiers::start().await;
-    let job = id("job");
-    let created = Timestamp::now();
-    assert!(t.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
-    t.hot.faults.down();
-    t.open_hot_breaker().await;
+    let (job, created) = t.job_then_redis_down().await;
     advance(Duration::from_secs(2)).await;
     assert!(t.write(&job, &record_at("job", 2, "running", created)).await.unwrap());
     t.hot.faults.up();
@@ -132,11 +120,7 @@ async fn redis_is_not_used_again_while_the_copy_back_fails() {
 #[tokio::test(start_paused = true)]
 async fn a_fenced_instance_has_its_postgres_writes_refused_and_waits_again() {
     let t = Tiers::start().await;
-    let job = id("job");
-    let created = Timestamp::now();
-    assert!(t.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
-    t.hot.faults.down();
-    t.open_hot_breaker().await;
+    let (job, created) = t.job_then_redis_down().await;
     advance(Duration::from_secs(2)).await;
     assert!(t.write(&job, &record_at("job", 2, "running", created)).await.unwrap());
 
@@ -237,11 +221,7 @@ async fn a_read_repair_puts_a_postgres_hit_back_into_redis_with_its_remaining_tt
 #[tokio::test(start_paused = true)]
 async fn a_write_a_paused_redis_runs_late_loses_to_the_same_version_postgres_acknowledged() {
     let t = Tiers::start().await;
-    let job = id("job");
-    let created = Timestamp::now();
-    assert!(t.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
-    t.hot.faults.down();
-    t.open_hot_breaker().await;
+    let (job, created) = t.job_then_redis_down().await;
     assert!(t.write(&job, &record_at("job", 2, "completed", created)).await.unwrap(), "acknowledged in PostgreSQL");
     // Redis resumes and runs a write that timed out (and was refused) on
     // version 1: another version 2.

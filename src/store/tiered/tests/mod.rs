@@ -115,6 +115,16 @@ impl Tiers {
         assert_eq!(self.hot_breaker(), BreakerState::Open);
     }
 
+    /// Creates `job` at version 1 (returned with its creation time), then
+    /// Redis goes down and its breaker opens.
+    async fn job_then_redis_down(&self) -> (ProgressId, Timestamp) {
+        let (job, created) = (id("job"), Timestamp::now());
+        assert!(self.write(&job, &record_at("job", 1, "running", created)).await.unwrap());
+        self.hot.faults.down();
+        self.open_hot_breaker().await;
+        (job, created)
+    }
+
     /// Writes `record` over the version before it (a create at version 1).
     async fn write(&self, id: &ProgressId, record: &StoredRecord) -> Result<bool, StoreError> {
         self.store.compare_and_set(id, record.version() - 1, record, TTL_MS).await
