@@ -351,4 +351,33 @@ mod tests {
         assert!(store.delete(&id).await.unwrap());
         assert!(!store.delete(&id).await.unwrap());
     }
+
+    #[tokio::test]
+    async fn deleted_and_expired_records_leave_tombstones_for_the_tombstone_time() {
+        use crate::store::{GoneKind, Tombstones};
+        let store = MemoryStore::start_with_tombstones(Duration::from_secs(3600), Duration::from_millis(300));
+        let (id, short) = (ProgressId::parse("a").unwrap(), ProgressId::parse("b").unwrap());
+        assert!(store.compare_and_set(&id, 0, &record(1), 10_000).await.unwrap());
+        let mut expiring = record(1);
+        let mut meta = *expiring.meta();
+        meta.x = Timestamp::now().millis() + 50;
+        expiring = StoredRecord::encode(&meta, &expiring.record().unwrap());
+        assert!(store.compare_and_set(&short, 0, &expiring, 50).await.unwrap());
+        assert_eq!(store.gone(&id).await.unwrap(), None, "live: not gone");
+        assert!(store.delete(&id).await.unwrap());
+        assert_eq!(store.gone(&id).await.unwrap().map(|g| g.kind), Some(GoneKind::Deleted));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(store.gone(&short).await.unwrap(), Some(Gone::expired(Timestamp(meta.x))));
+        // Swept: the expired record's tombstone stays.
+        assert_eq!(store.sweep_expired(), 1);
+        assert_eq!(store.gone(&short).await.unwrap(), Some(Gone::expired(Timestamp(meta.x))));
+        assert_eq!(store.gone(&ProgressId::parse("never").unwrap()).await.unwrap(), None);
+        // A new incarnation is not gone; after the tombstone time, nothing is.
+        assert!(store.compare_and_set(&id, 0, &record(1), 10_000).await.unwrap());
+        assert_eq!(store.gone(&id).await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(store.gone(&short).await.unwrap(), None);
+        store.sweep_expired();
+        assert!(store.lock().gone.is_empty(), "purged by the sweep");
+    }
 }
