@@ -309,14 +309,15 @@ fn problem_documents_match_the_problem_schema() {
     for e in samples() {
         let body = e.problem();
         assert_valid(problem, &body, &format!("problem {}", e.code()));
-        let extension = match &e {
-            Error::Validation(_) => Some("field"),
-            Error::ConflictTerminal { .. } => Some("current_version"),
-            Error::PayloadTooLarge { .. } => Some("limit"),
-            _ => None,
+        let extensions: &[&str] = match &e {
+            Error::Validation(_) => &["field"],
+            Error::ConflictTerminal { .. } => &["current_version"],
+            Error::PayloadTooLarge { .. } => &["limit"],
+            Error::Gone { .. } => &["reason", "gone_at"],
+            _ => &[],
         };
         let mut expected: BTreeSet<String> = strings(&problem["required"]);
-        expected.extend(extension.map(str::to_owned));
+        expected.extend(extensions.iter().map(|e| (*e).to_owned()));
         assert_eq!(keys(&body), expected, "members of problem {}", e.code());
     }
 }
@@ -642,6 +643,12 @@ async fn real_problems_and_health_match_the_schemas() {
     assert_valid(problem, &check_problem(400, "invalid_id")(res).await, "invalid_id");
     let res = server.send(Method::GET, "/progress/missing", None, &[]).await;
     assert_valid(problem, &check_problem(404, "not_found")(res).await, "not_found");
+    let res = server.send(Method::PUT, "/progress/removed", Some(&json!({"status": "running"})), &[]).await;
+    assert_eq!(res.status(), 201);
+    let res = server.send(Method::DELETE, "/progress/removed", None, &[]).await;
+    assert_eq!(res.status(), 204);
+    let res = server.send(Method::GET, "/progress/removed", None, &[]).await;
+    assert_valid(problem, &check_problem(410, "gone")(res).await, "gone");
     let res = server.send(Method::PUT, "/progress/p", Some(&json!({"bookId": 1})), &[]).await;
     let body = check_problem(422, "validation_failed")(res).await;
     assert_valid(problem, &body, "validation_failed");
