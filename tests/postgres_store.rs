@@ -105,6 +105,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         ("expires_at", "timestamp with time zone"),
         ("record", "bytea"),
         ("deleted", "boolean"),
+        ("gone_at", "timestamp with time zone"),
     ];
     assert_eq!(columns, expected.map(|(c, t)| (c.to_owned(), t.to_owned())));
     let indexes: i64 =
