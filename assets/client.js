@@ -9,7 +9,9 @@
  * watch(id, onUpdate, options) calls onUpdate(record) once for every new
  * version of the record, oldest first, and stops by itself after delivering
  * a terminal status (completed, failed, cancelled) or when the record is
- * deleted. It reads GET /progress/{id}/events with fetch() (so it can send
+ * gone: deleted or expired (410 Gone, or the stream's `gone` event). A 404
+ * means "not yet": a page may start watching before the worker's first PUT,
+ * so by default it keeps waiting for the record to appear. It reads GET /progress/{id}/events with fetch() (so it can send
  * `Authorization`, and `Last-Event-ID` when it reconnects) and falls back to
  * ETag polling (`If-None-Match`, `?wait=` long-polls) when the event stream
  * is unavailable or keeps failing. Errors back off exponentially.
@@ -20,12 +22,17 @@
  *   onError     (error) => …  every failure; error.status, error.code, error.problem,
  *               error.fatal (true when watching has stopped because of it)
  *   onDeleted   (id) => …  the record was deleted; watching has stopped
- *   onEnd       (reason) => …  watching stopped: 'terminal', 'deleted', 'cancelled' or 'error'
+ *   onGone      ({id, reason, at}) => …  the record was deleted or expired (reason
+ *               'deleted' or 'expired', at: when, an ISO time, when the server says);
+ *               watching has stopped
+ *   onEnd       (reason) => …  watching stopped: 'terminal', 'deleted', 'expired',
+ *               'cancelled' or 'error'
  *   transport   'auto' (default), 'sse' (never poll) or 'poll' (never stream)
  *   wait        long-poll seconds for the polling fallback, 0–60; default 25
  *   interval    least milliseconds between two polls that found no change; default 2000
  *   maxBackoff  longest wait in milliseconds between retries after errors; default 30000
- *   retryNotFound  keep retrying while the record does not exist yet (404); default false
+ *   retryNotFound  keep waiting while the record does not exist yet (404); default true
+ *               (false: a 404 before the record was seen ends the watch with an error)
  *   idleTimeout reconnect when the stream sends nothing (not even a heartbeat) for this
  *               many milliseconds; default 75000 (the server's heartbeat is every 15 s)
  *
@@ -72,9 +79,15 @@
     return isFinite(seconds) && seconds >= 0 ? seconds * 1000 : null;
   }
 
-  // Statuses that retrying cannot fix.
+  // Statuses that retrying cannot fix (410 Gone ends the watch as 'deleted'
+  // or 'expired' before it gets here).
   function isFatalStatus(status) {
     return status === 400 || status === 401 || status === 403 || status === 410;
+  }
+
+  // How a 410's problem document says the record went: 'deleted' or 'expired'.
+  function goneReason(problem) {
+    return problem && problem.reason === 'expired' ? 'expired' : 'deleted';
   }
 
   function watch(id, onUpdate, options) {
@@ -88,6 +101,7 @@
     var interval = opts.interval != null ? Number(opts.interval) : 2000;
     var maxBackoff = opts.maxBackoff != null ? Number(opts.maxBackoff) : 30000;
     var idleTimeout = opts.idleTimeout != null ? Number(opts.idleTimeout) : 75000;
+    var retryNotFound = opts.retryNotFound !== false;
     var streamFailuresBeforePolling = 3;
 
     var stopped = false;
@@ -98,6 +112,7 @@
     var streamFailures = 0;      // consecutive event streams that delivered nothing
     var controller = null;       // aborts the request in flight
     var timer = null;            // the pending retry or poll
+    var goneInfo = null;         // what the server said when the record went
     var resolveDone;
     var handle = {
       transport: mode === 'poll' ? 'poll' : 'sse',
@@ -130,6 +145,7 @@
       if (controller) { controller.abort(); controller = null; }
       if (error) { error.fatal = true; call(opts.onError, error); }
       if (reason === 'deleted') call(opts.onDeleted, id);
+      if (reason === 'deleted' || reason === 'expired') call(opts.onGone, goneInfo || { id: id, reason: reason, at: null });
       call(opts.onEnd, reason);
       resolveDone(reason);
     }
@@ -162,18 +178,27 @@
       timer = setTimeout(function () { timer = null; if (!stopped) fn(); }, delay);
     }
 
+    // The record is gone (410, or the stream's `gone` event): watching is over.
+    function gone(reason, at) {
+      goneInfo = { id: id, reason: reason, at: at || null };
+      finish(reason);
+    }
+
     function failed(error, retry) {
       if (stopped) return;
       if (error && error.name === 'AbortError') return;
+      if (error && error.status === 410) { gone(goneReason(error.problem), error.problem && error.problem.gone_at); return; }
       if (error && isFatalStatus(error.status)) { finish('error', error); return; }
       call(opts.onError, error);
       later(retry, backoff(error));
     }
 
-    function notFound(error) {
-      // After the record was seen, a 404 means it was deleted.
+    function notFound(error, retry) {
+      // After the record was seen, a 404 means it went longer ago than the
+      // server keeps tombstones (or an older server that never says 410).
       if (lastVersion !== null) { finish('deleted'); return; }
-      if (opts.retryNotFound) { call(opts.onError, error); later(poll, backoff(error)); return; }
+      // Not yet: the worker has not written it. Wait for it, quietly.
+      if (retryNotFound) { later(retry || poll, Math.max(interval, backoff(error))); failures = Math.min(failures, 2); return; }
       finish('error', error);
     }
 
@@ -205,6 +230,17 @@
           finish('terminal');
           return null;
         }
+        if (response.status === 404 && (response.headers.get('Content-Type') || '').indexOf('problem+json') >= 0) {
+          // progressd's own 404: no such record (yet). A 404 from anything
+          // else (a proxy, an older server without /events) falls through
+          // to polling below.
+          done();
+          return response.text().then(function (text) {
+            var error = httpError(response, text);
+            if (error.code === 'not_found') { notFound(error, stream); return null; }
+            return switchToPolling();
+          });
+        }
         if (response.status === 404 || response.status === 405 || response.status === 501 ||
             (response.ok && type.indexOf('text/event-stream') !== 0) || (response.ok && !response.body)) {
           // No event stream here (an older server, a proxy, no ReadableStream):
@@ -220,7 +256,13 @@
         var reader = response.body.getReader();
         var parser = sseParser(function (event) {
           if (stopped) return;
-          if (event.type === 'deleted') { finish('deleted'); return; }
+          if (event.type === 'deleted') { gone('deleted'); return; }   // servers before 410
+          if (event.type === 'gone') {
+            var info = null;
+            try { info = JSON.parse(event.data); } catch (e) { /* no details */ }
+            gone(info && info.reason === 'expired' ? 'expired' : 'deleted', info && info.at);
+            return;
+          }
           if (event.type !== 'progress' && event.type !== 'message') return;
           var record;
           try { record = JSON.parse(event.data); } catch (e) { return; }
@@ -249,6 +291,7 @@
         done();
         if (stopped || (error && error.name === 'AbortError' && controller !== ctrl)) return;
         if (error && error.name === 'AbortError') error = WatchError('the event stream went quiet', { status: 0 });
+        if (error && error.status === 410) { gone(goneReason(error.problem), error.problem && error.problem.gone_at); return; }
         if (error && isFatalStatus(error.status)) { finish('error', error); return; }
         if (error && error.status === undefined) error.status = 0;
         if (!delivered) streamFailures += 1;
@@ -294,7 +337,7 @@
           }
           return response.text().then(function (text) {
             if (stopped) return;
-            if (response.status === 404) { notFound(httpError(response, text)); return; }
+            if (response.status === 404) { notFound(httpError(response, text), poll); return; }
             if (!response.ok) throw httpError(response, text);
             failures = 0;
             var before = lastVersion;

@@ -392,9 +392,10 @@
       onEnd: function (reason) {
         if (state.selected !== id) return;
         $('d-live').textContent = {
-          terminal: 'finished', deleted: 'deleted', error: 'stopped: ' + ($('d-live').textContent || 'error')
+          terminal: 'finished', deleted: 'deleted', expired: 'expired',
+          error: 'stopped: ' + ($('d-live').textContent || 'error')
         }[reason] || '';
-        if (reason === 'deleted') $('d-status').textContent = 'deleted';
+        if (reason === 'deleted' || reason === 'expired') $('d-status').textContent = reason;
       }
     });
     state.watch = handle;

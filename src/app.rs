@@ -58,7 +58,7 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Notic
                     "hot tier: process memory (REDIS_URL is unset; records are lost when the process exits)"
                 );
                 tracing::info!("durable tier: none (DATABASE_URL is unset)");
-                MemoryStore::start(MEMORY_SWEEP_EVERY)
+                MemoryStore::start_with_tombstones(MEMORY_SWEEP_EVERY, settings.tombstone())
             }
         };
         return Ok((store, notices));
@@ -68,9 +68,11 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Notic
         pool_size: settings.database_pool_size,
         timeout: settings.database_timeout(),
     };
-    let durable = PostgresStore::with_defaults(config, &settings.database_defaults()).map_err(|e| {
-        anyhow::anyhow!("invalid setting {} ({}): {e}", settings.database_url_variable, redact_url(database_url))
-    })?;
+    let durable = PostgresStore::with_defaults(config, &settings.database_defaults())
+        .map_err(|e| {
+            anyhow::anyhow!("invalid setting {} ({}): {e}", settings.database_url_variable, redact_url(database_url))
+        })?
+        .with_tombstone(settings.tombstone());
     tracing::info!(
         postgres = %redact_url(database_url),
         from = settings.database_url_variable,
@@ -108,7 +110,8 @@ fn build_redis(settings: &Settings, url: &str) -> anyhow::Result<(Hot<RedisStore
             },
             &client,
         )
-        .map_err(|e| invalid(&e))?,
+        .map_err(|e| invalid(&e))?
+        .with_tombstone(settings.tombstone()),
     );
     let security = match tls.as_ref().map(|(_, verify)| *verify) {
         None => "plain",

@@ -4,7 +4,7 @@
 //! client sees only the outer message.
 
 use crate::domain::{Status, ValidationError};
-use crate::store::StoreError;
+use crate::store::{Gone, StoreError};
 
 /// Everything a request can fail with. Each variant has one stable code.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,15 @@ pub enum Error {
     /// No such record or route (404 `not_found`).
     #[error("{0}")]
     NotFound(String),
+    /// The record existed and was deleted or expired, within the tombstone
+    /// time (410 `gone`).
+    #[error("progress record '{id}' was {} at {}", .gone.kind.as_str(), .gone.at.to_rfc3339())]
+    Gone {
+        /// The record's id.
+        id: String,
+        /// How it went, and when.
+        gone: Gone,
+    },
     /// The route exists but not for this method (405 `method_not_allowed`).
     #[error("this route does not support {0}")]
     MethodNotAllowed(String),
@@ -133,6 +142,7 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::SigningDisabled => "signing_disabled",
             Error::NotFound(_) => "not_found",
+            Error::Gone { .. } => "gone",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::ConflictTerminal { .. } => "conflict_terminal",
             Error::PreconditionFailed(_) => "precondition_failed",

@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
 
-use crate::domain::{ProgressId, StoredRecord};
+use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::store::{ChangeNotices, ChangeSink, ProgressStore};
 
 /// Snapshots queued per watched record for waiters that are behind.
@@ -32,6 +33,14 @@ pub const QUEUED_SNAPSHOTS: usize = 8;
 
 /// How often a failed re-read is retried before waiting for the next notice.
 const REREAD_ATTEMPTS: u32 = 5;
+
+/// How long after a watched record's expiry it is read again: the store
+/// sets its expiry a moment after the record says.
+const EXPIRY_GRACE: Duration = Duration::from_millis(50);
+
+/// How often a watched record past its expiry is read again while the store
+/// still holds it.
+const EXPIRY_RECHECK: Duration = Duration::from_millis(250);
 
 /// What a waiter knows of a record.
 #[derive(Debug, Clone)]
@@ -247,6 +256,14 @@ fn replace_if_newer(current: &mut Snapshot, next: Snapshot) -> bool {
     changed
 }
 
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One waiter on one record. Dropping it stops the waiting.
 pub struct Watch {
     watched: Arc<Watched>,
@@ -289,6 +306,29 @@ impl Watch {
             };
             if let Some(snapshot) = next.filter(|s| self.is_news(s, seen)) {
                 return Some(snapshot);
+            }
+        }
+    }
+
+    /// [`Watch::changed_from`], also waking when the record seen expires
+    /// (`expires_ms`, ms since the epoch; 0: never): an expiry sends no
+    /// change notice, so the watched record is read again then (once for all
+    /// its waiters), and again every [`EXPIRY_RECHECK`] while the store
+    /// still holds it (its clock may be a little behind this one).
+    pub async fn changed_or_expired(&mut self, seen: Option<(i64, u64)>, expires_ms: i64) -> Option<Snapshot> {
+        let mut wake = (expires_ms > 0).then(|| {
+            let left = expires_ms.saturating_sub(Timestamp::now().millis()).max(0);
+            Instant::now() + Duration::from_millis(left.unsigned_abs()) + EXPIRY_GRACE
+        });
+        loop {
+            tokio::select! {
+                next = self.changed_from(seen) => return next,
+                () = sleep_until_or_never(wake) => {
+                    if let Some(hub) = self.hub.upgrade() {
+                        hub.reread(Arc::clone(&self.watched));
+                    }
+                    wake = Some(Instant::now() + EXPIRY_RECHECK);
+                }
             }
         }
     }

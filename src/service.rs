@@ -117,6 +117,26 @@ impl ProgressService {
         Ok(self.store.get(id).await?)
     }
 
+    /// Why `id` holds no record: 410 `gone` when the store remembers that
+    /// it was deleted or expired (within the tombstone time), else 404. Asked
+    /// only after a read found nothing, so reads that find the record pay
+    /// nothing for it; a store that cannot tell answers 503.
+    pub async fn absent(&self, id: &ProgressId) -> Error {
+        match self.store.gone(id).await {
+            Ok(Some(gone)) => Error::Gone { id: id.as_str().to_owned(), gone },
+            Ok(None) => Error::NotFound(format!("no progress record {id}")),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// The record, or why there is none (404, 410).
+    pub async fn read(&self, id: &ProgressId) -> Result<StoredRecord, Error> {
+        match self.get(id).await? {
+            Some(record) => Ok(record),
+            None => Err(self.absent(id).await),
+        }
+    }
+
     /// Removes the record; `false` when there was none. With `If-Match`,
     /// only the version it names is removed.
     pub async fn delete(&self, id: &ProgressId, if_match: Option<&IfMatch>) -> Result<bool, Error> {
@@ -180,10 +200,10 @@ impl ProgressService {
                 // when PostgreSQL cannot be asked (a PUT must still create),
                 // so a PATCH's 404 is given only once a read that can tell
                 // agrees: never a false 404 (it is 503 when the store cannot
-                // tell). One more read, on the 404 path only.
-                Err(Error::NotFound(message)) if matches!(body, WriteBody::Merge(_)) => match self.store.get(id).await?
-                {
-                    None => return Err(Error::NotFound(message)),
+                // tell). One more read, on the 404 path only; then 410 if
+                // the record is gone rather than unknown.
+                Err(Error::NotFound(_)) if matches!(body, WriteBody::Merge(_)) => match self.store.get(id).await? {
+                    None => return Err(self.absent(id).await),
                     Some(_) => {
                         maybe_cached = false;
                         attempt += 1;

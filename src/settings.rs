@@ -186,6 +186,15 @@ settings! {
     key_prefix: String { var: "PROGRESS_KEY_PREFIX", default: "", read: text }
     /// Default time a record lives after its last write, in seconds.
     ttl_seconds: u64 { var: "PROGRESS_TTL_SECONDS", default: "86400", read: parsed(SECONDS), rule: ttl_within_max }
+    /// How long a deleted or expired record is remembered, in seconds:
+    /// until then its id answers 410 Gone (saying deleted or expired, and
+    /// when), after that 404 like an id that never existed. `0`: never 410.
+    tombstone_seconds: u64 {
+        var: "PROGRESS_TOMBSTONE_SECONDS",
+        default: "86400",
+        read: parsed(SECONDS),
+        range: 0..=31_536_000,
+    }
     /// Largest `ttl_seconds` a client may ask for.
     max_ttl_seconds: u64 { var: "PROGRESS_MAX_TTL_SECONDS", default: "2592000", read: parsed(SECONDS), range: 1.. }
     /// Largest request body in bytes; larger gets 413.
@@ -513,6 +522,11 @@ impl Settings {
     /// The PostgreSQL timeout as a duration.
     pub fn database_timeout(&self) -> Duration {
         Duration::from_millis(self.database_timeout_ms)
+    }
+
+    /// How long a deleted or expired record answers 410.
+    pub fn tombstone(&self) -> Duration {
+        Duration::from_secs(self.tombstone_seconds)
     }
 
     /// The Redis timeout as a duration.

@@ -45,10 +45,16 @@ async fn admin_ok(app: &TestApp, method: Method, path: &str) -> Value {
 
 /// Redis (the shared server, a key prefix of its own) over a database of its own.
 async fn tiered(db: &TestDatabase) -> TestApp {
+    tiered_with(db, |_| {}).await
+}
+
+/// [`tiered`], with settings adjusted by `tweak`.
+async fn tiered_with(db: &TestDatabase, tweak: impl FnOnce(&mut progressd::Settings) + Send + 'static) -> TestApp {
     let url = db.url().to_owned();
     let app = spawn_app_with(Backend::Redis, move |s| {
         with_admin(s);
         s.database_url = Some(url);
+        tweak(s);
     })
     .await;
     wait_ready(&app).await;
@@ -98,11 +104,11 @@ async fn create(app: &TestApp, records: &[(&str, &str)]) {
     }
 }
 
-/// Asserts the deleted ids are gone everywhere (404, no Redis key, a
+/// Asserts the deleted ids are gone everywhere (410, no Redis key, a
 /// tombstone in PostgreSQL) and the kept ones are untouched.
 async fn assert_deleted_exactly(app: &TestApp, pg: &tokio_postgres::Client, deleted: &[&str], kept: &[&str]) {
     for id in deleted {
-        assert_eq!(app.get(id).await.status(), StatusCode::NOT_FOUND, "{id} is gone");
+        assert_eq!(app.get(id).await.status(), StatusCode::GONE, "{id} is gone");
         assert!(!in_redis(app, id), "{id} is gone from Redis");
         assert_eq!(pg_row(pg, id).await, Some(true), "{id} is tombstoned in PostgreSQL");
     }
@@ -118,7 +124,8 @@ async fn assert_deleted_exactly(app: &TestApp, pg: &tokio_postgres::Client, dele
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_purges_exactly_the_expired_rows_of_postgres() {
     let db = TestDatabase::create().await;
-    let app = tiered(&db).await;
+    // Expired rows are kept the tombstone time (they answer 410); none here.
+    let app = tiered_with(&db, |s| s.tombstone_seconds = 0).await;
     let pg = db.connect().await;
     create(&app, &[("live-1", "running"), ("live-2", "completed")]).await;
     app.send(Method::DELETE, "/progress/live-2", None, &[]).await; // a tombstone that has not expired
@@ -184,6 +191,7 @@ async fn cleanup_runs_in_the_background_on_one_instance_at_a_time() {
         with_admin(s);
         s.database_url = Some(url);
         s.cleanup_interval_seconds = 1;
+        s.tombstone_seconds = 0;
     })
     .await;
     wait_ready(&app).await;
@@ -324,7 +332,7 @@ async fn bulk_delete_judges_by_the_newest_version() {
     let res = admin_ok(&app, Method::DELETE, "/admin/progress?status=pending").await;
     assert_eq!(res, json!({"deleted": 1}), "`moved` is running now; `lost` is pending in PostgreSQL");
     assert_eq!(app.get_ok("moved").await["status"], "running");
-    assert_eq!(app.get("lost").await.status(), StatusCode::NOT_FOUND, "not brought back by read repair");
+    assert_eq!(app.get("lost").await.status(), StatusCode::GONE, "not brought back by read repair");
     assert_eq!(pg_row(&pg, "lost").await, Some(true));
 
     assert_eq!(admin_ok(&app, Method::DELETE, "/admin/progress?status=running").await, json!({"deleted": 1}));
@@ -345,7 +353,7 @@ async fn bulk_delete_with_postgres_alone() {
     create(&app, &[("a-1", "failed"), ("a-2", "running"), ("b-1", "failed")]).await;
     let res = admin_ok(&app, Method::DELETE, "/admin/progress?status=failed&prefix=a-").await;
     assert_eq!(res, json!({"deleted": 1}));
-    assert_eq!(app.get("a-1").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get("a-1").await.status(), StatusCode::GONE);
     assert_eq!(pg_row(&pg, "a-1").await, Some(true));
     for id in ["a-2", "b-1"] {
         app.get_ok(id).await;
@@ -381,7 +389,7 @@ async fn bulk_delete_while_redis_is_down_reaches_redis_when_it_returns() {
     .await;
     let res = admin_ok(&app, Method::DELETE, "/admin/progress?status=failed").await;
     assert_eq!(res, json!({"deleted": 1}));
-    assert_eq!(app.get("d-1").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get("d-1").await.status(), StatusCode::GONE);
     assert!(redis::cmd("EXISTS").arg(key("d-1")).query::<bool>(&mut own).unwrap(), "Redis still holds it");
 
     proxy.set_mode(Mode::Forward).await;
@@ -389,7 +397,7 @@ async fn bulk_delete_while_redis_is_down_reaches_redis_when_it_returns() {
         !redis::cmd("EXISTS").arg(key("d-1")).query::<bool>(&mut own).unwrap()
     })
     .await;
-    assert_eq!(app.get("d-1").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get("d-1").await.status(), StatusCode::GONE);
     app.get_ok("d-2").await;
     assert!(redis::cmd("EXISTS").arg(key("d-2")).query::<bool>(&mut own).unwrap());
 }
@@ -399,7 +407,7 @@ async fn bulk_delete_on(backend: Backend) {
     create(&app, &[("p-1", "failed"), ("p-2", "running"), ("q-1", "failed")]).await;
     let res = admin_ok(&app, Method::DELETE, "/admin/progress?status=failed&prefix=p-").await;
     assert_eq!(res, json!({"deleted": 1}));
-    assert_eq!(app.get("p-1").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get("p-1").await.status(), StatusCode::GONE);
     app.get_ok("p-2").await;
     app.get_ok("q-1").await;
     if backend == Backend::Redis {

@@ -413,11 +413,11 @@ async fn an_expired_row_is_never_served_and_a_new_record_starts_over() {
     // Gone from Redis, still a row in PostgreSQL, and never served.
     let expired = row(&pg, "job-7").await.expect("the expired row is still in PostgreSQL (no cleanup ran)");
     assert!(expired.expires_at_ms <= now_ms());
-    assert_problem(app.get("job-7").await, 404, "not_found").await;
+    assert_problem(app.get("job-7").await, 410, "gone").await;
     assert_eq!(pttl(&mut conn, &key(&app, "job-7")).await, -2, "an expired row is not put back into Redis");
-    assert_problem(app.patch("job-7", &json!({"message": "late"})).await, 404, "not_found").await;
+    assert_problem(app.patch("job-7", &json!({"message": "late"})).await, 410, "gone").await;
     let (status, _) = status_of(&app, Method::DELETE, "/progress/job-7", None, &[]).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "deleting an expired record");
+    assert_eq!(status, StatusCode::GONE, "deleting an expired record");
 
     // Created again: version 1, and PostgreSQL has the new record, not the old one.
     let res = app.put("job-7", &json!({"status": "pending", "message": "new"})).await;
@@ -446,14 +446,14 @@ async fn delete_removes_the_record_from_redis_and_postgres() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(pttl(&mut conn, &key(&app, "job-8")).await, -2, "the Redis key is gone");
     assert!(row(&pg, "job-8").await.is_none(), "the PostgreSQL row is gone at the response");
-    assert_problem(app.get("job-8").await, 404, "not_found").await;
+    assert_problem(app.get("job-8").await, 410, "gone").await;
 
     // The update that was waiting in the backlog does not bring it back.
     tokio::time::sleep(FLUSH_BOUND).await;
     assert!(row(&pg, "job-8").await.is_none(), "a pending update resurrected the deleted row");
-    assert_problem(app.get("job-8").await, 404, "not_found").await;
+    assert_problem(app.get("job-8").await, 410, "gone").await;
     let (status, _) = status_of(&app, Method::DELETE, "/progress/job-8", None, &[]).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::GONE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +469,7 @@ async fn a_record_only_postgres_has_is_deleted_too() {
     let (status, _) = status_of(&app, Method::DELETE, "/progress/job-9", None, &[]).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "the record existed (in PostgreSQL)");
     assert!(row(&pg, "job-9").await.is_none());
-    assert_problem(app.get("job-9").await, 404, "not_found").await;
+    assert_problem(app.get("job-9").await, 410, "gone").await;
     assert_eq!(pttl(&mut conn, &key(&app, "job-9")).await, -2);
 }
 
@@ -554,9 +554,9 @@ async fn postgres_alone_serves_the_whole_api() {
     let (status, _) = status_of(&app, Method::DELETE, "/progress/solo", None, &[]).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(row(&pg, "solo").await.is_none());
-    assert_problem(app.get("solo").await, 404, "not_found").await;
+    assert_problem(app.get("solo").await, 410, "gone").await;
     let (status, _) = status_of(&app, Method::DELETE, "/progress/solo", None, &[]).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::GONE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,8 +604,8 @@ async fn postgres_alone_expires_records() {
     assert_eq!(app.get_ok("short").await["version"], 1);
     sleep_until_ms(millis(&created["expires_at"]) + 50).await;
     assert!(row(&pg, "short").await.is_some(), "the row is still there");
-    assert_problem(app.get("short").await, 404, "not_found").await;
-    assert_problem(app.patch("short", &json!({"message": "late"})).await, 404, "not_found").await;
+    assert_problem(app.get("short").await, 410, "gone").await;
+    assert_problem(app.patch("short", &json!({"message": "late"})).await, 410, "gone").await;
     let res = app.put("short", &json!({"status": "pending"})).await;
     assert_eq!(res.status(), StatusCode::CREATED, "an expired record counts as absent");
     let again: Value = res.json().await.unwrap();
@@ -870,7 +870,7 @@ async fn a_delete_through_one_instance_is_not_undone_by_the_other_instances_flus
         let status = res.status();
         assert_eq!(
             status,
-            StatusCode::NOT_FOUND,
+            StatusCode::GONE,
             "GET through {name} right after a 204 DELETE: {}",
             res.text().await.unwrap()
         );
@@ -881,12 +881,7 @@ async fn a_delete_through_one_instance_is_not_undone_by_the_other_instances_flus
     for (name, app) in [("a", &a), ("b", &b)] {
         let res = app.get("doomed").await;
         let status = res.status();
-        assert_eq!(
-            status,
-            StatusCode::NOT_FOUND,
-            "GET through {name} after a 204 DELETE: {}",
-            res.text().await.unwrap()
-        );
+        assert_eq!(status, StatusCode::GONE, "GET through {name} after a 204 DELETE: {}", res.text().await.unwrap());
     }
     assert!(
         row(&pg, "doomed").await.is_none(),

@@ -108,8 +108,9 @@ async fn a_deleted_record_ends_its_stream(backend: Backend) {
     let res = app.send(Method::DELETE, "/progress/gone", None, &[]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let deleted = events.expect_event(SOON).await;
-    assert_eq!(deleted.event.as_deref(), Some("deleted"));
-    assert_eq!(deleted.json(), json!({"id": "gone"}));
+    assert_eq!(deleted.event.as_deref(), Some("gone"));
+    let data = deleted.json();
+    assert_eq!((&data["id"], &data["reason"]), (&json!("gone"), &json!("deleted")), "{data}");
     assert!(matches!(events.next(SOON).await, Next::End));
 }
 
@@ -184,7 +185,7 @@ async fn long_poll_sees_a_delete(backend: Backend) {
     };
     let res = app.send(Method::GET, "/progress/job?wait=20", None, &[("if-none-match", "\"1\"")]).await;
     deleter.await.unwrap();
-    assert_problem(res, 404, "not_found").await;
+    assert_problem(res, 410, "gone").await;
 }
 
 async fn long_poll_refuses_bad_waits(backend: Backend) {

@@ -225,6 +225,7 @@ fn variant(e: &Error) -> &'static str {
         Error::PayloadTooLarge { .. } => "PayloadTooLarge",
         Error::Validation(_) => "Validation",
         Error::NotFound(_) => "NotFound",
+        Error::Gone { .. } => "Gone",
         Error::MethodNotAllowed(_) => "MethodNotAllowed",
         Error::Unauthorized { .. } => "Unauthorized",
         Error::AdminDisabled => "AdminDisabled",
@@ -252,6 +253,7 @@ fn samples() -> Vec<Error> {
         Error::PayloadTooLarge { limit: 10 },
         Error::Validation(ValidationError { field: "stage".into(), message: "x".into() }),
         Error::NotFound("x".into()),
+        Error::Gone { id: "x".into(), gone: progressd::store::Gone::deleted(progressd::domain::Timestamp(0)) },
         Error::MethodNotAllowed("POST".into()),
         Error::Unauthorized { presented: true, reason: None },
         Error::AdminDisabled,
@@ -314,14 +316,15 @@ fn problem_documents_match_the_problem_schema() {
     for e in samples() {
         let body = e.problem();
         assert_valid(problem, &body, &format!("problem {}", e.code()));
-        let extension = match &e {
-            Error::Validation(_) => Some("field"),
-            Error::ConflictTerminal { .. } => Some("current_version"),
-            Error::PayloadTooLarge { .. } => Some("limit"),
-            _ => None,
+        let extensions: &[&str] = match &e {
+            Error::Validation(_) => &["field"],
+            Error::ConflictTerminal { .. } => &["current_version"],
+            Error::PayloadTooLarge { .. } => &["limit"],
+            Error::Gone { .. } => &["reason", "gone_at"],
+            _ => &[],
         };
         let mut expected: BTreeSet<String> = strings(&problem["required"]);
-        expected.extend(extension.map(str::to_owned));
+        expected.extend(extensions.iter().map(|e| (*e).to_owned()));
         assert_eq!(keys(&body), expected, "members of problem {}", e.code());
     }
 }
@@ -647,6 +650,12 @@ async fn real_problems_and_health_match_the_schemas() {
     assert_valid(problem, &check_problem(400, "invalid_id")(res).await, "invalid_id");
     let res = server.send(Method::GET, "/progress/missing", None, &[]).await;
     assert_valid(problem, &check_problem(404, "not_found")(res).await, "not_found");
+    let res = server.send(Method::PUT, "/progress/removed", Some(&json!({"status": "running"})), &[]).await;
+    assert_eq!(res.status(), 201);
+    let res = server.send(Method::DELETE, "/progress/removed", None, &[]).await;
+    assert_eq!(res.status(), 204);
+    let res = server.send(Method::GET, "/progress/removed", None, &[]).await;
+    assert_valid(problem, &check_problem(410, "gone")(res).await, "gone");
     let res = server.send(Method::PUT, "/progress/p", Some(&json!({"bookId": 1})), &[]).await;
     let body = check_problem(422, "validation_failed")(res).await;
     assert_valid(problem, &body, "validation_failed");

@@ -105,6 +105,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         ("expires_at", "timestamp with time zone"),
         ("record", "bytea"),
         ("deleted", "boolean"),
+        ("gone_at", "timestamp with time zone"),
     ];
     assert_eq!(columns, expected.map(|(c, t)| (c.to_owned(), t.to_owned())));
     let indexes: i64 =
@@ -534,4 +535,55 @@ async fn raising_the_fence_and_fenced_writes_wait_for_each_other() {
     let written = tokio::time::timeout(Duration::from_secs(3), write).await.unwrap().unwrap().unwrap();
     assert_eq!(written, None, "the write sees the raised fence");
     assert_eq!(version_of(&store, "job").await, None);
+}
+
+/// Gone is not unknown (issue 19): a tombstone says deleted and when, an
+/// expired row says expired and when, until the tombstone time has passed
+/// (then cleanup purges it); a tombstone written where nothing was, and an
+/// id never seen, say nothing (404).
+#[tokio::test]
+async fn deleted_and_expired_rows_say_how_and_when_they_went() {
+    use progressd::store::{GoneKind, Maintenance, Tombstones};
+
+    let db = TestDatabase::create().await;
+    let store = migrated(&db).await.with_tombstone(Duration::from_secs(3 * 3_600));
+    let now = Timestamp::now().millis();
+    assert!(store.compare_and_set(&id("live"), 0, &record("live", 1, json!({"status": "running"})), 0).await.unwrap());
+    assert_eq!(store.gone(&id("live")).await.unwrap(), None, "live: not gone");
+    assert!(store.delete(&id("live")).await.unwrap());
+    let gone = store.gone(&id("live")).await.unwrap().expect("deleted");
+    assert_eq!(gone.kind, GoneKind::Deleted);
+    assert!((gone.at.millis() - now).abs() < 5_000, "deleted about now: {gone:?}");
+    // A second delete keeps the first one's time.
+    assert!(!store.delete(&id("live")).await.unwrap());
+    assert_eq!(store.gone(&id("live")).await.unwrap(), Some(gone));
+    // A compare-and-delete leaves the same.
+    assert!(store.compare_and_set(&id("cad"), 0, &record("cad", 1, json!({"status": "running"})), 0).await.unwrap());
+    assert!(store.compare_and_delete(&id("cad"), 1).await.unwrap());
+    assert_eq!(store.gone(&id("cad")).await.unwrap().map(|g| g.kind), Some(GoneKind::Deleted));
+    // Expired an hour ago: expired then, also after a delete reached it.
+    let old = expired("old", 1);
+    assert!(store.compare_and_set(&id("old"), 0, &old, 0).await.unwrap());
+    let gone = store.gone(&id("old")).await.unwrap().expect("expired");
+    assert_eq!((gone.kind, gone.at.millis()), (GoneKind::Expired, old.meta().x));
+    assert!(!store.delete(&id("old")).await.unwrap());
+    let after = store.gone(&id("old")).await.unwrap().expect("still expired");
+    assert_eq!((after.kind, after.at.millis()), (GoneKind::Expired, old.meta().x));
+    // Nothing was there: the delete's tombstone tells nothing.
+    assert!(!store.delete(&id("nothing")).await.unwrap());
+    assert_eq!(store.gone(&id("nothing")).await.unwrap(), None);
+    assert_eq!(store.gone(&id("never")).await.unwrap(), None);
+    // Cleanup keeps what answers 410 ...
+    store.cleanup(false).await.unwrap();
+    assert!(store.gone(&id("old")).await.unwrap().is_some(), "kept for the tombstone time");
+    // ... and with a tombstone time shorter than an hour, the expired row is
+    // unknown again, and purged.
+    let brief = store.with_tombstone(Duration::from_secs(1_800));
+    let expired_write = expired("older", 1);
+    assert!(brief.compare_and_set(&id("older"), 0, &expired_write, 0).await.unwrap());
+    assert_eq!(brief.gone(&id("older")).await.unwrap(), None, "expired longer ago than the tombstone time");
+    brief.cleanup(false).await.unwrap();
+    let pg = db.connect().await;
+    let rows = pg.query("SELECT id FROM progress WHERE id = 'older'", &[]).await.unwrap();
+    assert!(rows.is_empty(), "purged");
 }

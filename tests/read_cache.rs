@@ -39,7 +39,7 @@ async fn version(app: &TestApp, id: &str) -> Option<u64> {
     let res = app.get(id).await;
     match res.status() {
         StatusCode::OK => Some(res.json::<Value>().await.unwrap()["version"].as_u64().unwrap()),
-        StatusCode::NOT_FOUND => None,
+        StatusCode::NOT_FOUND | StatusCode::GONE => None,
         other => panic!("GET {id}: {other}"),
     }
 }

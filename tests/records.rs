@@ -201,9 +201,9 @@ async fn delete_removes_the_record(backend: Backend) {
     app.put_ok("d", &json!({})).await;
     let res = app.send(Method::DELETE, "/progress/d", None, &[]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    common::assert_problem(app.get("d").await, 404, "not_found").await;
+    common::assert_problem(app.get("d").await, 410, "gone").await;
     let res = app.send(Method::DELETE, "/progress/d", None, &[]).await;
-    common::assert_problem(res, 404, "not_found").await;
+    common::assert_problem(res, 410, "gone").await;
     let res = app.put("d", &json!({})).await;
     assert_eq!(res.status(), StatusCode::CREATED, "a deleted id can be created again");
 }

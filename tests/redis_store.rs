@@ -250,3 +250,58 @@ async fn writes_are_announced_on_the_channel_of_any_key_prefix() {
     drop(notices);
     common::delete_keys(&common::redis_url(), &safe);
 }
+
+/// Gone is not unknown (issue 19): the gone marker beside each record says
+/// deleted or expired, and when, for the tombstone time, then expires by
+/// itself; an id never written has none.
+#[tokio::test]
+async fn the_gone_marker_says_deleted_or_expired_for_the_tombstone_time() {
+    use progressd::domain::{ClientFields, ProgressId, StoredRecord, Timestamp, Touched, WritePolicy, next_record};
+    use progressd::store::{GoneKind, ProgressStore, RedisStore, RedisStoreConfig, Tombstones};
+
+    let prefix = common::unique_prefix();
+    let store = RedisStore::new(RedisStoreConfig {
+        url: common::redis_url(),
+        key_prefix: prefix.clone(),
+        pool_size: 2,
+        shared_connections: 1,
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap()
+    .with_tombstone(Duration::from_secs(1));
+    let policy = WritePolicy { default_ttl_seconds: 60, heartbeat_ms: 1000 };
+    let write = |id: &ProgressId, ttl_ms: i64| {
+        let fields = ClientFields::from_json(&json!({"status": "running"}), 3600).unwrap();
+        let touched = Touched::replace(&fields);
+        let (record, mut meta) = next_record(id, None, fields, touched, Timestamp::now(), &policy);
+        meta.x = Timestamp::now().millis() + ttl_ms;
+        StoredRecord::encode(&meta, &record)
+    };
+    let (deleted, expiring) = (ProgressId::parse("deleted").unwrap(), ProgressId::parse("expiring").unwrap());
+    let first = write(&deleted, 60_000);
+    assert!(store.compare_and_swap(&deleted, None, &first, 60_000).await.unwrap());
+    assert!(store.compare_and_swap(&expiring, None, &write(&expiring, 300), 300).await.unwrap());
+    assert_eq!(store.gone(&deleted).await.unwrap(), None, "live: not gone");
+    let mut conn = redis_conn();
+    let marker: String = redis::cmd("GET").arg(format!("{prefix}gone:deleted")).query(&mut conn).unwrap();
+    assert_eq!(marker, format!("x{}", first.meta().x), "every write leaves its expiry");
+    let pttl: i64 = redis::cmd("PTTL").arg(format!("{prefix}gone:deleted")).query(&mut conn).unwrap();
+    assert!((59_000..=61_000).contains(&pttl), "the record's TTL and the tombstone's: {pttl}");
+    let before = Timestamp::now().millis();
+    assert!(store.delete(&deleted).await.unwrap());
+    let gone = store.gone(&deleted).await.unwrap().expect("deleted");
+    assert_eq!(gone.kind, GoneKind::Deleted);
+    assert!(gone.at.millis() >= before && gone.at.millis() <= Timestamp::now().millis(), "{gone:?}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let gone = store.gone(&expiring).await.unwrap().expect("expired");
+    assert_eq!(gone.kind, GoneKind::Expired);
+    // A delete of what had expired changes nothing.
+    assert!(!store.delete(&expiring).await.unwrap());
+    assert_eq!(store.gone(&expiring).await.unwrap().map(|g| g.kind), Some(GoneKind::Expired));
+    assert_eq!(store.gone(&ProgressId::parse("never").unwrap()).await.unwrap(), None);
+    // After the tombstone time the markers are gone too: unknown again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(store.gone(&deleted).await.unwrap(), None);
+    assert_eq!(store.gone(&expiring).await.unwrap(), None);
+    common::delete_keys(&common::redis_url(), &prefix);
+}

@@ -16,8 +16,8 @@ async fn a_record_expires_after_its_ttl(backend: Backend) {
     assert_eq!(r["ttl_seconds"], 1);
     assert_eq!(app.get("short").await.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_problem(app.get("short").await, 404, "not_found").await;
-    assert_problem(app.patch("short", &json!({"message": "late"})).await, 404, "not_found").await;
+    assert_problem(app.get("short").await, 410, "gone").await;
+    assert_problem(app.patch("short", &json!({"message": "late"})).await, 410, "gone").await;
     let res = app.put("short", &json!({})).await;
     assert_eq!(res.status(), StatusCode::CREATED, "an expired id is free again");
     assert_eq!(res.json::<serde_json::Value>().await.unwrap()["version"], 1);
@@ -39,7 +39,7 @@ async fn the_default_ttl_comes_from_settings(backend: Backend) {
     let r = app.put_ok("dflt", &json!({})).await;
     assert_eq!(r["ttl_seconds"], 1);
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(app.get("dflt").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get("dflt").await.status(), StatusCode::GONE);
 }
 
 #[tokio::test]

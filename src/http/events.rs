@@ -8,8 +8,8 @@
 //!
 //! : heartbeat
 //!
-//! event: deleted
-//! data: {"id":"job-1"}
+//! event: gone
+//! data: {"id":"job-1","reason":"deleted","at":"2026-12-06T10:00:00.000Z"}
 //! ```
 //!
 //! The first event is the record as it is now, unless `Last-Event-ID`
@@ -18,7 +18,10 @@
 //! reconnects never misses the newest state: versions overwritten in between
 //! exist nowhere any more. After a terminal status the stream ends; a
 //! reconnect that has seen the terminal version gets 204, which tells
-//! `EventSource` to stop reconnecting.
+//! `EventSource` to stop reconnecting. When the record is deleted or
+//! expires, the stream sends `gone` (with `reason`, `deleted` or
+//! `expired`, and `at`, while the store keeps its tombstone) and ends; a
+//! reconnect then gets 410 (or 404 once the tombstone is gone).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -34,6 +37,7 @@ use super::extract::PathId;
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::error::Error;
 use crate::live::{Snapshot, Watch};
+use crate::service::ProgressService;
 
 /// How long `EventSource` waits before reconnecting after a dropped stream.
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
@@ -43,14 +47,22 @@ pub async fn events(State(state): State<AppState>, PathId(id): PathId, headers: 
     let last_seen = last_event_id(&headers)?;
     // Subscribed before the read, so a change just after it is not missed.
     let watch = state.service.live().watch(&id);
-    let record = state.service.get(&id).await?.ok_or_else(|| Error::NotFound(format!("no progress record {id}")))?;
+    let record = state.service.read(&id).await?;
     let seen_current = last_seen == Some(record.version());
     if seen_current && record.meta().d {
         // Finished, and the client has the last event: nothing will follow.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let first = (!seen_current).then(|| record.clone());
-    let stream = updates(id, watch, record.recency(), first);
+    let stream = updates(StreamState {
+        service: state.service.clone(),
+        id,
+        watch,
+        seen: record.recency(),
+        expires_ms: record.meta().x,
+        step: first.map_or(Step::Wait, Step::Send),
+        first: true,
+    });
     let mut response =
         Sse::new(stream).keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat")).into_response();
     // nginx and some platform proxies buffer responses unless told not to.
@@ -84,21 +96,17 @@ enum Step {
 }
 
 struct StreamState {
+    service: ProgressService,
     id: ProgressId,
     watch: Watch,
+    /// The last record sent (or the one the client had), and its expiry.
     seen: (i64, u64),
+    expires_ms: i64,
     step: Step,
     first: bool,
 }
 
-fn updates(
-    id: ProgressId,
-    watch: Watch,
-    seen: (i64, u64),
-    first: Option<StoredRecord>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let step = first.map_or(Step::Wait, Step::Send);
-    let state = StreamState { id, watch, seen, step, first: true };
+fn updates(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(state, |mut s| async move {
         loop {
             match std::mem::replace(&mut s.step, Step::Done) {
@@ -108,15 +116,15 @@ fn updates(
                     if std::mem::take(&mut s.first) {
                         event = event.retry(RECONNECT_AFTER);
                     }
-                    s.seen = record.recency();
+                    (s.seen, s.expires_ms) = (record.recency(), record.meta().x);
                     s.step = if record.meta().d { Step::Done } else { Step::Wait };
                     return Some((Ok(event), s));
                 }
-                Step::Wait => match s.watch.changed_from(Some(s.seen)).await {
+                Step::Wait => match s.watch.changed_or_expired(Some(s.seen), s.expires_ms).await {
                     Some(Snapshot::Present(record)) => s.step = Step::Send(record),
                     Some(Snapshot::Absent) => {
-                        let data = serde_json::json!({ "id": s.id.as_str() }).to_string();
-                        return Some((Ok(Event::default().event("deleted").data(data)), s));
+                        let event = gone_event(&s.id, &s.service.absent(&s.id).await);
+                        return Some((Ok(event), s));
                     }
                     // Shutting down: end the stream; the client reconnects elsewhere.
                     Some(Snapshot::Unknown) | None => return None,
@@ -124,6 +132,21 @@ fn updates(
             }
         }
     })
+}
+
+/// The last event of a stream whose record went: `gone`, saying how and
+/// when while the store keeps its tombstone (`why` is what a GET would
+/// answer now: 410, or 404 once the tombstone is gone).
+fn gone_event(id: &ProgressId, why: &Error) -> Event {
+    let data = match why {
+        Error::Gone { gone, .. } => serde_json::json!({
+            "id": id.as_str(),
+            "reason": gone.kind.as_str(),
+            "at": gone.at.to_rfc3339(),
+        }),
+        _ => serde_json::json!({ "id": id.as_str() }),
+    };
+    Event::default().event("gone").data(data.to_string())
 }
 
 fn progress_event(record: &StoredRecord) -> Event {

@@ -25,6 +25,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Gone { .. } => StatusCode::GONE,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::ConflictTerminal { .. } => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -52,6 +53,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => "Payload too large",
             Error::Validation(_) => "Validation failed",
             Error::NotFound(_) => "Not found",
+            Error::Gone { .. } => "Gone",
             Error::MethodNotAllowed(_) => "Method not allowed",
             Error::ConflictTerminal { .. } => "Record is finished",
             Error::PreconditionFailed(_) => "Precondition failed",
@@ -75,6 +77,10 @@ impl Error {
             Error::Validation(v) => body["field"] = json!(v.field),
             Error::ConflictTerminal { version, .. } => body["current_version"] = json!(version),
             Error::PayloadTooLarge { limit } => body["limit"] = json!(limit),
+            Error::Gone { gone, .. } => {
+                body["reason"] = json!(gone.kind.as_str());
+                body["gone_at"] = json!(gone.at.to_rfc3339());
+            }
             _ => {}
         }
         body

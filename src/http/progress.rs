@@ -18,9 +18,11 @@ use crate::live::Snapshot;
 use crate::service::{Preconditions, WriteBody, Written};
 
 /// `GET /progress/{id}`: the record, or 304 when `If-None-Match` names its
-/// version. With `?wait=N` and `If-None-Match`, a 304 is held for up to `N`
-/// seconds: the answer is the record as soon as it moves (or 404 when it is
-/// deleted), else 304 when the time runs out.
+/// version; 410 when it was deleted or expired (within the tombstone time),
+/// 404 when there is no such record. With `?wait=N` and `If-None-Match`, a
+/// 304 is held for up to `N` seconds: the answer is the record as soon as it
+/// moves (or 410 when it is deleted or expires meanwhile), else 304 when
+/// the time runs out.
 pub async fn get(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -31,15 +33,15 @@ pub async fn get(
     let wait = wait_seconds(query.as_deref())?.filter(|_| conditions.if_none_match.is_some());
     // Subscribed before the read, so a change just after it is not missed.
     let mut watch = wait.map(|_| state.service.live().watch(&id));
-    let mut record =
-        state.service.get(&id).await?.ok_or_else(|| Error::NotFound(format!("no progress record {id}")))?;
+    let mut record = state.service.read(&id).await?;
     let unchanged = |r: &StoredRecord| conditions.if_none_match.as_ref().is_some_and(|c| c.matches(Some(r.version())));
     if let (Some(seconds), Some(watch)) = (wait, watch.as_mut()) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
         while unchanged(&record) {
-            match tokio::time::timeout_at(deadline, watch.changed_from(Some(record.recency()))).await {
+            let seen = Some(record.recency());
+            match tokio::time::timeout_at(deadline, watch.changed_or_expired(seen, record.meta().x)).await {
                 Ok(Some(Snapshot::Present(next))) => record = next,
-                Ok(Some(Snapshot::Absent)) => return Err(Error::NotFound(format!("progress record {id} was deleted"))),
+                Ok(Some(Snapshot::Absent)) => return Err(state.service.absent(&id).await),
                 // Timed out, or the service is shutting down: nothing moved.
                 Ok(Some(Snapshot::Unknown) | None) | Err(_) => break,
             }
@@ -106,7 +108,8 @@ pub async fn put(
     Ok(response)
 }
 
-/// `PATCH /progress/{id}`: RFC 7386 merge patch of the client fields.
+/// `PATCH /progress/{id}`: RFC 7386 merge patch of the client fields; 404
+/// when there is no record, 410 when it was deleted or expired.
 pub async fn patch(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -118,7 +121,9 @@ pub async fn patch(
     Ok(record_response(StatusCode::OK, &record, accepts_gzip))
 }
 
-/// `DELETE /progress/{id}`: 204, or 404 when there is no record; 412 when
+/// `DELETE /progress/{id}`: 204, or 404 when there is no record, 410 when
+/// it was deleted or expired already (within the tombstone time: the
+/// delete changes nothing, and the tombstone keeps its time); 412 when
 /// `If-Match` names another version.
 pub async fn delete(
     State(state): State<AppState>,
@@ -128,7 +133,7 @@ pub async fn delete(
     if state.service.delete(&id, conditions.if_match.as_ref()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(Error::NotFound(format!("no progress record {id}")))
+        Err(state.service.absent(&id).await)
     }
 }
 

@@ -11,17 +11,22 @@ use tokio::time::Instant;
 use super::bulk::{RecordFilter, StatusCounts, delete_page, status_of};
 use super::health::{LastError, TierHealth, timed};
 use super::listing::{ListCursor, ListPage, ListQuery, Verdict, merge_descending, walk};
-use super::{BacklogSummary, CleanupReport, Health, Maintenance, ProgressStore, StoreError};
-use crate::domain::{ProgressId, Status, StoredRecord};
+use super::{
+    BacklogSummary, CleanupReport, DEFAULT_TOMBSTONE, Gone, Health, Maintenance, ProgressStore, StoreError, Tombstones,
+};
+use crate::domain::{ProgressId, Status, StoredRecord, Timestamp};
 use crate::metrics::store_op;
 
 /// In-process store. Expired records are invisible at once and swept
-/// from memory by a background task.
-#[derive(Debug, Default)]
+/// from memory by a background task, which keeps a tombstone of each
+/// (and of each delete) for the tombstone time.
+#[derive(Debug)]
 pub struct MemoryStore {
     // A std Mutex: the critical sections are a hash lookup (or one bounded
     // page of the listing index) and never await.
     records: Mutex<Records>,
+    /// How long a deleted or expired record is remembered.
+    tombstone: Duration,
 }
 
 /// The records and the listing indexes over them, changed together.
@@ -32,6 +37,8 @@ struct Records {
     index: BTreeSet<ListCursor>,
     /// The same per status, in the order of [`Status::ALL`].
     by_status: [BTreeSet<ListCursor>; 5],
+    /// How each record that is no longer held went, and when.
+    gone: HashMap<String, Gone>,
 }
 
 #[derive(Debug)]
@@ -48,6 +55,7 @@ fn status_slot(status: Status) -> usize {
 impl Records {
     fn insert(&mut self, id: &str, entry: Entry) {
         self.remove(id);
+        self.gone.remove(id);
         let key = ListCursor::of(id, &entry.record);
         self.by_status[status_slot(entry.status)].insert(key.clone());
         self.index.insert(key);
@@ -71,25 +79,50 @@ impl Records {
     }
 }
 
+/// A store with no sweeper (expired records stay invisible until
+/// [`MemoryStore::sweep_expired`]), keeping tombstones for a day.
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self { records: Mutex::default(), tombstone: DEFAULT_TOMBSTONE }
+    }
+}
+
+/// The tombstone an expired entry leaves: its expiry as the record says it.
+fn expired_tombstone(entry: &Entry) -> Gone {
+    Gone::expired(Timestamp(entry.record.meta().x))
+}
+
 impl MemoryStore {
     /// An empty store with a sweeper that runs every `sweep_every` for as
-    /// long as the store lives. Must be called inside a Tokio runtime.
+    /// long as the store lives, keeping tombstones for a day. Must be
+    /// called inside a Tokio runtime.
     pub fn start(sweep_every: Duration) -> Arc<Self> {
-        let store = Arc::new(Self::default());
+        Self::start_with_tombstones(sweep_every, DEFAULT_TOMBSTONE)
+    }
+
+    /// [`MemoryStore::start`], keeping deleted and expired records'
+    /// tombstones for `tombstone`.
+    pub fn start_with_tombstones(sweep_every: Duration, tombstone: Duration) -> Arc<Self> {
+        let store = Arc::new(Self { tombstone, ..Self::default() });
         let weak = Arc::downgrade(&store);
         tokio::spawn(sweep(weak, sweep_every));
         store
     }
 
-    /// Drops every expired record; returns how many.
+    /// Drops every expired record, keeping its tombstone, and the
+    /// tombstones older than the tombstone time; returns how many records.
     pub fn sweep_expired(&self) -> usize {
         let now = Instant::now();
         let mut records = self.lock();
         let expired: Vec<String> =
             records.map.iter().filter(|(_, e)| e.expires_at <= now).map(|(id, _)| id.clone()).collect();
         for id in &expired {
-            records.remove(id);
+            if let Some(entry) = records.remove(id) {
+                records.gone.insert(id.clone(), expired_tombstone(&entry));
+            }
         }
+        let (keep, wall) = (self.tombstone, Timestamp::now());
+        records.gone.retain(|_, gone| gone.kept_at(keep, wall) || gone.at > wall);
         expired.len()
     }
 
@@ -170,13 +203,19 @@ impl ProgressStore for MemoryStore {
             return Ok(false);
         }
         records.remove(id.as_str());
+        records.gone.insert(id.as_str().to_owned(), Gone::deleted(Timestamp::now()));
         Ok(true)
     }
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         store_op!("memory", "delete").succeeded();
         let mut records = self.lock();
-        Ok(records.remove(id.as_str()).is_some_and(|e| e.expires_at > Instant::now()))
+        let Some(entry) = records.remove(id.as_str()) else { return Ok(false) };
+        let live = entry.expires_at > Instant::now();
+        // Deleting what had expired already leaves it expired.
+        let gone = if live { Gone::deleted(Timestamp::now()) } else { expired_tombstone(&entry) };
+        records.gone.insert(id.as_str().to_owned(), gone);
+        Ok(live)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
@@ -203,6 +242,20 @@ impl ProgressStore for MemoryStore {
             }
             _ => Verdict::Skip,
         }))
+    }
+}
+
+#[async_trait]
+impl Tombstones for MemoryStore {
+    async fn gone(&self, id: &ProgressId) -> Result<Option<Gone>, StoreError> {
+        store_op!("memory", "gone").succeeded();
+        let records = self.lock();
+        let gone = match records.get(id.as_str()) {
+            Some(entry) if entry.expires_at > Instant::now() => None,
+            Some(entry) => Some(expired_tombstone(entry)),
+            None => records.gone.get(id.as_str()).copied(),
+        };
+        Ok(gone.filter(|g| g.kept_at(self.tombstone, Timestamp::now())))
     }
 }
 
@@ -297,5 +350,34 @@ mod tests {
         assert!(store.compare_and_set(&id, 1, &record(2), 10_000).await.unwrap());
         assert!(store.delete(&id).await.unwrap());
         assert!(!store.delete(&id).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn deleted_and_expired_records_leave_tombstones_for_the_tombstone_time() {
+        use crate::store::{GoneKind, Tombstones};
+        let store = MemoryStore::start_with_tombstones(Duration::from_secs(3600), Duration::from_millis(300));
+        let (id, short) = (ProgressId::parse("a").unwrap(), ProgressId::parse("b").unwrap());
+        assert!(store.compare_and_set(&id, 0, &record(1), 10_000).await.unwrap());
+        let mut expiring = record(1);
+        let mut meta = *expiring.meta();
+        meta.x = Timestamp::now().millis() + 50;
+        expiring = StoredRecord::encode(&meta, &expiring.record().unwrap());
+        assert!(store.compare_and_set(&short, 0, &expiring, 50).await.unwrap());
+        assert_eq!(store.gone(&id).await.unwrap(), None, "live: not gone");
+        assert!(store.delete(&id).await.unwrap());
+        assert_eq!(store.gone(&id).await.unwrap().map(|g| g.kind), Some(GoneKind::Deleted));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(store.gone(&short).await.unwrap(), Some(Gone::expired(Timestamp(meta.x))));
+        // Swept: the expired record's tombstone stays.
+        assert_eq!(store.sweep_expired(), 1);
+        assert_eq!(store.gone(&short).await.unwrap(), Some(Gone::expired(Timestamp(meta.x))));
+        assert_eq!(store.gone(&ProgressId::parse("never").unwrap()).await.unwrap(), None);
+        // A new incarnation is not gone; after the tombstone time, nothing is.
+        assert!(store.compare_and_set(&id, 0, &record(1), 10_000).await.unwrap());
+        assert_eq!(store.gone(&id).await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(store.gone(&short).await.unwrap(), None);
+        store.sweep_expired();
+        assert!(store.lock().gone.is_empty(), "purged by the sweep");
     }
 }

@@ -8,6 +8,9 @@
 //! between. That keeps every document byte produced by serde_json (exact
 //! numbers) while concurrent writers never lose each other's fields.
 //!
+//! A fourth, [`Tombstones`], says how a record that is no longer held went
+//! (deleted or expired, and when), for 410 Gone.
+//!
 //! The layout:
 //! - One folder or file per backend: [`MemoryStore`] (`memory.rs`, the
 //!   embedded default), [`RedisStore`] (`redis/`: keys, codec, Lua
@@ -34,6 +37,7 @@ mod memory;
 mod postgres;
 mod redis;
 mod tiered;
+mod tombstones;
 
 pub use self::bulk::{MAINTENANCE_BATCH, RecordFilter, StatusCounts};
 pub use self::cached::{CacheConfig, CachedStore};
@@ -47,6 +51,7 @@ pub use self::tiered::{
     BacklogSummary, BreakerState, CircuitBreaker, DurableMaintenance, DurableTier, ErrorLog, FlushState,
     HEARTBEAT_EVERY, Hot, HotTier, LIVE_MS, PeerNotice, Peers, PendingWrite, TieredConfig, TieredStore, WriteBehind,
 };
+pub use self::tombstones::{DEFAULT_TOMBSTONE, Gone, GoneKind, Tombstones, tombstone_ms};
 
 /// Why a store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -170,17 +175,28 @@ pub trait Maintenance: Send + Sync + 'static {
 }
 
 /// A whole store as the service holds it (`Arc<dyn Store>`): the request
-/// path, its health and its maintenance. Implemented for every type that
-/// implements the three.
-pub trait Store: ProgressStore + Health + Maintenance {}
+/// path, what it remembers of records that are gone, its health and its
+/// maintenance. Implemented for every type that implements the four.
+pub trait Store: ProgressStore + Tombstones + Health + Maintenance {}
 
-impl<T: ProgressStore + Health + Maintenance> Store for T {}
+impl<T: ProgressStore + Tombstones + Health + Maintenance> Store for T {}
 
 /// For test stores that wrap another (`$inner`) on the request path:
-/// [`Health`] and [`Maintenance`] as the wrapped store answers them.
+/// [`Tombstones`], [`Health`] and [`Maintenance`] as the wrapped store
+/// answers them.
 #[cfg(test)]
 macro_rules! operations_of_inner {
     ($store:ty, $inner:ident) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Tombstones for $store {
+            async fn gone(
+                &self,
+                id: &$crate::domain::ProgressId,
+            ) -> Result<Option<$crate::store::Gone>, $crate::store::StoreError> {
+                self.$inner.gone(id).await
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::Health for $store {
             fn kind(&self) -> &'static str {

@@ -1,8 +1,9 @@
 // /client.js dropped into a page of another origin (a static server of this
 // script; the progressd under test allows any CORS origin and needs the read
 // token `reader`): progressd.watch delivers versions in order and stops on a
-// terminal status, cancel() stops it, a deletion ends it, a missing token is
-// a fatal 401, and with the event stream blocked it falls back to polling.
+// terminal status, cancel() stops it, a deletion ends it, a 404 waits for the
+// record to appear while a 410 ends the watch, a missing token is a fatal
+// 401, and with the event stream blocked it falls back to polling.
 //
 // Records written by tests/browser.rs before this starts, each `running`:
 //   c-order, c-resume, c-cancel, c-poll, c-del, c-del-poll; and book-42 (10 %)
@@ -154,6 +155,25 @@ await run('client', async (browser) => {
   await write(['DELETE', 'c-del-poll']);
   await until('the deletion ends the polling watch', () => js(() => ends.delpoll));
   assertEqual(await js(() => ends.delpoll), 'deleted', 'polling: ends as deleted');
+
+  // 404 means "not yet": a watch started before the worker's first PUT
+  // waits for it; 410 means gone: a watch of a deleted record ends at once.
+  await js(() => startWatch('later', 'c-later', { token: 'reader', interval: 300 }));
+  await sleep(1000);
+  assertEqual(await js(() => ends.later || null), null, 'a 404 does not end the watch');
+  assertEqual(await js(() => errors.later.filter((e) => e.fatal).length), 0, 'nor is it fatal');
+  await write(['PUT', 'c-later', { status: 'running' }]);
+  await until('the record appears', () => js(() => updates.later.length === 1), 20_000);
+  await write(['DELETE', 'c-later']);
+  await until('the deletion ends the late watch', () => js(() => ends.later));
+  assertEqual(await js(() => ends.later), 'deleted', 'late: ends as deleted');
+  for (const transport of ['auto', 'poll']) {
+    const name = 'gone' + transport;
+    await js((args) => startWatch(args[0], 'c-later', { token: 'reader', transport: args[1] }), [name, transport]);
+    await until(`a watch of a gone record ends (${transport})`, () => js((n) => ends[n], name));
+    assertEqual(await js((n) => ends[n], name), 'deleted', `410: ends as deleted (${transport})`);
+    assertEqual(await js((n) => updates[n].length, name), 0, `410: nothing delivered (${transport})`);
+  }
 
   // The event stream blocked: it falls back to (long-)polling and still
   // delivers every change in order, up to the terminal one.

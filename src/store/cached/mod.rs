@@ -207,6 +207,14 @@ impl CachedStore {
     }
 }
 
+// The cache holds records, not tombstones: a read that found nothing asks Redis.
+#[async_trait]
+impl super::Tombstones for CachedStore {
+    async fn gone(&self, id: &ProgressId) -> Result<Option<super::Gone>, StoreError> {
+        self.inner.gone(id).await
+    }
+}
+
 #[async_trait]
 impl ProgressStore for CachedStore {
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {

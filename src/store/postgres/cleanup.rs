@@ -4,8 +4,8 @@
 use super::PostgresStore;
 use super::queries::PURGE_EXPIRED;
 use super::session::pg;
-use crate::store::StoreError;
 use crate::store::bulk::MAINTENANCE_BATCH;
+use crate::store::{StoreError, tombstone_ms};
 
 /// Key of the session advisory lock held while cleaning up (`progclup` in ASCII).
 const CLEANUP_LOCK: i64 = 0x7072_6f67_636c_7570;
@@ -37,7 +37,7 @@ impl PostgresStore {
             let n = self
                 .bounded(async {
                     let statement = db.prepare_cached(PURGE_EXPIRED).await.map_err(pg)?;
-                    db.execute(&statement, &[&batch]).await.map_err(pg)
+                    db.execute(&statement, &[&batch, &tombstone_ms(self.tombstone)]).await.map_err(pg)
                 })
                 .await?;
             purged += n;

@@ -49,6 +49,7 @@ mod rows;
 mod schema;
 mod session;
 mod tiering;
+mod tombstones;
 
 pub use self::rows::DurableRow;
 pub use self::schema::MIGRATIONS_PENDING;
@@ -96,6 +97,8 @@ pub struct PostgresStore {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// Notices from other instances (`peers.rs`).
     peers: peers::PeerChannel,
+    /// How long deleted and expired rows answer 410 (and are kept).
+    tombstone: Duration,
 }
 
 impl PostgresStore {
@@ -146,6 +149,7 @@ impl PostgresStore {
             pg_config: pg,
             tls: connect.tls,
             peers: peers::PeerChannel::default(),
+            tombstone: crate::store::DEFAULT_TOMBSTONE,
         })
     }
 

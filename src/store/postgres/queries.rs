@@ -53,7 +53,8 @@ LIMIT $2";
 
 /// Turns the live row with version `$2` into a tombstone.
 pub(super) const COMPARE_AND_DELETE: &str = "
-UPDATE progress SET deleted = true, version = 9223372036854775807, updated_at = now()
+UPDATE progress SET deleted = true, version = 9223372036854775807, updated_at = now(),
+    status = 'deleted', gone_at = now()
 WHERE id = $1 AND version = $2 AND expires_at > now() AND NOT deleted";
 
 /// Turns the row into a tombstone, or writes one when there is no row (the
@@ -65,7 +66,9 @@ INSERT INTO progress (id, version, status, created_at, updated_at, expires_at, r
 VALUES ($1, 9223372036854775807, 'deleted', now(), now(), now() + interval '1 day', ''::bytea, true)
 ON CONFLICT (id) DO UPDATE SET
     deleted = true, version = 9223372036854775807, updated_at = now(),
-    expires_at = greatest(progress.expires_at, now() + interval '1 day')
+    expires_at = greatest(progress.expires_at, now() + interval '1 day'),
+    status = CASE WHEN progress.expires_at > now() THEN 'deleted' ELSE 'expired' END,
+    gone_at = least(progress.expires_at, now())
 WHERE NOT progress.deleted
 RETURNING (SELECT live FROM old)";
 
@@ -78,12 +81,21 @@ pub(super) const RAISE_FENCE: &str = "
 INSERT INTO progress_fence (one, redis_back_ms) VALUES (true, $1)
 ON CONFLICT (one) DO UPDATE SET redis_back_ms = greatest(progress_fence.redis_back_ms, EXCLUDED.redis_back_ms)";
 
-/// One batch of expired rows (records and tombstones): each batch is its own
-/// short statement, so purging a million rows never holds many locks for long.
+/// One batch of rows expired for longer than the tombstone time (`$2` ms),
+/// records and tombstones: until then an expired row says when it expired
+/// (410). Each batch is its own short statement, so purging a million rows
+/// never holds many locks for long.
 pub(super) const PURGE_EXPIRED: &str = "
 DELETE FROM progress
-WHERE ctid = ANY(ARRAY(SELECT ctid FROM progress WHERE expires_at <= now() LIMIT $1))
-  AND expires_at <= now()";
+WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM progress WHERE expires_at <= now() - $2::bigint * interval '1 millisecond' LIMIT $1))
+  AND expires_at <= now() - $2::bigint * interval '1 millisecond'";
+
+/// How the record went, if it did: a tombstone's kind (`status`) and time
+/// (`gone_at`), or an expired row's expiry. No row for a live record.
+pub(super) const GONE: &str = "
+SELECT CASE WHEN deleted THEN status ELSE 'expired' END, CASE WHEN deleted THEN gone_at ELSE expires_at END
+FROM progress WHERE id = $1 AND (deleted OR expires_at <= now())";
 
 /// The conditions of a [`RecordFilter`](crate::store::RecordFilter) on live rows: `$1` status, `$2` id
 /// prefix, `$3` updated before (each NULL when not set).
@@ -93,10 +105,13 @@ NOT deleted AND expires_at > now()
   AND ($2::text IS NULL OR starts_with(id, $2))
   AND ($3::timestamptz IS NULL OR updated_at < $3)";
 
-/// The tombstone a delete leaves (see `DELETE`).
+/// The tombstone a delete leaves (see `DELETE`): deleted now, or expired
+/// at its expiry when the row had expired before the delete reached it.
 pub(super) const TOMBSTONE_SET: &str = "
 deleted = true, version = 9223372036854775807, updated_at = now(),
-expires_at = greatest(progress.expires_at, now() + interval '1 day')";
+expires_at = greatest(progress.expires_at, now() + interval '1 day'),
+status = CASE WHEN progress.expires_at > now() THEN 'deleted' ELSE 'expired' END,
+gone_at = least(progress.expires_at, now())";
 
 /// Live records per status.
 pub(super) const COUNT_BY_STATUS: &str =

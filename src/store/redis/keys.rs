@@ -23,6 +23,12 @@
 //! `ZADD`s (index, status set, expiry set), a status change a `ZREM` and a
 //! `ZADD`, a write that shortens the TTL a `ZADD` on the expiry set.
 //!
+//! Beside each record, its *gone marker* `{prefix}gone:{id}`: `x<ms>` (the
+//! record's expiry) written with every write, with a TTL of the record's
+//! plus the tombstone time, and `d<ms>` (the delete's time) written by the
+//! delete scripts with a TTL of the tombstone time; what answers 410 Gone
+//! once the record key is gone (`tombstones.rs`).
+//!
 //! Also outside the record key space: `{prefix}progressd:cleanup-lock` and
 //! `{prefix}progressd:index-backfilled`.
 
@@ -67,6 +73,13 @@ impl IndexKeys {
         [record_key, all, expiry, s0, s1, s2, s3, s4]
     }
 
+    /// [`IndexKeys::with_record`], then the record's gone marker: the
+    /// `KEYS` of a record script that also keeps the marker (`KEYS[9]`).
+    pub(super) fn with_record_and_marker<'a>(&'a self, record_key: &'a str, marker: &'a str) -> [&'a str; 9] {
+        let [record, all, expiry, s0, s1, s2, s3, s4] = self.with_record(record_key);
+        [record, all, expiry, s0, s1, s2, s3, s4, marker]
+    }
+
     /// The set to walk for one status.
     pub(super) fn of(&self, status: Status) -> &str {
         &self.by_status[Status::ALL.iter().position(|s| *s == status).expect("ALL holds every status")]
@@ -76,6 +89,11 @@ impl IndexKeys {
 impl RedisStore {
     pub(super) fn key(&self, id: &ProgressId) -> String {
         format!("{}progress:{}", self.key_prefix, id.as_str())
+    }
+
+    /// The record's gone marker, `{prefix}gone:{id}` (see `tombstones.rs`).
+    pub(super) fn gone_key(&self, id: &ProgressId) -> String {
+        format!("{}gone:{}", self.key_prefix, id.as_str())
     }
 
     /// The record key prefix the scripts add ids to.

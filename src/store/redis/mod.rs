@@ -40,6 +40,7 @@ mod connection;
 mod keys;
 mod scripts;
 mod tiering;
+mod tombstones;
 
 pub use self::changes::{ChangeNotices, ChangeSink};
 pub use self::codec::from_redis;
@@ -75,6 +76,8 @@ pub struct RedisStore {
     last_error: LastError,
     /// Whether the connection is `rediss://`.
     tls: bool,
+    /// How long a deleted or expired record's gone marker is kept.
+    tombstone: Duration,
 }
 
 impl RedisStore {
@@ -115,7 +118,15 @@ impl RedisStore {
             index_keys: IndexKeys::new(&config.key_prefix),
             last_error: LastError::for_url(&config.url),
             tls: matches!(client.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { .. }),
+            tombstone: crate::store::DEFAULT_TOMBSTONE,
         })
+    }
+
+    /// Keeps deleted and expired records' gone markers for `tombstone`
+    /// (a day unless told).
+    pub fn with_tombstone(mut self, tombstone: Duration) -> Self {
+        self.tombstone = tombstone;
+        self
     }
 
     /// The channel on which every change is announced as `{version}:{id}`
@@ -161,8 +172,8 @@ impl ProgressStore for RedisStore {
         let notice = change_notice(record.version(), id);
         let status = status_of(record)?.as_str();
         let expires = expiry_score(record, ttl_ms);
-        let indexes = &self.index_keys;
-        let mut cmd = script.call(&indexes.with_record(&key));
+        let (indexes, marker) = (&self.index_keys, self.gone_key(id));
+        let mut cmd = script.call(&indexes.with_record_and_marker(&key, &marker));
         cmd.arg(expected);
         with_redis_value(record, |value| cmd.arg(value))
             .arg(ttl_ms.max(1))
@@ -172,6 +183,7 @@ impl ProgressStore for RedisStore {
             .arg(record.meta().c)
             .arg(status)
             .arg(expires);
+        self.expiry_marker(&mut cmd, record, ttl_ms);
         let outcome: i64 = self.eval_counted(store_op!("redis", "compare_and_set"), script, &cmd).await?;
         self.script_outcome(id, outcome)
     }
@@ -199,16 +211,24 @@ impl ProgressStore for RedisStore {
         let expected: &[u8] = current.map_or(&[], StoredRecord::header);
         let notice = change_notice(record.version(), id);
         let expires = expiry_to_set(current, record, ttl_ms);
+        let marker = self.gone_key(id);
         let (script, cmd) = if !expected.is_empty() && old_status == status && expires == 0 {
             let script = &self.scripts.swap_in_place;
-            let mut cmd = script.call(&[&key]);
+            let mut cmd = script.call(&[&key, &marker]);
             cmd.arg(expected).arg(expected.len() - 1);
             with_redis_value(record, |value| cmd.arg(value)).arg(ttl_ms.max(1)).arg(notice);
+            self.expiry_marker(&mut cmd, record, ttl_ms);
             (script, cmd)
         } else {
             let (script, indexes) = (&self.scripts.swap, &self.index_keys);
-            let mut cmd =
-                script.call(&[&key, &indexes.all, &indexes.expiry, indexes.of(old_status), indexes.of(status)]);
+            let mut cmd = script.call(&[
+                &key,
+                &indexes.all,
+                &indexes.expiry,
+                indexes.of(old_status),
+                indexes.of(status),
+                &marker,
+            ]);
             cmd.arg(expected);
             with_redis_value(record, |value| cmd.arg(value))
                 .arg(ttl_ms.max(1))
@@ -216,6 +236,7 @@ impl ProgressStore for RedisStore {
                 .arg(index_member(created, id))
                 .arg(expires)
                 .arg(expected.len().saturating_sub(1));
+            self.expiry_marker(&mut cmd, record, ttl_ms);
             (script, cmd)
         };
         let outcome: i64 = self.eval_counted(store_op!("redis", "compare_and_set"), script, &cmd).await?;
@@ -226,8 +247,10 @@ impl ProgressStore for RedisStore {
         let key = self.key(id);
         let script = &self.scripts.compare_and_delete;
         let (channel, notice) = (&self.changes_channel, change_notice(0, id));
-        let mut cmd = script.call(&self.index_keys.with_record(&key));
+        let marker = self.gone_key(id);
+        let mut cmd = script.call(&self.index_keys.with_record_and_marker(&key, &marker));
         cmd.arg(expected).arg(channel).arg(notice).arg(id.as_str());
+        self.delete_marker(&mut cmd);
         let outcome: i64 = self.eval_counted(store_op!("redis", "compare_and_delete"), script, &cmd).await?;
         self.script_outcome(id, outcome)
     }
@@ -235,8 +258,10 @@ impl ProgressStore for RedisStore {
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         let key = self.key(id);
         let (script, channel, notice) = (&self.scripts.delete, &self.changes_channel, change_notice(0, id));
-        let mut cmd = script.call(&self.index_keys.with_record(&key));
+        let marker = self.gone_key(id);
+        let mut cmd = script.call(&self.index_keys.with_record_and_marker(&key, &marker));
         cmd.arg(channel).arg(notice).arg(id.as_str());
+        self.delete_marker(&mut cmd);
         let removed: i64 = self.eval_counted(store_op!("redis", "delete"), script, &cmd).await?;
         Ok(removed > 0)
     }

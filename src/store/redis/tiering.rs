@@ -34,8 +34,8 @@ impl RedisStore {
         let notice = change_notice(record.version(), id);
         let status = status_of(record)?.as_str();
         let expires = expiry_score(record, ttl_ms);
-        let indexes = &self.index_keys;
-        let mut cmd = script.call(&indexes.with_record(&key));
+        let (indexes, marker) = (&self.index_keys, self.gone_key(id));
+        let mut cmd = script.call(&indexes.with_record_and_marker(&key, &marker));
         cmd.arg(record.version());
         with_redis_value(record, |value| cmd.arg(value))
             .arg(ttl_ms.max(1))
@@ -44,8 +44,9 @@ impl RedisStore {
             .arg(record.meta().c)
             .arg(id.as_str())
             .arg(status)
-            .arg(expires)
-            .arg(if same_too { "1" } else { "0" });
+            .arg(expires);
+        self.expiry_marker(&mut cmd, record, ttl_ms);
+        cmd.arg(if same_too { "1" } else { "0" });
         let outcome: i64 = self.eval_counted(store_op!("redis", "put_if_newer"), script, &cmd).await?;
         self.script_outcome(id, outcome)
     }
@@ -56,7 +57,10 @@ impl RedisStore {
     pub async fn delete_incarnation(&self, id: &ProgressId, created_at: Timestamp) -> Result<bool, StoreError> {
         let key = self.key(id);
         let (script, channel, notice) = (&self.scripts.delete_incarnation, &self.changes_channel, change_notice(0, id));
-        let mut cmd = script.call(&self.index_keys.with_record(&key));
+        // The marker goes too: Redis does not know when PostgreSQL took the
+        // delete, so the tiered store asks PostgreSQL (`Tombstones::gone`).
+        let marker = self.gone_key(id);
+        let mut cmd = script.call(&self.index_keys.with_record_and_marker(&key, &marker));
         cmd.arg(created_at.millis()).arg(channel).arg(notice).arg(id.as_str());
         let outcome: i64 = self.eval_counted(store_op!("redis", "delete_incarnation"), script, &cmd).await?;
         self.script_outcome(id, outcome)

@@ -20,6 +20,8 @@
 //!
 //! The files, by concern:
 //! - `read.rs`: the read path and read repair.
+//! - `gone.rs`: 410 across the tiers (Redis's marker, then PostgreSQL's
+//!   tombstone; 503 when only PostgreSQL could tell and cannot be asked).
 //! - `write.rs`: compare-and-set and deletes, the fence and the settle time.
 //! - `handover.rs`: how instances tell each other, through PostgreSQL, that
 //!   their backlogs have landed once Redis fails, so writes move there.
@@ -58,6 +60,7 @@ mod breaker;
 mod bulk;
 mod error_log;
 mod flush;
+mod gone;
 mod handover;
 mod read;
 mod recovery;

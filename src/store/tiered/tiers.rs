@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::store::{
-    CachedStore, DurableRow, Health, ListPage, ListQuery, RecordFilter, StatusCounts, Store, StoreError,
+    CachedStore, DurableRow, Health, ListPage, ListQuery, RecordFilter, StatusCounts, Store, StoreError, Tombstones,
 };
 
 /// The hot tier (Redis): a whole [`Store`], and the calls that copy records
@@ -55,7 +55,7 @@ pub trait HotTier: Store {
 /// The durable tier (PostgreSQL) on the request path and in recovery:
 /// what a read falls back to, the write-behind flush, the fenced writes
 /// made while the hot tier is down, the copy-back and the migrations.
-pub trait DurableTier: Health + DurableMaintenance + Peers {
+pub trait DurableTier: Health + DurableMaintenance + Peers + Tombstones {
     /// What the tier holds for `id`: a record, a tombstone or nothing.
     fn lookup(&self, id: &ProgressId) -> impl Future<Output = Result<DurableRow, StoreError>> + Send;
 

@@ -5,6 +5,7 @@ elseif redis.call('GETRANGE', KEYS[1], '0', ARGV[7]) ~= expected then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[6], ARGV[8], 'PX', ARGV[9])
 local member = ARGV[5]
 if expected == '' then
   redis.call('ZADD', KEYS[2], '0', member)

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::fake_peers::FakePeers;
+use super::fake_tombstones::FakeMarkers;
 
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::store::bulk::{delete_page, status_of};
@@ -110,16 +111,18 @@ fn now_ms() -> i64 {
 pub(super) struct FakeHot {
     pub(super) faults: Faults,
     records: Mutex<HashMap<String, (StoredRecord, i64)>>,
+    /// Its gone markers (`fake_tombstones.rs`).
+    pub(super) markers: FakeMarkers,
 }
 
 impl Default for FakeHot {
     fn default() -> Self {
-        Self { faults: Faults::new("redis"), records: Mutex::default() }
+        Self { faults: Faults::new("redis"), records: Mutex::default(), markers: FakeMarkers::default() }
     }
 }
 
 impl FakeHot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (StoredRecord, i64)>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (StoredRecord, i64)>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -169,12 +172,16 @@ impl ProgressStore for FakeHot {
         if expected == 0 || self.version(id) != expected {
             return Ok(false);
         }
+        self.markers.deleted(id);
         Ok(self.lock().remove(id.as_str()).is_some())
     }
 
     async fn delete(&self, id: &ProgressId) -> Result<bool, StoreError> {
         self.faults.enter("delete").await?;
         let live = self.live(id).is_some();
+        if live {
+            self.markers.deleted(id);
+        }
         self.lock().remove(id.as_str());
         Ok(live)
     }
@@ -291,12 +298,12 @@ impl HotTier for FakeHot {
 /// One row as PostgreSQL keeps it: a record, or a tombstone (`record:
 /// None`, version `u64::MAX`), with its times in ms.
 #[derive(Clone)]
-struct Row {
-    record: Option<StoredRecord>,
+pub(super) struct Row {
+    pub(super) record: Option<StoredRecord>,
     version: u64,
     created: i64,
-    updated: i64,
-    expires: i64,
+    pub(super) updated: i64,
+    pub(super) expires: i64,
 }
 
 impl Row {
@@ -333,7 +340,7 @@ impl Default for FakeDurable {
 }
 
 impl FakeDurable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Row>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Row>> {
         self.rows.lock().unwrap_or_else(|p| p.into_inner())
     }
 

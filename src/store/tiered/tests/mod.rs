@@ -18,6 +18,7 @@ use crate::store::{DurableRow, DurableTier, ProgressStore, StoreError};
 mod across_tiers;
 mod durable_outage;
 mod fake_peers;
+mod fake_tombstones;
 mod fakes;
 mod handover;
 mod hot_outage;

@@ -1,0 +1,12 @@
+-- Gone is not unknown (issue 19): a record that was deleted or expired
+-- answers 410 Gone, saying which and when, for PROGRESS_TOMBSTONE_SECONDS.
+--
+-- A tombstone (`deleted`) now says how the record went in `status` and
+-- when in `gone_at`: 'deleted' at the delete's time when a live record was
+-- deleted, 'expired' at its expiry when the row had expired before the
+-- delete reached it. A tombstone written where there was no row (the record
+-- may be in another instance's backlog) has no `gone_at`: nothing is known
+-- to have existed, so it answers 404. An expired row that was never deleted
+-- says its own `expires_at`. Cleanup keeps rows until `expires_at` plus the
+-- tombstone time.
+ALTER TABLE progress ADD COLUMN gone_at timestamptz;
