@@ -51,11 +51,14 @@ pub enum Error {
     /// its prefix, or a route it never grants (403 `forbidden_scope`).
     #[error("{0}")]
     ForbiddenScope(String),
-    /// A scoped token read faster than its rate limit (429 `rate_limited`).
-    #[error("this token is over its rate limit; retry in {retry_after} s")]
+    /// A scoped token, or a client address without a token, over its rate
+    /// limit (429 `rate_limited`).
+    #[error("{} is over its rate limit; retry in {retry_after} s", by.subject())]
     RateLimited {
         /// Seconds until the next request is accepted (`Retry-After`).
         retry_after: u64,
+        /// Which limit.
+        by: Limited,
     },
     /// `POST /tokens` while `PROGRESS_SIGNING_KEYS` is unset (403 `signing_disabled`,
     /// as `admin_disabled` is for the admin routes).
@@ -120,6 +123,24 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Unavailable { .. } => Error::StorageUnavailable(e),
             StoreError::Corrupt(c) => Error::Internal(c.to_string()),
+        }
+    }
+}
+
+/// Which rate limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// The scoped token's (`PROGRESS_SCOPED_RATE_*`).
+    Token,
+    /// The client address's (`PROGRESS_ADDRESS_RATE_*`), for requests without a token.
+    Address,
+}
+
+impl Limited {
+    fn subject(self) -> &'static str {
+        match self {
+            Limited::Token => "this token",
+            Limited::Address => "your address",
         }
     }
 }

@@ -24,6 +24,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -121,7 +123,7 @@ pub async fn serve(
     });
     let (close_tx, close_rx) = watch::channel(());
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             stream = accept(&listener) => stream,
             () = signal_tx.closed() => break,
         };
@@ -130,20 +132,20 @@ pub async fn serve(
             continue;
         };
         let connection = Connection { limits, signal: signal_tx.clone(), _close: close_rx.clone(), _permit: permit };
-        tokio::spawn(connection.serve(stream, app.clone()));
+        tokio::spawn(connection.serve(stream, peer, app.clone()));
     }
     drop(close_rx);
     drop(listener);
     close_tx.closed().await;
 }
 
-/// The next connection. Errors that concern one connection are skipped;
+/// The next connection and its peer's address. Errors that concern one connection are skipped;
 /// others (out of file descriptors) are logged and retried after a second,
 /// as axum::serve does.
-async fn accept(listener: &TcpListener) -> TcpStream {
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => return stream,
+            Ok(accepted) => return accepted,
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
                 tracing::error!(error = %e, "accepting a connection failed; retrying in a second");
@@ -184,11 +186,11 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, router: Router) {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, router: Router) {
         let _open = metrics::connection_opened();
         let activity = Arc::new(Activity::new(self.limits));
         let io = TokioIo::new(Watched { stream, activity: activity.clone() });
-        let service = Requests { router, activity: activity.clone() };
+        let service = Requests { router, activity: activity.clone(), peer: ConnectInfo(peer) };
         let mut builder = hyper::server::conn::http1::Builder::new();
         // Ours (`Activity`) instead, which leaves keep-alive idleness alone.
         builder.header_read_timeout(None);
@@ -362,10 +364,13 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// The router as hyper's service, marking each request's start and end.
+/// The router as hyper's service, marking each request's start and end
+/// and giving each request its peer's address (axum's `ConnectInfo`, which
+/// the address rate limit reads).
 struct Requests {
     router: Router,
     activity: Arc<Activity>,
+    peer: ConnectInfo<SocketAddr>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Requests {
@@ -373,8 +378,9 @@ impl hyper::service::Service<Request<Incoming>> for Requests {
     type Error = Infallible;
     type Future = Responding;
 
-    fn call(&self, request: Request<Incoming>) -> Responding {
+    fn call(&self, mut request: Request<Incoming>) -> Responding {
         self.activity.request_started();
+        request.extensions_mut().insert(self.peer);
         let in_flight = InFlight(self.activity.clone());
         // A `Router` is an `Arc`; its `poll_ready` is always ready.
         let mut router = self.router.clone();

@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use config::{File, FileFormat};
+use ipnet::IpNet;
 
 pub use crate::secrets::redact_url;
 use crate::secrets::{show_count, show_masked, show_url};
@@ -32,7 +33,7 @@ mod rules;
 
 pub use self::documents::{env_example, readme_rows};
 use self::platform::{database_url_from_parts, redis_url_from_parts};
-use self::read::{Name, Source, derive, list, parsed, parsed_if_set, path, text, token, url_or};
+use self::read::{Name, Source, derive, list, networks, parsed, parsed_if_set, path, text, token, url_or};
 use self::rules::{
     ca_file_readable, connections_within_pool, log_filter, origins, postgres_scheme, redis_scheme, signing_keys,
     ttl_within_max, within,
@@ -300,6 +301,27 @@ settings! {
     /// Most reads a scoped token may make at once; its allowance refills at
     /// the sustained rate.
     scoped_rate_burst: u32 { var: "PROGRESS_SCOPED_RATE_BURST", default: "60", read: parsed(WHOLE), range: 1.. }
+    /// Requests per second each client address may make without a token,
+    /// sustained (an event stream counts once, when it opens); more get 429.
+    /// `0`: no limit. Requests with a static token (the app's own backend) or
+    /// a scoped token (limited per token) are not counted, nor the public
+    /// routes (health, metrics, the dashboard's files). Leave it off behind a
+    /// proxy that is not in `PROGRESS_TRUSTED_PROXIES`: every client would
+    /// share the proxy's address.
+    address_rate_per_second: u32 {
+        var: "PROGRESS_ADDRESS_RATE_PER_SECOND",
+        default: "0",
+        read: parsed(WHOLE),
+    }
+    /// Most requests a client address may make at once without a token; its
+    /// allowance refills at `PROGRESS_ADDRESS_RATE_PER_SECOND`.
+    address_rate_burst: u32 { var: "PROGRESS_ADDRESS_RATE_BURST", default: "100", read: parsed(WHOLE), range: 1.. }
+    /// Proxies whose `X-Forwarded-For` is believed for the address rate
+    /// limit: comma-separated addresses and CIDR blocks (`10.0.0.0/8`,
+    /// `fd00::/8`). From one of them, the client is the right-most address in
+    /// `X-Forwarded-For` that is not itself a trusted proxy; from any other
+    /// peer, the header is ignored. Empty: the TCP peer is the client.
+    trusted_proxies: Vec<IpNet> { var: "PROGRESS_TRUSTED_PROXIES", default: "", read: networks }
     /// Origins browsers may call from, comma-separated, or `*`; empty: none.
     cors_origins: Vec<String> { var: "PROGRESS_CORS_ORIGINS", default: "", read: list, rule: origins }
     /// Longest a request may take in seconds (long-polls and event streams

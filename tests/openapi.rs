@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::http::Method;
 use progressd::Settings;
 use progressd::domain::{Status, ValidationError};
-use progressd::error::Error;
+use progressd::error::{Error, Limited};
 use progressd::http::Access;
 use progressd::store::{MemoryStore, StoreError};
 use serde_json::{Value, json};
@@ -201,6 +201,9 @@ fn security_follows_the_access_class_of_each_route() {
         }
         assert_eq!(responses.contains("401"), may_401, "{what}: a 401 response exactly when a token can be needed");
         assert_eq!(responses.contains("403"), may_403, "{what}: a 403 response exactly where a token is taken");
+        // The per-address limit (when on) covers every route but the public ones.
+        let may_429 = route.access != Access::Public;
+        assert_eq!(responses.contains("429"), may_429, "{what}: a 429 response exactly where a request can be limited");
         if may_401 {
             let unauthorized = resolve(&op["responses"]["401"]);
             assert!(unauthorized["headers"].get("WWW-Authenticate").is_some(), "{what}: 401 has WWW-Authenticate");
@@ -258,7 +261,7 @@ fn samples() -> Vec<Error> {
         Error::Unauthorized { presented: true, reason: None },
         Error::AdminDisabled,
         Error::ForbiddenScope("x".into()),
-        Error::RateLimited { retry_after: 1 },
+        Error::RateLimited { retry_after: 1, by: Limited::Token },
         Error::SigningDisabled,
         Error::ConflictTerminal { status: Status::Completed, version: 3 },
         Error::PreconditionFailed("x".into()),

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use subtle::{Choice, ConstantTimeEq};
 
+use super::address::{AddressLimit, TrustedProxies};
 use super::rate::ScopedLimiter;
 use super::{Access, AppState};
 use crate::error::Error;
@@ -43,6 +44,8 @@ pub struct AccessTokens {
     admin: Option<Box<[u8]>>,
     signing: Option<Arc<SigningKeys>>,
     limiter: ScopedLimiter,
+    /// The per-address limit of requests no token vouches for; `None`: off.
+    addresses: Option<AddressLimit>,
 }
 
 /// What a request may do, as the check decided.
@@ -70,6 +73,7 @@ impl AccessTokens {
             admin: admin.map(bytes),
             signing: None,
             limiter: ScopedLimiter::new(NonZeroU32::new(10).expect("10"), NonZeroU32::new(60).expect("60")),
+            addresses: None,
         }
     }
 
@@ -82,14 +86,59 @@ impl AccessTokens {
         self
     }
 
+    /// These tokens, and requests that no token vouches for limited to
+    /// `per_second` sustained and `burst` at once per client address (0: no
+    /// limit), `X-Forwarded-For` believed from `trusted`.
+    pub fn with_address_limit(mut self, per_second: u32, burst: u32, trusted: TrustedProxies) -> Self {
+        self.addresses = AddressLimit::new(per_second, burst, trusted);
+        self
+    }
+
     /// The tokens of `PROGRESS_READ_TOKENS`, `PROGRESS_WRITE_TOKENS` and
-    /// `PROGRESS_ADMIN_TOKEN`, and the keys of `PROGRESS_SIGNING_KEYS`.
+    /// `PROGRESS_ADMIN_TOKEN`, the keys of `PROGRESS_SIGNING_KEYS`, and the
+    /// limit of `PROGRESS_ADDRESS_RATE_*` and `PROGRESS_TRUSTED_PROXIES`.
     pub fn from_settings(settings: &Settings, keys: Option<Arc<SigningKeys>>) -> Self {
-        Self::new(&settings.read_tokens, &settings.write_tokens, settings.admin_token.as_deref()).with_signing(
-            keys,
-            settings.scoped_rate_per_second,
-            settings.scoped_rate_burst,
-        )
+        Self::new(&settings.read_tokens, &settings.write_tokens, settings.admin_token.as_deref())
+            .with_signing(keys, settings.scoped_rate_per_second, settings.scoped_rate_burst)
+            .with_address_limit(
+                settings.address_rate_per_second,
+                settings.address_rate_burst,
+                TrustedProxies::new(&settings.trusted_proxies),
+            )
+    }
+
+    /// Whether a request that `authorize` answered with `decision` counts
+    /// against its client address: every request that no token of ours
+    /// vouches for. A valid scoped token has its own limit (a refusal for
+    /// its scope or its rate shows it was valid); a static token of any
+    /// class, even where the route is open (a backend that sends its write
+    /// token with its reads), is the app's own backend and is not limited.
+    fn counts_per_address(&self, access: Access, decision: &Result<Grant, Error>, headers: &HeaderMap) -> bool {
+        match decision {
+            Ok(Grant::Scoped(_)) | Err(Error::ForbiddenScope(_) | Error::RateLimited { .. }) => false,
+            // A closed class granted in full: a static token matched.
+            Ok(Grant::Full) if !self.is_open(access) => false,
+            _ => match bearer_token(headers) {
+                Presented::Token { token, .. } => !self.is_static(token),
+                _ => true,
+            },
+        }
+    }
+
+    /// Whether `access` needs no token (a public route, or a class with no token configured).
+    fn is_open(&self, access: Access) -> bool {
+        match access {
+            Access::Public => true,
+            Access::Read => self.read.is_empty(),
+            Access::Write => self.write.is_empty(),
+            Access::List => self.read.is_empty() && self.admin.is_none(),
+            Access::Admin => false,
+        }
+    }
+
+    /// Whether `token` is a static token of any class (constant time).
+    fn is_static(&self, token: &[u8]) -> bool {
+        matches_any(Some(token), self.read.iter().chain(&self.write).chain(&self.admin))
     }
 
     /// The signing keys, when scoped tokens are on.
@@ -114,13 +163,7 @@ impl AccessTokens {
             Presented::Nothing => query.map_or(Presented::Nothing, query_token),
             header => header,
         };
-        let open = match access {
-            Access::Public => true,
-            Access::Read => self.read.is_empty(),
-            Access::Write => self.write.is_empty(),
-            Access::List => self.read.is_empty() && self.admin.is_none(),
-            Access::Admin => false,
-        };
+        let open = self.is_open(access);
         if let Presented::Token { token, in_query } = presented {
             if !open && !in_query && self.matches_static(access, token) {
                 return Ok(Grant::Full);
@@ -249,7 +292,15 @@ struct Guard {
 }
 
 async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    let decision = guard.tokens.authorize(guard.access, request.headers(), request.uri().query());
+    let tokens = &guard.tokens;
+    let decision = tokens.authorize(guard.access, request.headers(), request.uri().query());
+    if let Some(addresses) = &tokens.addresses
+        && tokens.counts_per_address(guard.access, &decision, request.headers())
+        && let Err(limited) = addresses.check(&request)
+    {
+        tracing::debug!(access = ?guard.access, "request refused: its client address is over the rate limit");
+        return limited.into_response();
+    }
     let refusal = match decision {
         Ok(Grant::Full) => return next.run(request).await,
         Ok(Grant::Scoped(scope)) => match in_scope(guard.access, scope, request).await {

@@ -19,6 +19,7 @@ use tower_http::trace::TraceLayer;
 use crate::error::Error;
 use crate::service::ProgressService;
 
+mod address;
 mod admin;
 mod assets;
 mod auth;
@@ -33,6 +34,7 @@ mod progress;
 mod rate;
 mod tokens;
 
+pub use address::{TrustedProxies, X_FORWARDED_FOR, client_address, parse_network};
 pub use auth::{ACCESS_TOKEN_PARAM, AccessTokens, Grant, ScopedGrant};
 pub use layers::{LayerSettings, REQUEST_ID};
 pub use problem::PROBLEM_JSON;

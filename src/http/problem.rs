@@ -100,7 +100,7 @@ impl IntoResponse for Error {
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Error::RateLimited { retry_after } = self {
+        if let Error::RateLimited { retry_after, .. } = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         if let Error::Unauthorized { presented, .. } = self {

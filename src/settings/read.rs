@@ -125,6 +125,15 @@ pub(super) fn list(source: &Source, name: Name) -> Result<Vec<String>, SettingsE
     Ok(raw.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
 }
 
+/// A comma-separated list of IP addresses and CIDR blocks, blanks dropped;
+/// the first entry that is neither stops start-up.
+pub(super) fn networks(source: &Source, name: Name) -> Result<Vec<ipnet::IpNet>, SettingsError> {
+    list(source, name)?
+        .iter()
+        .map(|entry| crate::http::parse_network(entry).map_err(|reason| invalid(name.variable, reason)))
+        .collect()
+}
+
 pub(super) type FromParts = fn(&HashMap<String, String>) -> Result<Option<String>, SettingsError>;
 
 /// A URL, else one built by `parts` from the variables hosts set.

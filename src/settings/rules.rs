@@ -151,4 +151,22 @@ mod tests {
             assert!(Settings::from_env_without_file(env(&[(&format!("PROGRESS_{zero_is_fine}"), "0")])).is_ok());
         }
     }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_cidr_blocks() {
+        let read = |value: &str| Settings::from_env_without_file(env(&[("PROGRESS_TRUSTED_PROXIES", value)]));
+        let got = read(" 10.0.0.0/8, 192.0.2.7,fd00::/8 ,").unwrap().trusted_proxies;
+        let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+        assert_eq!(
+            read("10.0.0.0/8, 10.0.0.0/33").unwrap_err().to_string(),
+            "invalid setting PROGRESS_TRUSTED_PROXIES: \"10.0.0.0/33\" is not an IP address or CIDR block \
+             such as 10.0.0.0/8, 192.0.2.7 or fd00::/8"
+        );
+        assert!(
+            read("proxy.internal").unwrap_err().to_string().starts_with("invalid setting PROGRESS_TRUSTED_PROXIES")
+        );
+        let defaults = Settings::from_env_without_file(env(&[])).unwrap();
+        assert_eq!((defaults.address_rate_per_second, defaults.trusted_proxies.len()), (0, 0), "off by default");
+    }
 }
