@@ -33,6 +33,21 @@ pub const QUEUED_SNAPSHOTS: usize = 8;
 /// How often a failed re-read is retried before waiting for the next notice.
 const REREAD_ATTEMPTS: u32 = 5;
 
+/// Change notices queued for each multi-record stream ([`Live::every_change`])
+/// that is behind; one that falls further behind hears [`Notice::Resync`].
+pub const QUEUED_NOTICES: usize = 4096;
+
+/// A change of any record, for multi-record streams.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// Record `id` changed to `version` (0: deleted). The same change may
+    /// be announced twice (the local write and its Redis notice).
+    Changed(Arc<str>, u64),
+    /// Notices may have been missed (they stopped flowing, or this receiver
+    /// fell behind): anything may have changed meanwhile.
+    Resync,
+}
+
 /// What a waiter knows of a record.
 #[derive(Debug, Clone)]
 pub enum Snapshot {
@@ -66,6 +81,8 @@ struct Inner {
     /// Kept alive here: the subscription runs while the hub exists.
     notices: OnceLock<Arc<ChangeNotices>>,
     closing: watch::Sender<bool>,
+    /// Every change, for multi-record streams; sent only while one listens.
+    every: broadcast::Sender<Notice>,
 }
 
 struct Watched {
@@ -91,7 +108,13 @@ impl Live {
     pub fn new(store: Arc<dyn ProgressStore>) -> Self {
         let (closing, _) = watch::channel(false);
         Self {
-            inner: Arc::new(Inner { store, watched: Mutex::new(HashMap::new()), notices: OnceLock::new(), closing }),
+            inner: Arc::new(Inner {
+                store,
+                watched: Mutex::new(HashMap::new()),
+                notices: OnceLock::new(),
+                closing,
+                every: broadcast::channel(QUEUED_NOTICES).0,
+            }),
         }
     }
 
@@ -133,6 +156,13 @@ impl Live {
         self.inner.notify(id.as_str(), version);
     }
 
+    /// Hears of every change of every record from now on (multi-record
+    /// streams filter them), and of shutdown. Costs the notice path nothing
+    /// while no one listens.
+    pub fn every_change(&self) -> (broadcast::Receiver<Notice>, watch::Receiver<bool>) {
+        (self.inner.every.subscribe(), self.inner.closing.subscribe())
+    }
+
     /// Ends every wait (at shutdown): long-polls answer at once, streams end.
     pub fn close(&self) {
         self.inner.closing.send_replace(true);
@@ -150,6 +180,10 @@ impl Inner {
     }
 
     fn notify(&self, id: &str, version: u64) {
+        if self.every.receiver_count() > 0 {
+            // No receiver left since the check is not an error.
+            let _ = self.every.send(Notice::Changed(Arc::from(id), version));
+        }
         let Some(watched) = self.lock().get(id).cloned() else { return };
         let known = watched.snapshot.borrow().recency().map(|(_, v)| v);
         if version != 0 && known == Some(version) {
@@ -206,6 +240,9 @@ impl ChangeSink for Inner {
     fn listening(&self, live: bool) {
         if live {
             // Notices may have been missed while they did not flow.
+            if self.every.receiver_count() > 0 {
+                let _ = self.every.send(Notice::Resync);
+            }
             self.reread_all();
         }
     }

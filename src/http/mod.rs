@@ -31,6 +31,7 @@ mod list;
 mod problem;
 mod progress;
 mod rate;
+mod stream_all;
 mod tokens;
 
 pub use auth::{ACCESS_TOKEN_PARAM, AccessTokens, Grant, ScopedGrant};
