@@ -429,6 +429,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_change_reaches_multi_record_listeners_and_gaps_ask_for_a_resync() {
+        let store = MemoryStore::start(Duration::from_secs(60));
+        let live = Live::new(store.clone());
+        // Nobody listens: nothing is queued.
+        live.changed(&ProgressId::parse("early").unwrap(), 1);
+        let (mut notices, closing) = live.every_change();
+        live.changed(&ProgressId::parse("a:1").unwrap(), 3);
+        live.changed(&ProgressId::parse("a:1").unwrap(), 0);
+        ChangeSink::listening(live.inner.as_ref(), true);
+        match notices.try_recv() {
+            Ok(Notice::Changed(id, 3)) => assert_eq!(&*id, "a:1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(notices.try_recv(), Ok(Notice::Changed(_, 0))));
+        assert!(matches!(notices.try_recv(), Ok(Notice::Resync)));
+        assert!(notices.try_recv().is_err(), "nothing else, the early change included");
+        live.close();
+        assert!(*closing.borrow(), "listeners see shutdown");
+    }
+
+    #[tokio::test]
     async fn closing_ends_every_wait() {
         let store = MemoryStore::start(Duration::from_secs(60));
         let live = Live::new(store.clone());
