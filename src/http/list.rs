@@ -32,8 +32,10 @@ pub async fn list(
     if let Some(Extension(ScopedGrant(scope))) = grant {
         scope_listing(&mut query, &scope)?;
     }
+    // Checked on the listing too, as openapi.yaml says (a header lookup when absent).
+    let resume = super::events::last_event_id(&headers)?;
     if stream_all::wants_stream(&headers) {
-        return stream_all::stream(&state, query, &headers).await;
+        return stream_all::stream(&state, query, resume).await;
     }
     let page = state.service.list(&query).await?;
     Ok(page_response(&page))

@@ -63,7 +63,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 
 use super::AppState;
-use super::events::{RECONNECT_AFTER, last_event_id, sse_response};
+use super::events::{RECONNECT_AFTER, sse_response};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::error::Error;
 use crate::live::Notice;
@@ -97,8 +97,9 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 /// The stream for `query` (already inside a scoped token's prefix). The
 /// first page is read before answering, so a store that is down is a 503,
 /// not an empty stream.
-pub async fn stream(state: &AppState, mut query: ListQuery, headers: &HeaderMap) -> Result<Response, Error> {
-    let resume = last_event_id(headers)?.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+/// `resume` is the `Last-Event-ID`, already checked.
+pub async fn stream(state: &AppState, mut query: ListQuery, resume: Option<u64>) -> Result<Response, Error> {
+    let resume = resume.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
     // Subscribed before the first read, so no change after it is missed.
     let (notices, closing) = state.service.live().every_change();
     let started = Timestamp::now().millis();
