@@ -128,7 +128,10 @@
         current = token;
         renewAt = exp - early;
         if (timer !== null) clearTimeout(timer);
-        if (!stopped) timer = setTimeout(function () { timer = null; if (!stopped) ask().catch(function () {}); }, Math.max(0, renewAt - Date.now()));
+        // Renewed ahead of time; one that has already expired is left to the 401.
+        if (!stopped && renewAt > Date.now()) {
+          timer = setTimeout(function () { timer = null; if (!stopped) ask().catch(function () {}); }, renewAt - Date.now());
+        }
         return token;
       }, function (error) {
         pending = null;

@@ -240,3 +240,28 @@ async fn a_snapshot_pages_through_the_listing() {
     let (records, ready) = snapshot(&mut stream).await;
     assert_eq!((records.len(), ready.json()["records"].as_u64()), (250, Some(250)));
 }
+
+/// A stream counts once against a scoped token's rate limit, however many
+/// events it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_counts_once_against_the_rate_limit() {
+    let app = spawn_app_with(Backend::Memory, |s| {
+        s.signing_keys = vec![KEY.into()];
+        s.scoped_rate_per_second = 1;
+        s.scoped_rate_burst = 2;
+    })
+    .await;
+    let mine = token(json!({"prefix": "rl:", "exp": now_seconds() + 600}));
+    let mut stream = open(&app, &format!("?access_token={mine}"), &[]).await;
+    snapshot(&mut stream).await;
+    for n in 0..10u64 {
+        app.put_ok("rl:job", &json!({"status": "running", "current": n})).await;
+        assert_eq!(next_of(&mut stream).await.2.json()["current"], n);
+    }
+    // One request of the burst left, then 429.
+    let bearer = format!("Bearer {mine}");
+    let res = app.send(Method::GET, "/progress/rl:job", None, &[("authorization", &bearer)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = app.send(Method::GET, "/progress/rl:job", None, &[("authorization", &bearer)]).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
