@@ -18,7 +18,11 @@
  *
  * Options (all optional):
  *   baseUrl     where progressd answers; default: the origin this script was loaded from
- *   token       bearer token (a string, or a function returning one)
+ *   token       bearer token: a string, or a function returning one or a Promise of one.
+ *               A function is called again shortly before a JWT's `exp` (when the token
+ *               is one) and after a 401 (once per failure), so a page can fetch a fresh
+ *               scoped token from its own backend; a token that is not a JWT is asked
+ *               for before every request.
  *   onError     (error) => …  every failure; error.status, error.code, error.problem,
  *               error.fatal (true when watching has stopped because of it)
  *   onDeleted   (id) => …  the record was deleted; watching has stopped
@@ -37,6 +41,21 @@
  *               many milliseconds; default 75000 (the server's heartbeat is every 15 s)
  *
  * The handle: { cancel(), done (a Promise of the end reason), transport, lastVersion }.
+ *
+ * watchAll({prefix, status}, onUpdate, options) follows every record whose id
+ * starts with `prefix` (and whose status is one of `status`, e.g. 'running' or
+ * 'pending,running'; both optional) on one connection: GET /progress with
+ * `Accept: text/event-stream`. onUpdate(record) is called for each record of
+ * the snapshot, then for each created or updated one; it reconnects with
+ * `Last-Event-ID` and loses nothing that still exists. With a prefix token
+ * and no prefix, the token's prefix is used. Options: baseUrl, token,
+ * onError, onEnd, maxBackoff, idleTimeout as for watch(), and
+ *   onReady     (count) => …  the snapshot is complete (after each (re)connect)
+ *   onDeleted   (id) => …  a record was deleted
+ *   onRemoved   (id, status) => …  a record moved to a status outside `status`
+ *   interval    milliseconds between listings when the server has no stream
+ *               (then the listing is polled); default 5000
+ * The handle: { cancel(), done, transport, lastEventId }.
  */
 (function (root) {
   'use strict';
@@ -90,6 +109,58 @@
     return problem && problem.reason === 'expired' ? 'expired' : 'deleted';
   }
 
+  // The `exp` of a JWT, in milliseconds; null when the token is not one.
+  function jwtExpiry(token) {
+    if (typeof token !== 'string') return null;
+    var parts = token.split('.');
+    if (parts.length !== 3 || parts[0].slice(0, 3) !== 'eyJ') return null;
+    try {
+      var json = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+      while (json.length % 4) json += '=';
+      var claims = JSON.parse(root.atob(json));
+      return typeof claims.exp === 'number' ? claims.exp * 1000 : null;
+    } catch (e) { return null; }
+  }
+
+  // The `token` option as { get() → Promise of a token or null, refresh() }.
+  // A function's JWT is kept until shortly before it expires (a tenth of its
+  // remaining life, at least 5 s and at most 60 s early), then asked for again,
+  // ahead of time by a timer too, so a reconnect never waits on an expired one.
+  function tokenSource(option) {
+    if (typeof option !== 'function') {
+      return { get: function () { return Promise.resolve(option || null); }, refresh: function () {}, stop: function () {}, dynamic: false };
+    }
+    var current = null, renewAt = 0, pending = null, timer = null, stopped = false;
+    function ask() {
+      if (pending) return pending;
+      pending = Promise.resolve().then(function () { return option(); }).then(function (token) {
+        pending = null;
+        var exp = jwtExpiry(token);
+        if (exp === null) { current = null; return token || null; }   // not a JWT: asked for every time
+        var early = Math.max(5000, Math.min(60000, (exp - Date.now()) / 10));
+        current = token;
+        renewAt = exp - early;
+        if (timer !== null) clearTimeout(timer);
+        // Renewed ahead of time; one that has already expired is left to the 401.
+        if (!stopped && renewAt > Date.now()) {
+          timer = setTimeout(function () { timer = null; if (!stopped) ask().catch(function () {}); }, renewAt - Date.now());
+        }
+        return token;
+      }, function (error) {
+        pending = null;
+        if (error && error.status === undefined) error.status = 0;
+        throw error;
+      });
+      return pending;
+    }
+    return {
+      get: function () { return current !== null && Date.now() < renewAt ? Promise.resolve(current) : ask(); },
+      refresh: function () { current = null; },
+      stop: function () { stopped = true; if (timer !== null) { clearTimeout(timer); timer = null; } },
+      dynamic: true
+    };
+  }
+
   function watch(id, onUpdate, options) {
     if (typeof id !== 'string' || id === '') throw new TypeError('progressd.watch: id must be a non-empty string');
     if (typeof onUpdate !== 'function') throw new TypeError('progressd.watch: onUpdate must be a function');
@@ -121,13 +192,28 @@
       cancel: function () { finish('cancelled'); }
     };
 
+    var tokens = tokenSource(opts.token);
+    var refreshed = false;       // a 401 already made the token function run again
+
+    // The request's headers, once the token is known (a Promise).
     function headers(extra) {
-      var h = { Accept: extra && extra.accept || 'application/json' };
-      var token = typeof opts.token === 'function' ? opts.token() : opts.token;
-      if (token) h.Authorization = 'Bearer ' + token;
-      if (extra && extra.lastEventId != null) h['Last-Event-ID'] = String(extra.lastEventId);
-      if (extra && extra.ifNoneMatch) h['If-None-Match'] = extra.ifNoneMatch;
-      return h;
+      return tokens.get().then(function (token) {
+        var h = { Accept: extra && extra.accept || 'application/json' };
+        if (token) h.Authorization = 'Bearer ' + token;
+        if (extra && extra.lastEventId != null) h['Last-Event-ID'] = String(extra.lastEventId);
+        if (extra && extra.ifNoneMatch) h['If-None-Match'] = extra.ifNoneMatch;
+        return h;
+      });
+    }
+
+    // A 401 with a token function: ask it again and retry once, at once.
+    function retryWithNewToken(error, retry) {
+      if (!error || error.status !== 401 || !tokens.dynamic || refreshed) return false;
+      refreshed = true;
+      tokens.refresh();
+      call(opts.onError, error);
+      later(retry, 0);
+      return true;
     }
 
     function call(callback, value) {
@@ -141,6 +227,7 @@
     function finish(reason, error) {
       if (stopped) return;
       stopped = true;
+      tokens.stop();
       if (timer !== null) { clearTimeout(timer); timer = null; }
       if (controller) { controller.abort(); controller = null; }
       if (error) { error.fatal = true; call(opts.onError, error); }
@@ -188,6 +275,7 @@
       if (stopped) return;
       if (error && error.name === 'AbortError') return;
       if (error && error.status === 410) { gone(goneReason(error.problem), error.problem && error.problem.gone_at); return; }
+      if (retryWithNewToken(error, retry)) return;
       if (error && isFatalStatus(error.status)) { finish('error', error); return; }
       call(opts.onError, error);
       later(retry, backoff(error));
@@ -217,10 +305,12 @@
       }
       function done() { if (idle !== null) { clearTimeout(idle); idle = null; } }
 
-      fetch(baseUrl + '/progress/' + encodeURIComponent(id) + '/events', {
-        headers: headers({ accept: 'text/event-stream', lastEventId: lastVersion }),
-        cache: 'no-store',
-        signal: ctrl.signal
+      headers({ accept: 'text/event-stream', lastEventId: lastVersion }).then(function (h) {
+        return fetch(baseUrl + '/progress/' + encodeURIComponent(id) + '/events', {
+          headers: h,
+          cache: 'no-store',
+          signal: ctrl.signal
+        });
       }).then(function (response) {
         if (stopped) return null;
         var type = response.headers.get('Content-Type') || '';
@@ -269,6 +359,7 @@
           delivered = true;
           streamFailures = 0;
           failures = 0;
+          refreshed = false;
           deliver(record, event.id ? '"' + event.id + '"' : null);
         });
         function pump() {
@@ -292,6 +383,7 @@
         if (stopped || (error && error.name === 'AbortError' && controller !== ctrl)) return;
         if (error && error.name === 'AbortError') error = WatchError('the event stream went quiet', { status: 0 });
         if (error && error.status === 410) { gone(goneReason(error.problem), error.problem && error.problem.gone_at); return; }
+        if (retryWithNewToken(error, stream)) return;
         if (error && isFatalStatus(error.status)) { finish('error', error); return; }
         if (error && error.status === undefined) error.status = 0;
         if (!delivered) streamFailures += 1;
@@ -326,7 +418,8 @@
       controller = ctrl;
       var started = Date.now();
       var url = recordUrl + (etag && waitSeconds > 0 ? '?wait=' + waitSeconds : '');
-      fetch(url, { headers: headers({ ifNoneMatch: etag }), cache: 'no-store', signal: ctrl.signal })
+      headers({ ifNoneMatch: etag })
+        .then(function (h) { return fetch(url, { headers: h, cache: 'no-store', signal: ctrl.signal }); })
         .then(function (response) {
           if (stopped) return null;
           if (response.status === 304) {
@@ -340,6 +433,7 @@
             if (response.status === 404) { notFound(httpError(response, text), poll); return; }
             if (!response.ok) throw httpError(response, text);
             failures = 0;
+            refreshed = false;
             var before = lastVersion;
             var record = JSON.parse(text);
             if (!deliver(record, response.headers.get('ETag'))) {
@@ -357,6 +451,180 @@
     }
 
     if (mode === 'poll') poll(); else stream();
+    return handle;
+  }
+
+  // ---- many records on one stream ---------------------------------------------
+
+  function watchAll(filter, onUpdate, options) {
+    if (typeof onUpdate !== 'function') throw new TypeError('progressd.watchAll: onUpdate must be a function');
+    var f = filter || {};
+    var opts = options || {};
+    var baseUrl = String(opts.baseUrl != null ? opts.baseUrl : scriptOrigin).replace(/\/+$/, '');
+    var maxBackoff = opts.maxBackoff != null ? Number(opts.maxBackoff) : 30000;
+    var idleTimeout = opts.idleTimeout != null ? Number(opts.idleTimeout) : 75000;
+    var interval = opts.interval != null ? Number(opts.interval) : 5000;
+    var query = new URLSearchParams();
+    if (f.status) query.set('status', Array.isArray(f.status) ? f.status.join(',') : String(f.status));
+    if (f.prefix) query.set('prefix', String(f.prefix));
+    var listUrl = baseUrl + '/progress' + (query.toString() ? '?' + query.toString() : '');
+    var tokens = tokenSource(opts.token);
+    var refreshed = false;
+    var stopped = false;
+    var failures = 0;
+    var controller = null;
+    var timer = null;
+    var polled = null;            // id -> version, when polling the listing
+    var resolveDone;
+    var handle = {
+      transport: 'sse',
+      lastEventId: null,
+      done: new Promise(function (resolve) { resolveDone = resolve; }),
+      cancel: function () { finish('cancelled'); }
+    };
+
+    function call(callback, a, b) {
+      if (typeof callback !== 'function') return;
+      try { callback(a, b); } catch (e) {
+        if (root.console) root.console.error('progressd.watchAll callback failed', e);
+      }
+    }
+
+    function finish(reason, error) {
+      if (stopped) return;
+      stopped = true;
+      tokens.stop();
+      if (timer !== null) { clearTimeout(timer); timer = null; }
+      if (controller) { controller.abort(); controller = null; }
+      if (error) { error.fatal = true; call(opts.onError, error); }
+      call(opts.onEnd, reason);
+      resolveDone(reason);
+    }
+
+    function later(fn, delay) {
+      if (stopped) return;
+      timer = setTimeout(function () { timer = null; if (!stopped) fn(); }, delay);
+    }
+
+    function backoff(error) {
+      failures += 1;
+      var delay = Math.min(maxBackoff, 1000 * Math.pow(2, failures - 1));
+      delay = delay / 2 + Math.random() * delay / 2;
+      if (error && error.retryAfter != null) delay = Math.max(delay, error.retryAfter);
+      return delay;
+    }
+
+    function failed(error, retry) {
+      if (stopped || (error && error.name === 'AbortError')) return;
+      if (error && error.status === undefined) error.status = 0;
+      if (error && error.status === 401 && tokens.dynamic && !refreshed) {
+        refreshed = true;
+        tokens.refresh();
+        call(opts.onError, error);
+        later(retry, 0);
+        return;
+      }
+      if (error && isFatalStatus(error.status)) { finish('error', error); return; }
+      call(opts.onError, error);
+      later(retry, backoff(error));
+    }
+
+    function request(accept, url, signal) {
+      return tokens.get().then(function (token) {
+        var h = { Accept: accept };
+        if (token) h.Authorization = 'Bearer ' + token;
+        if (accept === 'text/event-stream' && handle.lastEventId) h['Last-Event-ID'] = handle.lastEventId;
+        return fetch(url, { headers: h, cache: 'no-store', signal: signal });
+      });
+    }
+
+    function stream() {
+      if (stopped) return;
+      var ctrl = new AbortController();
+      controller = ctrl;
+      var idle = null;
+      function touch() {
+        if (idle !== null) clearTimeout(idle);
+        idle = setTimeout(function () { ctrl.abort(); }, idleTimeout);
+      }
+      function done() { if (idle !== null) { clearTimeout(idle); idle = null; } }
+      request('text/event-stream', listUrl, ctrl.signal).then(function (response) {
+        if (stopped) return null;
+        var type = response.headers.get('Content-Type') || '';
+        if (response.ok && (type.indexOf('text/event-stream') !== 0 || !response.body)) {
+          // A server without the stream answers the JSON listing: poll it.
+          if (response.body) response.body.cancel().catch(function () {});
+          handle.transport = 'poll';
+          polled = new Map();
+          return poll();
+        }
+        if (!response.ok) return response.text().then(function (text) { throw httpError(response, text); });
+        touch();
+        var reader = response.body.getReader();
+        var parser = sseParser(function (event) {
+          if (stopped) return;
+          var data;
+          try { data = JSON.parse(event.data); } catch (e) { return; }
+          failures = 0;
+          refreshed = false;
+          // Snapshot events carry no id of their own: the last one stands.
+          if (event.id) handle.lastEventId = event.id;
+          if (event.type === 'progress') call(onUpdate, data);
+          else if (event.type === 'ready') call(opts.onReady, data.records);
+          else if (event.type === 'deleted') call(opts.onDeleted, data.id);
+          else if (event.type === 'removed') call(opts.onRemoved, data.id, data.status);
+        });
+        function pump() {
+          return reader.read().then(function (chunk) {
+            if (stopped) { reader.cancel().catch(function () {}); return null; }
+            if (chunk.done) { done(); later(stream, backoff(null)); return null; }
+            touch();
+            parser(chunk.value);
+            return pump();
+          });
+        }
+        return pump();
+      }).catch(function (error) {
+        done();
+        if (stopped || (error && error.name === 'AbortError' && controller !== ctrl)) return;
+        if (error && error.name === 'AbortError') error = WatchError('the event stream went quiet', { status: 0 });
+        failed(error, stream);
+      });
+    }
+
+    // The fallback: the whole listing every `interval`, reporting what changed.
+    function poll() {
+      if (stopped) return;
+      var ctrl = new AbortController();
+      controller = ctrl;
+      var seen = new Map();
+      function page(cursor) {
+        var url = listUrl + (listUrl.indexOf('?') < 0 ? '?' : '&') + 'limit=500' + (cursor ? '&cursor=' + encodeURIComponent(cursor) : '');
+        return request('application/json', url, ctrl.signal).then(function (response) {
+          return response.text().then(function (text) {
+            if (!response.ok) throw httpError(response, text);
+            var body = JSON.parse(text);
+            (body.items || []).forEach(function (record) {
+              seen.set(record.id, record.version);
+              if (polled.get(record.id) !== record.version) call(onUpdate, record);
+            });
+            return body.next_cursor ? page(body.next_cursor) : null;
+          });
+        });
+      }
+      page(null).then(function () {
+        if (stopped) return;
+        polled.forEach(function (version, id) { if (!seen.has(id)) call(opts.onDeleted, id); });
+        polled = seen;
+        failures = 0;
+        refreshed = false;
+        call(opts.onReady, seen.size);
+        later(poll, interval);
+      }).catch(function (error) { failed(error, poll); });
+      return null;
+    }
+
+    stream();
     return handle;
   }
 
@@ -402,7 +670,7 @@
     };
   }
 
-  var api = { watch: watch, isTerminal: isTerminal, version: '1' };
+  var api = { watch: watch, watchAll: watchAll, isTerminal: isTerminal, version: '1' };
   if (typeof module === 'object' && module && module.exports) module.exports = api;
   root.progressd = Object.assign(root.progressd || {}, api);
 })(typeof window !== 'undefined' ? window : globalThis);

@@ -1,5 +1,6 @@
-// progressd dashboard: lists records from GET /progress, shows one in detail
-// and follows it live with client.js. Record data is untrusted: every piece of
+// progressd dashboard: follows the records of GET /progress live (one event
+// stream, client.js's watchAll), shows one in detail and follows it live with
+// client.js's watch. Record data is untrusted: every piece of
 // it reaches the page through textContent or a DOM property, never as markup.
 (function () {
   'use strict';
@@ -23,9 +24,10 @@
     detailRecord: null,   // the newest record the detail view's watch delivered
     detailShown: null,    // the record the detail view shows
     listGeneration: 0,
-    listAbort: null,
-    refreshTimer: null,
-    lastRefresh: null
+    refreshTimer: null,   // the pending render
+    lastRefresh: null,
+    listWatch: null,      // client.js watchAll handle of the list
+    records: new Map()    // id -> the newest record the stream delivered
   };
 
   function $(id) { return document.getElementById(id); }
@@ -156,12 +158,6 @@
     $('token-input').value = '';
   }
 
-  function authHeaders() {
-    var headers = { Accept: 'application/json' };
-    if (state.token) headers.Authorization = 'Bearer ' + state.token;
-    return headers;
-  }
-
   // ---- notices ----------------------------------------------------------------
 
   function notice(kind, text) {
@@ -200,69 +196,69 @@
     return API + '/progress?' + q.toString();
   }
 
-  function fetchJson(url, signal) {
-    return fetch(url, { headers: authHeaders(), cache: 'no-store', signal: signal }).then(function (response) {
-      return response.text().then(function (text) {
-        var body = null;
-        try { body = text ? JSON.parse(text) : null; } catch (e) { /* not JSON */ }
-        if (!response.ok) {
-          var error = new Error('HTTP ' + response.status);
-          error.status = response.status;
-          error.problem = body;
-          throw error;
-        }
-        return body;
-      });
-    });
-  }
+  // The list follows GET /progress as one event stream (client.js's
+  // watchAll): the matching records, then every change, live. The records
+  // are kept here and shown newest first, `pageSize` per shown page; renders
+  // are batched to one per `RENDER_MS`.
+  var RENDER_MS = 200;
 
-  // Reloads as many pages as are shown, from the first.
   function refresh() {
+    if (state.listWatch) state.listWatch.cancel();
     clearTimeout(state.refreshTimer);
-    if (state.listAbort) state.listAbort.abort();
-    var abort = new AbortController();
-    state.listAbort = abort;
+    state.refreshTimer = null;
     var generation = ++state.listGeneration;
-    var items = [];
-    var pages = state.pages;
-
-    function page(cursor, left) {
-      return fetchJson(listUrl(cursor), abort.signal).then(function (body) {
-        var got = body && Array.isArray(body.items) ? body.items : [];
-        items = items.concat(got);
-        var next = body ? body.next_cursor || null : null;
-        if (next && left > 1) return page(next, left - 1);
-        return next;
-      });
-    }
-
-    return page(null, pages).then(function (next) {
-      if (generation !== state.listGeneration) return;
-      state.nextCursor = next;
-      state.lastRefresh = Date.now();
-      notice(null, null);
-      renderList(items);
-    }).catch(function (error) {
-      if (generation !== state.listGeneration || (error && error.name === 'AbortError')) return;
-      var status = error.status || 0;
-      notice(status === 401 || status === 403 ? 'auth' : 'error', explain(status, error.problem || { detail: error.message }));
-      if (status === 401 || status === 403) {
-        renderList([]);
-        $('summary').textContent = '';
-        $('empty').hidden = true;
-        $('token-input').focus();
+    var records = new Map();
+    state.records = records;
+    var filter = { status: $('filter-status').value || null, prefix: $('filter-prefix').value.trim() || null };
+    function current() { return generation === state.listGeneration; }
+    state.listWatch = window.progressd.watchAll(filter, function (record) {
+      if (!current() || !record || typeof record.id !== 'string') return;
+      var held = records.get(record.id);
+      if (held && held.created_at === record.created_at && held.version >= record.version) return;
+      records.set(record.id, record);
+      scheduleRender();
+    }, {
+      baseUrl: API,
+      token: function () { return state.token; },
+      interval: refreshSeconds * 1000,
+      onReady: function () {
+        if (!current()) return;
+        state.lastRefresh = Date.now();
+        notice(null, null);
+        scheduleRender(true);
+      },
+      onDeleted: function (id) { if (current() && records.delete(id)) scheduleRender(); },
+      onRemoved: function (id) { if (current() && records.delete(id)) scheduleRender(); },
+      onError: function (error) {
+        if (!current()) return;
+        var status = error.status || 0;
+        notice(status === 401 || status === 403 ? 'auth' : 'error', explain(status, error.problem || { detail: error.message }));
+        if (error.fatal && (status === 401 || status === 403)) {
+          records.clear();
+          renderList([]);
+          $('summary').textContent = '';
+          $('empty').hidden = true;
+          $('token-input').focus();
+        }
       }
-    }).then(function () {
-      if (generation === state.listGeneration) schedule();
     });
   }
 
-  function schedule() {
-    clearTimeout(state.refreshTimer);
-    state.refreshTimer = setTimeout(function () {
-      if (document.hidden) { schedule(); return; }
-      refresh();
-    }, refreshSeconds * 1000);
+  function scheduleRender(now) {
+    if (now) { clearTimeout(state.refreshTimer); state.refreshTimer = null; render(); return; }
+    if (state.refreshTimer !== null) return;
+    state.refreshTimer = setTimeout(function () { state.refreshTimer = null; render(); }, RENDER_MS);
+  }
+
+  // Newest first by creation, as the listing orders them.
+  function render() {
+    var all = Array.from(state.records.values()).sort(function (a, b) {
+      if (a.created_at !== b.created_at) return a.created_at < b.created_at ? 1 : -1;
+      return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
+    });
+    var shown = all.slice(0, state.pages * pageSize);
+    state.nextCursor = all.length > shown.length ? 'more' : null;
+    renderList(shown);
   }
 
   function renderList(items) {
@@ -557,13 +553,10 @@
       typing = setTimeout(function () { state.pages = 1; saveLocation(); refresh(); }, 300);
     });
     $('refresh').addEventListener('click', function () { refresh(); });
-    $('more').addEventListener('click', function () { state.pages += 1; refresh(); });
+    $('more').addEventListener('click', function () { state.pages += 1; render(); });
     $('d-close').addEventListener('click', function () { closeDetail(false); });
     document.addEventListener('keydown', function (event) {
       if (event.key === 'Escape' && state.selected) closeDetail(false);
-    });
-    document.addEventListener('visibilitychange', function () {
-      if (!document.hidden && state.lastRefresh && Date.now() - state.lastRefresh > refreshSeconds * 1000) refresh();
     });
 
     refresh();

@@ -42,6 +42,21 @@ const EXPIRY_GRACE: Duration = Duration::from_millis(50);
 /// still holds it.
 const EXPIRY_RECHECK: Duration = Duration::from_millis(250);
 
+/// Change notices queued for each multi-record stream ([`Live::every_change`])
+/// that is behind; one that falls further behind hears [`Notice::Resync`].
+pub const QUEUED_NOTICES: usize = 4096;
+
+/// A change of any record, for multi-record streams.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// Record `id` changed to `version` (0: deleted). The same change may
+    /// be announced twice (the local write and its Redis notice).
+    Changed(Arc<str>, u64),
+    /// Notices may have been missed (they stopped flowing, or this receiver
+    /// fell behind): anything may have changed meanwhile.
+    Resync,
+}
+
 /// What a waiter knows of a record.
 #[derive(Debug, Clone)]
 pub enum Snapshot {
@@ -75,6 +90,8 @@ struct Inner {
     /// Kept alive here: the subscription runs while the hub exists.
     notices: OnceLock<Arc<ChangeNotices>>,
     closing: watch::Sender<bool>,
+    /// Every change, for multi-record streams; sent only while one listens.
+    every: broadcast::Sender<Notice>,
 }
 
 struct Watched {
@@ -100,7 +117,13 @@ impl Live {
     pub fn new(store: Arc<dyn ProgressStore>) -> Self {
         let (closing, _) = watch::channel(false);
         Self {
-            inner: Arc::new(Inner { store, watched: Mutex::new(HashMap::new()), notices: OnceLock::new(), closing }),
+            inner: Arc::new(Inner {
+                store,
+                watched: Mutex::new(HashMap::new()),
+                notices: OnceLock::new(),
+                closing,
+                every: broadcast::channel(QUEUED_NOTICES).0,
+            }),
         }
     }
 
@@ -142,6 +165,13 @@ impl Live {
         self.inner.notify(id.as_str(), version);
     }
 
+    /// Hears of every change of every record from now on (multi-record
+    /// streams filter them), and of shutdown. Costs the notice path nothing
+    /// while no one listens.
+    pub fn every_change(&self) -> (broadcast::Receiver<Notice>, watch::Receiver<bool>) {
+        (self.inner.every.subscribe(), self.inner.closing.subscribe())
+    }
+
     /// Ends every wait (at shutdown): long-polls answer at once, streams end.
     pub fn close(&self) {
         self.inner.closing.send_replace(true);
@@ -159,6 +189,10 @@ impl Inner {
     }
 
     fn notify(&self, id: &str, version: u64) {
+        if self.every.receiver_count() > 0 {
+            // No receiver left since the check is not an error.
+            let _ = self.every.send(Notice::Changed(Arc::from(id), version));
+        }
         let Some(watched) = self.lock().get(id).cloned() else { return };
         let known = watched.snapshot.borrow().recency().map(|(_, v)| v);
         if version != 0 && known == Some(version) {
@@ -215,6 +249,9 @@ impl ChangeSink for Inner {
     fn listening(&self, live: bool) {
         if live {
             // Notices may have been missed while they did not flow.
+            if self.every.receiver_count() > 0 {
+                let _ = self.every.send(Notice::Resync);
+            }
             self.reread_all();
         }
     }
@@ -429,6 +466,27 @@ mod tests {
         assert_eq!(version(slower.changed_from(Some((1, newest))).await), Some(0));
         drop((slow, slower));
         assert_eq!(live.watched_records(), 0);
+    }
+
+    #[tokio::test]
+    async fn every_change_reaches_multi_record_listeners_and_gaps_ask_for_a_resync() {
+        let store = MemoryStore::start(Duration::from_secs(60));
+        let live = Live::new(store.clone());
+        // Nobody listens: nothing is queued.
+        live.changed(&ProgressId::parse("early").unwrap(), 1);
+        let (mut notices, closing) = live.every_change();
+        live.changed(&ProgressId::parse("a:1").unwrap(), 3);
+        live.changed(&ProgressId::parse("a:1").unwrap(), 0);
+        ChangeSink::listening(live.inner.as_ref(), true);
+        match notices.try_recv() {
+            Ok(Notice::Changed(id, 3)) => assert_eq!(&*id, "a:1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(notices.try_recv(), Ok(Notice::Changed(_, 0))));
+        assert!(matches!(notices.try_recv(), Ok(Notice::Resync)));
+        assert!(notices.try_recv().is_err(), "nothing else, the early change included");
+        live.close();
+        assert!(*closing.borrow(), "listeners see shutdown");
     }
 
     #[tokio::test]

@@ -326,3 +326,22 @@ async fn the_dashboard_works_with_a_read_token_and_says_when_it_needs_one() {
     put(&app, "auth-job", json!({"status": "running", "progress": 20, "stage": "RUN"}), Some("writer-token")).await;
     run_scenario(&browser, "auth", &app, Some("writer-token")).await;
 }
+
+/// (d) Scoped tokens in the browser: EventSource with `?access_token=`,
+/// watchAll with a token function (refreshed after a 401), and the
+/// dashboard with a prefix token, live, showing only that prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_watch_a_job_and_a_prefix_live_in_the_browser() {
+    let Some(browser) = browser("scoped") else { return };
+    let app = spawn_app_with(Backend::Memory, |s| {
+        s.read_tokens = vec!["scoped-reader".into()];
+        s.write_tokens = vec!["scoped-writer".into()];
+        s.signing_keys = vec!["k1:browser-scoped-signing-key-0123456789abcdef".into()];
+    })
+    .await;
+    let writer = Some("scoped-writer");
+    put(&app, "user-7:book", json!({"status": "running", "progress": 10}), writer).await;
+    put(&app, "user-7:draft", json!({"status": "pending"}), writer).await;
+    put(&app, "user-8:other", json!({"status": "running", "progress": 50}), writer).await;
+    run_scenario(&browser, "scoped", &app, writer).await;
+}

@@ -40,7 +40,7 @@ use crate::live::{Snapshot, Watch};
 use crate::service::ProgressService;
 
 /// How long `EventSource` waits before reconnecting after a dropped stream.
-const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+pub(super) const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
 /// `GET /progress/{id}/events`.
 pub async fn events(State(state): State<AppState>, PathId(id): PathId, headers: HeaderMap) -> Result<Response, Error> {
@@ -63,17 +63,25 @@ pub async fn events(State(state): State<AppState>, PathId(id): PathId, headers: 
         step: first.map_or(Step::Wait, Step::Send),
         first: true,
     });
+    Ok(sse_response(stream, state.heartbeat))
+}
+
+/// An event stream with its heartbeat comments, unbuffered by proxies.
+pub(super) fn sse_response<S>(stream: S, heartbeat: Duration) -> Response
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
     let mut response =
-        Sse::new(stream).keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat")).into_response();
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")).into_response();
     // nginx and some platform proxies buffer responses unless told not to.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// `Last-Event-ID`: a version this client has seen, 1 to 19 digits (every
 /// version fits); empty counts as absent. Anything else (also spaces or
 /// bytes that are not ASCII) is a 400, as `openapi.yaml` says.
-fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+pub(super) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let Some(value) = headers.get("last-event-id") else { return Ok(None) };
     let bad =
         |text: &str| Error::InvalidHeader(format!("Last-Event-ID must be a version this service sent, not {text:?}"));

@@ -3,11 +3,12 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
 
 use super::extract::{distinct_params, id_prefix};
+use super::stream_all;
 use super::{AppState, ScopedGrant};
 use crate::domain::{Status, Timestamp};
 use crate::error::Error;
@@ -23,12 +24,18 @@ use crate::tokens::Scope;
 pub async fn list(
     State(state): State<AppState>,
     grant: Option<Extension<ScopedGrant>>,
+    headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(pairs) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
     let mut query = parse_query(pairs)?;
     if let Some(Extension(ScopedGrant(scope))) = grant {
         scope_listing(&mut query, &scope)?;
+    }
+    // Checked on the listing too, as openapi.yaml says (a header lookup when absent).
+    let resume = super::events::last_event_id(&headers)?;
+    if stream_all::wants_stream(&headers) {
+        return stream_all::stream(&state, query, resume).await;
     }
     let page = state.service.list(&query).await?;
     Ok(page_response(&page))

@@ -32,6 +32,7 @@ mod list;
 mod problem;
 mod progress;
 mod rate;
+mod stream_all;
 mod tokens;
 
 pub use address::{TrustedProxies, X_FORWARDED_FOR, client_address, parse_network};
