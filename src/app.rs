@@ -15,14 +15,27 @@ use crate::live::Live;
 use crate::service::ProgressService;
 use crate::settings::{Settings, redact_url};
 use crate::store::{
-    CacheConfig, CachedStore, ChangeNotices, ChangeSink, ErrorLog, Hot, MemoryStore, PostgresStore,
-    PostgresStoreConfig, RedisStore, RedisStoreConfig, Store, TierState, TieredConfig, TieredStore,
+    CacheConfig, CachedStore, ChangeNotices, ChangeSink, ErrorLog, Fallback, Hot, MemoryOutbox, MemoryStore, Outbox,
+    PostgresStore, PostgresStoreConfig, RedisStore, RedisStoreConfig, Store, TierState, TieredConfig, TieredStore,
 };
 use crate::tls::{self, Verify};
 use crate::tokens::SigningKeys;
+use crate::webhooks::{WebhookConfig, Webhooks};
 
 /// Redis's change notices, when there is a Redis.
 pub type Notices = Option<Arc<ChangeNotices>>;
+
+/// What [`build_store`] builds: the store, Redis's change notices and the
+/// webhook outbox, kept where the records are.
+pub struct Built {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Redis's change notices, when there is a Redis.
+    pub notices: Notices,
+    /// Where webhook deliveries are recorded: memory, Redis, PostgreSQL, or
+    /// PostgreSQL falling back to Redis.
+    pub outbox: Arc<dyn Outbox>,
+}
 
 /// How often the embedded store drops expired records from memory.
 const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -42,7 +55,7 @@ const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Never waits for a tier: one that is down at start-up is reported per
 /// request (and retried in the background), not as a start-up failure.
 /// Must run inside Tokio.
-pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Notices)> {
+pub fn build_store(settings: &Settings) -> anyhow::Result<Built> {
     let (hot, notices) = match &settings.redis_url {
         Some(url) => {
             let (hot, notices) = build_redis(settings, url)?;
@@ -51,17 +64,19 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Notic
         None => (None, None),
     };
     let Some(database_url) = &settings.database_url else {
-        let store = match hot {
-            Some(hot) => hot.store,
+        let (store, outbox): (Arc<dyn Store>, Arc<dyn Outbox>) = match hot {
+            Some(hot) => (hot.store, hot.tier),
             None => {
                 tracing::info!(
                     "hot tier: process memory (REDIS_URL is unset; records are lost when the process exits)"
                 );
                 tracing::info!("durable tier: none (DATABASE_URL is unset)");
-                MemoryStore::start_with_tombstones(MEMORY_SWEEP_EVERY, settings.tombstone())
+                let store: Arc<dyn Store> =
+                    MemoryStore::start_with_tombstones(MEMORY_SWEEP_EVERY, settings.tombstone());
+                (store, Arc::new(MemoryOutbox::default()))
             }
         };
-        return Ok((store, notices));
+        return Ok(Built { store, notices, outbox });
     };
     let config = PostgresStoreConfig {
         url: database_url.clone(),
@@ -89,8 +104,13 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Notic
         shutdown_flush: Duration::from_secs(settings.shutdown_flush_seconds),
         first_answer_wait: settings.database_timeout(),
     };
-    let store: Arc<TieredStore<RedisStore, PostgresStore>> = TieredStore::start(hot, Arc::new(durable), config);
-    Ok((store, notices))
+    let durable = Arc::new(durable);
+    let outbox: Arc<dyn Outbox> = match &hot {
+        Some(hot) => Arc::new(Fallback::new(durable.clone(), hot.tier.clone())),
+        None => durable.clone(),
+    };
+    let store: Arc<TieredStore<RedisStore, PostgresStore>> = TieredStore::start(hot, durable, config);
+    Ok(Built { store, notices, outbox })
 }
 
 /// Redis, behind the read cache unless `PROGRESS_CACHE_MAX_AGE_MS` is 0,
@@ -273,17 +293,27 @@ fn watch_tiers(store: &Arc<dyn Store>) {
 /// The application router over `store`, with live updates from this
 /// instance's writes only.
 pub fn build_router(settings: &Settings, store: Arc<dyn Store>) -> Router {
-    build_app(settings, store, None).0
+    build_app(settings, store, None, None).0
 }
 
 /// The application router over `store`, and its live-update hub, which
-/// also hears of other instances' writes through `notices`.
-pub fn build_app(settings: &Settings, store: Arc<dyn Store>, notices: Notices) -> (Router, Live) {
+/// also hears of other instances' writes through `notices`. With `hooks`,
+/// writes record webhook deliveries.
+pub fn build_app(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    notices: Notices,
+    hooks: Option<Arc<Webhooks>>,
+) -> (Router, Live) {
     let policy = WritePolicy {
         default_ttl_seconds: settings.ttl_seconds,
         heartbeat_ms: i64::try_from(settings.heartbeat_seconds).unwrap_or(i64::MAX / 1000) * 1000,
     };
-    let service = ProgressService::new(store, policy, settings.max_ttl_seconds);
+    let mut service = ProgressService::new(store, policy, settings.max_ttl_seconds);
+    if let Some(hooks) = hooks {
+        hooks.spawn(service.clone());
+        service = service.with_webhooks(hooks);
+    }
     let live = service.live().clone();
     if let Some(notices) = notices {
         live.attach(notices);
@@ -297,6 +327,19 @@ pub fn build_app(settings: &Settings, store: Arc<dyn Store>, notices: Notices) -
         max_token_ttl_seconds: settings.max_token_ttl_seconds,
     });
     (http::router(state), live)
+}
+
+/// Webhooks, when `PROGRESS_WEBHOOK_SECRET` is set, over `outbox`.
+fn build_webhooks(settings: &Settings, outbox: Arc<dyn Outbox>) -> anyhow::Result<Option<Arc<Webhooks>>> {
+    let Some(config) = WebhookConfig::from_settings(settings) else { return Ok(None) };
+    tracing::info!(
+        url = config.operator_url.as_deref().map(redact_url).as_deref().unwrap_or("none"),
+        allowed_hosts = ?settings.webhook_allowed_hosts,
+        "webhooks on"
+    );
+    let hooks =
+        Webhooks::new(config, outbox).map_err(|e| anyhow::anyhow!("invalid setting PROGRESS_WEBHOOK_SECRET: {e}"))?;
+    Ok(Some(Arc::new(hooks)))
 }
 
 /// The keys of `PROGRESS_SIGNING_KEYS` (already checked with the settings;
@@ -330,13 +373,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (store, notices) = build_store(&settings)?;
+    let Built { store, notices, outbox } = build_store(&settings)?;
+    let hooks = build_webhooks(&settings, outbox)?;
     // Stops by itself once the store is dropped, after the server below.
     crate::store::spawn_cleanup(&store, Duration::from_secs(settings.cleanup_interval_seconds));
     if settings.redis_url.is_some() || settings.database_url.is_some() {
         watch_tiers(&store);
     }
-    let (app, live) = build_app(&settings, store.clone(), notices);
+    let (app, live) = build_app(&settings, store.clone(), notices, hooks.clone());
     let address = listener.local_addr()?;
     tracing::info!(address = %address, "progressd listening");
     warn_if_open(&settings, address);
@@ -357,6 +401,9 @@ pub async fn run(
         "connection limits"
     );
     crate::serve::serve(listener, app, limits, shutdown).await;
+    if let Some(hooks) = &hooks {
+        hooks.stop();
+    }
     // No request is running any more: persist what only memory holds.
     store.shutdown().await;
     tracing::info!("progressd stopped");

@@ -55,6 +55,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod webhooks;
 
 pub use app::run;
 pub use settings::Settings;

@@ -80,6 +80,19 @@ pub const CONNECTIONS_OPEN: &str = "progressd_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "progressd_connections_refused_total";
 /// Connections closed by a timeout, by `reason`: `header` or `idle`.
 pub const CONNECTIONS_TIMED_OUT: &str = "progressd_connections_timed_out_total";
+/// Webhook deliveries recorded in the outbox, by `event`.
+pub const WEBHOOKS_RECORDED: &str = "progressd_webhooks_recorded_total";
+/// Webhook attempts, by `event` and `result`: `delivered`, `retry` (failed,
+/// to be tried again) or `failed` (failed, given up).
+pub const WEBHOOK_ATTEMPTS: &str = "progressd_webhook_attempts_total";
+/// Webhook deliveries that ended, by `event` and `outcome`: `delivered` or `failed`.
+pub const WEBHOOK_DELIVERIES: &str = "progressd_webhook_deliveries_total";
+/// Webhook deliveries waiting to be sent (in the outbox, every instance's).
+pub const WEBHOOKS_PENDING: &str = "progressd_webhooks_pending";
+/// Webhook deliveries given up and still kept (`GET /admin/webhooks`).
+pub const WEBHOOKS_FAILED: &str = "progressd_webhooks_failed";
+/// Age of the oldest pending webhook delivery (0 when none).
+pub const WEBHOOKS_OLDEST_AGE: &str = "progressd_webhooks_oldest_pending_age_seconds";
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] =
@@ -148,6 +161,16 @@ fn describe() {
     describe_gauge!(POOL_WAITING, Unit::Count, "Requests waiting for a pool connection.");
     describe_gauge!(READ_CACHE_ENTRIES, Unit::Count, "Records held by the read cache in front of Redis.");
     describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Client connections open now.");
+    describe_counter!(WEBHOOKS_RECORDED, Unit::Count, "Webhook deliveries recorded in the outbox, by event.");
+    describe_counter!(
+        WEBHOOK_ATTEMPTS,
+        Unit::Count,
+        "Webhook attempts, by event and result: delivered, retry or failed (given up)."
+    );
+    describe_counter!(WEBHOOK_DELIVERIES, Unit::Count, "Webhook deliveries that ended, by event and outcome.");
+    describe_gauge!(WEBHOOKS_PENDING, Unit::Count, "Webhook deliveries waiting to be sent.");
+    describe_gauge!(WEBHOOKS_FAILED, Unit::Count, "Webhook deliveries given up and still kept.");
+    describe_gauge!(WEBHOOKS_OLDEST_AGE, Unit::Seconds, "Age of the oldest pending webhook delivery (0 when none).");
     describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "Connections refused because the most allowed were open.");
     describe_counter!(
         CONNECTIONS_TIMED_OUT,
@@ -331,6 +354,30 @@ pub fn set_pool(tier: &'static str, size: usize, available: usize, max_size: usi
     gauge!(POOL_IDLE, "tier" => tier).set(available as f64);
     gauge!(POOL_MAX, "tier" => tier).set(max_size as f64);
     gauge!(POOL_WAITING, "tier" => tier).set(waiting as f64);
+}
+
+/// A webhook delivery of `event` was recorded.
+pub fn webhook_recorded(event: &'static str) {
+    handle();
+    counter!(WEBHOOKS_RECORDED, "event" => event).increment(1);
+}
+
+/// A webhook attempt of `event` ended with `result` (`delivered`, `retry`,
+/// `failed`); the last two end the delivery.
+pub fn webhook_attempt(event: &'static str, result: &'static str) {
+    handle();
+    counter!(WEBHOOK_ATTEMPTS, "event" => event, "result" => result).increment(1);
+    if result != "retry" {
+        counter!(WEBHOOK_DELIVERIES, "event" => event, "outcome" => result).increment(1);
+    }
+}
+
+/// Sets the webhook outbox gauges (by the delivery task, every few seconds).
+pub fn set_webhooks(pending: u64, failed: u64, oldest: Option<Duration>) {
+    handle();
+    gauge!(WEBHOOKS_PENDING).set(pending as f64);
+    gauge!(WEBHOOKS_FAILED).set(failed as f64);
+    gauge!(WEBHOOKS_OLDEST_AGE).set(oldest.unwrap_or_default().as_secs_f64());
 }
 
 /// Sets the read cache gauge (scrape time).

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::domain::{
-    ClientFields, ProgressId, ServerState, StoredRecord, Timestamp, Touched, WritePolicy, check_top_level_keys,
-    next_record, ttl_ms,
+    ClientFields, EventSet, ProgressId, ServerState, StoredRecord, Timestamp, Touched, WritePolicy,
+    check_top_level_keys, events_of_write, next_record, ttl_ms,
 };
 use crate::error::Error;
 use crate::live::Live;
 use crate::store::{Store, StoreError};
+use crate::webhooks::Webhooks;
 
 pub use crate::store::{
     BacklogSummary, BreakerState, CleanupReport, DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT,
@@ -93,13 +94,30 @@ pub struct ProgressService {
     policy: WritePolicy,
     max_ttl_seconds: u64,
     live: Live,
+    hooks: Option<Arc<Webhooks>>,
 }
+
+/// The webhook events a write caused that some target wants, and the
+/// record's own target (its `webhook` field).
+type Fired = Option<(EventSet, Option<serde_json::Map<String, Value>>)>;
 
 impl ProgressService {
     /// A service over `store`.
     pub fn new(store: Arc<dyn Store>, policy: WritePolicy, max_ttl_seconds: u64) -> Self {
         let live = Live::new(store.clone());
-        Self { store, policy, max_ttl_seconds, live }
+        Self { store, policy, max_ttl_seconds, live, hooks: None }
+    }
+
+    /// The service with webhooks: writes that cause an event record its
+    /// deliveries before they are acknowledged.
+    pub fn with_webhooks(mut self, hooks: Arc<Webhooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// The webhooks, when they are on.
+    pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
+        self.hooks.as_ref()
     }
 
     /// Who waits on which record; told of every write through this service.
@@ -189,7 +207,7 @@ impl ProgressService {
                 Some(fields) => fields,
                 None => self.read_again(&body)?,
             };
-            let (stored, ttl) = match self.next_version(id, &body, fields, current.as_mut(), conditions) {
+            let (stored, ttl, fired) = match self.next_version(id, &body, fields, current.as_mut(), conditions) {
                 Ok(next) => next,
                 // An absent record never comes from the cache.
                 Err(e) if maybe_cached && !matches!(e, Error::NotFound(_)) => {
@@ -214,6 +232,10 @@ impl ProgressService {
             };
             if self.store.compare_and_swap(id, current.as_ref(), &stored, ttl).await? {
                 crate::metrics::record_written(current.is_none());
+                // Recorded before the write is acknowledged (at least once).
+                if let (Some(hooks), Some((events, own))) = (&self.hooks, fired) {
+                    hooks.record(id, &stored, events, own.as_ref(), 0).await;
+                }
                 self.live.changed(id, stored.version());
                 return Ok(Written { record: stored, created: current.is_none() });
             }
@@ -240,9 +262,9 @@ impl ProgressService {
         }
     }
 
-    /// The record a write stores over `current` (`None`: absent), and its
-    /// time to live in ms; or why the write is refused. `body_fields` is
-    /// the body read by [`ClientFields::from_json`].
+    /// The record a write stores over `current` (`None`: absent), its time
+    /// to live in ms and the webhook events it causes; or why the write is
+    /// refused. `body_fields` is the body read by [`ClientFields::from_json`].
     fn next_version(
         &self,
         id: &ProgressId,
@@ -250,7 +272,7 @@ impl ProgressService {
         body_fields: ClientFields,
         current: Option<&mut StoredRecord>,
         conditions: &Preconditions,
-    ) -> Result<(StoredRecord, i64), Error> {
+    ) -> Result<(StoredRecord, i64, Fired), Error> {
         let corrupt = |e: crate::domain::CorruptRecord| Error::Internal(e.to_string());
         let current_meta = current.as_deref().map(|s| *s.meta());
         // The record goes along with its bytes: the read cache keeps it for
@@ -263,6 +285,7 @@ impl ProgressService {
                 let prev = current.as_deref().map(StoredRecord::server_state).transpose().map_err(corrupt)?;
                 check_preconditions(prev.as_ref(), conditions)?;
                 let touched = Touched::replace(&body_fields);
+                self.check_webhook(body_fields.webhook.as_ref())?;
                 (prev, body_fields, touched)
             }
             WriteBody::Merge(patch) => {
@@ -279,13 +302,41 @@ impl ProgressService {
                 fields.ttl_seconds = fields.ttl_seconds.map(|ttl| ttl.min(self.max_ttl_seconds));
                 let patch = check_top_level_keys(patch)?;
                 let fields = fields.merge(patch, body_fields)?;
+                if patch.contains_key("webhook") {
+                    self.check_webhook(fields.webhook.as_ref())?;
+                }
                 (Some(state), fields, Touched::patch(patch))
             }
         };
+        let fired = self.fired(prev.as_ref(), &fields);
         let prev = prev.zip(current_meta);
         let (record, meta) = next_record(id, prev, fields, touched, Timestamp::now(), &self.policy);
         let ttl = ttl_ms(record.ttl_seconds);
-        Ok((StoredRecord::encode_owned(&meta, record, size_hint), ttl))
+        Ok((StoredRecord::encode_owned(&meta, record, size_hint), ttl, fired))
+    }
+
+    /// A record's `webhook` as written: its host must be allowed (422 naming it).
+    fn check_webhook(&self, webhook: Option<&serde_json::Map<String, Value>>) -> Result<(), Error> {
+        let Some(webhook) = webhook else { return Ok(()) };
+        match &self.hooks {
+            Some(hooks) => Ok(hooks.check_record_target(webhook)?),
+            None => Err(crate::domain::ValidationError::new(
+                "webhook",
+                "webhooks are off on this server (PROGRESS_WEBHOOK_SECRET is unset)",
+            )
+            .into()),
+        }
+    }
+
+    /// The webhook events a write from `prev` to `fields` causes that some
+    /// target wants; `None` (and no work beyond a comparison) for most writes.
+    fn fired(&self, prev: Option<&ServerState>, fields: &ClientFields) -> Fired {
+        let hooks = self.hooks.as_ref()?;
+        let prev =
+            prev.map(|p| (p.status, p.stages.last().filter(|s| s.finished_at.is_none()).map(|s| s.name.as_str())));
+        let caused = events_of_write(prev, fields.status, fields.stage.as_deref());
+        let wanted = hooks.wanted(caused, fields.webhook.as_ref());
+        (!wanted.is_empty()).then(|| (wanted, fields.webhook.clone()))
     }
 }
 

@@ -36,7 +36,7 @@ use self::platform::{database_url_from_parts, redis_url_from_parts};
 use self::read::{Name, Source, derive, list, networks, parsed, parsed_if_set, path, text, token, url_or};
 use self::rules::{
     ca_file_readable, connections_within_pool, log_filter, origins, postgres_scheme, redis_scheme, signing_keys,
-    ttl_within_max, within,
+    ttl_within_max, webhook_events, webhook_secret, webhook_url, within,
 };
 
 /// Declares the settings. Each entry reads:
@@ -322,6 +322,60 @@ settings! {
     /// `X-Forwarded-For` that is not itself a trusted proxy; from any other
     /// peer, the header is ignored. Empty: the TCP peer is the client.
     trusted_proxies: Vec<IpNet> { var: "PROGRESS_TRUSTED_PROXIES", default: "", read: networks }
+    /// Where every record's webhook events are sent (`http` or `https`);
+    /// unset: none (records may still name their own `webhook`). Needs
+    /// `PROGRESS_WEBHOOK_SECRET`.
+    webhook_url: Option<String> {
+        var: "PROGRESS_WEBHOOK_URL",
+        unset: "https://app.example.com/hooks/progress",
+        read: path,
+        rule: webhook_url,
+        secret: show_url,
+    }
+    /// The events `PROGRESS_WEBHOOK_URL` receives, comma-separated, from
+    /// `progress.completed`, `progress.failed`, `progress.cancelled`,
+    /// `progress.stalled` and `progress.stage`.
+    webhook_events: String {
+        var: "PROGRESS_WEBHOOK_EVENTS",
+        default: "progress.completed,progress.failed,progress.cancelled,progress.stalled",
+        read: text,
+        rule: webhook_events,
+    }
+    /// The secret webhooks are signed with (Standard Webhooks: `whsec_`
+    /// and base64 of 24 to 64 random bytes); needed when any webhook can be sent.
+    webhook_secret: Option<String> {
+        var: "PROGRESS_WEBHOOK_SECRET",
+        unset: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        read: token,
+        rule: webhook_secret,
+        secret: show_masked,
+    }
+    /// Hosts a record's own `webhook.url` may name, comma-separated (names
+    /// or addresses, without ports), or `*` for any; empty: records may
+    /// name none. `PROGRESS_WEBHOOK_URL` needs no entry here.
+    webhook_allowed_hosts: Vec<String> { var: "PROGRESS_WEBHOOK_ALLOWED_HOSTS", default: "", read: list }
+    /// How long a webhook that fails is retried, in hours (backoff from
+    /// about 5 s to at most an hour between attempts).
+    webhook_retry_hours: u64 {
+        var: "PROGRESS_WEBHOOK_RETRY_HOURS",
+        default: "24",
+        read: parsed(WHOLE),
+        range: 1..=720,
+    }
+    /// Longest a webhook receiver may take to answer, in seconds.
+    webhook_timeout_seconds: u64 {
+        var: "PROGRESS_WEBHOOK_TIMEOUT_SECONDS",
+        default: "10",
+        read: parsed(SECONDS),
+        range: 1..=60,
+    }
+    /// Most webhook deliveries in flight at once on each instance.
+    webhook_concurrency: usize {
+        var: "PROGRESS_WEBHOOK_CONCURRENCY",
+        default: "16",
+        read: parsed(WHOLE),
+        range: 1..=1024,
+    }
     /// Origins browsers may call from, comma-separated, or `*`; empty: none.
     cors_origins: Vec<String> { var: "PROGRESS_CORS_ORIGINS", default: "", read: list, rule: origins }
     /// Longest a request may take in seconds (long-polls and event streams

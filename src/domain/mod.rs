@@ -3,6 +3,7 @@
 
 mod derive;
 mod encode;
+mod hook;
 mod id;
 mod merge;
 mod record;
@@ -11,6 +12,10 @@ mod time;
 
 pub use derive::{
     MAX_STAGES, RecordMeta, Touched, WritePolicy, apply_write, children_percent, derived_progress, next_record, ttl_ms,
+};
+pub use hook::{
+    EventSet, HookEvent, MAX_WEBHOOK_URL, check_webhook, events_of_write, parse_webhook_url, require_webhook_url,
+    url_host, webhook_target,
 };
 pub use id::{InvalidId, MAX_ID_LEN, ProgressId};
 pub use merge::{depth, merge_patch};

@@ -32,6 +32,31 @@ pub(super) fn signing_keys(s: &Settings) -> Result<(), String> {
     crate::tokens::parse_entries(&s.signing_keys).map(|_| ())
 }
 
+/// `PROGRESS_WEBHOOK_URL` is an http(s) URL.
+pub(super) fn webhook_url(s: &Settings) -> Result<(), String> {
+    match &s.webhook_url {
+        Some(url) => crate::domain::parse_webhook_url(url).map(drop).map_err(|m| format!("{}: {m}", redact_url(url))),
+        None => Ok(()),
+    }
+}
+
+/// `PROGRESS_WEBHOOK_EVENTS` names events.
+pub(super) fn webhook_events(s: &Settings) -> Result<(), String> {
+    crate::domain::EventSet::parse_list(&s.webhook_events).map(drop)
+}
+
+/// A webhook secret that the Standard Webhooks libraries read, set whenever
+/// a webhook can be sent.
+pub(super) fn webhook_secret(s: &Settings) -> Result<(), String> {
+    match &s.webhook_secret {
+        Some(secret) => crate::webhooks::check_secret(secret),
+        None if s.webhook_url.is_some() || !s.webhook_allowed_hosts.is_empty() => Err(
+            "is required when PROGRESS_WEBHOOK_URL or PROGRESS_WEBHOOK_ALLOWED_HOSTS is set (whsec_ and base64 of 24 to 64 random bytes, e.g. from `openssl rand -base64 32`)".into(),
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Multiplexed connections come out of the pool.
 pub(super) fn connections_within_pool(s: &Settings) -> Result<(), String> {
     if s.redis_connections > s.redis_pool_size {

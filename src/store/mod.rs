@@ -34,6 +34,7 @@ mod cleanup;
 mod health;
 mod listing;
 mod memory;
+mod outbox;
 mod postgres;
 mod redis;
 mod tiered;
@@ -45,6 +46,7 @@ pub use self::cleanup::{CleanupReport, spawn_cleanup};
 pub use self::health::{LastError, TierHealth, TierState};
 pub use self::listing::{DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT, MalformedCursor, SCAN_BUDGET};
 pub use self::memory::MemoryStore;
+pub use self::outbox::{Delivery, DeliveryState, FAILED_KEPT_MS, Fallback, MemoryOutbox, Outbox, OutboxSummary};
 pub use self::postgres::{DurableRow, MIGRATIONS_PENDING, PgDefaults, PostgresStore, PostgresStoreConfig, pg_connect};
 pub use self::redis::{ChangeNotices, ChangeSink, RedisStore, RedisStoreConfig, from_redis};
 pub use self::tiered::{

@@ -18,7 +18,9 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::kinds::{AnyJson, ChildMap, Count, Lifecycle, MaybeLifecycle, Object, Percent, StringOrObject, Text, Ttl};
+use super::kinds::{
+    AnyJson, ChildMap, Count, Hook, Lifecycle, MaybeLifecycle, Object, Percent, StringOrObject, Text, Ttl,
+};
 use super::{Children, MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, MAX_STAGE_CHARS, MAX_TITLE_CHARS, Status};
 
 // `name: Type = Kind`: the record keeps what the client sent (its default
@@ -47,6 +49,9 @@ client_fields! {
     error: Option<Value> = StringOrObject<MAX_ERROR_CHARS>,
     /// App-specific data.
     metadata: Option<Map<String, Value>> = Object,
+    /// Where this record's events are sent: `{"url": …, "events": […]}`
+    /// (the host must be in `PROGRESS_WEBHOOK_ALLOWED_HOSTS`).
+    webhook: Option<Map<String, Value>> = Hook,
     /// Seconds the record lives after its last write (default: the
     /// configured one).
     ttl_seconds: Option<u64> => u64 = Ttl,

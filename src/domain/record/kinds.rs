@@ -331,6 +331,51 @@ impl FieldKind for Object {
     }
 }
 
+/// `webhook`: `{"url": …, "events": […]}`, checked by
+/// [`check_webhook`](crate::domain::check_webhook); a merge patch merges
+/// into it (`null` removes it), and the result is checked again.
+pub(super) struct Hook;
+
+impl Hook {
+    fn check(map: &Map<String, Value>) -> Result<(), ValidationError> {
+        crate::domain::check_webhook(map).map_err(|(path, message)| ValidationError::new(path, message))
+    }
+}
+
+impl FieldKind for Hook {
+    type Value = Option<Map<String, Value>>;
+    type Wire = Map<String, Value>;
+
+    fn validate(value: &Value, field: Field<'_>, _: Limits) -> Result<Option<Map<String, Value>>, ValidationError> {
+        let map = value.as_object().ok_or_else(|| field.wrong_type("an object with url and events", value))?;
+        Self::check(map)?;
+        Ok(Some(map.clone()))
+    }
+
+    fn from_wire(wire: Map<String, Value>, _: Limits, depth: &mut usize) -> Option<Option<Map<String, Value>>> {
+        Self::check(&wire).ok()?;
+        *depth = (*depth).max(2 + wire.values().map(crate::domain::depth).max().unwrap_or(0));
+        Some(Some(wire))
+    }
+
+    fn merge(
+        current: &mut Option<Map<String, Value>>,
+        patch: &Value,
+        _: &mut Option<Map<String, Value>>,
+        field: Field<'_>,
+    ) -> Result<(), ValidationError> {
+        *current = merged_object(current.take(), patch, field)?;
+        match current {
+            Some(map) => Self::check(map),
+            None => Ok(()),
+        }
+    }
+
+    fn example() -> Value {
+        json!({"url": "https://hooks.example.com/progress", "events": ["progress.completed"]})
+    }
+}
+
 /// Seconds of life: a whole number from 1 to the configured maximum.
 pub(super) struct Ttl;
 

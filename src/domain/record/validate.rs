@@ -19,7 +19,7 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    pub(super) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
 }

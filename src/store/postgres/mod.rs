@@ -42,6 +42,7 @@ mod bulk;
 mod cleanup;
 mod fence;
 mod listing;
+mod outbox;
 mod peers;
 pub mod pg_connect;
 mod queries;

@@ -38,6 +38,7 @@ mod cleanup;
 mod codec;
 mod connection;
 mod keys;
+mod outbox;
 mod scripts;
 mod tiering;
 mod tombstones;
