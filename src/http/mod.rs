@@ -34,6 +34,7 @@ mod progress;
 mod rate;
 mod stream_all;
 mod tokens;
+mod webhooks;
 
 pub use address::{TrustedProxies, X_FORWARDED_FOR, client_address, parse_network};
 pub use auth::{ACCESS_TOKEN_PARAM, AccessTokens, Grant, ScopedGrant};
@@ -146,6 +147,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, "/admin/cleanup", Access::Admin, admin::cleanup),
         route(Method::DELETE, "/admin/progress", Access::Admin, admin::delete_progress),
         route(Method::GET, "/admin/stats", Access::Admin, admin::stats),
+        route(Method::GET, "/admin/webhooks", Access::Admin, webhooks::list),
+        route(Method::POST, "/admin/webhooks/{id}/retry", Access::Admin, webhooks::retry),
         route(Method::POST, "/tokens", Access::Write, tokens::mint),
     ]
 }

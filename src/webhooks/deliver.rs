@@ -94,22 +94,28 @@ pub fn after_attempt(delivery: &Delivery, outcome: &Outcome, now_ms: i64, jitter
     after
 }
 
-/// The HTTP client deliveries go out on: no redirects, the send timeout,
-/// rustls with ring and the system's roots.
-fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+/// The HTTP client deliveries go out on: hyper's pooled client (redirects
+/// are not followed), over rustls with ring and the system's roots.
+type Client = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn client(timeout: Duration) -> Result<Client, String> {
     let roots = crate::tls::roots(None).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "webhooks to https URLs will fail: no trusted roots");
         rustls::RootCertStore::empty()
     });
     let tls = crate::tls::client_config(crate::tls::Verify::Full, Some(roots))?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .user_agent(concat!("progressd/", env!("CARGO_PKG_VERSION"), " (webhooks)"))
-        .build()
-        .map_err(|e| e.to_string())
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
 }
 
 /// Runs until the webhooks are stopped.
@@ -171,7 +177,7 @@ pub(super) async fn run(hooks: Arc<Webhooks>) {
 }
 
 /// One attempt of `delivery`, then its settlement.
-async fn attempt(hooks: Arc<Webhooks>, client: reqwest::Client, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+async fn attempt(hooks: Arc<Webhooks>, client: Client, delivery: Delivery, _permit: OwnedSemaphorePermit) {
     let token = delivery.next_ms;
     let outcome = match (delivery.operator, hooks.config.allowed.check(&delivery.url)) {
         (false, Err(why)) => Outcome::GiveUp { error: format!("webhook.url {why}") },
@@ -198,40 +204,42 @@ async fn attempt(hooks: Arc<Webhooks>, client: reqwest::Client, delivery: Delive
     hooks.recorded.notify_one();
 }
 
-/// Signs and sends `delivery` once.
-async fn send(hooks: &Webhooks, client: &reqwest::Client, delivery: &Delivery) -> Outcome {
+/// Signs and sends `delivery` once, within the send timeout.
+async fn send(hooks: &Webhooks, client: &Client, delivery: &Delivery) -> Outcome {
     let timestamp = Timestamp::now().millis() / 1000;
     let signature = match hooks.signer.sign(&delivery.id, timestamp, delivery.body.as_bytes()) {
         Ok(signature) => signature,
         Err(e) => return Outcome::GiveUp { error: format!("cannot sign: {e}") },
     };
-    let request = client
-        .post(&delivery.url)
-        .header("content-type", "application/json")
-        .header(standardwebhooks::HEADER_WEBHOOK_ID, &delivery.id)
+    let request = http::Request::post(delivery.url.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, concat!("progressd/", env!("CARGO_PKG_VERSION"), " (webhooks)"))
+        .header(standardwebhooks::HEADER_WEBHOOK_ID, delivery.id.as_str())
         .header(standardwebhooks::HEADER_WEBHOOK_TIMESTAMP, timestamp.to_string())
         .header(standardwebhooks::HEADER_WEBHOOK_SIGNATURE, signature)
-        .body(delivery.body.clone());
-    match request.send().await {
-        Ok(response) => {
+        .body(http_body_util::Full::new(bytes::Bytes::from(delivery.body.clone())));
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => return Outcome::GiveUp { error: format!("cannot make a request to this URL: {e}") },
+    };
+    match tokio::time::timeout(hooks.config.timeout, client.request(request)).await {
+        Ok(Ok(response)) => {
             let retry_after = response
                 .headers()
-                .get(reqwest::header::RETRY_AFTER)
+                .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
             Outcome::of_status(response.status().as_u16(), retry_after)
         }
-        Err(e) if e.is_timeout() => {
-            Outcome::Retry { error: format!("no answer within {:?}", hooks.config.timeout), retry_after: None }
-        }
-        Err(e) => Outcome::Retry { error: describe(&e), retry_after: None },
+        Ok(Err(e)) => Outcome::Retry { error: describe(&e), retry_after: None },
+        Err(_) => Outcome::Retry { error: format!("no answer within {:?}", hooks.config.timeout), retry_after: None },
     }
 }
 
 /// A send error and its causes, on one line.
-fn describe(e: &reqwest::Error) -> String {
+fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());

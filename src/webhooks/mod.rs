@@ -185,6 +185,23 @@ impl Webhooks {
         &self.outbox
     }
 
+    /// Pending deliveries (soonest due first), then those given up; at most `limit`.
+    pub async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, crate::store::StoreError> {
+        self.outbox.list(limit).await
+    }
+
+    /// Makes a pending or given-up delivery due now, with a new retry
+    /// window; `false` when there is none with that id.
+    pub async fn retry(&self, id: &str) -> Result<bool, crate::store::StoreError> {
+        let now = Timestamp::now().millis();
+        let until = now.saturating_add(i64::try_from(self.config.retry_for.as_millis()).unwrap_or(i64::MAX));
+        let found = self.outbox.retry(id, now, until).await?;
+        if found {
+            self.recorded.notify_one();
+        }
+        Ok(found)
+    }
+
     /// Stops the delivery and stall tasks (attempts in flight finish; what
     /// they leave unsettled is claimed again when its lease ends).
     pub fn stop(&self) {
