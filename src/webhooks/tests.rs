@@ -40,9 +40,8 @@ fn secrets_are_the_standard_webhooks_form() {
 
 #[test]
 fn allowed_hosts_name_hosts_without_ports() {
-    let some = AllowedHosts::from_list(&["hooks.example.com".into(), "[::1]".into(), "10.0.0.7".into()]);
+    let some = AllowedHosts::from_list(&["Hooks.Example.com".into(), "10.0.0.7".into()]);
     assert_eq!(some.check("https://HOOKS.example.com:8443/p"), Ok(()));
-    assert_eq!(some.check("http://[::1]:9000/"), Ok(()));
     assert_eq!(some.check("http://10.0.0.7/"), Ok(()));
     let refused = some.check("https://evil.example.net/").unwrap_err();
     assert!(refused.contains("\"evil.example.net\"") && refused.contains("not in"), "{refused}");
