@@ -194,6 +194,11 @@ impl ProgressService {
             }
             WriteBody::Read { fields, .. } => std::mem::take(fields),
         });
+        // A PUT's webhook is whole: its host is checked with the body. A
+        // PATCH's is checked once merged (it may name only `events`).
+        if !matches!(body, WriteBody::Merge(_)) {
+            self.check_webhook(validated.as_ref().and_then(|f| f.webhook.as_ref()))?;
+        }
         // The first read may come from the read cache, which can be a change
         // notice behind: a refusal that rests on the record's state is only
         // given after reading it again past the cache.
@@ -285,7 +290,6 @@ impl ProgressService {
                 let prev = current.as_deref().map(StoredRecord::server_state).transpose().map_err(corrupt)?;
                 check_preconditions(prev.as_ref(), conditions)?;
                 let touched = Touched::replace(&body_fields);
-                self.check_webhook(body_fields.webhook.as_ref())?;
                 (prev, body_fields, touched)
             }
             WriteBody::Merge(patch) => {

@@ -156,14 +156,9 @@ fn verify_by_hand(r: &Received) {
 /// standardwebhooks`), in the virtual environment `.ci/run` makes; skipped,
 /// saying so, where it is missing.
 fn verify_with_python_reference(r: &Received) {
-    let python = ["target/schemathesis-venv/bin/python", "python3"]
-        .into_iter()
-        .find(|p| {
-            std::process::Command::new(p)
-                .args(["-c", "import standardwebhooks"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
+    let python = ["target/schemathesis-venv/bin/python", "python3"].into_iter().find(|p| {
+        std::process::Command::new(p).args(["-c", "import standardwebhooks"]).output().is_ok_and(|o| o.status.success())
+    });
     let Some(python) = python else {
         eprintln!("SKIPPED: the Python standardwebhooks library is not installed (.ci/run installs it)");
         return;
@@ -460,7 +455,8 @@ async fn a_delivery_given_up_is_listed_and_retried_by_hand() {
     };
     assert_eq!((failed["last_error"].as_str(), failed["attempts"].as_u64()), (Some("HTTP 404"), Some(1)));
     assert_eq!(failed["event"], "progress.cancelled");
-    let (status, answer) = admin(&app, Method::POST, &format!("/admin/webhooks/{}/retry", failed["id"].as_str().unwrap())).await;
+    let (status, answer) =
+        admin(&app, Method::POST, &format!("/admin/webhooks/{}/retry", failed["id"].as_str().unwrap())).await;
     assert_eq!((status, answer["state"].as_str()), (StatusCode::ACCEPTED, Some("pending")));
     // Still the wrong path: failed again, one more attempt.
     let start = Instant::now();

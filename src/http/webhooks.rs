@@ -32,7 +32,9 @@ pub async fn list(
                     Error::InvalidQuery(format!("limit must be a whole number from 1 to {MAX_LISTED}; got {value:?}"))
                 })?;
             }
-            other => return Err(Error::InvalidQuery(format!("unknown query parameter {other:?}; the parameter is limit"))),
+            other => {
+                return Err(Error::InvalidQuery(format!("unknown query parameter {other:?}; the parameter is limit")));
+            }
         }
     }
     let Some(hooks) = state.service.webhooks() else {
