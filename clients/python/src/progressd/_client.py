@@ -61,11 +61,14 @@ class ConflictError(ProgressError):
     """409: the record has already finished (`conflict_terminal`)."""
 
 
+_SCALARS = (int, float, str, bool, list, type(None))
+
+
 def _merge_into(target: Fields, patch: Mapping[str, Any]) -> None:
     """Composes merge patch `patch` after `target` (in place), keeping nulls:
     sending the result once has the effect of sending both in turn."""
     for key, value in patch.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, dict) or (not isinstance(value, _SCALARS) and isinstance(value, Mapping)):
             current = target.get(key)
             if not isinstance(current, dict):
                 current = target[key] = {}
@@ -211,7 +214,8 @@ class Client:
         self.retry_for = float(retry_for)
         self.strict = strict
         _Connection(self.base_url, self.timeout)  # validates the URL now
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         self._jobs: List[Job] = []  # jobs with something to send or in flight
         self._thread: Optional[threading.Thread] = None
         self._closing = False
@@ -459,8 +463,7 @@ class Job:
             raise error
 
     def _enqueue(self, fields: Mapping[str, Any], urgent: bool = False) -> None:
-        cv = self.client._cv
-        with cv:
+        with self.client._lock:  # the condition's lock; `with` on it directly is the cheaper call
             if self._error is not None:
                 self._raise_stored()
             if self._finished:
@@ -475,7 +478,7 @@ class Job:
                 self._queued += 1
             if urgent:
                 self._urgent = True
-                cv.notify_all()
+                self.client._cv.notify_all()
 
     def _finish(self, body: Fields) -> Optional[Fields]:
         self.flush()  # what was pending goes first, in its own PATCH
