@@ -17,7 +17,7 @@ async function patchesSeen() {
   let total = 0;
   for (const line of text.split('\n')) {
     if (!line.startsWith('http_requests_total{')) continue;
-    const labels = Object.fromEntries([...line.split('}')[0].matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+    const labels = Object.fromEntries([...line.slice(0, line.lastIndexOf(' ')).matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
     if (labels.method === 'PATCH' && labels.route === '/progress/{id}') total += Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return total;

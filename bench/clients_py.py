@@ -24,7 +24,7 @@ def patches_seen(base_url: str) -> int:
     total = 0
     for line in text.splitlines():
         if line.startswith("http_requests_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
             if labels.get("method") == "PATCH" and labels.get("route") == "/progress/{id}":
                 total += int(float(line.rsplit(" ", 1)[1]))
     return total

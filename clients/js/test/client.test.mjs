@@ -158,7 +158,7 @@ for (const store of stores) {
         await job.update({ current: 1 });
         await job.flush(); // given up on, not thrown
         assert.ok(logger.lines.some((l) => l.includes('dropped in favour of the next update')), logger.lines.join('\n'));
-        assert.equal((await server.record(id)).current, undefined);
+        assert.equal((await server.record(id)).current ?? null, null);
 
         const strict = new Client({ baseUrl: proxy.baseUrl, token: WRITE_TOKEN, retryForMs: 500, strict: true, logger }).job(id);
         await strict.update({ current: 1 });
@@ -201,7 +201,7 @@ for (const store of stores) {
       assert.equal((await server.requestsSeen('PATCH')) - before, 1);
       const record = await server.record(id);
       assert.equal(record.status, 'completed');
-      assert.equal(record.message, undefined);
+      assert.equal(record.message ?? null, null);
 
       const strict = client({ strict: true, logger }).job(id);
       await strict.update({ message: 'too late' });

@@ -109,7 +109,7 @@ export class Server {
     let total = 0;
     for (const line of text.split('\n')) {
       if (!line.startsWith('http_requests_total{')) continue;
-      const labels = Object.fromEntries([...line.split('}')[0].matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+      const labels = Object.fromEntries([...line.slice(0, line.lastIndexOf(' ')).matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
       if (labels.method === method && labels.route === '/progress/{id}') total += Number(line.slice(line.lastIndexOf(' ') + 1));
     }
     return total;

@@ -114,7 +114,7 @@ class Server:
         for line in text.splitlines():
             if not line.startswith("http_requests_total{"):
                 continue
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
             if labels.get("method") == method and labels.get("route") == "/progress/{id}":
                 total += int(float(line.rsplit(" ", 1)[1]))
         return total
