@@ -314,3 +314,24 @@ def test_a_failed_put_is_sent_again_with_what_followed(server: Server, proxy: Fa
     job.flush()
     record = server.record(job_id)
     assert record["status"] == "running" and record["total"] == 7 and record["stage"] == "S" and record["current"] == 3
+
+
+def test_a_client_made_before_a_fork_works_in_the_child(server: Server, job_id: str) -> None:
+    import multiprocessing
+
+    client = client_for(server)
+    parent = client.job(job_id + "-parent").start()
+    parent.update(current=1)  # the parent's sender thread is running (and may hold the lock) at the fork
+
+    def child() -> None:
+        with client.job(job_id, total=2) as job:
+            job.update(current=2)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(20)
+    assert process.exitcode == 0
+    record = server.record(job_id)
+    assert record["status"] == "completed" and record["current"] == 2
+    parent.complete()
+    assert server.record(job_id + "-parent")["status"] == "completed"

@@ -15,6 +15,7 @@ import email.utils
 import http.client
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -220,6 +221,24 @@ class Client:
         self._thread: Optional[threading.Thread] = None
         self._closing = False
         _clients.add(self)
+        if hasattr(os, "register_at_fork"):
+            # A worker pool that forks (Celery's prefork) after the client was
+            # made: the child gets fresh locks and its own sender thread.
+            ref = weakref.ref(self)
+
+            def after_fork_in_child() -> None:
+                client = ref()
+                if client is not None:
+                    client._after_fork()
+
+            os.register_at_fork(after_in_child=after_fork_in_child)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._jobs = []
+        self._thread = None
+        self._closing = False
 
     # -- public API ---------------------------------------------------------
 
