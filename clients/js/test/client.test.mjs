@@ -145,6 +145,27 @@ for (const store of stores) {
       }
     });
 
+    test('429 with Retry-After is retried', async (t) => {
+      const id = uniqueId(t.name);
+      proxy = await FaultProxy.start(server);
+      try {
+        const job = new Client({ baseUrl: proxy.baseUrl, token: WRITE_TOKEN, minIntervalMs: 100 }).job(id);
+        await job.start();
+        await job.flush();
+        proxy.status = 429;
+        proxy.retryAfter = '0.3';
+        proxy.failUntil = Date.now() + 500;
+        await job.update({ current: 7 });
+        await job.flush();
+        const refused = proxy.answered(429);
+        assert.ok(refused.length >= 1 && refused.length <= 3, `${refused.length} refusals`);
+        for (let i = 1; i < refused.length; i++) assert.ok(refused[i] - refused[i - 1] >= 250, `gap ${refused[i] - refused[i - 1]} ms`);
+        assert.equal((await server.record(id)).current, 7);
+      } finally {
+        await proxy.close();
+      }
+    });
+
     test('what still fails is logged and dropped; strict throws it', async (t) => {
       const id = uniqueId(t.name);
       proxy = await FaultProxy.start(server);

@@ -133,6 +133,7 @@ export class FaultProxy {
     this.upstream = upstream;
     this.failUntil = 0;
     this.retryAfter = '1';
+    this.status = 503;
     this.inject = null;
     this.log = []; // {at, method, status}
     this.server = http.createServer((req, res) => {
@@ -141,10 +142,11 @@ export class FaultProxy {
       req.on('end', async () => {
         const body = Buffer.concat(chunks);
         if (req.method !== 'GET' && Date.now() < this.failUntil) {
-          const payload = JSON.stringify({ type: 'urn:progressd:problem:storage_unavailable', status: 503, code: 'storage_unavailable', title: 'injected', detail: 'injected by the test proxy' });
-          res.writeHead(503, { 'Content-Type': 'application/problem+json', 'Retry-After': this.retryAfter });
+          const code = this.status === 429 ? 'rate_limited' : 'storage_unavailable';
+          const payload = JSON.stringify({ type: `urn:progressd:problem:${code}`, status: this.status, code, title: 'injected', detail: 'injected by the test proxy' });
+          res.writeHead(this.status, { 'Content-Type': 'application/problem+json', 'Retry-After': this.retryAfter });
           res.end(payload);
-          this.log.push({ at: Date.now(), method: req.method, status: 503 });
+          this.log.push({ at: Date.now(), method: req.method, status: this.status });
           return;
         }
         const headers = { ...req.headers };

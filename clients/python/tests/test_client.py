@@ -335,3 +335,17 @@ def test_a_client_made_before_a_fork_works_in_the_child(server: Server, job_id: 
     assert record["status"] == "completed" and record["current"] == 2
     parent.complete()
     assert server.record(job_id + "-parent")["status"] == "completed"
+
+
+def test_429_with_retry_after_is_retried(server: Server, proxy: FaultProxy, job_id: str) -> None:
+    client = Client(proxy.base_url, token=WRITE_TOKEN, min_interval=0.1)
+    job = client.job(job_id).start()
+    job.flush()
+    proxy.status, proxy.retry_after = 429, "0.3"
+    proxy.fail_until = time.monotonic() + 0.5
+    job.update(current=7)
+    job.flush()
+    refused = proxy.answered(429)
+    assert 1 <= len(refused) <= 3, refused
+    assert all(b - a >= 0.25 for a, b in zip(refused, refused[1:]))
+    assert server.record(job_id)["current"] == 7
