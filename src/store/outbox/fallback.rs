@@ -96,7 +96,7 @@ impl Outbox for Fallback {
 
     async fn summary(&self) -> Result<OutboxSummary, StoreError> {
         let (a, b) = self.both(|o| async move { o.summary().await }).await?;
-        Ok(a.unwrap_or_default().add(b.unwrap_or_default()))
+        Ok(a.unwrap_or_default().and(b.unwrap_or_default()))
     }
 
     async fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {

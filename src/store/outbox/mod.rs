@@ -110,7 +110,7 @@ pub struct OutboxSummary {
 
 impl OutboxSummary {
     /// Both summaries together.
-    pub fn add(self, other: OutboxSummary) -> Self {
+    pub fn and(self, other: OutboxSummary) -> Self {
         let oldest = match (self.oldest_pending_ms, other.oldest_pending_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
