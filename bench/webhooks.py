@@ -12,7 +12,10 @@
    a write that causes none. Rows of a round run back to back, their order
    alternating between rounds; the table gives each row's median requests/s and
    the median of the rounds' with/without ratios (target: 0.95 or more).
-2. Delay: on the instance with webhooks, --jobs records are PUT running and then
+2. A receiver that hangs (accepts and never answers): --jobs terminal PATCHes,
+   one at a time, on a third instance whose webhook goes there, next to the
+   same on the instance without webhooks; p50 and p99 of the PATCHes.
+3. Delay: on the instance with webhooks, --jobs records are PUT running and then
    PATCHed to completed, one at a time; a receiver on loopback (a thread of this
    script, answering 204) notes when each delivery arrives. The delay is counted
    from the start of the terminal PATCH and from its response; p50, p99, max.
@@ -80,6 +83,25 @@ def receiver(received: Received):
     return server
 
 
+def hanging_receiver():
+    """Accepts connections and never answers (holds them open)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1024)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server
+
+
 def start(binary, port, env_extra):
     env = {"PATH": os.environ["PATH"], "PORT": str(port), "PROGRESS_HOST": "127.0.0.1", "PROGRESS_LOG_LEVEL": "warn"}
     env.update(env_extra)
@@ -95,6 +117,16 @@ def start(binary, port, env_extra):
     sys.exit(f"progressd did not start on {port}")
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def wrk(script, base, duration, env):
     out = subprocess.run(
         ["wrk", "-t", "2", "-c", "32", "-d", f"{duration}s", "--latency", "-s", os.path.join(HERE, script), base],
@@ -108,7 +140,7 @@ def wrk(script, base, duration, env):
     fields = dict(kv.split("=") for kv in m.group(0).split()[1:])
     if int(fields["status"]) or int(fields["connect"]) or int(fields["timeout"]):
         sys.exit(f"wrk saw errors: {m.group(0)}")
-    return float(fields["rps"])
+    return float(fields["rps"]), int(fields["requests"])
 
 
 def percentile(values, p):
@@ -136,9 +168,12 @@ def main():
             return {}
         prefix = f"bench-webhooks-{name}-{run_id}:"
         prefixes.append(prefix)
-        return {"REDIS_URL": REDIS, "PROGRESS_KEY_PREFIX": prefix}
+        # A loaded 2-core machine can hold a Redis answer past the 100 ms default.
+        return {"REDIS_URL": REDIS, "PROGRESS_KEY_PREFIX": prefix, "PROGRESS_REDIS_TIMEOUT_MS": "1000"}
 
-    ports = {"off": free_port(), "on": free_port()}
+    hang = hanging_receiver()
+    hang_url = f"http://127.0.0.1:{hang.getsockname()[1]}/hooks"
+    ports = {"off": free_port(), "on": free_port(), "hang": free_port()}
     procs = {
         "off": start(args.bin, ports["off"], store_env("off")),
         "on": start(
@@ -146,22 +181,34 @@ def main():
             ports["on"],
             {**store_env("on"), "PROGRESS_WEBHOOK_URL": hook_url, "PROGRESS_WEBHOOK_SECRET": SECRET},
         ),
+        "hang": start(
+            args.bin,
+            ports["hang"],
+            {**store_env("hang"), "PROGRESS_WEBHOOK_URL": hang_url, "PROGRESS_WEBHOOK_SECRET": SECRET},
+        ),
     }
     try:
         bases = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
         ids = 1000
-        for base in bases.values():
+        for kind in ("off", "on"):
+            base = bases[kind]
             for i in range(ids):
                 call("PUT", f"{base}/progress/bench-patch-{i}", {"status": "running", "current": 0, "total": 100})
         rows = {(kind, op): [] for kind in ("off", "on") for op in ("PUT", "PATCH")}
         ratios = {"PUT": [], "PATCH": []}
         env = {"BENCH_WRITE_IDS": str(ids)}
+        cpu_us = {(kind, op): [] for kind in ("off", "on") for op in ("PUT", "PATCH")}
         for kind in ("off", "on"):
             wrk("put.lua", bases[kind], 1, env)
         for r in range(args.rounds):
             order = ("off", "on") if r % 2 == 0 else ("on", "off")
             for op, script in (("PUT", "put.lua"), ("PATCH", "patch.lua")):
-                got = {kind: wrk(script, bases[kind], args.duration, env) for kind in order}
+                got = {}
+                for kind in order:
+                    before = cpu_seconds(procs[kind].pid)
+                    rps, requests = wrk(script, bases[kind], args.duration, env)
+                    cpu_us[(kind, op)].append((cpu_seconds(procs[kind].pid) - before) / requests * 1e6)
+                    got[kind] = rps
                 for kind in order:
                     rows[(kind, op)].append(got[kind])
                 ratios[op].append(got["on"] / got["off"])
@@ -171,12 +218,34 @@ def main():
         print(f"wrk 2 threads, 32 connections, {args.duration} s per run, {args.rounds} rounds; "
               f"load average {os.getloadavg()[0]:.2f}")
         print()
-        print("| write | no webhook (req/s) | webhook URL set (req/s) | ratio (median of rounds) |")
-        print("|---|---:|---:|---:|")
+        print("| write | no webhook (req/s) | webhook URL set (req/s) | ratio (median of rounds) "
+              "| server CPU µs/request, without → with |")
+        print("|---|---:|---:|---:|---:|")
         for op in ("PUT", "PATCH"):
             off = statistics.median(rows[("off", op)])
             on = statistics.median(rows[("on", op)])
-            print(f"| {op} | {off:,.0f} | {on:,.0f} | {statistics.median(ratios[op]):.3f} |")
+            cpu = f"{statistics.median(cpu_us[('off', op)]):.1f} → {statistics.median(cpu_us[('on', op)]):.1f}"
+            print(f"| {op} | {off:,.0f} | {on:,.0f} | {statistics.median(ratios[op]):.3f} | {cpu} |")
+        print()
+
+        def terminal_patches(base, tag):
+            times = []
+            for n in range(args.jobs):
+                rid = f"{tag}-{run_id}-{n}"
+                call("PUT", f"{base}/progress/{rid}", {"status": "running"})
+                t0 = time.perf_counter()
+                call("PATCH", f"{base}/progress/{rid}", {"status": "completed"})
+                times.append((time.perf_counter() - t0) * 1000)
+            return times
+
+        plain = terminal_patches(bases["off"], "plain")
+        hung = terminal_patches(bases["hang"], "hung")
+        print(f"## Webhooks: terminal PATCHes while the receiver hangs ({args.jobs}, one at a time)")
+        print()
+        print("| instance | p50 (ms) | p99 (ms) | max (ms) |")
+        print("|---|---:|---:|---:|")
+        for name, values in (("no webhook", plain), ("webhook to a receiver that never answers", hung)):
+            print(f"| {name} | {percentile(values, 50):.2f} | {percentile(values, 99):.2f} | {max(values):.2f} |")
         print()
 
         base = bases["on"]
@@ -205,6 +274,7 @@ def main():
             proc.terminate()
             proc.wait(timeout=30)
         rx.shutdown()
+        hang.close()
         for prefix in prefixes:
             subprocess.run(
                 ["redis-cli", "-u", REDIS, "--scan", "--pattern", f"{prefix}*"], capture_output=True, text=True

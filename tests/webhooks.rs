@@ -278,16 +278,18 @@ async fn a_delivery_outlives_a_restart_while_its_receiver_is_down() {
     second.stop().await;
 }
 
-#[tokio::test]
-async fn two_instances_deliver_each_webhook_once_and_never_attempt_one_at_once() {
+/// Two instances on one store: 20 jobs, each finished through the other
+/// instance than the one that started it; each delivery arrives once.
+async fn two_instances(backend: Backend, database: Option<&TestDatabase>) {
     let (url, receiver, _task) = receiver(Behaviour::Slow(150)).await;
     let prefix = unique_prefix();
     let settings = |s: &mut progressd::Settings| {
         hooked(s, &url);
         s.key_prefix = prefix.clone();
+        s.database_url = database.map(|d| d.url().to_owned());
     };
-    let mut a = spawn_app_with(Backend::Redis, settings).await;
-    let b = spawn_app_with(Backend::Redis, settings).await;
+    let mut a = spawn_app_with(backend, settings).await;
+    let b = spawn_app_with(backend, settings).await;
     for n in 0..20 {
         let (writer, finisher) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
         writer.put_ok(&format!("job-{n}"), &json!({"status": "running"})).await;
@@ -305,6 +307,17 @@ async fn two_instances_deliver_each_webhook_once_and_never_attempt_one_at_once()
     a.settings.key_prefix.clear();
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_on_redis_deliver_each_webhook_once_and_never_attempt_one_at_once() {
+    two_instances(Backend::Redis, None).await;
+}
+
+#[tokio::test]
+async fn two_instances_on_postgres_deliver_each_webhook_once_and_never_attempt_one_at_once() {
+    let database = TestDatabase::create().await;
+    two_instances(Backend::Memory, Some(&database)).await;
 }
 
 #[tokio::test]
