@@ -291,9 +291,11 @@ fn watch_tiers(store: &Arc<dyn Store>) {
 }
 
 /// The application router over `store`, with live updates from this
-/// instance's writes only.
+/// instance's writes only, and webhooks (recorded in memory) when the
+/// settings turn them on. Must run inside Tokio.
 pub fn build_router(settings: &Settings, store: Arc<dyn Store>) -> Router {
-    build_app(settings, store, None, None).0
+    let hooks = build_webhooks(settings, Arc::new(MemoryOutbox::default())).ok().flatten();
+    build_app(settings, store, None, hooks).0
 }
 
 /// The application router over `store`, and its live-update hub, which

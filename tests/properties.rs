@@ -214,6 +214,37 @@ fn children(patch: bool) -> BoxedStrategy<Value> {
     .boxed()
 }
 
+/// A `webhook`: right most of the time (the router allows any host),
+/// sometimes a wrong URL, event or key.
+fn webhook_value(patch: bool) -> BoxedStrategy<Value> {
+    let url = prop_oneof![
+        8 => (prop::sample::select(vec!["http", "https"]), "[a-z][a-z0-9]{0,8}", 0u16..10000)
+            .prop_map(|(scheme, host, port)| json!(format!("{scheme}://{host}.example:{port}/hooks?x=1"))),
+        1 => prop::sample::select(vec![json!("ftp://a.example/"), json!("/relative"), json!(7), json!(null)]),
+    ];
+    let events = prop_oneof![
+        4 => Just(None),
+        4 => prop::sample::subsequence(vec!["progress.completed", "progress.failed", "progress.stalled", "progress.stage"], 1..=4)
+            .prop_map(|e| Some(json!(e))),
+        1 => prop::sample::select(vec![json!([]), json!(["progress.done"]), json!("progress.failed"), json!(null)]).prop_map(Some),
+    ];
+    let extra = prop_oneof![8 => Just(None), 1 => Just(Some(("secret", json!("s"))))];
+    let object = (url, events, extra).prop_map(move |(url, events, extra)| {
+        let mut map = serde_json::Map::new();
+        if !(patch && url.is_null()) {
+            map.insert("url".into(), url);
+        }
+        if let Some(events) = events {
+            map.insert("events".into(), events);
+        }
+        if let Some((key, value)) = extra {
+            map.insert(key.into(), value);
+        }
+        Value::Object(map)
+    });
+    prop_oneof![10 => object, 1 => any_json()].boxed()
+}
+
 /// A value for one top-level field: right most of the time, sometimes wrong.
 fn field_value(name: &'static str, patch: bool) -> BoxedStrategy<Value> {
     let value = match name {
@@ -231,6 +262,7 @@ fn field_value(name: &'static str, patch: bool) -> BoxedStrategy<Value> {
         ]
         .boxed(),
         "metadata" => prop_oneof![8 => any_object().prop_map(Value::Object), 1 => any_json()].boxed(),
+        "webhook" => webhook_value(patch),
         "ttl_seconds" => prop_oneof![
             8 => (1..=MAX_TTL).prop_map(Value::from),
             1 => prop::sample::select(vec![json!(0), json!(MAX_TTL + 1), json!(60.0), json!("60"), json!(-1)]),
@@ -623,7 +655,14 @@ thread_local! {
 impl Http {
     fn new() -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let settings = Settings { max_ttl_seconds: MAX_TTL, max_json_depth: MAX_DEPTH, ..Settings::default() };
+        // Webhooks on, any host allowed, so that a valid `webhook` is taken.
+        let settings = Settings {
+            max_ttl_seconds: MAX_TTL,
+            max_json_depth: MAX_DEPTH,
+            webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            webhook_allowed_hosts: vec!["*".into()],
+            ..Settings::default()
+        };
         let router =
             runtime.block_on(async { progressd::app::build_router(&settings, Arc::new(MemoryStore::default())) });
         Self { runtime, router, next_id: RefCell::new(0) }
