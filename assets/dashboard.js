@@ -27,7 +27,9 @@
     refreshTimer: null,   // the pending render
     lastRefresh: null,
     listWatch: null,      // client.js watchAll handle of the list
-    records: new Map()    // id -> the newest record the stream delivered
+    records: new Map(),   // id -> the newest record the stream delivered
+    mayCancel: false,     // GET /access said this token may cancel jobs
+    accessAsked: 0        // which answer of GET /access is the latest
   };
 
   function $(id) { return document.getElementById(id); }
@@ -156,6 +158,47 @@
   function showTokenState() {
     $('token-state').textContent = state.token ? 'token set' : 'no token';
     $('token-input').value = '';
+    askAccess();
+  }
+
+  // Whether the token may cancel jobs (GET /access): the Cancel buttons
+  // show only then. Asked again whenever the token changes.
+  function askAccess() {
+    var asked = ++state.accessAsked;
+    state.mayCancel = false;
+    var headers = { Accept: 'application/json' };
+    if (state.token) headers.Authorization = 'Bearer ' + state.token;
+    fetch(API + '/access', { headers: headers, cache: 'no-store' })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (access) {
+        if (asked !== state.accessAsked) return;
+        state.mayCancel = !!(access && access.cancel === true);
+        state.rows.forEach(function (row) { if (row.record) updateRow(row, row.record); });
+        if (state.detailShown) renderDetail(state.detailShown);
+      })
+      .catch(function () { /* an older server: no Cancel buttons */ });
+  }
+
+  // ---- cancel requests ----------------------------------------------------------
+
+  function cancellable(record) {
+    return state.mayCancel && (record.status === 'running' || record.status === 'pending') && !record.cancel_requested_at;
+  }
+
+  function requestCancel(id, button) {
+    button.disabled = true;
+    window.progressd.requestCancel(id, 'cancelled from the dashboard', {
+      baseUrl: API,
+      token: function () { return state.token; }
+    }).then(function (record) {
+      var held = state.records.get(id);
+      if (!held || held.version <= record.version) state.records.set(id, record);
+      scheduleRender(true);
+      if (state.selected === id) renderDetail(record);
+    }, function (error) {
+      button.disabled = false;
+      notice('error', 'Cancelling ' + id + ' failed. ' + explain(error.status || 0, error.problem || { detail: error.message }));
+    });
   }
 
   // ---- notices ----------------------------------------------------------------
@@ -307,9 +350,19 @@
     var statusCell = el('td', 'nowrap');
     var badge = el('span', 'badge');
     var stalled = el('span', 'badge badge-stalled', 'stalled');
+    var asked = el('span', 'badge badge-cancel-requested', 'cancel requested');
+    var cancel = el('button', 'cancel-job', 'Cancel');
+    cancel.type = 'button';
+    cancel.setAttribute('aria-label', 'Cancel job ' + id);
+    cancel.addEventListener('click', function (event) { event.stopPropagation(); requestCancel(id, cancel); });
+    cancel.addEventListener('keydown', function (event) { event.stopPropagation(); });
     statusCell.appendChild(badge);
     statusCell.appendChild(document.createTextNode(' '));
     statusCell.appendChild(stalled);
+    statusCell.appendChild(document.createTextNode(' '));
+    statusCell.appendChild(asked);
+    statusCell.appendChild(document.createTextNode(' '));
+    statusCell.appendChild(cancel);
     var progressCell = el('td');
     var wrap = el('div', 'progress-cell');
     var bar = progressBar();
@@ -325,7 +378,7 @@
     tr.addEventListener('keydown', function (event) {
       if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); select(id); }
     });
-    return { tr: tr, badge: badge, stalled: stalled, bar: bar, percent: percent, message: message,
+    return { tr: tr, badge: badge, stalled: stalled, asked: asked, cancel: cancel, bar: bar, percent: percent, message: message,
              children: children, stage: stage, eta: eta, updated: updated, record: null };
   }
 
@@ -338,6 +391,10 @@
     tr.classList.toggle('selected', state.selected === record.id);
     setBadge(row.badge, record.status);
     row.stalled.hidden = !record.stalled;
+    row.asked.hidden = !record.cancel_requested_at || record.status === 'cancelled';
+    row.asked.title = record.cancel_reason || '';
+    row.cancel.hidden = !cancellable(record);
+    if (row.cancel.hidden) row.cancel.disabled = false;
     setBar(row.bar, record.progress, record.status, record.stalled);
     row.percent.textContent = formatPercent(record.progress);
     row.message.textContent = record.message || '';
@@ -412,6 +469,8 @@
     $('d-id').textContent = record.id;
     setBadge($('d-status'), record.status);
     $('d-stalled').hidden = !record.stalled;
+    $('d-cancel').hidden = !cancellable(record);
+    $('d-cancel').disabled = false;
     setBar($('d-bar'), record.progress, record.status, record.stalled);
     $('d-percent').textContent = formatPercent(record.progress);
     $('d-counts').textContent = record.current != null && record.total != null
@@ -444,6 +503,10 @@
     fact('Started', ago(record.started_at), localTime(record.started_at));
     fact('Updated', ago(record.updated_at), localTime(record.updated_at));
     fact('Finished', ago(record.completed_at), localTime(record.completed_at));
+    if (record.cancel_requested_at) {
+      fact('Cancel asked', ago(record.cancel_requested_at) + (record.cancel_reason ? ': ' + record.cancel_reason : ''),
+        localTime(record.cancel_requested_at));
+    }
     var started = parseTime(record.started_at), finished = parseTime(record.completed_at);
     if (started !== null) fact('Took', formatDuration((finished !== null ? finished : Date.now()) - started));
     fact('Expires', localTime(record.expires_at));
@@ -555,6 +618,7 @@
     $('refresh').addEventListener('click', function () { refresh(); });
     $('more').addEventListener('click', function () { state.pages += 1; render(); });
     $('d-close').addEventListener('click', function () { closeDetail(false); });
+    $('d-cancel').addEventListener('click', function () { if (state.selected) requestCancel(state.selected, $('d-cancel')); });
     document.addEventListener('keydown', function (event) {
       if (event.key === 'Escape' && state.selected) closeDetail(false);
     });

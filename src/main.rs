@@ -130,7 +130,7 @@ async fn migrate(settings: &Settings) -> ExitCode {
 /// 2 on a bad argument or without keys.
 fn token(settings: &Settings) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(2).collect();
-    let (scope, ttl) = match progressd::tokens::parse_command(&args, settings.max_token_ttl_seconds) {
+    let (rights, ttl) = match progressd::tokens::parse_command(&args, settings.max_token_ttl_seconds) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("progressd: token: {e}");
@@ -148,7 +148,7 @@ fn token(settings: &Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match keys.mint(&scope, ttl, progressd::tokens::now_seconds()) {
+    match keys.mint_rights(&rights, ttl, progressd::tokens::now_seconds()) {
         Ok((token, exp)) => {
             println!("{token}");
             let at = progressd::domain::Timestamp(i64::try_from(exp).unwrap_or(i64::MAX / 1000).saturating_mul(1000));

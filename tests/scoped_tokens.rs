@@ -139,9 +139,13 @@ async fn a_prefix_token_reads_and_lists_inside_its_prefix() {
 async fn a_scoped_token_never_writes_mints_or_reaches_admin() {
     let app = secured().await;
     seed(&app, &["user-7:a"]).await;
-    let closed: Vec<_> =
-        progressd::http::routes().into_iter().filter(|r| matches!(r.access, Access::Write | Access::Admin)).collect();
+    let closed: Vec<_> = progressd::http::routes()
+        .into_iter()
+        .filter(|r| matches!(r.access, Access::Write | Access::Admin | Access::Cancel))
+        .collect();
     assert!(closed.iter().any(|r| r.path == "/tokens"), "POST /tokens is a write");
+    // Without the cancel claim, a scoped token cannot ask for a cancellation either.
+    assert!(closed.iter().any(|r| r.access == Access::Cancel));
     for token in [for_id("user-7:a"), for_prefix("user-7:")] {
         for route in &closed {
             let path = route.path.replace("{id}", "user-7:a");

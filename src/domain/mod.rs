@@ -10,7 +10,8 @@ mod stored;
 mod time;
 
 pub use derive::{
-    MAX_STAGES, RecordMeta, Touched, WritePolicy, apply_write, children_percent, derived_progress, next_record, ttl_ms,
+    MAX_STAGES, RecordMeta, Touched, WritePolicy, apply_write, children_percent, derived_progress, next_record,
+    request_cancel, ttl_ms,
 };
 pub use id::{InvalidId, MAX_ID_LEN, ProgressId};
 pub use merge::{depth, merge_patch};
