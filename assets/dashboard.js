@@ -181,11 +181,26 @@
 
   // ---- cancel requests ----------------------------------------------------------
 
+  function disarm(button) {
+    button.dataset.armed = '';
+    if (button.dataset.label) button.textContent = button.dataset.label;
+  }
+
   function cancellable(record) {
     return state.mayCancel && (record.status === 'running' || record.status === 'pending') && !record.cancel_requested_at;
   }
 
+  // The first click arms the button ("Confirm?") for a few seconds; the
+  // second sends the request: a stray click cancels nothing.
   function requestCancel(id, button) {
+    if (!button.dataset.label) button.dataset.label = button.textContent;
+    if (button.dataset.armed !== 'yes') {
+      button.dataset.armed = 'yes';
+      button.textContent = 'Confirm?';
+      setTimeout(function () { disarm(button); }, 4000);
+      return;
+    }
+    disarm(button);
     button.disabled = true;
     window.progressd.requestCancel(id, 'cancelled from the dashboard', {
       baseUrl: API,
@@ -361,8 +376,8 @@
     statusCell.appendChild(stalled);
     statusCell.appendChild(document.createTextNode(' '));
     statusCell.appendChild(asked);
-    statusCell.appendChild(document.createTextNode(' '));
-    statusCell.appendChild(cancel);
+    var actions = el('td', 'nowrap actions');
+    actions.appendChild(cancel);
     var progressCell = el('td');
     var wrap = el('div', 'progress-cell');
     var bar = progressBar();
@@ -373,7 +388,7 @@
     var stage = el('td');
     var eta = el('td', 'nowrap');
     var updated = el('td', 'muted nowrap');
-    [job, statusCell, progressCell, stage, eta, updated].forEach(function (td) { tr.appendChild(td); });
+    [job, statusCell, progressCell, stage, eta, updated, actions].forEach(function (td) { tr.appendChild(td); });
     tr.addEventListener('click', function () { select(id); });
     tr.addEventListener('keydown', function (event) {
       if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); select(id); }

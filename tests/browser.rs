@@ -378,6 +378,7 @@ async fn a_user_cancels_their_own_job_from_the_browser_and_the_worker_sees_it() 
     put(&app, "user-7:book", json!({"status": "running", "progress": 10}), writer).await;
     put(&app, "user-7:draft", json!({"status": "pending"}), writer).await;
     put(&app, "user-7:done", json!({"status": "completed"}), writer).await;
+    put(&app, "user-7:run", json!({"status": "running", "progress": 30}), writer).await;
     put(&app, "user-8:other", json!({"status": "running", "progress": 50}), writer).await;
     let output = run_scenario(&browser, "cancel", &app, writer).await;
     assert!(output.contains("the worker saw the request"), "the scenario reached the worker's PATCH");

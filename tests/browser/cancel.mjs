@@ -19,6 +19,7 @@
 //   user-7:book   running, 10 %
 //   user-7:draft  pending
 //   user-7:done   completed
+//   user-7:run    running, 30 %
 //   user-8:other  running, 50 %
 
 import { createHmac } from 'node:crypto';
@@ -97,17 +98,23 @@ await run('cancel', async (browser) => {
     .filter((tr) => { const b = tr.querySelector('button.cancel-job'); return b && !b.hidden; })
     .map((tr) => tr.dataset.id).sort());
   await dash.goto(`${base}/dashboard#token=${prefixReader}`);
-  await until('the prefix listed', () => dash.evaluate(() => document.querySelectorAll('#rows tr').length === 3));
+  await until('the prefix listed', () => dash.evaluate(() => document.querySelectorAll('#rows tr').length === 4));
   // Give GET /access time to answer: the buttons must stay hidden.
   await new Promise((resolve) => setTimeout(resolve, 500));
   assertEqual(await visibleButtons(), [], 'a read-only token shows no Cancel button');
   // …and with one that carries the claim, on the running and pending jobs only.
   await dash.goto(`${base}/dashboard#token=${prefixCanceller}`);
   await dash.reload();
-  await until('the Cancel buttons', async () => JSON.stringify(await visibleButtons()) === JSON.stringify(['user-7:draft']));
-  // user-7:book is cancelled and user-7:done completed: only the pending draft can be.
+  await until('the Cancel buttons', async () => JSON.stringify(await visibleButtons()) === JSON.stringify(['user-7:draft', 'user-7:run']));
+  // user-7:book is cancelled and user-7:done completed: only the pending draft and the running job can be.
   await screenshot(dash, 'dashboard-cancel-button.png');
-  await dash.click('#rows tr[data-id="user-7:draft"] button.cancel-job');
+  // One click arms the button, the second sends the request.
+  const draftButton = '#rows tr[data-id="user-7:draft"] button.cancel-job';
+  await dash.click(draftButton);
+  assertEqual(await dash.textContent(draftButton), 'Confirm?', 'a first click only asks to confirm');
+  assert(await dash.evaluate(() => document.querySelector('#rows tr[data-id="user-7:draft"] .badge-cancel-requested').hidden),
+    'nothing sent yet');
+  await dash.click(draftButton);
   await until('the request shows', () => dash.evaluate(() => {
     const tr = [...document.querySelectorAll('#rows tr')].find((r) => r.dataset.id === 'user-7:draft');
     return tr && !tr.querySelector('.badge-cancel-requested').hidden && tr.querySelector('button.cancel-job').hidden;
@@ -117,6 +124,16 @@ await run('cancel', async (browser) => {
   assert(typeof draft.cancel_requested_at === 'string', `the worker's next PATCH sees the dashboard's request: ${JSON.stringify(draft)}`);
   assertEqual(draft.cancel_reason, 'cancelled from the dashboard', 'the dashboard says where it came from');
   await screenshot(dash, 'dashboard-cancel-requested.png');
+  // The detail view of the running job has its own button.
+  await dash.click('#rows tr[data-id="user-7:run"] .job-id');
+  await until('the detail view', () => dash.isVisible('#d-cancel'));
+  await dash.click('#d-cancel');
+  await dash.click('#d-cancel');
+  await until('the detail view shows the request', () => dash.evaluate(() =>
+    document.getElementById('d-cancel').hidden && document.getElementById('d-facts').textContent.includes('cancelled from the dashboard')));
+  const run = await worker('PATCH', 'user-7:run', { progress: 40 });
+  assert(typeof run.cancel_requested_at === 'string', 'the running job\'s worker sees it too');
+  assertEqual(await visibleButtons(), [], 'no job left to cancel');
 
   assertEqual(pageErrors, [], 'no uncaught errors in the pages');
 });
