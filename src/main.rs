@@ -23,10 +23,11 @@ Commands:
   healthcheck  exit 0 when the local server's /healthz answers 200, else 1
   migrate      apply the PostgreSQL schema to DATABASE_URL and exit
   token        print a scoped read token signed with PROGRESS_SIGNING_KEYS:
-                 progressd token --id book-42 [--ttl 3600]
-                 progressd token --prefix user-7: [--ttl 3600]
+                 progressd token --id book-42 [--ttl 3600] [--cancel]
+                 progressd token --prefix user-7: [--ttl 3600] [--cancel]
                (--ttl in seconds, default 900, at most
-               PROGRESS_MAX_TOKEN_TTL_SECONDS)
+               PROGRESS_MAX_TOKEN_TTL_SECONDS; --cancel: the token may also
+               ask for its jobs to be cancelled)
 
 Options:
   -h, --help     print this help

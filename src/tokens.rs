@@ -341,6 +341,7 @@ pub fn parse_command(args: &[String], max_ttl_seconds: u64) -> Result<(Rights, u
             "--id" => scope = Some(Scope::id(&value()?).map_err(|e| format!("--id: {e}"))?),
             "--prefix" => scope = Some(Scope::prefix(&value()?).map_err(|e| format!("--prefix: {e}"))?),
             "--cancel" if inline.is_none() => cancel = true,
+            "--cancel" => return Err("--cancel takes no value".into()),
             "--ttl" => {
                 let text = value()?;
                 let seconds = text.parse::<u64>().ok().filter(|n| (1..=max_ttl_seconds).contains(n));

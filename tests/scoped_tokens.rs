@@ -446,6 +446,13 @@ fn progressd_token_mints_offline_with_the_same_keys() {
         SigningKeys::new(&[NEW.to_owned()]).unwrap().unwrap().verify(token.trim()),
         Ok(Scope::prefix("user-7:").unwrap())
     );
+    // --cancel: the claim that lets the token ask for its job to stop.
+    let (code, token, _) = run(&["--id", "book-42", "--cancel"], &[("PROGRESS_SIGNING_KEYS", &keys)]);
+    assert_eq!(code, Some(0));
+    let rights = SigningKeys::new(&[NEW.to_owned()]).unwrap().unwrap().verify_rights(token.trim()).unwrap();
+    assert_eq!((rights.scope, rights.cancel), (Scope::id("book-42").unwrap(), true));
+    let (code, _, stderr) = run(&["--id", "a", "--cancel=yes"], &[("PROGRESS_SIGNING_KEYS", &keys)]);
+    assert_eq!(code, Some(2), "--cancel takes no value: {stderr}");
     let (code, _, stderr) = run(&["--id", "a"], &[]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("PROGRESS_SIGNING_KEYS"), "{stderr}");

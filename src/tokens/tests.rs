@@ -205,6 +205,7 @@ fn the_command_line() {
         &["--id", "a", "--ttl", "0"],
         &["--id", "a", "--ttl", "soon"],
         &["--sub", "a"],
+        &["--id", "a", "--cancel=true"],
     ] {
         assert!(parse_command(&args(bad), 7200).is_err(), "{bad:?}");
     }
