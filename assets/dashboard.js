@@ -27,10 +27,27 @@
     refreshTimer: null,   // the pending render
     lastRefresh: null,
     listWatch: null,      // client.js watchAll handle of the list
-    records: new Map(),   // id -> the newest record the stream delivered
-    mayCancel: false,     // GET /access said this token may cancel jobs
-    accessAsked: 0        // which answer of GET /access is the latest
+    records: new Map()    // id -> the newest record the stream delivered
   };
+
+  // The Cancel buttons (dashboard/cancel.js).
+  var cancels = window.progressdCancel({
+    api: API,
+    token: function () { return state.token; },
+    changed: function () {
+      state.rows.forEach(function (row) { if (row.record) updateRow(row, row.record); });
+      if (state.detailShown) renderDetail(state.detailShown);
+    },
+    requested: function (record) {
+      var held = state.records.get(record.id);
+      if (!held || held.version <= record.version) state.records.set(record.id, record);
+      scheduleRender(true);
+      if (state.selected === record.id) renderDetail(record);
+    },
+    failed: function (id, error) {
+      notice('error', 'Cancelling ' + id + ' failed. ' + explain(error.status || 0, error.problem || { detail: error.message }));
+    }
+  });
 
   function $(id) { return document.getElementById(id); }
 
@@ -158,62 +175,7 @@
   function showTokenState() {
     $('token-state').textContent = state.token ? 'token set' : 'no token';
     $('token-input').value = '';
-    askAccess();
-  }
-
-  // Whether the token may cancel jobs (GET /access): the Cancel buttons
-  // show only then. Asked again whenever the token changes.
-  function askAccess() {
-    var asked = ++state.accessAsked;
-    state.mayCancel = false;
-    var headers = { Accept: 'application/json' };
-    if (state.token) headers.Authorization = 'Bearer ' + state.token;
-    fetch(API + '/access', { headers: headers, cache: 'no-store' })
-      .then(function (response) { return response.ok ? response.json() : null; })
-      .then(function (access) {
-        if (asked !== state.accessAsked) return;
-        state.mayCancel = !!(access && access.cancel === true);
-        state.rows.forEach(function (row) { if (row.record) updateRow(row, row.record); });
-        if (state.detailShown) renderDetail(state.detailShown);
-      })
-      .catch(function () { /* an older server: no Cancel buttons */ });
-  }
-
-  // ---- cancel requests ----------------------------------------------------------
-
-  function disarm(button) {
-    button.dataset.armed = '';
-    if (button.dataset.label) button.textContent = button.dataset.label;
-  }
-
-  function cancellable(record) {
-    return state.mayCancel && (record.status === 'running' || record.status === 'pending') && !record.cancel_requested_at;
-  }
-
-  // The first click arms the button ("Confirm?") for a few seconds; the
-  // second sends the request: a stray click cancels nothing.
-  function requestCancel(id, button) {
-    if (!button.dataset.label) button.dataset.label = button.textContent;
-    if (button.dataset.armed !== 'yes') {
-      button.dataset.armed = 'yes';
-      button.textContent = 'Confirm?';
-      setTimeout(function () { disarm(button); }, 4000);
-      return;
-    }
-    disarm(button);
-    button.disabled = true;
-    window.progressd.requestCancel(id, 'cancelled from the dashboard', {
-      baseUrl: API,
-      token: function () { return state.token; }
-    }).then(function (record) {
-      var held = state.records.get(id);
-      if (!held || held.version <= record.version) state.records.set(id, record);
-      scheduleRender(true);
-      if (state.selected === id) renderDetail(record);
-    }, function (error) {
-      button.disabled = false;
-      notice('error', 'Cancelling ' + id + ' failed. ' + explain(error.status || 0, error.problem || { detail: error.message }));
-    });
+    cancels.askAccess();
   }
 
   // ---- notices ----------------------------------------------------------------
@@ -366,11 +328,7 @@
     var badge = el('span', 'badge');
     var stalled = el('span', 'badge badge-stalled', 'stalled');
     var asked = el('span', 'badge badge-cancel-requested', 'cancel requested');
-    var cancel = el('button', 'cancel-job', 'Cancel');
-    cancel.type = 'button';
-    cancel.setAttribute('aria-label', 'Cancel job ' + id);
-    cancel.addEventListener('click', function (event) { event.stopPropagation(); requestCancel(id, cancel); });
-    cancel.addEventListener('keydown', function (event) { event.stopPropagation(); });
+    var cancel = cancels.button(id);
     statusCell.appendChild(badge);
     statusCell.appendChild(document.createTextNode(' '));
     statusCell.appendChild(stalled);
@@ -408,7 +366,7 @@
     row.stalled.hidden = !record.stalled;
     row.asked.hidden = !record.cancel_requested_at || record.status === 'cancelled';
     row.asked.title = record.cancel_reason || '';
-    row.cancel.hidden = !cancellable(record);
+    row.cancel.hidden = !cancels.cancellable(record);
     if (row.cancel.hidden) row.cancel.disabled = false;
     setBar(row.bar, record.progress, record.status, record.stalled);
     row.percent.textContent = formatPercent(record.progress);
@@ -484,7 +442,7 @@
     $('d-id').textContent = record.id;
     setBadge($('d-status'), record.status);
     $('d-stalled').hidden = !record.stalled;
-    $('d-cancel').hidden = !cancellable(record);
+    $('d-cancel').hidden = !cancels.cancellable(record);
     $('d-cancel').disabled = false;
     setBar($('d-bar'), record.progress, record.status, record.stalled);
     $('d-percent').textContent = formatPercent(record.progress);
@@ -633,7 +591,7 @@
     $('refresh').addEventListener('click', function () { refresh(); });
     $('more').addEventListener('click', function () { state.pages += 1; render(); });
     $('d-close').addEventListener('click', function () { closeDetail(false); });
-    $('d-cancel').addEventListener('click', function () { if (state.selected) requestCancel(state.selected, $('d-cancel')); });
+    $('d-cancel').addEventListener('click', function () { if (state.selected) cancels.request(state.selected, $('d-cancel')); });
     document.addEventListener('keydown', function (event) {
       if (event.key === 'Escape' && state.selected) closeDetail(false);
     });

@@ -46,6 +46,7 @@ async fn the_assets_are_served_with_their_types_validators_and_policies() {
         ("/client.js", "application/javascript; charset=utf-8", "public, max-age=300", "progressd.watch"),
         ("/dashboard", "text/html; charset=utf-8", "no-cache", "<title>progressd dashboard</title>"),
         ("/dashboard/app.js", "application/javascript; charset=utf-8", "no-cache", "renderList"),
+        ("/dashboard/cancel.js", "application/javascript; charset=utf-8", "no-cache", "progressdCancel"),
         ("/dashboard/app.css", "text/css; charset=utf-8", "no-cache", ".bar-fill"),
     ];
     for (path, content_type, cache_control, needle) in cases {

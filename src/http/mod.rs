@@ -143,6 +143,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/client.js", Access::Public, assets::client_js),
         route(Method::GET, "/dashboard", Access::Public, assets::dashboard),
         route(Method::GET, "/dashboard/app.js", Access::Public, assets::dashboard_js),
+        route(Method::GET, "/dashboard/cancel.js", Access::Public, assets::dashboard_cancel_js),
         route(Method::GET, "/dashboard/app.css", Access::Public, assets::dashboard_css),
         route(Method::GET, "/progress", Access::List, list::list),
         route(Method::GET, "/progress/{id}", Access::Read, progress::get),
