@@ -40,7 +40,13 @@
  *   idleTimeout reconnect when the stream sends nothing (not even a heartbeat) for this
  *               many milliseconds; default 75000 (the server's heartbeat is every 15 s)
  *
- * The handle: { cancel(), done (a Promise of the end reason), transport, lastVersion }.
+ * The handle: { cancel(), requestCancel(reason), done (a Promise of the end reason),
+ * transport, lastVersion }. cancel() stops watching; requestCancel(reason) asks the job
+ * itself to stop (POST /progress/{id}/cancel, with the handle's baseUrl and token: a
+ * write token, or a scoped token with the claim "cancel": true) and returns a Promise of
+ * the record (cancel_requested_at set), rejected with an error like onError's (status,
+ * code, problem) when refused; the watch goes on and delivers the worker's answer.
+ * progressd.requestCancel(id, reason, {baseUrl, token}) does the same without a watch.
  *
  * watchAll({prefix, status}, onUpdate, options) follows every record whose id
  * starts with `prefix` (and whose status is one of `status`, e.g. 'running' or
@@ -161,6 +167,40 @@
     };
   }
 
+  // POST /progress/{id}/cancel: a Promise of the record; a refusal rejects
+  // with its problem (status, code). A token function that gets a 401 is
+  // asked once more, as the watch does.
+  function sendCancel(baseUrl, id, reason, tokens) {
+    var body = JSON.stringify(reason == null ? {} : { reason: String(reason) });
+    function attempt(retried) {
+      return tokens.get().then(function (token) {
+        var h = { Accept: 'application/json', 'Content-Type': 'application/json' };
+        if (token) h.Authorization = 'Bearer ' + token;
+        var url = baseUrl + '/progress/' + encodeURIComponent(id) + '/cancel';
+        return fetch(url, { method: 'POST', headers: h, body: body, cache: 'no-store' });
+      }).then(function (response) {
+        return response.text().then(function (text) {
+          if (response.ok) return JSON.parse(text);
+          if (response.status === 401 && tokens.dynamic && !retried) { tokens.refresh(); return attempt(true); }
+          throw httpError(response, text);
+        });
+      }, function (error) {
+        if (error && error.status === undefined) error.status = 0;
+        throw error;
+      });
+    }
+    return attempt(false);
+  }
+
+  function requestCancel(id, reason, options) {
+    if (typeof id !== 'string' || id === '') return Promise.reject(new TypeError('progressd.requestCancel: id must be a non-empty string'));
+    var opts = options || {};
+    var tokens = tokenSource(opts.token);
+    var done = function () { tokens.stop(); };
+    var baseUrl = String(opts.baseUrl != null ? opts.baseUrl : scriptOrigin).replace(/\/+$/, '');
+    return sendCancel(baseUrl, id, reason, tokens).then(function (r) { done(); return r; }, function (e) { done(); throw e; });
+  }
+
   function watch(id, onUpdate, options) {
     if (typeof id !== 'string' || id === '') throw new TypeError('progressd.watch: id must be a non-empty string');
     if (typeof onUpdate !== 'function') throw new TypeError('progressd.watch: onUpdate must be a function');
@@ -189,7 +229,8 @@
       transport: mode === 'poll' ? 'poll' : 'sse',
       lastVersion: null,
       done: new Promise(function (resolve) { resolveDone = resolve; }),
-      cancel: function () { finish('cancelled'); }
+      cancel: function () { finish('cancelled'); },
+      requestCancel: function (reason) { return sendCancel(baseUrl, id, reason, tokens); }
     };
 
     var tokens = tokenSource(opts.token);
@@ -670,7 +711,7 @@
     };
   }
 
-  var api = { watch: watch, watchAll: watchAll, isTerminal: isTerminal, version: '1' };
+  var api = { watch: watch, watchAll: watchAll, requestCancel: requestCancel, isTerminal: isTerminal, version: '1' };
   if (typeof module === 'object' && module && module.exports) module.exports = api;
   root.progressd = Object.assign(root.progressd || {}, api);
 })(typeof window !== 'undefined' ? window : globalThis);

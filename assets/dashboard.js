@@ -30,6 +30,25 @@
     records: new Map()    // id -> the newest record the stream delivered
   };
 
+  // The Cancel buttons (dashboard/cancel.js).
+  var cancels = window.progressdCancel({
+    api: API,
+    token: function () { return state.token; },
+    changed: function () {
+      state.rows.forEach(function (row) { if (row.record) updateRow(row, row.record); });
+      if (state.detailShown) renderDetail(state.detailShown);
+    },
+    requested: function (record) {
+      var held = state.records.get(record.id);
+      if (!held || held.version <= record.version) state.records.set(record.id, record);
+      scheduleRender(true);
+      if (state.selected === record.id) renderDetail(record);
+    },
+    failed: function (id, error) {
+      notice('error', 'Cancelling ' + id + ' failed. ' + explain(error.status || 0, error.problem || { detail: error.message }));
+    }
+  });
+
   function $(id) { return document.getElementById(id); }
 
   // ---- small DOM helpers (text only) ---------------------------------------
@@ -156,6 +175,7 @@
   function showTokenState() {
     $('token-state').textContent = state.token ? 'token set' : 'no token';
     $('token-input').value = '';
+    cancels.askAccess();
   }
 
   // ---- notices ----------------------------------------------------------------
@@ -307,9 +327,15 @@
     var statusCell = el('td', 'nowrap');
     var badge = el('span', 'badge');
     var stalled = el('span', 'badge badge-stalled', 'stalled');
+    var asked = el('span', 'badge badge-cancel-requested', 'cancel requested');
+    var cancel = cancels.button(id);
     statusCell.appendChild(badge);
     statusCell.appendChild(document.createTextNode(' '));
     statusCell.appendChild(stalled);
+    statusCell.appendChild(document.createTextNode(' '));
+    statusCell.appendChild(asked);
+    var actions = el('td', 'nowrap actions');
+    actions.appendChild(cancel);
     var progressCell = el('td');
     var wrap = el('div', 'progress-cell');
     var bar = progressBar();
@@ -320,12 +346,12 @@
     var stage = el('td');
     var eta = el('td', 'nowrap');
     var updated = el('td', 'muted nowrap');
-    [job, statusCell, progressCell, stage, eta, updated].forEach(function (td) { tr.appendChild(td); });
+    [job, statusCell, progressCell, stage, eta, updated, actions].forEach(function (td) { tr.appendChild(td); });
     tr.addEventListener('click', function () { select(id); });
     tr.addEventListener('keydown', function (event) {
       if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); select(id); }
     });
-    return { tr: tr, badge: badge, stalled: stalled, bar: bar, percent: percent, message: message,
+    return { tr: tr, badge: badge, stalled: stalled, asked: asked, cancel: cancel, bar: bar, percent: percent, message: message,
              children: children, stage: stage, eta: eta, updated: updated, record: null };
   }
 
@@ -338,6 +364,10 @@
     tr.classList.toggle('selected', state.selected === record.id);
     setBadge(row.badge, record.status);
     row.stalled.hidden = !record.stalled;
+    row.asked.hidden = !record.cancel_requested_at || record.status === 'cancelled';
+    row.asked.title = record.cancel_reason || '';
+    row.cancel.hidden = !cancels.cancellable(record);
+    if (row.cancel.hidden) row.cancel.disabled = false;
     setBar(row.bar, record.progress, record.status, record.stalled);
     row.percent.textContent = formatPercent(record.progress);
     row.message.textContent = record.message || '';
@@ -412,6 +442,8 @@
     $('d-id').textContent = record.id;
     setBadge($('d-status'), record.status);
     $('d-stalled').hidden = !record.stalled;
+    $('d-cancel').hidden = !cancels.cancellable(record);
+    $('d-cancel').disabled = false;
     setBar($('d-bar'), record.progress, record.status, record.stalled);
     $('d-percent').textContent = formatPercent(record.progress);
     $('d-counts').textContent = record.current != null && record.total != null
@@ -444,6 +476,10 @@
     fact('Started', ago(record.started_at), localTime(record.started_at));
     fact('Updated', ago(record.updated_at), localTime(record.updated_at));
     fact('Finished', ago(record.completed_at), localTime(record.completed_at));
+    if (record.cancel_requested_at) {
+      fact('Cancel asked', ago(record.cancel_requested_at) + (record.cancel_reason ? ': ' + record.cancel_reason : ''),
+        localTime(record.cancel_requested_at));
+    }
     var started = parseTime(record.started_at), finished = parseTime(record.completed_at);
     if (started !== null) fact('Took', formatDuration((finished !== null ? finished : Date.now()) - started));
     fact('Expires', localTime(record.expires_at));
@@ -555,6 +591,7 @@
     $('refresh').addEventListener('click', function () { refresh(); });
     $('more').addEventListener('click', function () { state.pages += 1; render(); });
     $('d-close').addEventListener('click', function () { closeDetail(false); });
+    $('d-cancel').addEventListener('click', function () { if (state.selected) cancels.request(state.selected, $('d-cancel')); });
     document.addEventListener('keydown', function (event) {
       if (event.key === 'Escape' && state.selected) closeDetail(false);
     });

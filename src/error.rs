@@ -79,8 +79,11 @@ pub enum Error {
     /// The route exists but not for this method (405 `method_not_allowed`).
     #[error("this route does not support {0}")]
     MethodNotAllowed(String),
-    /// A write to a finished record without `If-Match` (409 `conflict_terminal`).
-    #[error("the record is {status} (version {version}); to write it again, send If-Match: \"{version}\"")]
+    /// A write to a finished record without `If-Match`, or a cancel request
+    /// for one (409 `conflict_terminal`).
+    #[error(
+        "the record is {status} (version {version}), which is final; a PUT or PATCH that means to write it again sends If-Match: \"{version}\""
+    )]
     ConflictTerminal {
         /// Its terminal status.
         status: Status,

@@ -23,10 +23,11 @@ Commands:
   healthcheck  exit 0 when the local server's /healthz answers 200, else 1
   migrate      apply the PostgreSQL schema to DATABASE_URL and exit
   token        print a scoped read token signed with PROGRESS_SIGNING_KEYS:
-                 progressd token --id book-42 [--ttl 3600]
-                 progressd token --prefix user-7: [--ttl 3600]
+                 progressd token --id book-42 [--ttl 3600] [--cancel]
+                 progressd token --prefix user-7: [--ttl 3600] [--cancel]
                (--ttl in seconds, default 900, at most
-               PROGRESS_MAX_TOKEN_TTL_SECONDS)
+               PROGRESS_MAX_TOKEN_TTL_SECONDS; --cancel: the token may also
+               ask for its jobs to be cancelled)
 
 Options:
   -h, --help     print this help
@@ -130,7 +131,7 @@ async fn migrate(settings: &Settings) -> ExitCode {
 /// 2 on a bad argument or without keys.
 fn token(settings: &Settings) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(2).collect();
-    let (scope, ttl) = match progressd::tokens::parse_command(&args, settings.max_token_ttl_seconds) {
+    let (rights, ttl) = match progressd::tokens::parse_command(&args, settings.max_token_ttl_seconds) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("progressd: token: {e}");
@@ -148,7 +149,7 @@ fn token(settings: &Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match keys.mint(&scope, ttl, progressd::tokens::now_seconds()) {
+    match keys.mint_rights(&rights, ttl, progressd::tokens::now_seconds()) {
         Ok((token, exp)) => {
             println!("{token}");
             let at = progressd::domain::Timestamp(i64::try_from(exp).unwrap_or(i64::MAX / 1000).saturating_mul(1000));

@@ -1,5 +1,6 @@
 //! The progress operations, independent of HTTP: read, the write loop
-//! (read, merge, derive, compare-and-set, retry on a lost race), delete,
+//! (read, merge, derive, compare-and-set, retry on a lost race), the cancel
+//! request (the same loop, in `service/cancel.rs`), delete,
 //! and what listing, the admin routes, `/readyz` and `/metrics` ask of the
 //! store.
 //!
@@ -23,6 +24,10 @@ use crate::error::Error;
 use crate::live::Live;
 use crate::store::{Store, StoreError};
 use crate::webhooks::Webhooks;
+
+mod cancel;
+
+pub use cancel::CancelRequested;
 
 pub use crate::store::{
     BacklogSummary, BreakerState, CleanupReport, DEFAULT_LIMIT, ListCursor, ListPage, ListQuery, MAX_LIMIT,
@@ -244,11 +249,7 @@ impl ProgressService {
                 self.live.changed(id, stored.version());
                 return Ok(Written { record: stored, created: current.is_none() });
             }
-            // Lost a race: back off a random while (growing with each loss)
-            // so that many writers of one record take turns instead of
-            // retrying in lock-step; cheap on Redis, vital on PostgreSQL.
-            let ceiling_ms = 1u64 << attempt.min(5);
-            tokio::time::sleep(std::time::Duration::from_micros(fastrand::u64(0..ceiling_ms * 1000))).await;
+            back_off(attempt).await;
             attempt += 1;
         }
         Err(Error::WriteContention)
@@ -342,6 +343,14 @@ impl ProgressService {
         let wanted = hooks.wanted(caused, fields.webhook.as_ref());
         (!wanted.is_empty()).then(|| (wanted, fields.webhook.clone()))
     }
+}
+
+/// After losing a compare-and-set race: back off a random while (growing
+/// with each loss) so that many writers of one record take turns instead of
+/// retrying in lock-step; cheap on Redis, vital on PostgreSQL.
+async fn back_off(attempt: usize) {
+    let ceiling_ms = 1u64 << attempt.min(5);
+    tokio::time::sleep(std::time::Duration::from_micros(fastrand::u64(0..ceiling_ms * 1000))).await;
 }
 
 /// Listing, the admin operations and what `/readyz` and `/metrics` report.

@@ -290,16 +290,17 @@ settings! {
         read: parsed(SECONDS),
         range: 1..,
     }
-    /// Reads per second each scoped token may make, sustained (an event
-    /// stream counts once, when it opens); more get 429.
+    /// Requests (reads and cancel requests) per second each scoped token may
+    /// make, sustained (an event stream counts once, when it opens); more get
+    /// 429.
     scoped_rate_per_second: u32 {
         var: "PROGRESS_SCOPED_RATE_PER_SECOND",
         default: "10",
         read: parsed(WHOLE),
         range: 1..,
     }
-    /// Most reads a scoped token may make at once; its allowance refills at
-    /// the sustained rate.
+    /// Most requests a scoped token may make at once; its allowance refills
+    /// at the sustained rate.
     scoped_rate_burst: u32 { var: "PROGRESS_SCOPED_RATE_BURST", default: "60", read: parsed(WHOLE), range: 1.. }
     /// Requests per second each client address may make without a token,
     /// sustained (an event stream counts once, when it opens); more get 429.

@@ -1,5 +1,7 @@
 //! Scoped read tokens: HS256 JWTs (RFC 7519) that grant reads of one job id
-//! (`sub`) or of every id starting with a prefix (`prefix`) until `exp`.
+//! (`sub`) or of every id starting with a prefix (`prefix`) until `exp`;
+//! with the claim `"cancel": true`, also cancel requests for those ids
+//! (`POST /progress/{id}/cancel`).
 //!
 //! Minted by `POST /tokens`, by `progressd token`, or by an application's
 //! backend with any JWT library, under a key of `PROGRESS_SIGNING_KEYS`
@@ -59,6 +61,24 @@ impl Scope {
     }
 }
 
+/// What a verified token grants: its scope, and whether it may also ask
+/// for the jobs in it to be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rights {
+    /// The ids it reads.
+    pub scope: Scope,
+    /// The `cancel` claim: it may call `POST /progress/{id}/cancel` for
+    /// those ids.
+    pub cancel: bool,
+}
+
+impl Rights {
+    /// Reads of `scope`, nothing more.
+    pub fn read(scope: Scope) -> Self {
+        Self { scope, cancel: false }
+    }
+}
+
 /// The claims of a scoped token. Unknown claims (`iat`, `iss`, …) are ignored.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -71,6 +91,9 @@ struct Claims {
     nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+    /// May request cancellation of the ids in scope (a boolean; absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    cancel: bool,
 }
 
 /// Why a presented token is refused. The text names no secret and no part
@@ -101,7 +124,8 @@ impl Invalid {
             Invalid::BadSignature => "the token's signature does not verify",
             Invalid::Algorithm => "the token must be signed with HS256",
             Invalid::Malformed => {
-                "the token is not a JWT with exp and exactly one scope claim (sub: a job id, or prefix)"
+                "the token is not a JWT with exp and exactly one scope claim (sub: a job id, or prefix), \
+                 and cancel (when present) a boolean"
             }
         }
     }
@@ -123,7 +147,7 @@ pub struct SigningKeys {
     /// token, so only the very token that verified is found; only `exp` is
     /// checked again (an `nbf` it passed stays passed). The keys are fixed
     /// for the life of the process, so a remembered token stays valid.
-    verified: DashMap<Box<[u8]>, (Arc<Scope>, u64), foldhash::quality::RandomState>,
+    verified: DashMap<Box<[u8]>, (Arc<Rights>, u64), foldhash::quality::RandomState>,
 }
 
 impl fmt::Debug for SigningKeys {
@@ -177,16 +201,22 @@ impl SigningKeys {
         Ok(Some(Self { keys, validation, verified: DashMap::default() }))
     }
 
-    /// A token for `scope` that expires `ttl_seconds` after `now` (seconds
-    /// since the epoch), signed with the first key; and its `exp`.
+    /// A read token for `scope` that expires `ttl_seconds` after `now`
+    /// (seconds since the epoch), signed with the first key; and its `exp`.
     pub fn mint(&self, scope: &Scope, ttl_seconds: u64, now: u64) -> Result<(String, u64), String> {
+        self.mint_rights(&Rights::read(scope.clone()), ttl_seconds, now)
+    }
+
+    /// [`SigningKeys::mint`] for `rights`: with `cancel`, the token carries
+    /// the claim `"cancel": true`.
+    pub fn mint_rights(&self, rights: &Rights, ttl_seconds: u64, now: u64) -> Result<(String, u64), String> {
         let first = &self.keys[0];
         let exp = now.saturating_add(ttl_seconds);
-        let (sub, prefix) = match scope {
+        let (sub, prefix) = match &rights.scope {
             Scope::Id(id) => (Some(id.as_str().to_owned()), None),
             Scope::Prefix(p) => (None, Some(p.clone())),
         };
-        let claims = Claims { sub, prefix, exp, nbf: None, iat: Some(now) };
+        let claims = Claims { sub, prefix, exp, nbf: None, iat: Some(now), cancel: rights.cancel };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(first.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &first.encoding).map_err(|e| e.to_string())?;
@@ -197,12 +227,17 @@ impl SigningKeys {
     /// without `kid`, any configured key), `exp` not passed, `nbf` (when
     /// present) reached, and exactly one valid scope claim.
     pub fn verify(&self, token: &str) -> Result<Scope, Invalid> {
-        self.verify_uncached(token).map(|(scope, _)| scope)
+        self.verify_rights(token).map(|rights| rights.scope)
+    }
+
+    /// [`SigningKeys::verify`], with the `cancel` claim.
+    pub fn verify_rights(&self, token: &str) -> Result<Rights, Invalid> {
+        self.verify_uncached(token).map(|(rights, _)| rights)
     }
 
     /// [`SigningKeys::verify`], answered from the tokens that verified before
     /// when `token` is one of them (and has not expired since).
-    pub fn verify_cached(&self, token: &str) -> Result<Arc<Scope>, Invalid> {
+    pub fn verify_cached(&self, token: &str) -> Result<Arc<Rights>, Invalid> {
         let now = now_seconds();
         if let Some(entry) = self.verified.get(token.as_bytes()) {
             let (scope, exp) = entry.value();
@@ -231,7 +266,7 @@ impl SigningKeys {
         self.verified.len()
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(Scope, u64), Invalid> {
+    fn verify_uncached(&self, token: &str) -> Result<(Rights, u64), Invalid> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| classify(&e))?;
         if header.alg != Algorithm::HS256 {
             return Err(Invalid::Algorithm);
@@ -258,7 +293,7 @@ impl SigningKeys {
             (None, Some(prefix)) => Scope::prefix(&prefix).map_err(|_| Invalid::Malformed)?,
             _ => return Err(Invalid::Malformed),
         };
-        Ok((scope, claims.exp))
+        Ok((Rights { scope, cancel: claims.cancel }, claims.exp))
     }
 
     fn decode(&self, token: &str, key: &Key) -> Result<Claims, Invalid> {
@@ -287,12 +322,13 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
         && token.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// `progressd token` arguments: `--id ID` or `--prefix PREFIX`, and
-/// `--ttl SECONDS` (default 900, at most `max_ttl_seconds`). `--name=value`
-/// works too.
-pub fn parse_command(args: &[String], max_ttl_seconds: u64) -> Result<(Scope, u64), String> {
+/// `progressd token` arguments: `--id ID` or `--prefix PREFIX`, `--ttl
+/// SECONDS` (default 900, at most `max_ttl_seconds`), and `--cancel` (the
+/// token may also request cancellation). `--name=value` works too.
+pub fn parse_command(args: &[String], max_ttl_seconds: u64) -> Result<(Rights, u64), String> {
     let mut scope = None;
     let mut ttl = None;
+    let mut cancel = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -304,6 +340,8 @@ pub fn parse_command(args: &[String], max_ttl_seconds: u64) -> Result<(Scope, u6
             "--id" | "--prefix" if scope.is_some() => return Err("give one of --id and --prefix, once".into()),
             "--id" => scope = Some(Scope::id(&value()?).map_err(|e| format!("--id: {e}"))?),
             "--prefix" => scope = Some(Scope::prefix(&value()?).map_err(|e| format!("--prefix: {e}"))?),
+            "--cancel" if inline.is_none() => cancel = true,
+            "--cancel" => return Err("--cancel takes no value".into()),
             "--ttl" => {
                 let text = value()?;
                 let seconds = text.parse::<u64>().ok().filter(|n| (1..=max_ttl_seconds).contains(n));
@@ -313,13 +351,13 @@ pub fn parse_command(args: &[String], max_ttl_seconds: u64) -> Result<(Scope, u6
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: progressd token (--id ID | --prefix PREFIX) [--ttl SECONDS]"
+                    "unknown argument {other:?}; usage: progressd token (--id ID | --prefix PREFIX) [--ttl SECONDS] [--cancel]"
                 ));
             }
         }
     }
     let scope = scope.ok_or("give --id ID (one job) or --prefix PREFIX (every job whose id starts with it)")?;
-    Ok((scope, ttl.unwrap_or(DEFAULT_TTL_SECONDS.min(max_ttl_seconds))))
+    Ok((Rights { scope, cancel }, ttl.unwrap_or(DEFAULT_TTL_SECONDS.min(max_ttl_seconds))))
 }
 
 /// Seconds since the epoch now.

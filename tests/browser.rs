@@ -46,6 +46,7 @@ async fn the_assets_are_served_with_their_types_validators_and_policies() {
         ("/client.js", "application/javascript; charset=utf-8", "public, max-age=300", "progressd.watch"),
         ("/dashboard", "text/html; charset=utf-8", "no-cache", "<title>progressd dashboard</title>"),
         ("/dashboard/app.js", "application/javascript; charset=utf-8", "no-cache", "renderList"),
+        ("/dashboard/cancel.js", "application/javascript; charset=utf-8", "no-cache", "progressdCancel"),
         ("/dashboard/app.css", "text/css; charset=utf-8", "no-cache", ".bar-fill"),
     ];
     for (path, content_type, cache_control, needle) in cases {
@@ -191,6 +192,7 @@ async fn run_scenario(browser: &Browser, scenario: &str, app: &TestApp, write_to
             let data: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("step {name}: {e}: {data}"));
             let answer = match name {
                 "write" => do_writes(app, &data, write_token).await,
+                "respond" => respond(app, &data, write_token).await,
                 other => panic!("{scenario} asked for an unknown step {other}"),
             };
             stdin.write_all(format!("OK {answer}\n").as_bytes()).await.unwrap();
@@ -234,6 +236,20 @@ async fn do_writes(app: &TestApp, ops: &Value, token: Option<&str>) -> Value {
         statuses.push(status.as_u16());
     }
     json!(statuses)
+}
+
+/// One write, `{method, id, body}`, as a worker would send it: its
+/// response's body, which must be a success.
+async fn respond(app: &TestApp, op: &Value, token: Option<&str>) -> Value {
+    let method = Method::from_bytes(op["method"].as_str().unwrap().as_bytes()).unwrap();
+    let path = format!("/progress/{}", op["id"].as_str().unwrap());
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let res = app.send(method.clone(), &path, Some(&op["body"]), &headers).await;
+    let status = res.status();
+    let text = res.text().await.unwrap_or_default();
+    assert!(status.is_success(), "{method} {path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
 }
 
 /// Creates a record, then lets the clock move: creation times have millisecond
@@ -344,4 +360,28 @@ async fn scoped_tokens_watch_a_job_and_a_prefix_live_in_the_browser() {
     put(&app, "user-7:draft", json!({"status": "pending"}), writer).await;
     put(&app, "user-8:other", json!({"status": "running", "progress": 50}), writer).await;
     run_scenario(&browser, "scoped", &app, writer).await;
+}
+
+/// (e) Cancellation from a browser: `handle.requestCancel` through client.js
+/// with a scoped token carrying the cancel claim, seen by the worker's next
+/// PATCH; refusals for another id and without the claim; the dashboard's
+/// Cancel button only with a token that may cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cancels_their_own_job_from_the_browser_and_the_worker_sees_it() {
+    let Some(browser) = browser("cancel") else { return };
+    let app = spawn_app_with(Backend::Memory, |s| {
+        s.read_tokens = vec!["cancel-reader".into()];
+        s.write_tokens = vec!["cancel-writer".into()];
+        s.signing_keys = vec!["k1:browser-cancel-signing-key-0123456789abcdef".into()];
+    })
+    .await;
+    let writer = Some("cancel-writer");
+    put(&app, "user-7:book", json!({"status": "running", "progress": 10}), writer).await;
+    put(&app, "user-7:draft", json!({"status": "pending"}), writer).await;
+    put(&app, "user-7:done", json!({"status": "completed"}), writer).await;
+    put(&app, "user-7:run", json!({"status": "running", "progress": 30}), writer).await;
+    put(&app, "user-8:other", json!({"status": "running", "progress": 50}), writer).await;
+    let output = run_scenario(&browser, "cancel", &app, writer).await;
+    assert!(output.contains("the worker saw the request"), "the scenario reached the worker's PATCH");
+    assert!(artifact_dir().join("dashboard-cancel-button.png").exists(), "a screenshot was saved");
 }

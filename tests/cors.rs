@@ -55,7 +55,7 @@ async fn a_preflight_from_an_allowed_origin_is_allowed() {
     let h = res.headers();
     assert_eq!(header(h, "access-control-allow-origin"), Some(ALLOWED));
     let methods = list(h, "access-control-allow-methods");
-    for m in ["get", "put", "patch", "delete", "options"] {
+    for m in ["get", "post", "put", "patch", "delete", "options"] {
         assert!(methods.contains(&m.to_owned()), "{m} in {methods:?}");
     }
     let headers = list(h, "access-control-allow-headers");

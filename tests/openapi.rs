@@ -163,7 +163,7 @@ fn every_operation_declares_responses_with_the_right_media_types() {
                 assert!(response["headers"].get("Retry-After").is_some(), "{method} {path} 503 has Retry-After");
             }
             // A record's answers carry its validators; an event stream carries versions in its events.
-            if matches!(code, 200 | 201 | 304) && path.starts_with("/progress/") && !path.ends_with("/events") {
+            if matches!(code, 200 | 201 | 202 | 304) && path.starts_with("/progress/") && !path.ends_with("/events") {
                 assert!(response["headers"].get("ETag").is_some(), "{method} {path} {status} has ETag");
                 assert!(response["headers"].get("Cache-Control").is_some(), "{method} {path} {status}");
             }
@@ -191,7 +191,9 @@ fn security_follows_the_access_class_of_each_route() {
             Access::Public => (json!([]), false, false),
             // Open until tokens of the class are configured: the empty requirement.
             // A scoped token can be refused (403 forbidden_scope) on every route that takes a token.
-            Access::Read | Access::Write | Access::List => (json!([{"bearerAuth": []}, {}]), true, true),
+            Access::Read | Access::Write | Access::List | Access::Cancel => {
+                (json!([{"bearerAuth": []}, {}]), true, true)
+            }
             Access::Admin => (json!([{"bearerAuth": []}]), true, true),
         };
         if route.access == Access::Public {

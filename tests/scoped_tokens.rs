@@ -139,9 +139,13 @@ async fn a_prefix_token_reads_and_lists_inside_its_prefix() {
 async fn a_scoped_token_never_writes_mints_or_reaches_admin() {
     let app = secured().await;
     seed(&app, &["user-7:a"]).await;
-    let closed: Vec<_> =
-        progressd::http::routes().into_iter().filter(|r| matches!(r.access, Access::Write | Access::Admin)).collect();
+    let closed: Vec<_> = progressd::http::routes()
+        .into_iter()
+        .filter(|r| matches!(r.access, Access::Write | Access::Admin | Access::Cancel))
+        .collect();
     assert!(closed.iter().any(|r| r.path == "/tokens"), "POST /tokens is a write");
+    // Without the cancel claim, a scoped token cannot ask for a cancellation either.
+    assert!(closed.iter().any(|r| r.access == Access::Cancel));
     for token in [for_id("user-7:a"), for_prefix("user-7:")] {
         for route in &closed {
             let path = route.path.replace("{id}", "user-7:a");
@@ -442,6 +446,13 @@ fn progressd_token_mints_offline_with_the_same_keys() {
         SigningKeys::new(&[NEW.to_owned()]).unwrap().unwrap().verify(token.trim()),
         Ok(Scope::prefix("user-7:").unwrap())
     );
+    // --cancel: the claim that lets the token ask for its job to stop.
+    let (code, token, _) = run(&["--id", "book-42", "--cancel"], &[("PROGRESS_SIGNING_KEYS", &keys)]);
+    assert_eq!(code, Some(0));
+    let rights = SigningKeys::new(&[NEW.to_owned()]).unwrap().unwrap().verify_rights(token.trim()).unwrap();
+    assert_eq!((rights.scope, rights.cancel), (Scope::id("book-42").unwrap(), true));
+    let (code, _, stderr) = run(&["--id", "a", "--cancel=yes"], &[("PROGRESS_SIGNING_KEYS", &keys)]);
+    assert_eq!(code, Some(2), "--cancel takes no value: {stderr}");
     let (code, _, stderr) = run(&["--id", "a"], &[]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("PROGRESS_SIGNING_KEYS"), "{stderr}");

@@ -512,6 +512,7 @@ impl<'a> Driver<'a> {
             "/client.js",
             "/dashboard",
             "/dashboard/app.js",
+            "/dashboard/cancel.js",
             "/dashboard/app.css",
             "/nowhere",
         ] {

@@ -104,7 +104,7 @@ pub fn next_record(
     now: Timestamp,
     policy: &WritePolicy,
 ) -> (ProgressRecord, RecordMeta) {
-    let (prev_record, prev_meta) = match prev {
+    let (mut prev_record, prev_meta) = match prev {
         Some((r, m)) => (Some(r), Some(m)),
         None => (None, None),
     };
@@ -122,7 +122,12 @@ pub fn next_record(
     };
     let version = prev_record.as_ref().map_or(1, |r| r.version + 1);
     let created_at = prev_record.as_ref().map_or(now, |r| r.created_at);
-    let stages = next_stages(prev_record.map_or_else(Vec::new, |r| r.stages), fields.stage.as_deref(), status, now);
+    let stages = next_stages(
+        prev_record.as_mut().map_or_else(Vec::new, |r| std::mem::take(&mut r.stages)),
+        fields.stage.as_deref(),
+        status,
+        now,
+    );
 
     let sample = match (status, prev_meta.and_then(|m| m.e)) {
         (Status::Running, Some((t0, p0))) if percent >= p0 => Some((t0, p0)),
@@ -130,6 +135,15 @@ pub fn next_record(
         _ => None,
     };
     let eta = sample.and_then(|(t0, p0)| estimate_completion(t0, p0, now, percent));
+
+    // A cancel request lasts as long as the incarnation, but a record that
+    // finished and is written back to work (a restart, under If-Match) has
+    // answered it: the new run starts without one.
+    let restarted = prev_status.is_some_and(Status::is_terminal) && !status.is_terminal();
+    let (cancel_requested_at, cancel_reason) = match prev_record.as_mut() {
+        Some(r) if !restarted => (r.cancel_requested_at, r.cancel_reason.take()),
+        _ => (None, None),
+    };
 
     let ttl_seconds = fields.ttl_seconds.unwrap_or(policy.default_ttl_seconds);
     let server = ServerFields {
@@ -139,12 +153,14 @@ pub fn next_record(
         updated_at: now,
         started_at,
         completed_at,
+        cancel_requested_at,
+        cancel_reason,
         expires_at: now.plus_millis(ttl_ms(ttl_seconds)),
         eta,
         stages,
     };
     let record = ProgressRecord::assemble(server, fields, Resolved { progress, ttl_seconds });
-    let stall_at = if status == Status::Running { now.millis().saturating_add(policy.heartbeat_ms) } else { 0 };
+    let stall_at = if status == Status::Running { stall_deadline(now, cancel_requested_at, policy) } else { 0 };
     let expires_at = record.expires_at.millis();
     let meta = RecordMeta {
         v: version,
@@ -155,6 +171,45 @@ pub fn next_record(
         e: sample,
         t: Some(status),
     };
+    (record, meta)
+}
+
+/// When a running record written at `now` stalls: one heartbeat later;
+/// but once a cancellation was requested, no later than one heartbeat after
+/// the request, however often the worker writes: a request the worker does
+/// not acknowledge (with `status: cancelled`) shows as `stalled`.
+fn stall_deadline(now: Timestamp, cancel_requested_at: Option<Timestamp>, policy: &WritePolicy) -> i64 {
+    let deadline = now.millis().saturating_add(policy.heartbeat_ms);
+    match cancel_requested_at {
+        Some(requested) => deadline.min(requested.millis().saturating_add(policy.heartbeat_ms)),
+        None => deadline,
+    }
+}
+
+/// The record after a cancellation request at `now` with `reason`: the
+/// client fields unchanged, `cancel_requested_at` and `cancel_reason` set,
+/// and, as for any write, the version bumped and `updated_at` moved. The
+/// request itself does not put off the stall deadline (it is not a sign of
+/// life from the worker): the record stalls when it would have without it,
+/// or one heartbeat after the request, whichever comes first.
+///
+/// The caller has checked that the record is not terminal and has no
+/// request yet (a second request changes nothing, see the service).
+pub fn request_cancel(
+    id: &ProgressId,
+    prev: (ProgressRecord, RecordMeta),
+    reason: Option<String>,
+    now: Timestamp,
+    policy: &WritePolicy,
+) -> (ProgressRecord, RecordMeta) {
+    let (record, prev_meta) = prev;
+    let (mut state, fields) = record.into_parts();
+    state.cancel_requested_at = Some(now);
+    state.cancel_reason = reason;
+    let (record, mut meta) = next_record(id, Some((state, prev_meta)), fields, Touched::default(), now, policy);
+    if meta.s != 0 && prev_meta.s != 0 {
+        meta.s = meta.s.min(prev_meta.s);
+    }
     (record, meta)
 }
 
@@ -351,6 +406,82 @@ mod tests {
         let r = patch(&r, json!({"status": "failed"}), 11_000);
         assert_eq!(r.0.eta, None);
         assert_eq!(r.1.e, None);
+    }
+
+    fn cancel(prev: &(ProgressRecord, RecordMeta), reason: Option<&str>, at: i64) -> (ProgressRecord, RecordMeta) {
+        let id = ProgressId::parse("j").unwrap();
+        request_cancel(&id, prev.clone(), reason.map(str::to_owned), Timestamp(at), &POLICY)
+    }
+
+    #[test]
+    fn a_cancel_request_is_a_write_that_changes_only_the_server_fields() {
+        let r = put(None, json!({"status": "running", "current": 1, "total": 4, "stage": "A", "message": "m"}), 0);
+        let c = cancel(&r, Some("user asked"), 300);
+        assert_eq!(c.0.cancel_requested_at, Some(Timestamp(300)));
+        assert_eq!(c.0.cancel_reason.as_deref(), Some("user asked"));
+        assert_eq!((c.0.version, c.1.v, c.0.updated_at), (2, 2, Timestamp(300)));
+        assert_eq!(c.0.client_json(), r.0.client_json(), "the client fields are as they were");
+        assert_eq!((c.0.started_at, c.0.created_at, &c.0.stages), (r.0.started_at, r.0.created_at, &r.0.stages));
+        assert_eq!(c.0.expires_at, Timestamp(60_300), "a write: the time to live starts again");
+        // Before the request, the fields are there and null.
+        assert_eq!((r.0.cancel_requested_at, r.0.cancel_reason.as_deref()), (None, None));
+        let shown = serde_json::to_value(&r.0).unwrap();
+        assert!(shown["cancel_requested_at"].is_null() && shown["cancel_reason"].is_null(), "{shown}");
+        assert!(cancel(&r, None, 300).0.cancel_reason.is_none(), "the reason is optional");
+    }
+
+    #[test]
+    fn every_later_write_of_the_incarnation_keeps_the_request() {
+        let r = put(None, json!({"status": "running"}), 0);
+        let c = cancel(&r, Some("why"), 100);
+        let p = patch(&c, json!({"progress": 50}), 200);
+        let q = put(Some(&p), json!({"status": "running", "message": "replaced"}), 300);
+        for w in [&p, &q] {
+            assert_eq!(w.0.cancel_requested_at, Some(Timestamp(100)));
+            assert_eq!(w.0.cancel_reason.as_deref(), Some("why"));
+        }
+        // The worker acknowledges: terminal, and the request stays on record.
+        let done = patch(&q, json!({"status": "cancelled"}), 400);
+        assert_eq!((done.0.cancel_requested_at, done.1.s, done.1.d), (Some(Timestamp(100)), 0, true));
+        // A finished record written back to work (a restart) starts without one.
+        let again = put(Some(&done), json!({"status": "running"}), 500);
+        assert_eq!((again.0.cancel_requested_at, again.0.cancel_reason), (None, None));
+        // A new incarnation has none either.
+        assert_eq!(put(None, json!({"status": "running"}), 600).0.cancel_requested_at, None);
+    }
+
+    #[test]
+    fn an_unacknowledged_request_stalls_one_heartbeat_after_it_however_often_the_worker_writes() {
+        // Heartbeat 1 s. Running, written at 0: stalls after 1,000.
+        let r = put(None, json!({"status": "running", "progress": 1}), 0);
+        assert_eq!(r.1.s, 1_000);
+        // The request does not put the deadline off…
+        let c = cancel(&r, None, 500);
+        assert_eq!(c.1.s, 1_000, "not 1,500: a cancel request is no sign of life");
+        // …and later progress writes bring it no further than request + heartbeat.
+        let p = patch(&c, json!({"progress": 2}), 900);
+        assert_eq!(p.1.s, 1_500, "min(900 + 1,000, 500 + 1,000)");
+        let p = patch(&p, json!({"progress": 3}), 1_400);
+        assert_eq!(p.1.s, 1_500);
+        let stored = crate::domain::StoredRecord::encode(&p.1, &p.0);
+        let stalled = |now| serde_json::from_slice::<Value>(&stored.render(now)).unwrap()["stalled"].clone();
+        assert_eq!((stalled(1_450), stalled(1_501)), (json!(false), json!(true)));
+        // A record that had stalled already stays stalled.
+        let late = cancel(&put(None, json!({"status": "running"}), 0), None, 5_000);
+        assert_eq!(late.1.s, 1_000);
+        // Acknowledged: terminal records never stall.
+        assert_eq!(patch(&p, json!({"status": "cancelled"}), 1_450).1.s, 0);
+    }
+
+    #[test]
+    fn a_request_on_a_pending_record_stalls_it_as_soon_as_it_runs_late() {
+        let r = put(None, json!({"status": "pending"}), 0);
+        let c = cancel(&r, None, 100);
+        assert_eq!(c.1.s, 0, "pending records do not stall");
+        let running = patch(&c, json!({"status": "running"}), 5_000);
+        assert_eq!(running.1.s, 1_100, "the request went unanswered for more than a heartbeat");
+        let prompt = patch(&cancel(&r, None, 100), json!({"status": "running"}), 300);
+        assert_eq!(prompt.1.s, 1_100);
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub fn write_record(out: &mut Vec<u8>, r: &ProgressRecord) {
     write_opt(out, r.started_at, |out, t| t.write_json(out));
     out.extend_from_slice(b",\"completed_at\":");
     write_opt(out, r.completed_at, |out, t| t.write_json(out));
+    out.extend_from_slice(b",\"cancel_requested_at\":");
+    write_opt(out, r.cancel_requested_at, |out, t| t.write_json(out));
+    out.extend_from_slice(b",\"cancel_reason\":");
+    write_opt(out, r.cancel_reason.as_deref(), write_str);
     out.extend_from_slice(b",\"expires_at\":");
     r.expires_at.write_json(out);
     out.extend_from_slice(b",\"eta\":");

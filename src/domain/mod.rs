@@ -11,7 +11,8 @@ mod stored;
 mod time;
 
 pub use derive::{
-    MAX_STAGES, RecordMeta, Touched, WritePolicy, apply_write, children_percent, derived_progress, next_record, ttl_ms,
+    MAX_STAGES, RecordMeta, Touched, WritePolicy, apply_write, children_percent, derived_progress, next_record,
+    request_cancel, ttl_ms,
 };
 pub use hook::{
     EventSet, HookEvent, MAX_WEBHOOK_URL, check_webhook, events_of_write, parse_webhook_url, require_webhook_url,

@@ -448,6 +448,20 @@ mod tests {
     }
 
     #[test]
+    fn records_stored_before_the_cancel_fields_read_them_as_null() {
+        let current = sample();
+        let text = String::from_utf8(current.raw().to_vec()).unwrap();
+        let old = text.replace(",\"cancel_requested_at\":null,\"cancel_reason\":null", "");
+        assert_ne!(old, text, "the fields are in every stored record");
+        let stored = StoredRecord::decode(Bytes::from(old)).unwrap();
+        let record = stored.record().unwrap();
+        assert_eq!((record.cancel_requested_at, record.cancel_reason.as_deref()), (None, None));
+        let state = stored.server_state().unwrap();
+        assert_eq!((state.cancel_requested_at, state.cancel_reason.as_deref()), (None, None));
+        assert_eq!(record, current.record().unwrap(), "and nothing else changes");
+    }
+
+    #[test]
     fn refuses_foreign_bytes() {
         for raw in [&b"hello"[..], b"{\"v\":1}\nnot json", b"{\"x\":1}\n{}", b""] {
             assert!(StoredRecord::decode(Bytes::copy_from_slice(raw)).is_err());

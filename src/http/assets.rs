@@ -46,6 +46,7 @@ const CLIENT_JS: Asset = asset!("client.js", JAVASCRIPT, "public, max-age=300");
 /// so the page, its script and its style sheet never come from different builds.
 const DASHBOARD_HTML: Asset = asset!("dashboard.html", "text/html; charset=utf-8", "no-cache");
 const DASHBOARD_JS: Asset = asset!("dashboard.js", JAVASCRIPT, "no-cache");
+const DASHBOARD_CANCEL_JS: Asset = asset!("dashboard-cancel.js", JAVASCRIPT, "no-cache");
 const DASHBOARD_CSS: Asset = asset!("dashboard.css", "text/css; charset=utf-8", "no-cache");
 
 /// The dashboard runs only its own files and talks only to its own origin:
@@ -76,6 +77,11 @@ pub async fn dashboard(headers: HeaderMap) -> Response {
 /// `GET /dashboard/app.js`: the dashboard's script.
 pub async fn dashboard_js(headers: HeaderMap) -> Response {
     serve(&DASHBOARD_JS, &headers)
+}
+
+/// `GET /dashboard/cancel.js`: the dashboard's Cancel buttons.
+pub async fn dashboard_cancel_js(headers: HeaderMap) -> Response {
+    serve(&DASHBOARD_CANCEL_JS, &headers)
 }
 
 /// `GET /dashboard/app.css`: the dashboard's style sheet.
@@ -111,6 +117,7 @@ mod tests {
     #[test]
     fn tags_differ_between_files_and_are_stable() {
         assert_ne!(CLIENT_JS.etag, DASHBOARD_JS.etag);
+        assert_ne!(DASHBOARD_JS.etag, DASHBOARD_CANCEL_JS.etag);
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }

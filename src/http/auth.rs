@@ -11,9 +11,11 @@
 //! tokens (`crate::tokens`), checked only when what was presented has the
 //! shape of a JWT and signing keys are configured. A scoped token reads
 //! (`Access::Read`) only ids in its scope, checked here against the path's
-//! `{id}`; lists (`Access::List`) only with a prefix scope, which the
-//! listing handler applies from the [`ScopedGrant`] this check leaves in the
-//! request's extensions; and calls nothing else (403 `forbidden_scope`).
+//! `{id}`; asks for their cancellation (`Access::Cancel`) only when it
+//! carries the `cancel` claim, for the ids in its scope too; lists
+//! (`Access::List`) only with a prefix scope, which the listing handler
+//! applies from the [`ScopedGrant`] this check leaves in the request's
+//! extensions; and calls nothing else (403 `forbidden_scope`).
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -31,7 +33,7 @@ use super::rate::ScopedLimiter;
 use super::{Access, AppState};
 use crate::error::Error;
 use crate::settings::Settings;
-use crate::tokens::{Scope, SigningKeys, looks_like_jwt};
+use crate::tokens::{Rights, Scope, SigningKeys, looks_like_jwt};
 
 /// The query parameter that may carry a scoped token (RFC 6750 §2.3).
 pub const ACCESS_TOKEN_PARAM: &str = "access_token";
@@ -53,14 +55,63 @@ pub struct AccessTokens {
 pub enum Grant {
     /// Everything its route class allows (a static token, or an open class).
     Full,
-    /// A scoped token's reads.
-    Scoped(Arc<Scope>),
+    /// What a scoped token grants: its reads (and, with the claim, cancel requests).
+    Scoped(Arc<Rights>),
 }
 
-/// The scope of the token a request came with, in its extensions when
-/// (and only when) it came with a scoped token.
+/// What kind of token a request presented (see [`AccessTokens::describe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// None at all.
+    None,
+    /// A configured read, write or admin token.
+    Static,
+    /// A scoped token that verified.
+    Scoped,
+    /// A token that is none of the configured ones (and not a JWT we could check).
+    Unknown,
+    /// A scoped token that does not verify.
+    Invalid,
+}
+
+impl TokenKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::None => "none",
+            TokenKind::Static => "static",
+            TokenKind::Scoped => "scoped",
+            TokenKind::Unknown => "unknown",
+            TokenKind::Invalid => "invalid",
+        }
+    }
+}
+
+/// What a presented token may do: the answer of `GET /access`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abilities {
+    /// What was presented.
+    pub token: TokenKind,
+    /// Why an invalid scoped token is refused.
+    pub reason: Option<&'static str>,
+    /// May read (a scoped token: the ids in its scope).
+    pub read: bool,
+    /// May list (a prefix token: inside its prefix).
+    pub list: bool,
+    /// May write, delete and mint tokens.
+    pub write: bool,
+    /// May ask for cancellation (a scoped token: the ids in its scope).
+    pub cancel: bool,
+    /// May call the admin routes.
+    pub admin: bool,
+    /// A scoped token's scope.
+    pub scope: Option<Scope>,
+}
+
+/// The rights of the scoped token a request came with, in its extensions
+/// when (and only when) it came with a scoped token.
 #[derive(Debug, Clone)]
-pub struct ScopedGrant(pub Arc<Scope>);
+pub struct ScopedGrant(pub Arc<Rights>);
 
 impl AccessTokens {
     /// Read, write and admin tokens; empty lists (and no admin token) leave
@@ -130,7 +181,7 @@ impl AccessTokens {
         match access {
             Access::Public => true,
             Access::Read => self.read.is_empty(),
-            Access::Write => self.write.is_empty(),
+            Access::Write | Access::Cancel => self.write.is_empty(),
             Access::List => self.read.is_empty() && self.admin.is_none(),
             Access::Admin => false,
         }
@@ -174,7 +225,7 @@ impl AccessTokens {
                 // looks_like_jwt: ASCII only.
                 let text = std::str::from_utf8(token).unwrap_or_default();
                 return match keys.verify_cached(text) {
-                    Ok(scope) => self.scoped(access, scope, token),
+                    Ok(rights) => self.scoped(access, rights, token),
                     Err(invalid) => Err(Error::Unauthorized { presented: true, reason: Some(invalid.reason()) }),
                 };
             }
@@ -188,21 +239,85 @@ impl AccessTokens {
         Err(Error::Unauthorized { presented: !matches!(presented, Presented::Nothing), reason: None })
     }
 
+    /// What a request with these headers and this query may do, for
+    /// `GET /access`: as [`AccessTokens::authorize`] would decide for each
+    /// class, without counting against any rate limit, and never refused.
+    pub fn describe(&self, headers: &HeaderMap, query: Option<&str>) -> Abilities {
+        let open = Abilities {
+            token: TokenKind::None,
+            reason: None,
+            read: self.is_open(Access::Read),
+            list: self.is_open(Access::List),
+            write: self.is_open(Access::Write),
+            cancel: self.is_open(Access::Cancel),
+            admin: false,
+            scope: None,
+        };
+        let presented = match bearer_token(headers) {
+            Presented::Nothing => query.map_or(Presented::Nothing, query_token),
+            header => header,
+        };
+        let (token, in_query) = match presented {
+            Presented::Nothing => return open,
+            Presented::Malformed => return Abilities { token: TokenKind::Unknown, ..open },
+            Presented::Token { token, in_query } => (token, in_query),
+        };
+        if !in_query && self.is_static(token) {
+            let may = |access| self.is_open(access) || self.matches_static(access, token);
+            return Abilities {
+                token: TokenKind::Static,
+                read: may(Access::Read),
+                list: may(Access::List),
+                write: may(Access::Write),
+                cancel: may(Access::Cancel),
+                admin: self.matches_static(Access::Admin, token),
+                ..open
+            };
+        }
+        if let Some(keys) = &self.signing
+            && looks_like_jwt(token)
+        {
+            let text = std::str::from_utf8(token).unwrap_or_default();
+            return match keys.verify_cached(text) {
+                Ok(rights) => Abilities {
+                    token: TokenKind::Scoped,
+                    reason: None,
+                    read: true,
+                    list: matches!(rights.scope, Scope::Prefix(_)),
+                    write: false,
+                    cancel: rights.cancel,
+                    admin: false,
+                    scope: Some(rights.scope.clone()),
+                },
+                Err(invalid) => Abilities { token: TokenKind::Invalid, reason: Some(invalid.reason()), ..open },
+            };
+        }
+        Abilities { token: TokenKind::Unknown, ..open }
+    }
+
     fn matches_static(&self, access: Access, token: &[u8]) -> bool {
         let admin = self.admin.iter();
         match access {
             Access::Public => true,
             Access::Read => matches_any(Some(token), self.read.iter().chain(&self.write).chain(admin)),
-            Access::Write => matches_any(Some(token), self.write.iter().chain(admin)),
+            Access::Write | Access::Cancel => matches_any(Some(token), self.write.iter().chain(admin)),
             Access::Admin => matches_any(Some(token), admin),
             Access::List => matches_any(Some(token), self.read.iter().chain(admin)),
         }
     }
 
     /// What a verified scoped token may do on a route of class `access`.
-    fn scoped(&self, access: Access, scope: Arc<Scope>, token: &[u8]) -> Result<Grant, Error> {
-        match (access, &*scope) {
+    fn scoped(&self, access: Access, rights: Arc<Rights>, token: &[u8]) -> Result<Grant, Error> {
+        match (access, &rights.scope) {
             (Access::Read, _) | (Access::List, Scope::Prefix(_)) => {}
+            (Access::Cancel, _) if rights.cancel => {}
+            (Access::Cancel, _) => {
+                return Err(Error::ForbiddenScope(
+                    "this token only reads; a token that may cancel its jobs carries the claim \"cancel\": true \
+                     (POST /tokens with \"cancel\": true)"
+                        .into(),
+                ));
+            }
             (Access::List, Scope::Id(_)) => {
                 return Err(Error::ForbiddenScope(
                     "a token for one id cannot list records; a token with a prefix lists inside its prefix".into(),
@@ -210,14 +325,15 @@ impl AccessTokens {
             }
             _ => {
                 return Err(Error::ForbiddenScope(
-                    "a scoped token only reads (GET /progress/{id}, its events, and with a prefix the listing); \
-                     it cannot write, delete, mint tokens or call admin routes"
+                    "a scoped token only reads (GET /progress/{id}, its events, and with a prefix the listing) \
+                     and, with the cancel claim, requests cancellation; it cannot write, delete, mint tokens \
+                     or call admin routes"
                         .into(),
                 ));
             }
         }
         self.limiter.check(token)?;
-        Ok(Grant::Scoped(scope))
+        Ok(Grant::Scoped(rights))
     }
 }
 
@@ -314,18 +430,19 @@ async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Resp
     refusal.into_response()
 }
 
-/// A read of the path's `{id}` needs the id in the scope; the scope goes
-/// into the request's extensions for the handlers (the listing applies it).
-async fn in_scope(access: Access, scope: Arc<Scope>, request: Request) -> Result<Request, Error> {
+/// A read or a cancel request of the path's `{id}` needs the id in the
+/// scope; the rights go into the request's extensions for the handlers
+/// (the listing applies the scope).
+async fn in_scope(access: Access, rights: Arc<Rights>, request: Request) -> Result<Request, Error> {
     let (mut parts, body) = request.into_parts();
-    if access == Access::Read {
+    if matches!(access, Access::Read | Access::Cancel) {
         let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
         let id = params.as_ref().and_then(|p| p.iter().find(|(name, _)| *name == "id").map(|(_, v)| v));
-        if !id.is_some_and(|id| scope.covers(id)) {
+        if !id.is_some_and(|id| rights.scope.covers(id)) {
             return Err(Error::ForbiddenScope("the token does not grant this id".into()));
         }
     }
-    parts.extensions.insert(ScopedGrant(scope));
+    parts.extensions.insert(ScopedGrant(rights));
     Ok(Request::from_parts(parts, body))
 }
 
@@ -342,223 +459,4 @@ pub(crate) fn guard(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tokens::Scope;
-    use axum::http::HeaderValue;
-
-    fn tokens(read: &[&str], write: &[&str], admin: Option<&str>) -> AccessTokens {
-        let own = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        AccessTokens::new(&own(read), &own(write), admin)
-    }
-
-    fn with(authorization: Option<&str>) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        if let Some(v) = authorization {
-            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-        }
-        headers
-    }
-
-    /// The code of the answer: "ok", or the problem code.
-    fn decide(t: &AccessTokens, access: Access, authorization: Option<&str>) -> String {
-        match t.authorize(access, &with(authorization), None) {
-            Ok(Grant::Full) => "ok".into(),
-            Ok(Grant::Scoped(_)) => "scoped".into(),
-            Err(Error::Unauthorized { presented: true, .. }) => "unauthorized+invalid_token".into(),
-            Err(e) => e.code().into(),
-        }
-    }
-
-    #[test]
-    fn with_no_tokens_everything_but_admin_is_open() {
-        let t = tokens(&[], &[], None);
-        for access in [Access::Public, Access::Read, Access::Write] {
-            assert_eq!(decide(&t, access, None), "ok", "{access:?}");
-            assert_eq!(decide(&t, access, Some("Bearer anything")), "ok", "{access:?}");
-        }
-        assert_eq!(decide(&t, Access::Admin, None), "admin_disabled");
-        assert_eq!(decide(&t, Access::Admin, Some("Bearer anything")), "admin_disabled");
-    }
-
-    #[test]
-    fn the_access_matrix() {
-        let t = tokens(&["r1", "r2"], &["w1"], Some("adm"));
-        let rows: &[(Access, Option<&str>, &str)] = &[
-            (Access::Public, None, "ok"),
-            (Access::Public, Some("Bearer nope"), "ok"),
-            (Access::Read, None, "unauthorized"),
-            (Access::Read, Some("Bearer nope"), "unauthorized+invalid_token"),
-            (Access::Read, Some("Bearer r1"), "ok"),
-            (Access::Read, Some("Bearer r2"), "ok"),
-            (Access::Read, Some("Bearer w1"), "ok"),
-            (Access::Read, Some("Bearer adm"), "ok"),
-            (Access::Write, None, "unauthorized"),
-            (Access::Write, Some("Bearer r1"), "unauthorized+invalid_token"),
-            (Access::Write, Some("Bearer w1"), "ok"),
-            (Access::Write, Some("Bearer adm"), "ok"),
-            (Access::Admin, None, "unauthorized"),
-            (Access::Admin, Some("Bearer r1"), "unauthorized+invalid_token"),
-            (Access::Admin, Some("Bearer w1"), "unauthorized+invalid_token"),
-            (Access::Admin, Some("Bearer adm"), "ok"),
-        ];
-        for (access, header, expected) in rows {
-            assert_eq!(decide(&t, *access, *header), *expected, "{access:?} with {header:?}");
-        }
-    }
-
-    #[test]
-    fn listing_needs_a_read_or_the_admin_token_once_either_is_set() {
-        let everything = tokens(&["r1"], &["w1"], Some("adm"));
-        let read_only = tokens(&["r1"], &[], None);
-        let admin_only = tokens(&[], &["w1"], Some("adm"));
-        let rows: &[(&AccessTokens, Option<&str>, &str)] = &[
-            (&everything, None, "unauthorized"),
-            (&everything, Some("Bearer r1"), "ok"),
-            (&everything, Some("Bearer adm"), "ok"),
-            (&everything, Some("Bearer w1"), "unauthorized+invalid_token"),
-            (&read_only, None, "unauthorized"),
-            (&read_only, Some("Bearer r1"), "ok"),
-            (&admin_only, None, "unauthorized"),
-            (&admin_only, Some("Bearer w1"), "unauthorized+invalid_token"),
-            (&admin_only, Some("Bearer adm"), "ok"),
-        ];
-        for (t, header, expected) in rows {
-            assert_eq!(decide(t, Access::List, *header), *expected, "{t:?} with {header:?}");
-        }
-        // Neither read tokens nor an admin token: open, even with write tokens.
-        assert_eq!(decide(&tokens(&[], &["w1"], None), Access::List, None), "ok");
-        assert_eq!(decide(&tokens(&[], &[], None), Access::List, None), "ok");
-    }
-
-    #[test]
-    fn write_tokens_alone_leave_reads_open() {
-        let t = tokens(&[], &["w1"], None);
-        assert_eq!(decide(&t, Access::Read, None), "ok");
-        assert_eq!(decide(&t, Access::Write, None), "unauthorized");
-        assert_eq!(decide(&t, Access::Write, Some("Bearer w1")), "ok");
-    }
-
-    #[test]
-    fn the_header_must_be_a_bearer_token() {
-        let t = tokens(&[], &["w1"], None);
-        assert_eq!(decide(&t, Access::Write, Some("bearer w1")), "ok", "the scheme is case-insensitive");
-        assert_eq!(decide(&t, Access::Write, Some("BEARER   w1 ")), "ok");
-        for bad in ["w1", "Basic w1", "Bearer", "Bearer ", "Bearerw1", "Bearer w1x", "Bearer W1"] {
-            assert_eq!(decide(&t, Access::Write, Some(bad)), "unauthorized+invalid_token", "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn constant_time_comparison() {
-        let candidates: Vec<Box<[u8]>> = vec![b"secret-one".to_vec().into(), b"two".to_vec().into()];
-        assert!(matches_any(Some(b"secret-one"), &candidates), "equal");
-        assert!(matches_any(Some(b"two"), &candidates), "equal to a later candidate");
-        assert!(!matches_any(Some(b"secret-onf"), &candidates), "same length, last byte differs");
-        assert!(!matches_any(Some(b"Secret-one"), &candidates), "same length, first byte differs");
-        assert!(!matches_any(Some(b"secret-on"), &candidates), "a prefix");
-        assert!(!matches_any(Some(b"secret-one-and-more"), &candidates), "longer");
-        assert!(!matches_any(Some(b""), &candidates), "empty");
-        assert!(!matches_any(None, &candidates), "nothing presented");
-        let empty: Vec<Box<[u8]>> = vec![b"".to_vec().into()];
-        assert!(!matches_any(Some(b""), &empty), "an empty token never matches");
-        assert!(!matches_any(Some(b"x"), &Vec::new()), "no candidates");
-    }
-
-    #[test]
-    fn debug_hides_the_tokens() {
-        let t = tokens(&["read-secret"], &["write-secret"], Some("admin-secret"));
-        let shown = format!("{t:?}");
-        assert!(!shown.contains("secret"), "{shown}");
-        assert!(shown.contains("1 token(s)"), "{shown}");
-    }
-
-    const KEY: &str = "k1:0123456789abcdef0123456789abcdef";
-
-    fn signing(t: AccessTokens) -> AccessTokens {
-        let keys = SigningKeys::new(&[KEY.to_owned()]).unwrap().map(Arc::new);
-        t.with_signing(keys, 10, 3)
-    }
-
-    fn jwt(scope: Scope) -> String {
-        let keys = SigningKeys::new(&[KEY.to_owned()]).unwrap().unwrap();
-        keys.mint(&scope, 60, crate::tokens::now_seconds()).unwrap().0
-    }
-
-    fn decide_query(t: &AccessTokens, access: Access, query: &str) -> String {
-        match t.authorize(access, &HeaderMap::new(), Some(query)) {
-            Ok(Grant::Full) => "ok".into(),
-            Ok(Grant::Scoped(_)) => "scoped".into(),
-            Err(Error::Unauthorized { presented: true, .. }) => "unauthorized+invalid_token".into(),
-            Err(e) => e.code().into(),
-        }
-    }
-
-    #[test]
-    fn a_scoped_token_reads_and_lists_only() {
-        for t in [signing(tokens(&["r1"], &["w1"], Some("adm"))), signing(tokens(&[], &[], None))] {
-            let id = format!("Bearer {}", jwt(Scope::id("book-42").unwrap()));
-            let prefix = format!("Bearer {}", jwt(Scope::prefix("user-7:").unwrap()));
-            assert_eq!(decide(&t, Access::Read, Some(&id)), "scoped", "{t:?}");
-            assert_eq!(decide(&t, Access::List, Some(&id)), "forbidden_scope", "one id does not list");
-            assert_eq!(decide(&t, Access::List, Some(&prefix)), "scoped");
-            for access in [Access::Write, Access::Admin] {
-                assert_eq!(decide(&t, access, Some(&id)), "forbidden_scope", "{access:?}");
-                assert_eq!(decide(&t, access, Some(&prefix)), "forbidden_scope", "{access:?}");
-            }
-            assert_eq!(decide(&t, Access::Public, Some(&id)), "ok");
-        }
-    }
-
-    #[test]
-    fn static_tokens_are_compared_first_and_never_parsed() {
-        let t = signing(tokens(&["r1"], &["w1"], Some("adm")));
-        assert_eq!(decide(&t, Access::Read, Some("Bearer r1")), "ok");
-        assert_eq!(decide(&t, Access::Read, Some("Bearer eyJnot.a.jwt")), "unauthorized+invalid_token");
-        // Without signing keys, a JWT is just a wrong token.
-        let plain = tokens(&["r1"], &[], None);
-        let id = format!("Bearer {}", jwt(Scope::id("a").unwrap()));
-        assert_eq!(decide(&plain, Access::Read, Some(&id)), "unauthorized+invalid_token");
-    }
-
-    #[test]
-    fn a_scoped_token_in_the_query() {
-        let t = signing(tokens(&["r1"], &[], None));
-        let token = jwt(Scope::id("a").unwrap());
-        assert_eq!(decide_query(&t, Access::Read, &format!("wait=5&access_token={token}")), "scoped");
-        assert_eq!(
-            decide_query(&t, Access::Read, "access_token=r1"),
-            "unauthorized+invalid_token",
-            "static: header only"
-        );
-        assert_eq!(decide_query(&t, Access::Read, "access_token="), "unauthorized");
-        assert_eq!(decide_query(&t, Access::Read, "xaccess_token=r1&access_tokens=r1"), "unauthorized");
-        // The header wins over the query.
-        let headers = with(Some("Bearer r1"));
-        assert!(matches!(t.authorize(Access::Read, &headers, Some("access_token=junk")), Ok(Grant::Full)));
-    }
-
-    #[test]
-    fn scoped_reads_are_rate_limited_per_token() {
-        let t = signing(tokens(&[], &[], None));
-        let a = format!("Bearer {}", jwt(Scope::id("a").unwrap()));
-        let b = format!("Bearer {}", jwt(Scope::id("b").unwrap()));
-        for _ in 0..3 {
-            assert_eq!(decide(&t, Access::Read, Some(&a)), "scoped");
-        }
-        assert_eq!(decide(&t, Access::Read, Some(&a)), "rate_limited");
-        assert_eq!(decide(&t, Access::Read, Some(&b)), "scoped");
-        assert_eq!(decide(&t, Access::Read, None), "ok", "requests without a scoped token are not limited");
-    }
-
-    #[test]
-    fn an_invalid_scoped_token_is_401_with_its_reason_even_on_open_routes() {
-        let t = signing(tokens(&[], &[], None));
-        let keys = SigningKeys::new(&[KEY.to_owned()]).unwrap().unwrap();
-        let (expired, _) = keys.mint(&Scope::id("a").unwrap(), 1, 1_000).unwrap();
-        match t.authorize(Access::Read, &with(Some(&format!("Bearer {expired}"))), None) {
-            Err(Error::Unauthorized { presented: true, reason: Some(reason) }) => assert!(reason.contains("expired")),
-            other => panic!("{other:?}"),
-        }
-    }
-}
+mod tests;

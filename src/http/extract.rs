@@ -51,8 +51,36 @@ impl FromRequest<AppState> for JsonText {
     }
 }
 
+/// A JSON body that may be left out: no body (or only whitespace), whatever
+/// its Content-Type (`curl -d ''` says form data), is `None`; anything else
+/// is read as [`JsonBody`] reads it.
+pub struct OptionalJsonBody(pub Option<Value>);
+
+impl FromRequest<AppState> for OptionalJsonBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let json = check_content_type(req.headers());
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        json?;
+        parse_json(&bytes, state.limits.max_json_depth).map(|v| Self(Some(v)))
+    }
+}
+
 async fn read_json_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
     check_content_type(req.headers())?;
+    let bytes = read_body(req, state).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::InvalidBody("the body is empty; send a JSON object".into()));
+    }
+    Ok(bytes)
+}
+
+/// The body, within the size limit.
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
     let limit = state.limits.max_body_bytes;
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -70,9 +98,6 @@ async fn read_json_body(req: Request, state: &AppState) -> Result<Bytes, Error> 
             }
         })?
         .to_bytes();
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::InvalidBody("the body is empty; send a JSON object".into()));
-    }
     Ok(bytes)
 }
 

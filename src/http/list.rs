@@ -29,8 +29,8 @@ pub async fn list(
 ) -> Result<Response, Error> {
     let Query(pairs) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
     let mut query = parse_query(pairs)?;
-    if let Some(Extension(ScopedGrant(scope))) = grant {
-        scope_listing(&mut query, &scope)?;
+    if let Some(Extension(ScopedGrant(rights))) = grant {
+        scope_listing(&mut query, &rights.scope)?;
     }
     // Checked on the listing too, as openapi.yaml says (a header lookup when absent).
     let resume = super::events::last_event_id(&headers)?;

@@ -19,10 +19,12 @@ use tower_http::trace::TraceLayer;
 use crate::error::Error;
 use crate::service::ProgressService;
 
+mod access;
 mod address;
 mod admin;
 mod assets;
 mod auth;
+mod cancel;
 mod events;
 mod extract;
 mod gzip;
@@ -37,7 +39,7 @@ mod tokens;
 mod webhooks;
 
 pub use address::{TrustedProxies, X_FORWARDED_FOR, client_address, parse_network};
-pub use auth::{ACCESS_TOKEN_PARAM, AccessTokens, Grant, ScopedGrant};
+pub use auth::{ACCESS_TOKEN_PARAM, Abilities, AccessTokens, Grant, ScopedGrant, TokenKind};
 pub use layers::{LayerSettings, REQUEST_ID};
 pub use problem::PROBLEM_JSON;
 
@@ -105,6 +107,11 @@ pub enum Access {
     /// either is configured (write tokens do not list); open when neither is.
     /// A scoped token with a prefix lists inside its prefix.
     List,
+    /// Asking a job to stop (`POST /progress/{id}/cancel`): as `Write` for
+    /// static tokens (a write or the admin token; open when no write tokens
+    /// are configured), and a scoped token that carries the `cancel` claim,
+    /// for the ids in its scope.
+    Cancel,
 }
 
 /// One row of the route table.
@@ -137,6 +144,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/client.js", Access::Public, assets::client_js),
         route(Method::GET, "/dashboard", Access::Public, assets::dashboard),
         route(Method::GET, "/dashboard/app.js", Access::Public, assets::dashboard_js),
+        route(Method::GET, "/dashboard/cancel.js", Access::Public, assets::dashboard_cancel_js),
         route(Method::GET, "/dashboard/app.css", Access::Public, assets::dashboard_css),
         route(Method::GET, "/progress", Access::List, list::list),
         route(Method::GET, "/progress/{id}", Access::Read, progress::get),
@@ -144,12 +152,14 @@ pub fn routes() -> Vec<Route> {
         route(Method::PUT, "/progress/{id}", Access::Write, progress::put),
         route(Method::PATCH, "/progress/{id}", Access::Write, progress::patch),
         route(Method::DELETE, "/progress/{id}", Access::Write, progress::delete),
+        route(Method::POST, "/progress/{id}/cancel", Access::Cancel, cancel::cancel),
         route(Method::POST, "/admin/cleanup", Access::Admin, admin::cleanup),
         route(Method::DELETE, "/admin/progress", Access::Admin, admin::delete_progress),
         route(Method::GET, "/admin/stats", Access::Admin, admin::stats),
         route(Method::GET, "/admin/webhooks", Access::Admin, webhooks::list),
         route(Method::POST, "/admin/webhooks/{id}/retry", Access::Admin, webhooks::retry),
         route(Method::POST, "/tokens", Access::Write, tokens::mint),
+        route(Method::GET, "/access", Access::Public, access::access),
     ]
 }
 

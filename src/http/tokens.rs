@@ -1,7 +1,8 @@
-//! `POST /tokens` (`Access::Write`): mints a scoped read token.
+//! `POST /tokens` (`Access::Write`): mints a scoped read token; with
+//! `"cancel": true`, one that may also request cancellation.
 //!
 //! ```text
-//! POST /tokens  {"id": "book-42", "ttl_seconds": 3600}      (or {"prefix": "user-7:"})
+//! POST /tokens  {"id": "book-42", "ttl_seconds": 3600}      (or {"prefix": "user-7:"}, and "cancel": true)
 //! 200           {"token": "eyJ…", "expires_at": "2026-01-01T12:00:00Z"}
 //! ```
 
@@ -14,13 +15,13 @@ use super::AppState;
 use super::extract::JsonBody;
 use crate::domain::{Timestamp, ValidationError};
 use crate::error::Error;
-use crate::tokens::{DEFAULT_TTL_SECONDS, Scope, now_seconds};
+use crate::tokens::{DEFAULT_TTL_SECONDS, Rights, Scope, now_seconds};
 
-/// A token request: exactly one of `id` and `prefix`, and `ttl_seconds`.
+/// A token request: exactly one of `id` and `prefix`, `ttl_seconds` and `cancel`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TokenRequest {
-    /// What the token reads.
-    pub scope: Scope,
+    /// What the token reads, and whether it may request cancellation.
+    pub rights: Rights,
     /// How long it lives.
     pub ttl_seconds: u64,
 }
@@ -34,12 +35,17 @@ pub fn parse_request(body: &Value, max_ttl_seconds: u64) -> Result<TokenRequest,
     let Some(object) = body.as_object() else {
         return Err(invalid("", "the body must be a JSON object such as {\"id\": \"book-42\"}"));
     };
-    if let Some(unknown) = object.keys().find(|k| !["id", "prefix", "ttl_seconds"].contains(&k.as_str())) {
+    if let Some(unknown) = object.keys().find(|k| !["id", "prefix", "ttl_seconds", "cancel"].contains(&k.as_str())) {
         return Err(invalid(
             unknown,
-            format!("unknown member {unknown:?}; the members are id, prefix and ttl_seconds"),
+            format!("unknown member {unknown:?}; the members are id, prefix, ttl_seconds and cancel"),
         ));
     }
+    let cancel = match object.get("cancel") {
+        None => false,
+        Some(Value::Bool(cancel)) => *cancel,
+        Some(_) => return Err(invalid("cancel", "cancel must be true or false")),
+    };
     let text = |name: &str| match object.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -68,7 +74,7 @@ pub fn parse_request(body: &Value, max_ttl_seconds: u64) -> Result<TokenRequest,
             )
         })?,
     };
-    Ok(TokenRequest { scope, ttl_seconds })
+    Ok(TokenRequest { rights: Rights { scope, cancel }, ttl_seconds })
 }
 
 /// `POST /tokens`: 200 with the token and when it expires; 403
@@ -76,7 +82,8 @@ pub fn parse_request(body: &Value, max_ttl_seconds: u64) -> Result<TokenRequest,
 pub async fn mint(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, Error> {
     let keys = state.tokens.signing_keys().ok_or(Error::SigningDisabled)?;
     let request = parse_request(&body, state.max_token_ttl_seconds)?;
-    let (token, exp) = keys.mint(&request.scope, request.ttl_seconds, now_seconds()).map_err(Error::Internal)?;
+    let (token, exp) =
+        keys.mint_rights(&request.rights, request.ttl_seconds, now_seconds()).map_err(Error::Internal)?;
     let expires_at = Timestamp(i64::try_from(exp).unwrap_or(i64::MAX / 1000).saturating_mul(1000)).to_rfc3339();
     let mut response =
         (StatusCode::OK, json!({ "token": token, "expires_at": expires_at }).to_string()).into_response();
@@ -100,9 +107,15 @@ mod tests {
     #[test]
     fn one_scope_and_a_ttl_within_the_maximum() {
         let ok = parse_request(&json!({"id": "book-42"}), 3600).unwrap();
-        assert_eq!(ok, TokenRequest { scope: Scope::id("book-42").unwrap(), ttl_seconds: 900 });
+        assert_eq!(ok, TokenRequest { rights: Rights::read(Scope::id("book-42").unwrap()), ttl_seconds: 900 });
         let ok = parse_request(&json!({"prefix": "user-7:", "ttl_seconds": 3600}), 3600).unwrap();
-        assert_eq!(ok, TokenRequest { scope: Scope::prefix("user-7:").unwrap(), ttl_seconds: 3600 });
+        assert_eq!(ok, TokenRequest { rights: Rights::read(Scope::prefix("user-7:").unwrap()), ttl_seconds: 3600 });
+        let ok = parse_request(&json!({"id": "a", "cancel": true}), 3600).unwrap();
+        assert_eq!(ok.rights, Rights { scope: Scope::id("a").unwrap(), cancel: true });
+        assert!(!parse_request(&json!({"id": "a", "cancel": false}), 3600).unwrap().rights.cancel);
+        assert_eq!(field(json!({"id": "a", "cancel": "yes"})), "cancel");
+        assert_eq!(field(json!({"id": "a", "cancel": null})), "cancel");
+        assert_eq!(field(json!({"id": "a", "cancel": 1})), "cancel");
         assert_eq!(parse_request(&json!({"id": "a"}), 60).unwrap().ttl_seconds, 60, "the default within the max");
         assert_eq!(field(json!({"id": "a", "ttl_seconds": 3601})), "ttl_seconds");
         let spelled: Value = serde_json::from_str(r#"{"id": "a", "ttl_seconds": 60.0}"#).unwrap();

@@ -115,12 +115,33 @@ fn exactly_one_valid_scope() {
         json!({"prefix": "", "exp": exp}),
         json!({"prefix": "a/", "exp": exp}),
         json!({"sub": 7, "exp": exp}),
+        json!({"sub": "a", "exp": exp, "cancel": "yes"}),
+        json!({"sub": "a", "exp": exp, "cancel": 1}),
     ] {
         assert_eq!(k.verify(&sign(claims.clone())), Err(Invalid::Malformed), "{claims}");
     }
     for junk in ["", "a.b.c", "eyJ.eyJ.x", "not a token"] {
         assert!(k.verify(junk).is_err(), "{junk}");
     }
+}
+
+#[test]
+fn the_cancel_claim_is_minted_and_verified() {
+    let k = keys(&[NEW]);
+    let now = now_seconds();
+    let rights = Rights { scope: Scope::id("book-42").unwrap(), cancel: true };
+    let (token, _) = k.mint_rights(&rights, 60, now).unwrap();
+    assert_eq!(k.verify_rights(&token), Ok(rights.clone()));
+    assert_eq!(*k.verify_cached(&token).unwrap(), rights);
+    // A plain read token carries no claim; a claim of false is none.
+    let (plain, _) = k.mint(&Scope::prefix("user-7:").unwrap(), 60, now).unwrap();
+    assert_eq!(k.verify_rights(&plain), Ok(Rights::read(Scope::prefix("user-7:").unwrap())));
+    let sign = |claims: Value| signed(&json!({"kid": "new"}), &claims, secret(NEW));
+    let declined = sign(json!({"sub": "a", "exp": now + 60, "cancel": false}));
+    assert_eq!(k.verify_rights(&declined), Ok(Rights::read(Scope::id("a").unwrap())));
+    // From an app's backend, any JWT library.
+    let granted = sign(json!({"prefix": "user-7:", "exp": now + 60, "cancel": true}));
+    assert_eq!(k.verify_rights(&granted).map(|r| r.cancel), Ok(true));
 }
 
 #[test]
@@ -164,10 +185,17 @@ fn the_command_line() {
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
         parse_command(&args(&["--id", "book-42", "--ttl", "3600"]), 7200),
-        Ok((Scope::id("book-42").unwrap(), 3600))
+        Ok((Rights::read(Scope::id("book-42").unwrap()), 3600))
     );
-    assert_eq!(parse_command(&args(&["--prefix=user-7:"]), 7200), Ok((Scope::prefix("user-7:").unwrap(), 900)));
-    assert_eq!(parse_command(&args(&["--id", "a"]), 60), Ok((Scope::id("a").unwrap(), 60)));
+    assert_eq!(
+        parse_command(&args(&["--prefix=user-7:"]), 7200),
+        Ok((Rights::read(Scope::prefix("user-7:").unwrap()), 900))
+    );
+    assert_eq!(parse_command(&args(&["--id", "a"]), 60), Ok((Rights::read(Scope::id("a").unwrap()), 60)));
+    assert_eq!(
+        parse_command(&args(&["--cancel", "--id", "a"]), 60),
+        Ok((Rights { scope: Scope::id("a").unwrap(), cancel: true }, 60))
+    );
     for bad in [
         &["--id"][..],
         &[],
@@ -177,6 +205,7 @@ fn the_command_line() {
         &["--id", "a", "--ttl", "0"],
         &["--id", "a", "--ttl", "soon"],
         &["--sub", "a"],
+        &["--id", "a", "--cancel=true"],
     ] {
         assert!(parse_command(&args(bad), 7200).is_err(), "{bad:?}");
     }
@@ -188,8 +217,8 @@ fn verified_tokens_are_remembered_until_they_expire() {
     let now = now_seconds();
     let sign = |claims: Value| signed(&json!({"kid": "new"}), &claims, secret(NEW));
     let token = sign(json!({"sub": "a", "exp": now + 600}));
-    assert_eq!(*k.verify_cached(&token).unwrap(), Scope::id("a").unwrap());
-    assert_eq!(*k.verify_cached(&token).unwrap(), Scope::id("a").unwrap(), "from the cache");
+    assert_eq!(k.verify_cached(&token).unwrap().scope, Scope::id("a").unwrap());
+    assert_eq!(k.verify_cached(&token).unwrap().scope, Scope::id("a").unwrap(), "from the cache");
     assert_eq!(k.remembered(), 1);
     // Refusals are not remembered; a token one byte off is not the remembered one.
     let mut tampered = token.clone();

@@ -56,6 +56,13 @@ macro_rules! client_fields {
             pub started_at: Option<$crate::domain::Timestamp>,
             /// When the record entered its terminal status.
             pub completed_at: Option<$crate::domain::Timestamp>,
+            /// When `POST /progress/{id}/cancel` first asked the job to
+            /// stop; null until then (and in records stored before it existed).
+            #[serde(default)]
+            pub cancel_requested_at: Option<$crate::domain::Timestamp>,
+            /// The reason the cancel request gave, if any.
+            #[serde(default)]
+            pub cancel_reason: Option<String>,
             /// `updated_at + ttl_seconds`.
             pub expires_at: $crate::domain::Timestamp,
             /// Estimated completion time from the observed rate.
@@ -162,6 +169,8 @@ macro_rules! client_fields {
                     updated_at,
                     started_at,
                     completed_at,
+                    cancel_requested_at,
+                    cancel_reason,
                     expires_at,
                     eta,
                     stages,
@@ -174,6 +183,8 @@ macro_rules! client_fields {
                     updated_at,
                     started_at,
                     completed_at,
+                    cancel_requested_at,
+                    cancel_reason,
                     expires_at,
                     eta,
                     stages,
@@ -193,6 +204,8 @@ macro_rules! client_fields {
                     created_at: self.created_at,
                     started_at: self.started_at,
                     completed_at: self.completed_at,
+                    cancel_requested_at: self.cancel_requested_at,
+                    cancel_reason: self.cancel_reason,
                     stages: self.stages,
                 };
                 let fields = ClientFields { $( $name: client_fields!(@reopen self.$name $(=> $kept)?), )* };

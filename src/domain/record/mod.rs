@@ -64,6 +64,8 @@ pub const SERVER_FIELDS: &[&str] = &[
     "updated_at",
     "started_at",
     "completed_at",
+    "cancel_requested_at",
+    "cancel_reason",
     "expires_at",
     "stages",
     "eta",
@@ -147,6 +149,13 @@ pub struct ServerState {
     pub started_at: Option<Timestamp>,
     /// When the record entered its terminal status.
     pub completed_at: Option<Timestamp>,
+    /// When a cancellation was first requested (kept by every later write
+    /// of this incarnation).
+    #[serde(default)]
+    pub cancel_requested_at: Option<Timestamp>,
+    /// The reason given with the cancel request.
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
     /// History of `stage` values.
     pub stages: Vec<StageSpan>,
 }
@@ -180,6 +189,10 @@ pub(crate) struct ServerFields {
     pub started_at: Option<Timestamp>,
     /// When the record entered its terminal status.
     pub completed_at: Option<Timestamp>,
+    /// When a cancellation was first requested.
+    pub cancel_requested_at: Option<Timestamp>,
+    /// The reason given with the cancel request.
+    pub cancel_reason: Option<String>,
     /// `updated_at + ttl_seconds`.
     pub expires_at: Timestamp,
     /// Estimated completion time from the observed rate.
@@ -216,6 +229,8 @@ impl ProgressRecord {
             created_at: self.created_at,
             started_at: self.started_at,
             completed_at: self.completed_at,
+            cancel_requested_at: self.cancel_requested_at,
+            cancel_reason: self.cancel_reason.clone(),
             stages: self.stages.clone(),
         }
     }

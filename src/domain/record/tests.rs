@@ -283,6 +283,16 @@ fn the_hand_written_encoder_writes_what_serde_writes() {
         let mut record = some_record(&mut rng);
         let mut meta = None;
         for step in 0..rng.usize(..4) {
+            // Now and then a cancel request between the patches: its fields are kept from then on.
+            if let Some(m) = meta.filter(|_| rng.u8(..4) == 0 && record.cancel_requested_at.is_none())
+                && !record.status.is_terminal()
+            {
+                let reason = rng.bool().then(|| format!("why \"{n}\"\n"));
+                let at = crate::domain::Timestamp(1_500 + 1_000 * step as i64);
+                let (next, next_meta) = crate::domain::request_cancel(&id, (record, m), reason, at, &policy);
+                (record, meta) = (next, Some(next_meta));
+                continue;
+            }
             let patch = some_patch(&mut rng);
             let Ok(validated) = ClientFields::from_json(&patch, 100_000) else { continue };
             let (state, fields) = record.clone().into_parts();
@@ -310,10 +320,14 @@ fn the_hand_written_encoder_escapes_as_serde_does() {
         let id = crate::domain::ProgressId::parse("r").unwrap();
         let policy = crate::domain::WritePolicy { default_ttl_seconds: 300, heartbeat_ms: 1000 };
         let touched = crate::domain::Touched::replace(&fields);
-        let record = crate::domain::apply_write(&id, None, fields, touched, crate::domain::Timestamp(7), &policy).0;
+        let written = crate::domain::apply_write(&id, None, fields, touched, crate::domain::Timestamp(7), &policy);
+        let reason = Some(text.to_owned());
+        let (record, _) = crate::domain::request_cancel(&id, written, reason, crate::domain::Timestamp(8), &policy);
         let mut ours = Vec::new();
         crate::domain::encode::write_record(&mut ours, &record);
         assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&record).unwrap(), "{text:?}");
+        let back: ProgressRecord = serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        assert_eq!(back.cancel_reason.as_deref(), Some(text), "the reason round-trips");
     }
 }
 
