@@ -296,6 +296,20 @@ for (const store of stores) {
         return;
       }
       assert.equal(job.cancelRequested, false);
+      const asked = await fetch(`${server.baseUrl}/progress/${id}/cancel`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${WRITE_TOKEN}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ reason: 'the user asked' }),
+      });
+      assert.equal(asked.status, 202);
+      await job.update({ current: 1 });
+      await job.flush();
+      assert.equal(job.cancelRequested, true, "the next write's response carries the request");
+      await job.update({ status: 'cancelled', message: 'stopped on request' });
+      await job.flush();
+      const record = await server.record(id);
+      assert.equal(record.status, 'cancelled');
+      assert.equal(record.cancel_reason, 'the user asked');
     });
 
     test('cancelRequested reads the last response', async (t) => {

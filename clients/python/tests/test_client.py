@@ -261,6 +261,15 @@ def test_cancel_requested_reads_the_last_response(server: Server, job_id: str) -
     if "cancel_requested_at" not in job.record:
         pytest.skip("this progressd binary has no cancel_requested_at in its records (cancellation has not landed)")
     assert job.cancel_requested is False
+    status, _ = server.request("POST", f"/progress/{job_id}/cancel", {"reason": "the user asked"})
+    assert status == 202
+    job.update(current=1)
+    job.flush()
+    assert job.cancel_requested is True, "the next write's response carries the request"
+    job.update(status="cancelled", message="stopped on request")
+    job.flush()
+    record = server.record(job_id)
+    assert record["status"] == "cancelled" and record["cancel_reason"] == "the user asked"
 
 
 def test_cancel_requested_from_a_response_that_has_it(server: Server, proxy: FaultProxy, job_id: str) -> None:
