@@ -352,19 +352,18 @@ impl FieldKind for Hook {
         Ok(Some(map.clone()))
     }
 
-    fn from_wire(wire: Map<String, Value>, _: Limits, depth: &mut usize) -> Option<Option<Map<String, Value>>> {
+    fn from_wire(wire: Map<String, Value>, limits: Limits, depth: &mut usize) -> Option<Option<Map<String, Value>>> {
         Self::check(&wire).ok()?;
-        *depth = (*depth).max(2 + wire.values().map(crate::domain::depth).max().unwrap_or(0));
-        Some(Some(wire))
+        Object::from_wire(wire, limits, depth)
     }
 
     fn merge(
         current: &mut Option<Map<String, Value>>,
         patch: &Value,
-        _: &mut Option<Map<String, Value>>,
+        validated: &mut Option<Map<String, Value>>,
         field: Field<'_>,
     ) -> Result<(), ValidationError> {
-        *current = merged_object(current.take(), patch, field)?;
+        Object::merge(current, patch, validated, field)?;
         match current {
             Some(map) => Self::check(map),
             None => Ok(()),

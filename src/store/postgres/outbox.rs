@@ -9,8 +9,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
-use super::session::pg;
-use crate::metrics::{StoreOp, store_op};
+use crate::metrics::store_op;
 use crate::store::StoreError;
 use crate::store::outbox::{Delivery, DeliveryState, FAILED_KEPT_MS, Outbox, OutboxSummary};
 
@@ -33,35 +32,6 @@ const SUMMARY: &str = "SELECT count(*) FILTER (WHERE state = 'pending'), count(*
 
 const PRUNE: &str = "DELETE FROM progress_webhooks WHERE (state = 'failed' AND next_ms <= $1) \
      OR (state = 'delivered' AND keep_until_ms <= $2)";
-
-impl PostgresStore {
-    async fn outbox_query(
-        &self,
-        op: &StoreOp,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
-        self.bounded_counted(op, async {
-            let db = self.session().await?;
-            let statement = db.prepare_cached(sql).await.map_err(pg)?;
-            let rows = db.query(&statement, params).await.map_err(pg)?;
-            db.done();
-            Ok(rows)
-        })
-        .await
-    }
-
-    async fn outbox_execute(&self, op: &StoreOp, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
-        self.bounded_counted(op, async {
-            let db = self.session().await?;
-            let statement = db.prepare_cached(sql).await.map_err(pg)?;
-            let n = db.execute(&statement, params).await.map_err(pg)?;
-            db.done();
-            Ok(n)
-        })
-        .await
-    }
-}
 
 fn from_row(row: &Row) -> Delivery {
     Delivery {
@@ -89,7 +59,7 @@ fn attempts(d: &Delivery) -> i32 {
 impl Outbox for PostgresStore {
     async fn enqueue(&self, d: &Delivery) -> Result<bool, StoreError> {
         let added = self
-            .outbox_execute(
+            .execute_counted(
                 store_op!("postgres", "outbox_enqueue"),
                 ENQUEUE,
                 &[
@@ -120,8 +90,9 @@ impl Outbox for PostgresStore {
             COLUMNS.split(", ").map(|c| format!("w.{c}")).collect::<Vec<_>>().join(", ")
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows =
-            self.outbox_query(store_op!("postgres", "outbox_claim"), &sql, &[&now_ms, &lease_until_ms, &limit]).await?;
+        let rows = self
+            .query_counted(store_op!("postgres", "outbox_claim"), &sql, &[&now_ms, &lease_until_ms, &limit])
+            .await?;
         let mut claimed: Vec<Delivery> = rows.iter().map(from_row).collect();
         claimed.sort_by_key(|d| d.created_ms);
         Ok(claimed)
@@ -130,7 +101,7 @@ impl Outbox for PostgresStore {
     async fn settle(&self, token: i64, after: &Delivery) -> Result<bool, StoreError> {
         let op = store_op!("postgres", "outbox_settle");
         let changed = if after.state == DeliveryState::Delivered && after.keep_until_ms <= after.next_ms {
-            self.outbox_execute(op, SETTLE_DELETE, &[&after.id, &token]).await?
+            self.execute_counted(op, SETTLE_DELETE, &[&after.id, &token]).await?
         } else {
             let params: [&(dyn ToSql + Sync); 7] = [
                 &after.id,
@@ -141,7 +112,7 @@ impl Outbox for PostgresStore {
                 &after.keep_until_ms,
                 &after.last_error,
             ];
-            self.outbox_execute(op, SETTLE, &params).await?
+            self.execute_counted(op, SETTLE, &params).await?
         };
         Ok(changed == 1)
     }
@@ -152,18 +123,18 @@ impl Outbox for PostgresStore {
              ORDER BY state <> 'pending', next_ms LIMIT $1"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.outbox_query(store_op!("postgres", "outbox_list"), &sql, &[&limit]).await?;
+        let rows = self.query_counted(store_op!("postgres", "outbox_list"), &sql, &[&limit]).await?;
         Ok(rows.iter().map(from_row).collect())
     }
 
     async fn retry(&self, id: &str, now_ms: i64, deadline_ms: i64) -> Result<bool, StoreError> {
         let changed =
-            self.outbox_execute(store_op!("postgres", "outbox_retry"), RETRY, &[&id, &now_ms, &deadline_ms]).await?;
+            self.execute_counted(store_op!("postgres", "outbox_retry"), RETRY, &[&id, &now_ms, &deadline_ms]).await?;
         Ok(changed == 1)
     }
 
     async fn summary(&self) -> Result<OutboxSummary, StoreError> {
-        let rows = self.outbox_query(store_op!("postgres", "outbox_summary"), SUMMARY, &[]).await?;
+        let rows = self.query_counted(store_op!("postgres", "outbox_summary"), SUMMARY, &[]).await?;
         let row = rows.first().ok_or_else(|| StoreError::Unavailable {
             tier: "postgres",
             reason: "no answer to the outbox summary".into(),
@@ -174,6 +145,6 @@ impl Outbox for PostgresStore {
 
     async fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
         let failed_before = now_ms - FAILED_KEPT_MS;
-        self.outbox_execute(store_op!("postgres", "outbox_prune"), PRUNE, &[&failed_before, &now_ms]).await
+        self.execute_counted(store_op!("postgres", "outbox_prune"), PRUNE, &[&failed_before, &now_ms]).await
     }
 }

@@ -11,7 +11,7 @@ use tokio_postgres::AsyncMessage;
 
 use super::PostgresStore;
 use super::queries::{CONFIRM_FLUSH, FLUSH_STATE, HEARTBEAT, LEAVE, NOTIFY_FLUSHED, PEER_CHANNEL, REQUEST_FLUSH};
-use super::session::{describe, pg};
+use super::session::describe;
 use crate::domain::Timestamp;
 use crate::metrics::store_op;
 use crate::store::{FlushState, PeerNotice, Peers, StoreError};
@@ -31,46 +31,27 @@ impl Default for PeerChannel {
     }
 }
 
-impl PostgresStore {
-    /// One statement on a pooled connection, within the timeout.
-    async fn peers_execute(
-        &self,
-        op: &'static crate::metrics::StoreOp,
-        sql: &'static str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        self.bounded_counted(op, async {
-            let db = self.session().await?;
-            let statement = db.prepare_cached(sql).await.map_err(pg)?;
-            let rows = db.query(&statement, params).await.map_err(pg)?;
-            db.done();
-            Ok(rows)
-        })
-        .await
-    }
-}
-
 impl Peers for PostgresStore {
     async fn heartbeat(&self, me: &str) -> Result<(), StoreError> {
-        self.peers_execute(store_op!("postgres", "heartbeat"), HEARTBEAT, &[&me]).await.map(drop)
+        self.query_counted(store_op!("postgres", "heartbeat"), HEARTBEAT, &[&me]).await.map(drop)
     }
 
     async fn request_flush(&self, at: Option<Timestamp>) -> Result<Timestamp, StoreError> {
         let at = at.map(Timestamp::millis);
-        let rows = self.peers_execute(store_op!("postgres", "request_flush"), REQUEST_FLUSH, &[&at]).await?;
+        let rows = self.query_counted(store_op!("postgres", "request_flush"), REQUEST_FLUSH, &[&at]).await?;
         let at = rows.first().map(|row| row.get::<_, i64>(0)).ok_or_else(|| pg_unavailable("no request time"))?;
         Ok(Timestamp(at))
     }
 
     async fn confirm_flush(&self, me: &str, at: Timestamp, redis_up: bool) -> Result<(), StoreError> {
         let op = store_op!("postgres", "confirm_flush");
-        self.peers_execute(op, CONFIRM_FLUSH, &[&me, &at.millis(), &redis_up]).await?;
-        self.peers_execute(op, NOTIFY_FLUSHED, &[]).await.map(drop)
+        self.query_counted(op, CONFIRM_FLUSH, &[&me, &at.millis(), &redis_up]).await?;
+        self.query_counted(op, NOTIFY_FLUSHED, &[]).await.map(drop)
     }
 
     async fn flush_state(&self, at: Timestamp, live_ms: i64) -> Result<FlushState, StoreError> {
         let op = store_op!("postgres", "flush_state");
-        let rows = self.peers_execute(op, FLUSH_STATE, &[&at.millis(), &live_ms]).await?;
+        let rows = self.query_counted(op, FLUSH_STATE, &[&at.millis(), &live_ms]).await?;
         let row = rows.first().ok_or_else(|| pg_unavailable("no answer to the flush state"))?;
         let (waiting, redis_up) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
         Ok(match (waiting, redis_up) {
@@ -81,7 +62,7 @@ impl Peers for PostgresStore {
     }
 
     async fn leave(&self, me: &str) -> Result<(), StoreError> {
-        self.peers_execute(store_op!("postgres", "leave"), LEAVE, &[&me]).await.map(drop)
+        self.query_counted(store_op!("postgres", "leave"), LEAVE, &[&me]).await.map(drop)
     }
 
     fn peer_notices(&self) -> broadcast::Receiver<PeerNotice> {

@@ -39,6 +39,42 @@ impl PostgresStore {
         op.observe(self.bounded(operation)).await
     }
 
+    /// One prepared statement on a pooled connection, within the timeout,
+    /// counted as `op`: its rows.
+    pub(super) async fn query_counted(
+        &self,
+        op: &StoreOp,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.bounded_counted(op, async {
+            let db = self.session().await?;
+            let statement = db.prepare_cached(sql).await.map_err(pg)?;
+            let rows = db.query(&statement, params).await.map_err(pg)?;
+            db.done();
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// [`PostgresStore::query_counted`] for a statement without rows: how
+    /// many it changed.
+    pub(super) async fn execute_counted(
+        &self,
+        op: &StoreOp,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.bounded_counted(op, async {
+            let db = self.session().await?;
+            let statement = db.prepare_cached(sql).await.map_err(pg)?;
+            let changed = db.execute(&statement, params).await.map_err(pg)?;
+            db.done();
+            Ok(changed)
+        })
+        .await
+    }
+
     pub(super) fn no_answer(&self) -> StoreError {
         unavailable(format!("no answer within {:?}", self.timeout))
     }
