@@ -191,6 +191,13 @@ async fn an_instance_cut_off_from_redis_refuses_writes_while_the_other_goes_on()
         assert!(Instant::now() < deadline, "A never read the record");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Both instances have a heartbeat row: an instance whose first heartbeat
+    // has not landed yet is not asked (see ARCHITECTURE.md, "The hand-over").
+    let rows = db.connect().await;
+    while rows.query_one("SELECT count(*) FROM progress_instances", &[]).await.unwrap().get::<_, i64>(0) < 2 {
+        assert!(Instant::now() < deadline, "the instances never both had a heartbeat");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     proxy.set_mode(Mode::Reset).await;
     proxy.set_mode(Mode::Refuse).await;
