@@ -2,6 +2,8 @@
 //! compression and the request timeout. `super::router` stacks them; the
 //! order is explained there.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -11,13 +13,71 @@ use axum::response::{IntoResponse, Response};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::RequestId;
 use tracing::Span;
 
 use crate::error::Error;
 use crate::settings::Settings;
 
-/// The request-id header: taken from the request when present, else a new UUID.
+/// The request-id header: taken from the request when present, else a new
+/// UUID ([`MakeRequestId`]).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// New request ids: UUIDs in RFC 9562's version 8 (vendor-specific) layout,
+/// a random per-process prefix and a counter. The first 64 bits (less the
+/// version nibble: 60 random bits) are drawn once per process from the
+/// standard library's OS-seeded `RandomState`; the last 64 are the variant
+/// bits and a process-wide 62-bit counter. Unique within a process by the
+/// counter, across processes by the prefix, and no `getrandom` system call
+/// per request, which `MakeRequestUuid` (a random v4 UUID) made (issue 23).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MakeRequestId;
+
+/// The prefix: `xxxxxxxx-xxxx-8xxx-`, lowercase hex.
+fn request_id_prefix() -> &'static [u8; 19] {
+    static PREFIX: OnceLock<[u8; 19]> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::hash::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        hasher.write_u128(now.as_nanos());
+        let random = hasher.finish();
+        let high = (random & !0xf000) | 0x8000; // version 8
+        let mut prefix = [b'-'; 19];
+        hex_into(&mut prefix[0..8], high >> 32);
+        hex_into(&mut prefix[9..13], (high >> 16) & 0xffff);
+        hex_into(&mut prefix[14..18], high & 0xffff);
+        prefix
+    })
+}
+
+/// Writes the low `out.len()` hex digits of `value` into `out`.
+fn hex_into(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// The request id of the `n`th request: the prefix, the variant and `n`.
+fn request_id(n: u64) -> [u8; 36] {
+    let low = (n & (u64::MAX >> 2)) | (0b10 << 62); // RFC 9562 variant
+    let mut id = [b'-'; 36];
+    id[..19].copy_from_slice(request_id_prefix());
+    hex_into(&mut id[19..23], low >> 48);
+    hex_into(&mut id[24..36], low & 0xffff_ffff_ffff);
+    id
+}
+
+impl tower_http::request_id::MakeRequestId for MakeRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = request_id(NEXT.fetch_add(1, Ordering::Relaxed));
+        HeaderValue::from_bytes(&id).ok().map(RequestId::new)
+    }
+}
 
 /// Longest `?wait=` a long-poll may ask for; the timeout grows by it.
 pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
@@ -179,6 +239,19 @@ mod tests {
         let (status, _, _) = call(slow_router(Duration::from_secs(2)), "/slow?wait=5").await;
         assert_eq!(status, 503);
         assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn request_ids_are_version_8_uuids_that_differ() {
+        let (a, b) = (request_id(0), request_id(1));
+        let (a, b) = (std::str::from_utf8(&a).unwrap(), std::str::from_utf8(&b).unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a[..19], b[..19], "one prefix per process");
+        assert_eq!(a.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{a}");
+        assert_eq!(&a[14..15], "8", "version 8: {a}");
+        assert_eq!(&a[19..], "8000-000000000000");
+        assert_eq!(std::str::from_utf8(&request_id(u64::MAX >> 2)).unwrap()[19..], *"bfff-ffffffffffff");
+        assert_eq!(request_id(1 << 62), request_id(0), "the counter has 62 bits");
     }
 
     #[test]
