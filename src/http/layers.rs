@@ -2,14 +2,20 @@
 //! compression and the request timeout. `super::router` stacks them; the
 //! order is explained there.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -157,18 +163,81 @@ pub(crate) fn compression() -> CompressionLayer<impl Predicate> {
 }
 
 /// Answers 503 `request_timeout` (with `Retry-After`) when the response has
-/// not started within `limit`. A long-poll (`?wait=N`) gets its `N` seconds
+/// not started within its limit. A long-poll (`?wait=N`) gets its `N` seconds
 /// on top; an event stream is not cut, since its response starts at once
 /// and only the body goes on. The handler is dropped at the deadline, so a
 /// write may or may not have been applied: PUT and `If-Match` make retries safe.
-pub(crate) async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    let limit = limit + Duration::from_secs(long_poll_seconds(request.uri().query()));
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
-            Error::RequestTimeout { seconds: limit.as_secs() }.into_response()
-        }
+///
+/// A tower layer of its own rather than `middleware::from_fn`, which boxes
+/// the inner service and the future of every request (issue 23).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimeoutLayer {
+    /// The limit of a request without `?wait=`.
+    pub limit: Duration,
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout { inner, limit: self.limit }
+    }
+}
+
+/// The service of [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Timeout<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>, Response = http::Response<ResBody>, Error = Infallible>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let limit = self.limit + Duration::from_secs(long_poll_seconds(request.uri().query()));
+        TimeoutFuture { inner: tokio::time::timeout(limit, self.inner.call(request)), limit }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Timeout`].
+    pub(crate) struct TimeoutFuture<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        limit: Duration,
+    }
+}
+
+impl<F, ResBody> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, Infallible>>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            Ok(Ok(response)) => response.map(Body::new),
+            Err(_) => {
+                let limit = *this.limit;
+                tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+                Error::RequestTimeout { seconds: limit.as_secs() }.into_response()
+            }
+        }))
     }
 }
 
@@ -201,7 +270,7 @@ mod tests {
                 }),
             )
             .route("/fast", get(|| async { "done" }))
-            .layer(axum::middleware::from_fn_with_state(limit, timeout))
+            .layer(TimeoutLayer { limit })
     }
 
     async fn call(router: Router, uri: &str) -> (u16, Option<String>, String) {

@@ -7,7 +7,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::ServiceBuilder;
@@ -180,7 +179,7 @@ pub fn router(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
         .layer(TraceLayer::new_for_http().make_span_with(layers::request_span))
         .layer(layers::compression())
-        .layer(middleware::from_fn_with_state(layer_settings.request_timeout, layers::timeout))
+        .layer(layers::TimeoutLayer { limit: layer_settings.request_timeout })
         .layer(CatchPanicLayer::custom(|_| Error::Internal("a handler panicked".into()).into_response()));
     router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(stack).with_state(state)
 }
