@@ -176,7 +176,7 @@ done
 
 {
   print_machine
-  echo "wrk:         $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), ${WRK_ARGS[*]}, ${DURATION}s per run, $ROUNDS rounds"
+  echo "wrk:         $({ wrk -v 2>&1 || true; } | head -1 | cut -d' ' -f1-2), ${WRK_ARGS[*]}, ${DURATION}s per run, $ROUNDS rounds"
   echo "store:       Redis over $([[ "${BARE_POSTGRES:-1}" == 1 ]] && echo 'PostgreSQL (a new database per instance)' || echo 'nothing (Redis alone)')"
   for pair in "${BINS[@]}"; do echo "binary:      $pair"; done
   echo "bare:        $BARE_BIN"

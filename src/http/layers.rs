@@ -19,26 +19,22 @@ use tower::{Layer, Service};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::RequestId;
 use tracing::Span;
 
 use crate::error::Error;
 use crate::settings::Settings;
 
 /// The request-id header: taken from the request when present, else a new
-/// UUID ([`MakeRequestId`]).
+/// UUID ([`RequestIdLayer`]).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// New request ids: UUIDs in RFC 9562's version 8 (vendor-specific) layout,
+/// New request ids ([`RequestIdLayer`]): UUIDs in RFC 9562's version 8 (vendor-specific) layout,
 /// a random per-process prefix and a counter. The first 64 bits (less the
 /// version nibble: 60 random bits) are drawn once per process from the
 /// standard library's OS-seeded `RandomState`; the last 64 are the variant
 /// bits and a process-wide 62-bit counter. Unique within a process by the
 /// counter, across processes by the prefix, and no `getrandom` system call
 /// per request, which `MakeRequestUuid` (a random v4 UUID) made (issue 23).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct MakeRequestId;
-
 /// The prefix: `xxxxxxxx-xxxx-8xxx-`, lowercase hex.
 fn request_id_prefix() -> &'static [u8; 19] {
     static PREFIX: OnceLock<[u8; 19]> = OnceLock::new();
@@ -77,11 +73,85 @@ fn request_id(n: u64) -> [u8; 36] {
     id
 }
 
-impl tower_http::request_id::MakeRequestId for MakeRequestId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let id = request_id(NEXT.fetch_add(1, Ordering::Relaxed));
-        HeaderValue::from_bytes(&id).ok().map(RequestId::new)
+/// A new request id, [`request_id`] of the next number.
+fn new_request_id() -> HeaderValue {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = request_id(NEXT.fetch_add(1, Ordering::Relaxed));
+    HeaderValue::from_bytes(&id).expect("hex digits and dashes are a header value")
+}
+
+/// Request ids: the request's own `X-Request-Id`, else a new one
+/// ([`new_request_id`]) set on the request (so its span and log lines carry
+/// it), and the same id on the response unless the response already has
+/// one. One layer for what tower-http's `SetRequestId` and
+/// `PropagateRequestId` did in two, less their request extension, which
+/// nothing here reads (issue 23).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIds<S>;
+
+    fn layer(&self, inner: S) -> RequestIds<S> {
+        RequestIds { inner }
+    }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct RequestIds<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RequestIds<S>
+where
+    S: Service<Request<B>, Response = http::Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        RequestIdFuture { inner: self.inner.call(request), id: Some(id) }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequestIds`].
+    pub(crate) struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResBody, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut output = ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(id)) = (&mut output, this.id.take())
+            && let http::header::Entry::Vacant(entry) = response.headers_mut().entry(REQUEST_ID)
+        {
+            entry.insert(id);
+        }
+        Poll::Ready(output)
     }
 }
 
