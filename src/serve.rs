@@ -67,6 +67,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Whether each request carries its peer's address (`ConnectInfo`):
+    /// only the per-address rate limit reads it, so without the limit no
+    /// request pays for the extension (issue 23).
+    pub peer_address: bool,
 }
 
 impl Limits {
@@ -98,6 +102,7 @@ impl Limits {
             header_timeout: Duration::from_secs(settings.header_timeout_seconds),
             idle_timeout: Duration::from_secs(settings.idle_timeout_seconds),
             max_connections: max_connections.min(Semaphore::MAX_PERMITS),
+            peer_address: settings.address_rate_per_second > 0,
         }
     }
 }
@@ -190,7 +195,8 @@ impl Connection {
         let _open = metrics::connection_opened();
         let activity = Arc::new(Activity::new(self.limits));
         let io = TokioIo::new(Watched { stream, activity: activity.clone() });
-        let service = Requests { router, activity: activity.clone(), peer: ConnectInfo(peer) };
+        let peer = self.limits.peer_address.then_some(ConnectInfo(peer));
+        let service = Requests { router, activity: activity.clone(), peer };
         let mut builder = hyper::server::conn::http1::Builder::new();
         // Ours (`Activity`) instead, which leaves keep-alive idleness alone.
         builder.header_read_timeout(None);
@@ -365,12 +371,13 @@ impl AsyncWrite for Watched {
 }
 
 /// The router as hyper's service, marking each request's start and end
-/// and giving each request its peer's address (axum's `ConnectInfo`, which
-/// the address rate limit reads).
+/// and, with the address rate limit on, giving each request its peer's
+/// address (axum's `ConnectInfo`, which that limit reads).
 struct Requests {
     router: Router,
     activity: Arc<Activity>,
-    peer: ConnectInfo<SocketAddr>,
+    /// The peer's address, when requests are to carry it ([`Limits::peer_address`]).
+    peer: Option<ConnectInfo<SocketAddr>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Requests {
@@ -380,7 +387,9 @@ impl hyper::service::Service<Request<Incoming>> for Requests {
 
     fn call(&self, mut request: Request<Incoming>) -> Responding {
         self.activity.request_started();
-        request.extensions_mut().insert(self.peer);
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
+        }
         let in_flight = InFlight(self.activity.clone());
         // A `Router` is an `Arc`; its `poll_ready` is always ready.
         let mut router = self.router.clone();
@@ -450,7 +459,12 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(75), max_connections: 1 }
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 1,
+            peer_address: false,
+        }
     }
 
     fn after(activity: &Activity) -> Option<Duration> {

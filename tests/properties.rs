@@ -289,7 +289,8 @@ fn valid_body(patch: bool) -> impl Strategy<Value = Value> {
     body(patch).prop_filter("valid", move |b| {
         // A PUT's `webhook` also needs its `url`, which the service checks
         // (a PATCH may send `events` alone; the merged value is checked).
-        let webhook_whole = patch || b.get("webhook").is_none_or(|w| w.is_null() || w.get("url").is_some_and(Value::is_string));
+        let webhook_whole =
+            patch || b.get("webhook").is_none_or(|w| w.is_null() || w.get("url").is_some_and(Value::is_string));
         webhook_whole && ClientFields::from_json(b, MAX_TTL).is_ok()
     })
 }

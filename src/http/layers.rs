@@ -2,12 +2,20 @@
 //! compression and the request timeout. `super::router` stacks them; the
 //! order is explained there.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -16,8 +24,136 @@ use tracing::Span;
 use crate::error::Error;
 use crate::settings::Settings;
 
-/// The request-id header: taken from the request when present, else a new UUID.
+/// The request-id header: taken from the request when present, else a new
+/// UUID ([`RequestIdLayer`]).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// New request ids ([`RequestIdLayer`]): UUIDs in RFC 9562's version 8 (vendor-specific) layout,
+/// a random per-process prefix and a counter. The first 64 bits (less the
+/// version nibble: 60 random bits) are drawn once per process from the
+/// standard library's OS-seeded `RandomState`; the last 64 are the variant
+/// bits and a process-wide 62-bit counter. Unique within a process by the
+/// counter, across processes by the prefix, and no `getrandom` system call
+/// per request, which `MakeRequestUuid` (a random v4 UUID) made (issue 23).
+/// The prefix: `xxxxxxxx-xxxx-8xxx-`, lowercase hex.
+fn request_id_prefix() -> &'static [u8; 19] {
+    static PREFIX: OnceLock<[u8; 19]> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::hash::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        hasher.write_u128(now.as_nanos());
+        let random = hasher.finish();
+        let high = (random & !0xf000) | 0x8000; // version 8
+        let mut prefix = [b'-'; 19];
+        hex_into(&mut prefix[0..8], high >> 32);
+        hex_into(&mut prefix[9..13], (high >> 16) & 0xffff);
+        hex_into(&mut prefix[14..18], high & 0xffff);
+        prefix
+    })
+}
+
+/// Writes the low `out.len()` hex digits of `value` into `out`.
+fn hex_into(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// The request id of the `n`th request: the prefix, the variant and `n`.
+fn request_id(n: u64) -> [u8; 36] {
+    let low = (n & (u64::MAX >> 2)) | (0b10 << 62); // RFC 9562 variant
+    let mut id = [b'-'; 36];
+    id[..19].copy_from_slice(request_id_prefix());
+    hex_into(&mut id[19..23], low >> 48);
+    hex_into(&mut id[24..36], low & 0xffff_ffff_ffff);
+    id
+}
+
+/// A new request id, [`request_id`] of the next number.
+fn new_request_id() -> HeaderValue {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = request_id(NEXT.fetch_add(1, Ordering::Relaxed));
+    HeaderValue::from_bytes(&id).expect("hex digits and dashes are a header value")
+}
+
+/// Request ids: the request's own `X-Request-Id`, else a new one
+/// ([`new_request_id`]) set on the request (so its span and log lines carry
+/// it), and the same id on the response unless the response already has
+/// one. One layer for what tower-http's `SetRequestId` and
+/// `PropagateRequestId` did in two, less their request extension, which
+/// nothing here reads (issue 23).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIds<S>;
+
+    fn layer(&self, inner: S) -> RequestIds<S> {
+        RequestIds { inner }
+    }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct RequestIds<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RequestIds<S>
+where
+    S: Service<Request<B>, Response = http::Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        RequestIdFuture { inner: self.inner.call(request), id: Some(id) }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequestIds`].
+    pub(crate) struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResBody, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut output = ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(id)) = (&mut output, this.id.take())
+            && let http::header::Entry::Vacant(entry) = response.headers_mut().entry(REQUEST_ID)
+        {
+            entry.insert(id);
+        }
+        Poll::Ready(output)
+    }
+}
 
 /// Longest `?wait=` a long-poll may ask for; the timeout grows by it.
 pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
@@ -97,18 +233,81 @@ pub(crate) fn compression() -> CompressionLayer<impl Predicate> {
 }
 
 /// Answers 503 `request_timeout` (with `Retry-After`) when the response has
-/// not started within `limit`. A long-poll (`?wait=N`) gets its `N` seconds
+/// not started within its limit. A long-poll (`?wait=N`) gets its `N` seconds
 /// on top; an event stream is not cut, since its response starts at once
 /// and only the body goes on. The handler is dropped at the deadline, so a
 /// write may or may not have been applied: PUT and `If-Match` make retries safe.
-pub(crate) async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    let limit = limit + Duration::from_secs(long_poll_seconds(request.uri().query()));
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
-            Error::RequestTimeout { seconds: limit.as_secs() }.into_response()
-        }
+///
+/// A tower layer of its own rather than `middleware::from_fn`, which boxes
+/// the inner service and the future of every request (issue 23).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimeoutLayer {
+    /// The limit of a request without `?wait=`.
+    pub limit: Duration,
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout { inner, limit: self.limit }
+    }
+}
+
+/// The service of [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Timeout<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>, Response = http::Response<ResBody>, Error = Infallible>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let limit = self.limit + Duration::from_secs(long_poll_seconds(request.uri().query()));
+        TimeoutFuture { inner: tokio::time::timeout(limit, self.inner.call(request)), limit }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Timeout`].
+    pub(crate) struct TimeoutFuture<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        limit: Duration,
+    }
+}
+
+impl<F, ResBody> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, Infallible>>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            Ok(Ok(response)) => response.map(Body::new),
+            Err(_) => {
+                let limit = *this.limit;
+                tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+                Error::RequestTimeout { seconds: limit.as_secs() }.into_response()
+            }
+        }))
     }
 }
 
@@ -141,7 +340,7 @@ mod tests {
                 }),
             )
             .route("/fast", get(|| async { "done" }))
-            .layer(axum::middleware::from_fn_with_state(limit, timeout))
+            .layer(TimeoutLayer { limit })
     }
 
     async fn call(router: Router, uri: &str) -> (u16, Option<String>, String) {
@@ -179,6 +378,19 @@ mod tests {
         let (status, _, _) = call(slow_router(Duration::from_secs(2)), "/slow?wait=5").await;
         assert_eq!(status, 503);
         assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn request_ids_are_version_8_uuids_that_differ() {
+        let (a, b) = (request_id(0), request_id(1));
+        let (a, b) = (std::str::from_utf8(&a).unwrap(), std::str::from_utf8(&b).unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a[..19], b[..19], "one prefix per process");
+        assert_eq!(a.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{a}");
+        assert_eq!(&a[14..15], "8", "version 8: {a}");
+        assert_eq!(&a[19..], "8000-000000000000");
+        assert_eq!(std::str::from_utf8(&request_id(u64::MAX >> 2)).unwrap()[19..], *"bfff-ffffffffffff");
+        assert_eq!(request_id(1 << 62), request_id(0), "the counter has 62 bits");
     }
 
     #[test]

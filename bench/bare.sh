@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# bench/bare.sh: progressd against the limit (issue 23). Every row is
+# reported as a ratio to a bare axum route (examples/bare_axum.rs: the same
+# axum, hyper, tokio and allocator, the same release profile, a static
+# 400-byte JSON body, no layers) and to progressd's own `/healthz`, all
+# measured in the same run.
+#
+# Rows, per progressd binary: `/healthz`, a cached `GET /progress/{id}`,
+# PUT and PATCH (bench/put.lua, bench/patch.lua over 1,000 records), against
+# Redis over PostgreSQL (a new database per instance, dropped at exit; a key
+# prefix of its own on the shared Redis, deleted at exit), no tokens. With
+# BARE_AUTH=1 each binary also runs a second instance with read and write
+# tokens and a CORS origin, and its rows send the token and an `Origin`.
+#
+# wrk, 1 thread, 32 connections (the issue's set-up), BARE_ROUNDS rounds of
+# BARE_DURATION seconds; in each round every row runs once, the order
+# reversed every other round. Reported per row: requests/s (median of the
+# rounds), × bare and × healthz (medians of the rounds' ratios: each ratio
+# is taken within one round), p99, and the server's CPU time per request
+# (utime + stime from /proc over the run), steadier than requests/s on a
+# shared machine.
+#
+#   cargo build --release --locked --bin progressd --example bare_axum
+#   bench/bare.sh
+#   BARE_BINS="before=/tmp/progressd-before after=target/release/progressd" BARE_AUTH=1 bench/bare.sh
+#
+# Environment (all optional):
+#   BARE_BINS      label=path pairs of progressd binaries (default: progressd=target/release/progressd)
+#   BARE_BARE_BIN  the bare axum binary (default target/release/examples/bare_axum)
+#   BARE_ROUNDS    rounds (default 3)
+#   BARE_DURATION  seconds per wrk run (default 5)
+#   BARE_AUTH      1: also the instances with tokens and a CORS origin
+#   BARE_POSTGRES  0: Redis alone (default 1: Redis over PostgreSQL)
+#   BARE_WRK       wrk threads and connections (default "-t1 -c32")
+
+set -Eeuo pipefail
+BENCH_NAME=bare
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+ROUNDS="${BARE_ROUNDS:-3}"
+DURATION="${BARE_DURATION:-5}"
+require_count "$ROUNDS" BARE_ROUNDS
+require_count "$DURATION" BARE_DURATION
+read -r -a WRK_ARGS <<<"${BARE_WRK:--t1 -c32}"
+BARE_BIN="${BARE_BARE_BIN:-$ROOT/target/release/examples/bare_axum}"
+read -r -a BINS <<<"${BARE_BINS:-progressd=$ROOT/target/release/progressd}"
+need_tools wrk curl python3 redis-cli psql
+[[ -x "$BARE_BIN" ]] || die "$BARE_BIN does not exist (cargo build --release --example bare_axum)"
+
+READ_TOKEN="bench-read-$RUN_ID"
+WRITE_TOKEN="bench-write-$RUN_ID"
+ORIGIN="https://dashboard.bench.example"
+export BENCH_WRITE_IDS=1000 BENCH_PUT_ID_PREFIX=bench-put- BENCH_PATCH_ID_PREFIX=bench-patch- \
+  BENCH_RECORD_JSON="$BENCH_DIR/record.json"
+
+# --- servers ---------------------------------------------------------------------
+
+declare -A BASE=() PID=()
+INSTANCES=()
+
+port="$(free_port)"
+( cd "$WORK" && exec env PORT="$port" "$BARE_BIN" ) >"$WORK/server-bare.log" 2>&1 &
+register_pid "$!" "bare axum"
+PID[bare]=$!
+BASE[bare]="http://127.0.0.1:$port"
+for _ in $(seq 1 100); do curl -fs -o /dev/null "${BASE[bare]}/" && break; sleep 0.1; done
+curl -fs -o /dev/null "${BASE[bare]}/" || die "the bare axum server did not answer"
+
+seed() {  # base [auth]
+  local h=(-H 'Content-Type: application/json')
+  [[ -z "${2:-}" ]] || h+=(-H "Authorization: Bearer $WRITE_TOKEN")
+  curl -fs -o /dev/null -X PUT "${h[@]}" --data-binary "@$BENCH_DIR/record.json" "$1/progress/bench-read"
+  local prefix
+  for prefix in bench-put- bench-patch-; do
+    curl -fs -o /dev/null -X PUT "${h[@]}" --data-binary "@$BENCH_DIR/record.json" \
+      "$1/progress/${prefix}[0-$((BENCH_WRITE_IDS - 1))]"
+  done
+}
+
+n=0
+for pair in "${BINS[@]}"; do
+  label="${pair%%=*}" path="${pair#*=}"
+  [[ "$path" == /* ]] || path="$ROOT/$path"
+  [[ -x "$path" ]] || die "$path does not exist"
+  variants=(open)
+  [[ "${BARE_AUTH:-0}" == 1 ]] && variants+=(auth)
+  for variant in "${variants[@]}"; do
+    name="$label"
+    [[ "$variant" == auth ]] && name="$label+auth"
+    n=$((n + 1))
+    prefix="bench-bare-$RUN_ID-$n:"
+    REDIS_PREFIXES+=("$prefix")
+    settings=(REDIS_URL="$SHARED_REDIS_URL" PROGRESS_KEY_PREFIX="$prefix")
+    if [[ "${BARE_POSTGRES:-1}" == 1 ]]; then
+      db="progressd_bench_bare_${RUN_ID//-/_}_$n"
+      create_database "$db"
+      settings+=(DATABASE_URL="$PG_SERVER_URL/$db")
+    fi
+    [[ "$variant" == auth ]] && settings+=(PROGRESS_READ_TOKENS="$READ_TOKEN" PROGRESS_WRITE_TOKENS="$WRITE_TOKEN"
+      PROGRESS_CORS_ORIGINS="$ORIGIN")
+    BIN="$path" start_progressd "$name" "${settings[@]}"
+    [[ "${BARE_POSTGRES:-1}" == 1 ]] && wait_migrated "$db"
+    seed "$SERVER_BASE" "$([[ "$variant" == auth ]] && echo 1)"
+    BASE[$name]="$SERVER_BASE" PID[$name]="$SERVER_PID"
+    INSTANCES+=("$name")
+  done
+done
+
+# --- rows ----------------------------------------------------------------------------
+
+ROWS=(bare)
+declare -A ROW_INSTANCE=([bare]=bare) ROW_KIND=([bare]=bare)
+for name in "${INSTANCES[@]}"; do
+  for kind in healthz get put patch; do
+    ROWS+=("$name/$kind")
+    ROW_INSTANCE[$name/$kind]="$name" ROW_KIND[$name/$kind]="$kind"
+  done
+done
+
+# wrk_run ROW FILE: one wrk run of ROW; appends "rps p99_us cpu_us_per_request non2xx" to FILE.
+wrk_run() {
+  local row="$1" inst="${ROW_INSTANCE[$1]}" kind="${ROW_KIND[$1]}"
+  local base="${BASE[$inst]}" pid="${PID[$inst]}" args=() hdr=()
+  if [[ "$inst" == *+auth ]]; then
+    export BENCH_WRITE_TOKEN="$WRITE_TOKEN" BENCH_ORIGIN="$ORIGIN"
+    hdr=(-H "Authorization: Bearer $READ_TOKEN" -H "Origin: $ORIGIN")
+  else
+    export BENCH_WRITE_TOKEN="" BENCH_ORIGIN=""
+  fi
+  case "$kind" in
+    bare) args=(-s "$BENCH_DIR/report.lua" "$base/") ;;
+    healthz) args=("${hdr[@]}" -s "$BENCH_DIR/report.lua" "$base/healthz") ;;
+    get) args=("${hdr[@]}" -s "$BENCH_DIR/report.lua" "$base/progress/bench-read") ;;
+    put) args=(-s "$BENCH_DIR/put.lua" "$base") ;;
+    patch) args=(-s "$BENCH_DIR/patch.lua" "$base") ;;
+  esac
+  local t0 t1 out
+  t0="$(awk '{print $14 + $15}' "/proc/$pid/stat")"
+  out="$(wrk "${WRK_ARGS[@]}" -d "${DURATION}s" "${args[@]}" 2>&1)"
+  t1="$(awk '{print $14 + $15}' "/proc/$pid/stat")"
+  echo "$out" >>"$WORK/wrk-${row//\//_}.txt"
+  python3 - "$t0" "$t1" "$(getconf CLK_TCK)" "$(grep -m1 '^BENCH_RESULT' <<<"$out")" <<'PY' >>"$2"
+import sys
+t0, t1, tck, line = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+kv = dict(p.split("=", 1) for p in line.split()[1:])
+reqs = int(kv["requests"])
+cpu = (t1 - t0) * 1e6 / tck / reqs if reqs else 0
+print(kv["rps"], kv["p99_us"], f"{cpu:.2f}", kv["status"])
+PY
+}
+
+# Warm up: every row for 1 s.
+for row in "${ROWS[@]}"; do
+  DURATION=1 wrk_run "$row" /dev/null
+done
+
+RAW="$WORK/raw.tsv"
+: >"$RAW"
+for round in $(seq 1 "$ROUNDS"); do
+  order=("${ROWS[@]}")
+  if (( round % 2 == 0 )); then
+    order=()
+    for (( i = ${#ROWS[@]} - 1; i >= 0; i-- )); do order+=("${ROWS[$i]}"); done
+  fi
+  log "bare: round $round of $ROUNDS (${#ROWS[@]} runs of ${DURATION}s)"
+  for row in "${order[@]}"; do
+    tmp="$WORK/one"
+    : >"$tmp"
+    wrk_run "$row" "$tmp"
+    printf '%s\t%s\t%s\n' "$round" "$row" "$(cat "$tmp")" >>"$RAW"
+  done
+done
+
+# --- table -------------------------------------------------------------------------------
+
+{
+  print_machine
+  echo "wrk:         $({ wrk -v 2>&1 || true; } | head -1 | cut -d' ' -f1-2), ${WRK_ARGS[*]}, ${DURATION}s per run, $ROUNDS rounds"
+  echo "store:       Redis over $([[ "${BARE_POSTGRES:-1}" == 1 ]] && echo 'PostgreSQL (a new database per instance)' || echo 'nothing (Redis alone)')"
+  for pair in "${BINS[@]}"; do echo "binary:      $pair"; done
+  echo "bare:        $BARE_BIN"
+  echo
+  python3 - "$RAW" "${ROWS[@]}" <<'PY'
+import statistics as st, sys
+raw, rows = sys.argv[1], sys.argv[2:]
+runs = {}
+for line in open(raw):
+    rnd, row, rps, p99, cpu, non2xx = line.split()
+    runs.setdefault(row, {})[int(rnd)] = (float(rps), int(p99), float(cpu), int(non2xx))
+names = {"bare": "bare axum, static 400 B", "healthz": "/healthz", "get": "GET /progress/{id} (cached)",
+         "put": "PUT /progress/{id}", "patch": "PATCH /progress/{id}"}
+print("| row | req/s | × bare | × healthz | p99 ms | CPU µs/req | bare CPU ÷ row CPU | non-2xx |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+med = lambda xs: st.median(xs) if xs else float("nan")
+for row in rows:
+    inst, _, kind = row.rpartition("/") if "/" in row else ("", "", row)
+    r = runs.get(row, {})
+    bare = runs.get("bare", {})
+    hz = runs.get(f"{inst}/healthz", {}) if inst else {}
+    x_bare = med([r[k][0] / bare[k][0] for k in r if k in bare])
+    x_hz = med([r[k][0] / hz[k][0] for k in r if k in hz]) if hz else float("nan")
+    cpu = med([v[2] for v in r.values()])
+    bare_cpu = med([v[2] for v in bare.values()])
+    label = names[kind] + (f" ({inst})" if inst else "")
+    print(f"| {label} | {med([v[0] for v in r.values()]):,.0f} | {x_bare:.2f} | "
+          + ("—" if kind == "bare" or not hz else f"{x_hz:.2f}")
+          + f" | {med([v[1] for v in r.values()]) / 1000:.2f} | {cpu:.1f} | {bare_cpu / cpu if cpu else 0:.2f} | {sum(v[3] for v in r.values())} |")
+print()
+print("req/s, p99 and CPU: medians of the rounds; × bare and × healthz: medians of the rounds' ratios (each within one round).")
+PY
+  echo
+  echo "load avg at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "raw: $RAW"
+} | tee "$WORK/summary.md"
