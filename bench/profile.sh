@@ -40,7 +40,10 @@
 #
 # Scenarios (arguments): healthz, get (cache hit), get_304 (the same with
 # the record's ETag in If-None-Match: a 304), get_off (a second
-# instance with the read cache off: one Redis GET per request), patch, put.
+# instance with the read cache off: one Redis GET per request), patch, put,
+# and get_auth, healthz_auth (as get and healthz on an instance with read
+# and write tokens and a CORS origin, every request sending a read token and
+# an `Origin`; callgrind only).
 
 set -Eeuo pipefail
 
@@ -129,11 +132,14 @@ start() {
 }
 
 json=(-H 'Content-Type: application/json')
-seed() {  # base [ids]
-  local base="$1" ids="${2:-$WRITE_IDS}"
-  curl -fs -o /dev/null -X PUT "${json[@]}" --data-binary "@$BENCH_DIR/record.json" "$base/progress/bench-read"
+AUTH_ORIGIN="https://dashboard.bench.example"
+AUTH_ENV=(PROGRESS_READ_TOKENS=profile-read PROGRESS_WRITE_TOKENS=profile-write PROGRESS_CORS_ORIGINS="$AUTH_ORIGIN")
+seed() {  # base [ids]; SEED_TOKEN: a write token to send
+  local base="$1" ids="${2:-$WRITE_IDS}" h=("${json[@]}")
+  [[ -z "${SEED_TOKEN:-}" ]] || h+=(-H "Authorization: Bearer $SEED_TOKEN")
+  curl -fs -o /dev/null -X PUT "${h[@]}" --data-binary "@$BENCH_DIR/record.json" "$base/progress/bench-read"
   for prefix in bench-put- bench-patch-; do
-    curl -fs -o /dev/null -X PUT "${json[@]}" --data-binary "@$BENCH_DIR/record.json" \
+    curl -fs -o /dev/null -X PUT "${h[@]}" --data-binary "@$BENCH_DIR/record.json" \
       "$base/progress/${prefix}[0-$((ids - 1))]"
   done
 }
@@ -225,6 +231,10 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
       healthz) "${c[@]}" "$2/healthz?[1-$REQUESTS]" ;;
       get|get_off) "${c[@]}" "$2/progress/bench-read?[1-$REQUESTS]" ;;
       get_304) "${c[@]}" -H "If-None-Match: $(etag_of "$2")" "$2/progress/bench-read?[1-$REQUESTS]" ;;
+      get_auth|healthz_auth)
+        local path=/progress/bench-read
+        [[ "$1" == healthz_auth ]] && path=/healthz
+        "${c[@]}" -H "Authorization: Bearer profile-read" -H "Origin: $AUTH_ORIGIN" "$2$path?[1-$REQUESTS]" ;;
       patch|put)
         local r
         for r in $(seq 1 "$rounds"); do
@@ -242,7 +252,9 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
     local pid base
     read -r pid base < <(start "callgrind-$name" valgrind --tool=callgrind --instr-atstart=no \
       --callgrind-out-file="$OUT/callgrind-$name.out" -- "$@")
-    seed "$base" "$CALLGRIND_IDS"
+    local token=""
+    [[ "$name" == *_auth ]] && token=profile-write
+    SEED_TOKEN="$token" seed "$base" "$CALLGRIND_IDS"
     # Warm up uncounted (connections, Redis script cache, read cache, metric handles).
     fixed_requests "$name" "$base"
     local before after
@@ -272,6 +284,7 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
   for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
       get_off) callgrind_run "$scenario" PROGRESS_CACHE_MAX_AGE_MS=0 ;;
+      *_auth) callgrind_run "$scenario" "${AUTH_ENV[@]}" ;;
       *) callgrind_run "$scenario" ${PROFILE_CACHE_MAX_AGE_MS:+PROGRESS_CACHE_MAX_AGE_MS=$PROFILE_CACHE_MAX_AGE_MS} ;;
     esac
   done

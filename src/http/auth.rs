@@ -17,16 +17,22 @@
 //! applies from the [`ScopedGrant`] this check leaves in the request's
 //! extensions; and calls nothing else (403 `forbidden_scope`).
 
+use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::http::{HeaderMap, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
+use futures_util::FutureExt;
+use pin_project_lite::pin_project;
 use subtle::{Choice, ConstantTimeEq};
+use tower::{Layer, Service};
 
 use super::address::{AddressLimit, TrustedProxies};
 use super::rate::ScopedLimiter;
@@ -401,42 +407,118 @@ pub(crate) fn matches_any<'a>(presented: Option<&[u8]>, candidates: impl IntoIte
     bool::from(found) && !presented.is_empty()
 }
 
+/// The token check of one access class in front of a route's handler
+/// ([`guard`]). A tower layer of its own rather than
+/// `middleware::from_fn_with_state`, which clones and boxes the inner
+/// service and boxes the future of every request (issue 23).
 #[derive(Clone)]
-struct Guard {
+struct GuardLayer {
     access: Access,
     tokens: Arc<AccessTokens>,
 }
 
-async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    let tokens = &guard.tokens;
-    let decision = tokens.authorize(guard.access, request.headers(), request.uri().query());
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard { inner, access: self.access, tokens: self.tokens.clone() }
+    }
+}
+
+/// The service of [`GuardLayer`].
+#[derive(Clone)]
+struct Guard<S> {
+    inner: S,
+    access: Access,
+    tokens: Arc<AccessTokens>,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match check(self.access, &self.tokens, request) {
+            Checked::Granted(request) => GuardFuture::Granted { inner: self.inner.call(request) },
+            Checked::Refused(refusal) => GuardFuture::Refused { response: Some(refusal) },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Guard`].
+    #[project = GuardFutureProj]
+    enum GuardFuture<F> {
+        /// The request went on to the handler.
+        Granted { #[pin] inner: F },
+        /// The request was refused; the answer, until polled.
+        Refused { response: Option<Response> },
+    }
+}
+
+impl<F> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardFutureProj::Granted { inner } => inner.poll(cx),
+            GuardFutureProj::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("a refused request's future is polled once")))
+            }
+        }
+    }
+}
+
+/// What [`check`] decided.
+enum Checked {
+    /// The request may go on (a scoped token's rights in its extensions).
+    Granted(Request),
+    /// The answer to send instead.
+    Refused(Response),
+}
+
+/// Whether a request may call a route of class `access`.
+fn check(access: Access, tokens: &AccessTokens, request: Request) -> Checked {
+    let decision = tokens.authorize(access, request.headers(), request.uri().query());
     if let Some(addresses) = &tokens.addresses
-        && tokens.counts_per_address(guard.access, &decision, request.headers())
+        && tokens.counts_per_address(access, &decision, request.headers())
         && let Err(limited) = addresses.check(&request)
     {
-        tracing::debug!(access = ?guard.access, "request refused: its client address is over the rate limit");
-        return limited.into_response();
+        tracing::debug!(?access, "request refused: its client address is over the rate limit");
+        return Checked::Refused(limited.into_response());
     }
     let refusal = match decision {
-        Ok(Grant::Full) => return next.run(request).await,
-        Ok(Grant::Scoped(scope)) => match in_scope(guard.access, scope, request).await {
-            Ok(request) => return next.run(request).await,
+        Ok(Grant::Full) => return Checked::Granted(request),
+        Ok(Grant::Scoped(scope)) => match in_scope(access, scope, request) {
+            Ok(request) => return Checked::Granted(request),
             Err(refusal) => refusal,
         },
         Err(refusal) => refusal,
     };
     // The token itself is never logged, only the outcome.
-    tracing::debug!(access = ?guard.access, code = refusal.code(), "request refused");
-    refusal.into_response()
+    tracing::debug!(?access, code = refusal.code(), "request refused");
+    Checked::Refused(refusal.into_response())
 }
 
 /// A read or a cancel request of the path's `{id}` needs the id in the
 /// scope; the rights go into the request's extensions for the handlers
 /// (the listing applies the scope).
-async fn in_scope(access: Access, rights: Arc<Rights>, request: Request) -> Result<Request, Error> {
+fn in_scope(access: Access, rights: Arc<Rights>, request: Request) -> Result<Request, Error> {
     let (mut parts, body) = request.into_parts();
     if matches!(access, Access::Read | Access::Cancel) {
-        let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
+        // Reading the path's parameters is ready at once: they are in the extensions.
+        let params = RawPathParams::from_request_parts(&mut parts, &()).now_or_never().and_then(Result::ok);
         let id = params.as_ref().and_then(|p| p.iter().find(|(name, _)| *name == "id").map(|(_, v)| v));
         if !id.is_some_and(|id| rights.scope.covers(id)) {
             return Err(Error::ForbiddenScope("the token does not grant this id".into()));
@@ -455,7 +537,7 @@ pub(crate) fn guard(
     if access == Access::Public {
         return handler;
     }
-    handler.route_layer(middleware::from_fn_with_state(Guard { access, tokens: tokens.clone() }, check))
+    handler.route_layer(GuardLayer { access, tokens: tokens.clone() })
 }
 
 #[cfg(test)]

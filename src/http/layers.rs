@@ -1,4 +1,4 @@
-//! The tower layers around the routes: CORS, request ids, tracing,
+//! The tower layers around the routes: request ids, tracing,
 //! compression and the request timeout. `super::router` stacks them; the
 //! order is explained there.
 
@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Span;
 
 use crate::error::Error;
@@ -162,9 +161,6 @@ pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
 /// little and cost a buffer. A record is well above it.
 pub(crate) const COMPRESS_ABOVE_BYTES: u64 = 256;
 
-/// How long browsers may cache a preflight answer.
-const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
-
 /// What the outer layers are configured with.
 #[derive(Debug, Clone)]
 pub struct LayerSettings {
@@ -182,34 +178,6 @@ impl LayerSettings {
             request_timeout: Duration::from_secs(settings.request_timeout_seconds),
         }
     }
-}
-
-/// CORS for the configured origins, or `None` when there are none. No
-/// credentials mode: browsers send the token in `Authorization`, not cookies.
-pub(crate) fn cors(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow_origin = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        // Settings validation already refused origins that are not header values.
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow_origin)
-            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
-            .allow_headers([
-                header::CONTENT_TYPE,
-                header::AUTHORIZATION,
-                header::IF_MATCH,
-                header::IF_NONE_MATCH,
-                HeaderName::from_static("last-event-id"),
-            ])
-            .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER, REQUEST_ID])
-            .max_age(PREFLIGHT_MAX_AGE),
-    )
 }
 
 /// The span of one request. It records the request id, so every log line
@@ -346,7 +314,8 @@ mod tests {
     async fn call(router: Router, uri: &str) -> (u16, Option<String>, String) {
         let response = router.oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
         let status = response.status().as_u16();
-        let content_type = response.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
+        let content_type =
+            response.headers().get(axum::http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
         let body = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
         (status, content_type, body)
     }

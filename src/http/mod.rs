@@ -23,6 +23,7 @@ mod admin;
 mod assets;
 mod auth;
 mod cancel;
+mod cors;
 mod events;
 mod extract;
 mod gzip;
@@ -120,7 +121,29 @@ pub struct Route {
     pub path: &'static str,
     /// Who may call it.
     pub access: Access,
+    /// Whether its responses go through the compression layer, or the
+    /// handler gzips its own bodies (or sends none worth compressing).
+    gzip: Gzip,
     handler: MethodRouter<AppState>,
+}
+
+/// Who gzips a route's responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gzip {
+    /// The compression layer (`layers::compression`), around this route only.
+    Layer,
+    /// The handler itself (`gzip.rs`: the record routes), or nobody (a tiny
+    /// body, an event stream). The layer would only cost them time: its
+    /// checks and body wrapper on every request (issue 23).
+    Handler,
+}
+
+impl Route {
+    /// This route's handler gzips its own responses ([`Gzip::Handler`]).
+    fn gzipped_by_handler(mut self) -> Self {
+        self.gzip = Gzip::Handler;
+        self
+    }
 }
 
 fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
@@ -129,14 +152,14 @@ where
     T: 'static,
 {
     let filter = MethodFilter::try_from(method.clone()).expect("standard methods have filters");
-    Route { method, path, access, handler: on(filter, handler) }
+    Route { method, path, access, gzip: Gzip::Layer, handler: on(filter, handler) }
 }
 
 /// Every route the service answers. The router is built from this table,
 /// and a test checks each row against `openapi.yaml`.
 pub fn routes() -> Vec<Route> {
     vec![
-        route(Method::GET, "/healthz", Access::Public, healthz),
+        route(Method::GET, "/healthz", Access::Public, healthz).gzipped_by_handler(),
         route(Method::GET, "/metrics", Access::Public, metrics),
         route(Method::GET, "/readyz", Access::Public, health::readyz),
         route(Method::GET, "/client.js", Access::Public, assets::client_js),
@@ -145,12 +168,12 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/dashboard/cancel.js", Access::Public, assets::dashboard_cancel_js),
         route(Method::GET, "/dashboard/app.css", Access::Public, assets::dashboard_css),
         route(Method::GET, "/progress", Access::List, list::list),
-        route(Method::GET, "/progress/{id}", Access::Read, progress::get),
-        route(Method::GET, "/progress/{id}/events", Access::Read, events::events),
-        route(Method::PUT, "/progress/{id}", Access::Write, progress::put),
-        route(Method::PATCH, "/progress/{id}", Access::Write, progress::patch),
-        route(Method::DELETE, "/progress/{id}", Access::Write, progress::delete),
-        route(Method::POST, "/progress/{id}/cancel", Access::Cancel, cancel::cancel),
+        route(Method::GET, "/progress/{id}", Access::Read, progress::get).gzipped_by_handler(),
+        route(Method::GET, "/progress/{id}/events", Access::Read, events::events).gzipped_by_handler(),
+        route(Method::PUT, "/progress/{id}", Access::Write, progress::put).gzipped_by_handler(),
+        route(Method::PATCH, "/progress/{id}", Access::Write, progress::patch).gzipped_by_handler(),
+        route(Method::DELETE, "/progress/{id}", Access::Write, progress::delete).gzipped_by_handler(),
+        route(Method::POST, "/progress/{id}/cancel", Access::Cancel, cancel::cancel).gzipped_by_handler(),
         route(Method::POST, "/admin/cleanup", Access::Admin, admin::cleanup),
         route(Method::DELETE, "/admin/progress", Access::Admin, admin::delete_progress),
         route(Method::GET, "/admin/stats", Access::Admin, admin::stats),
@@ -162,23 +185,29 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The application with all its layers. Each route sits behind the token
-/// check of its access class; around everything, from the inside out:
-/// panics become 500s, the timeout (inside the trace span, so its log line
-/// carries the request id), compression, the trace span, `Authorization`
+/// check of its access class, and those whose handlers do not gzip their
+/// own bodies behind the compression layer; around everything, from the
+/// inside out: panics become 500s, the timeout (inside the trace span, so
+/// its log line carries the request id), the trace span, `Authorization`
 /// marked sensitive, the request id (set on the request, copied to the
 /// response), and CORS outermost, so preflights are answered before anything
 /// else and every answer (401s, 404s, timeouts) carries the CORS headers.
 pub fn router(state: AppState) -> Router {
-    let router = routes()
-        .into_iter()
-        .fold(Router::new(), |router, r| router.route(r.path, auth::guard(r.access, &state.tokens, r.handler)));
+    let router = routes().into_iter().fold(Router::new(), |router, r| {
+        let handler = auth::guard(r.access, &state.tokens, r.handler);
+        let handler = match r.gzip {
+            Gzip::Layer => handler.layer(layers::compression()),
+            Gzip::Handler => handler,
+        };
+        router.route(r.path, handler)
+    });
     let layer_settings = state.layers.clone();
     // One `layer` call for the whole stack: axum boxes a route's service once
     // per call and tower clones every box for every request, so eight calls
     // cost about 50 allocations per request that one does not (callgrind,
     // `/healthz`: 83 → 32). The order is that of one call per layer, outermost first.
     let stack = ServiceBuilder::new()
-        .option_layer(layers::cors(&layer_settings.cors_origins))
+        .option_layer(cors::cors(&layer_settings.cors_origins))
         // CORS answers preflights itself and needs a body type it can make.
         .map_response(IntoResponse::into_response)
         // Inside CORS, so it counts every answer (401s, timeouts) but preflights.
@@ -186,7 +215,6 @@ pub fn router(state: AppState) -> Router {
         .layer(layers::RequestIdLayer)
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
         .layer(TraceLayer::new_for_http().make_span_with(layers::request_span))
-        .layer(layers::compression())
         .layer(layers::TimeoutLayer { limit: layer_settings.request_timeout })
         .layer(CatchPanicLayer::custom(|_| Error::Internal("a handler panicked".into()).into_response()));
     router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(stack).with_state(state)

@@ -260,7 +260,7 @@ async fn a_cancel_request_must_name_an_id_in_the_scope() {
         let router = axum::Router::new().route(
             "/progress/{id}/cancel",
             axum::routing::post(move |req: Request| async move {
-                in_scope(Access::Cancel, rights, req).await.is_ok().to_string()
+                in_scope(Access::Cancel, rights, req).is_ok().to_string()
             }),
         );
         let request = Request::post(path).body(axum::body::Body::empty()).expect("a request");
