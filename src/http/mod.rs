@@ -12,7 +12,6 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
 use crate::service::ProgressService;
@@ -35,6 +34,7 @@ mod progress;
 mod rate;
 mod stream_all;
 mod tokens;
+mod trace;
 mod webhooks;
 
 pub use address::{TrustedProxies, X_FORWARDED_FOR, client_address, parse_network};
@@ -214,7 +214,7 @@ pub fn router(state: AppState) -> Router {
         .layer(crate::metrics::HttpMetricsLayer::new(routes().iter().map(|r| r.path)))
         .layer(layers::RequestIdLayer)
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
-        .layer(TraceLayer::new_for_http().make_span_with(layers::request_span))
+        .layer(trace::TraceLayer)
         .layer(layers::TimeoutLayer { limit: layer_settings.request_timeout })
         .layer(CatchPanicLayer::custom(|_| Error::Internal("a handler panicked".into()).into_response()));
     router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(stack).with_state(state)

@@ -1,0 +1,285 @@
+//! The request span and the log lines of every request: what tower-http's
+//! `TraceLayer::new_for_http()` logged, line for line and under its targets
+//! (so a filter such as `tower_http=debug` still selects them), without its
+//! cost when the span is off (issue 23).
+//!
+//! - `DEBUG tower_http::trace::on_request`: "started processing request";
+//! - `DEBUG tower_http::trace::on_response`: "finished processing request",
+//!   with `latency` (`N ms`) and `status`;
+//! - `ERROR tower_http::trace::on_failure`: "response failed", with
+//!   `classification` (`Status code: 500 Internal Server Error`) and
+//!   `latency`, for every 5xx answer;
+//! - `DEBUG tower_http::trace::on_eos`: "end of stream", with
+//!   `stream_duration`, when a body ends, and `ERROR` "response failed"
+//!   (`classification = Error: …`) when one fails.
+//!
+//! Every one carries the request span (`request{method uri request_id}`),
+//! which is entered while the handler runs and while the body is sent.
+//!
+//! tower-http's layer did all of it whatever the log level: a span handle,
+//! a classifier and callbacks moved through each poll, and a body wrapper
+//! around every response. Here, when the span is off (the level is above
+//! `info`) the body goes out as it is and only the two checks of the
+//! `DEBUG` and `ERROR` callsites remain.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::Span;
+
+use super::layers::request_span;
+
+/// The layer of [`Trace`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner }
+    }
+}
+
+/// The request span and log lines around `S` (see the module documentation).
+#[derive(Debug, Clone)]
+pub(crate) struct Trace<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Trace<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = TraceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let span = request_span(&request);
+        let start = Instant::now();
+        let inner = {
+            let _entered = span.enter();
+            tracing::debug!(target: "tower_http::trace::on_request", "started processing request");
+            self.inner.call(request)
+        };
+        TraceFuture { inner, span, start }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Trace`].
+    pub(crate) struct TraceFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+        start: Instant,
+    }
+}
+
+impl<F> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        let latency = Millis(this.start.elapsed());
+        let status = response.status();
+        tracing::debug!(
+            target: "tower_http::trace::on_response",
+            %latency,
+            status = status.as_u16(),
+            "finished processing request"
+        );
+        if status.is_server_error() {
+            tracing::error!(
+                target: "tower_http::trace::on_failure",
+                classification = %StatusFailure(status),
+                %latency,
+                "response failed"
+            );
+        }
+        if this.span.is_disabled() {
+            return Poll::Ready(Ok(response));
+        }
+        let span = this.span.clone();
+        Poll::Ready(Ok(response.map(|body| Body::new(TracedBody { inner: body, span, start: Some(Instant::now()) }))))
+    }
+}
+
+pin_project! {
+    /// A response body sent inside its request's span.
+    struct TracedBody {
+        #[pin]
+        inner: Body,
+        span: Span,
+        // When the body started; taken when its end is logged.
+        start: Option<Instant>,
+    }
+}
+
+impl http_body::Body for TracedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let Some(start) = *this.start else { return Poll::Ready(frame) };
+        match &frame {
+            Some(Err(error)) => {
+                *this.start = None;
+                tracing::error!(
+                    target: "tower_http::trace::on_failure",
+                    classification = %format_args!("Error: {error}"),
+                    latency = %Millis(start.elapsed()),
+                    "response failed"
+                );
+            }
+            // hyper may not poll again once the body says it has ended.
+            Some(Ok(_)) if !this.inner.is_end_stream() => {}
+            _ => {
+                *this.start = None;
+                tracing::debug!(
+                    target: "tower_http::trace::on_eos",
+                    stream_duration = %Millis(start.elapsed()),
+                    "end of stream"
+                );
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A duration as tower-http writes it in its log lines: whole milliseconds.
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ms", self.0.as_millis())
+    }
+}
+
+/// A 5xx, as tower-http classifies it.
+struct StatusFailure(StatusCode);
+
+impl fmt::Display for StatusFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Status code: {}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{HeaderValue, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::http::REQUEST_ID;
+
+    /// What the subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log of one request answered with `status` and `body`, at `level`, and the body received.
+    async fn logged(level: &str, status: StatusCode, body: &'static str) -> (String, String) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let inner = tower::service_fn(move |_: Request| async move {
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        });
+        let mut request = Request::get("/progress/job-1").body(Body::empty()).unwrap();
+        request.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("rid-1"));
+        let response = TraceLayer.layer(inner).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status);
+        let received = response.into_body().collect().await.unwrap().to_bytes();
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        (log, String::from_utf8(received.to_vec()).unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_debug_every_line_carries_the_span() {
+        let (log, body) = logged("debug", StatusCode::OK, "hello").await;
+        assert_eq!(body, "hello");
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        for (line, text) in
+            lines.iter().zip(["started processing request", "finished processing request", "end of stream"])
+        {
+            assert!(line.contains(text), "{line}");
+            assert!(line.contains("request{method=GET uri=/progress/job-1 request_id=rid-1}"), "{line}");
+            assert!(line.contains(" DEBUG "), "{line}");
+        }
+        assert!(lines[0].contains("tower_http::trace::on_request"), "the targets are tower-http's: {log}");
+        assert!(lines[1].contains("status=200") && lines[1].contains("latency=0 ms"), "{}", lines[1]);
+        assert!(lines[2].contains("stream_duration="), "{}", lines[2]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_5xx_is_an_error_line_at_any_level() {
+        let (log, body) = logged("warn", StatusCode::INTERNAL_SERVER_ERROR, "oops").await;
+        assert_eq!(body, "oops");
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        assert!(lines[0].contains(" ERROR "), "{log}");
+        assert!(lines[0].contains("tower_http::trace::on_failure"), "{log}");
+        assert!(lines[0].contains("response failed"), "{log}");
+        assert!(lines[0].contains("classification=Status code: 500 Internal Server Error"), "{log}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_info_a_success_logs_nothing() {
+        let (log, body) = logged("info", StatusCode::OK, "quiet").await;
+        assert_eq!((log.as_str(), body.as_str()), ("", "quiet"));
+    }
+}
