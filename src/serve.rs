@@ -43,7 +43,7 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -203,38 +203,44 @@ impl Connection {
         let mut conn = pin!(builder.serve_connection(io, service));
         let mut shutdown = pin!(self.signal.closed());
         let mut shutting_down = false;
-        let mut armed = activity.deadline();
-        let timer = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
-        let mut timer = pin!(timer);
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
+        // The timer runs to `armed`, at or before the deadline: it is set
+        // again only when the deadline moves earlier, or when it fires
+        // early (the deadline moved later meanwhile). Setting it on every
+        // request's start and end cost a timer-wheel update each (issue 23).
+        let mut armed: Option<Instant> = None;
+        let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
+        let timed_out = std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    return;
+                    return Poll::Ready(None);
                 }
-                () = activity.changed.notified() => {}
-                () = timer.as_mut(), if armed.is_some() => {
-                    if let Some(header) = activity.expired() {
-                        metrics::connection_timed_out(header);
-                        // Dropping the connection closes the socket; no
-                        // request is in progress.
-                        return;
-                    }
-                }
-                () = shutdown.as_mut(), if !shutting_down => {
+                if !shutting_down && shutdown.as_mut().poll(cx).is_ready() {
                     shutting_down = true;
                     conn.as_mut().graceful_shutdown();
+                    continue;
+                }
+                // The deadline moves only inside `conn.poll` (reading, and the
+                // start and end of requests, all in this task), so it is read
+                // after it, and no wake-up is needed.
+                let Some(deadline) = activity.deadline() else { return Poll::Pending };
+                if armed.is_none_or(|at| deadline < at) {
+                    timer.as_mut().reset(deadline);
+                    armed = Some(deadline);
+                }
+                ready!(timer.as_mut().poll(cx));
+                armed = None;
+                if let Some(header) = activity.expired() {
+                    return Poll::Ready(Some(header));
                 }
             }
-            let deadline = activity.deadline();
-            if deadline != armed {
-                armed = deadline;
-                if let Some(at) = deadline {
-                    timer.as_mut().reset(at);
-                }
-            }
+        })
+        .await;
+        if let Some(header) = timed_out {
+            metrics::connection_timed_out(header);
+            // Dropping the connection closes the socket; no request is in progress.
         }
     }
 }
@@ -257,9 +263,6 @@ struct Activity {
     deadline_ms: AtomicU64,
     /// Which timeout `deadline_ms` is.
     header_deadline: AtomicBool,
-    /// Wakes the connection's task when the deadline moves to an earlier or
-    /// first time.
-    changed: Notify,
 }
 
 impl Activity {
@@ -275,7 +278,6 @@ impl Activity {
             reading_head: AtomicBool::new(true),
             deadline_ms: AtomicU64::new(header_timeout_ms),
             header_deadline: AtomicBool::new(true),
-            changed: Notify::new(),
         }
     }
 
@@ -286,7 +288,6 @@ impl Activity {
     fn set_deadline(&self, after_ms: u64, header: bool) {
         self.header_deadline.store(header, Ordering::Relaxed);
         self.deadline_ms.store(self.now_ms().saturating_add(after_ms).min(NONE - 1), Ordering::Release);
-        self.changed.notify_one();
     }
 
     /// A request's head is in and its handler runs: no deadline until its
