@@ -82,7 +82,8 @@ fn new_request_id() -> HeaderValue {
 /// Request ids: the request's own `X-Request-Id`, else a new one
 /// ([`new_request_id`]) set on the request (so its span and log lines carry
 /// it), and the same id on the response unless the response already has
-/// one. One layer for what tower-http's `SetRequestId` and
+/// one. It also marks `Authorization` sensitive, so that no `Debug` of the
+/// headers shows a token. One layer for what tower-http's `SetRequestId` and
 /// `PropagateRequestId` did in two, less their request extension, which
 /// nothing here reads (issue 23).
 #[derive(Debug, Clone, Copy, Default)]
@@ -115,6 +116,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // A token never shows in a log line, whatever prints the headers
+        // (as tower-http's `SetSensitiveRequestHeaders` did, in a layer of its own).
+        if let Some(authorization) = request.headers_mut().get_mut(http::header::AUTHORIZATION) {
+            authorization.set_sensitive(true);
+        }
         let id = match request.headers().get(&REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
@@ -360,6 +366,20 @@ mod tests {
         assert_eq!(&a[19..], "8000-000000000000");
         assert_eq!(std::str::from_utf8(&request_id(u64::MAX >> 2)).unwrap()[19..], *"bfff-ffffffffffff");
         assert_eq!(request_id(1 << 62), request_id(0), "the counter has 62 bits");
+    }
+
+    #[tokio::test]
+    async fn authorization_is_marked_sensitive_and_the_request_id_set() {
+        let inner = tower::service_fn(|request: Request| async move {
+            let authorization = request.headers().get(axum::http::header::AUTHORIZATION).unwrap();
+            assert!(authorization.is_sensitive());
+            assert_eq!(format!("{authorization:?}"), "Sensitive", "no Debug shows the token");
+            assert!(request.headers().contains_key(&REQUEST_ID));
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        });
+        let request = Request::get("/").header("authorization", "Bearer secret").body(Body::empty()).unwrap();
+        let response = RequestIdLayer.layer(inner).oneshot(request).await.unwrap();
+        assert!(response.headers().contains_key(&REQUEST_ID));
     }
 
     #[test]

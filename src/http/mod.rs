@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::error::Error;
 use crate::service::ProgressService;
@@ -188,9 +187,9 @@ pub fn routes() -> Vec<Route> {
 /// check of its access class, and those whose handlers do not gzip their
 /// own bodies behind the compression layer; around everything, from the
 /// inside out: panics become 500s, the timeout (inside the trace span, so
-/// its log line carries the request id), the trace span, `Authorization`
-/// marked sensitive, the request id (set on the request, copied to the
-/// response), and CORS outermost, so preflights are answered before anything
+/// its log line carries the request id), the trace span, the request id
+/// (set on the request, copied to the response; `Authorization` marked
+/// sensitive on the way), and CORS outermost, so preflights are answered before anything
 /// else and every answer (401s, 404s, timeouts) carries the CORS headers.
 pub fn router(state: AppState) -> Router {
     let router = routes().into_iter().fold(Router::new(), |router, r| {
@@ -208,12 +207,9 @@ pub fn router(state: AppState) -> Router {
     // `/healthz`: 83 → 32). The order is that of one call per layer, outermost first.
     let stack = ServiceBuilder::new()
         .option_layer(cors::cors(&layer_settings.cors_origins))
-        // CORS answers preflights itself and needs a body type it can make.
-        .map_response(IntoResponse::into_response)
         // Inside CORS, so it counts every answer (401s, timeouts) but preflights.
         .layer(crate::metrics::HttpMetricsLayer::new(routes().iter().map(|r| r.path)))
         .layer(layers::RequestIdLayer)
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
         .layer(trace::TraceLayer)
         .layer(layers::TimeoutLayer { limit: layer_settings.request_timeout })
         .layer(CatchPanicLayer::custom(|_| Error::Internal("a handler panicked".into()).into_response()));
