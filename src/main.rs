@@ -9,7 +9,8 @@ use progressd::store::{PostgresStore, PostgresStoreConfig};
 use progressd::{Settings, app, telemetry};
 
 // glibc malloc showed up at ~8% of a GET profile, with arena lock waits;
-// mimalloc's thread-local free lists avoid both.
+// mimalloc's thread-local free lists avoid both. Built without transparent
+// huge pages (Cargo.toml, `no_thp`): issue 23's memory per event stream.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
