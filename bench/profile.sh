@@ -43,7 +43,9 @@
 # instance with the read cache off: one Redis GET per request), patch, put,
 # and get_auth, healthz_auth (as get and healthz on an instance with read
 # and write tokens and a CORS origin, every request sending a read token and
-# an `Origin`; callgrind only).
+# an `Origin`; callgrind only), and bare (the bare axum route of
+# examples/bare_axum.rs, PROFILE_BARE_BIN, default next to the binary:
+# the limit; callgrind only).
 
 set -Eeuo pipefail
 
@@ -99,6 +101,7 @@ if [[ -z "${PROFILE_BIN:-}" && "${PROFILE_SKIP_BUILD:-0}" != 1 ]]; then
      cargo build --release --locked) >&2 || die "the build failed"
 fi
 [[ -x "$BIN" ]] || die "$BIN does not exist"
+BARE_BIN="${PROFILE_BARE_BIN:-$(dirname "$BIN")/examples/bare_axum}"
 
 # --- helpers -------------------------------------------------------------------
 
@@ -117,12 +120,12 @@ start() {
       PROGRESS_KEY_PREFIX="$KEY_PREFIX" PROGRESS_TTL_SECONDS=900 PROGRESS_LOG_LEVEL=warn \
       PROGRESS_REQUEST_TIMEOUT_SECONDS=120 PROGRESS_REDIS_TIMEOUT_MS=5000 PROGRESS_DATABASE_TIMEOUT_MS=10000 \
       ${PROFILE_DATABASE_URL:+DATABASE_URL=$PROFILE_DATABASE_URL} "${env[@]}" \
-      "${wrapper[@]}" "$BIN" ) >"$OUT/server-$name.log" 2>&1 &
+      "${wrapper[@]}" "${START_BIN:-$BIN}" ) >"$OUT/server-$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   for _ in $(seq 1 600); do
     kill -0 "$pid" 2>/dev/null || die "the $name server exited: $(tail -n 5 "$OUT/server-$name.log")"
-    if curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$port/healthz"; then
+    if curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$port/${READY_PATH-healthz}"; then
       echo "$pid http://127.0.0.1:$port"
       return 0
     fi
@@ -164,7 +167,8 @@ export BENCH_WRITE_IDS="$WRITE_IDS" BENCH_PUT_ID_PREFIX=bench-put- BENCH_PATCH_I
   BENCH_RECORD_JSON="$BENCH_DIR/record.json"
 
 # Requests the server answered so far (every route), from its /metrics.
-answered() {
+answered() {  # (the bare route has no /metrics: 0, and every request is counted as sent)
+  [[ "${ANSWERED_FIXED:-}" ]] && { echo "$ANSWERED_FIXED"; return; }
   curl -fs "$1/metrics" | awk '/^http_requests_total\{/ && !/route="\/metrics"/ {n += $NF} END {printf "%d\n", n}'
 }
 
@@ -229,6 +233,7 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
     local c=(curl -s -S --no-progress-meter -Z --parallel-max 8)
     case "$1" in
       healthz) "${c[@]}" "$2/healthz?[1-$REQUESTS]" ;;
+      bare) "${c[@]}" "$2/?[1-$REQUESTS]" ;;
       get|get_off) "${c[@]}" "$2/progress/bench-read?[1-$REQUESTS]" ;;
       get_304) "${c[@]}" -H "If-None-Match: $(etag_of "$2")" "$2/progress/bench-read?[1-$REQUESTS]" ;;
       get_auth|healthz_auth)
@@ -250,19 +255,26 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
   callgrind_run() {  # scenario [VAR=value ...]
     local name="$1"; shift
     local pid base
-    read -r pid base < <(start "callgrind-$name" valgrind --tool=callgrind --instr-atstart=no \
+    local bin="$BIN"
+    [[ "$name" == bare ]] && bin="$BARE_BIN"
+    local ready=healthz
+    [[ "$name" == bare ]] && ready=""
+    read -r pid base < <(READY_PATH="$ready" START_BIN="$bin" start "callgrind-$name" valgrind --tool=callgrind --instr-atstart=no \
       --callgrind-out-file="$OUT/callgrind-$name.out" -- "$@")
     local token=""
     [[ "$name" == *_auth ]] && token=profile-write
-    SEED_TOKEN="$token" seed "$base" "$CALLGRIND_IDS"
+    [[ "$name" == bare ]] || SEED_TOKEN="$token" seed "$base" "$CALLGRIND_IDS"
     # Warm up uncounted (connections, Redis script cache, read cache, metric handles).
     fixed_requests "$name" "$base"
     local before after
+    [[ "$name" == bare ]] && export ANSWERED_FIXED=0
     before="$(answered "$base")"
     callgrind_control -i on "$pid" >/dev/null
     fixed_requests "$name" "$base"
     callgrind_control -i off "$pid" >/dev/null
+    [[ "$name" == bare ]] && export ANSWERED_FIXED="$REQUESTS"
     after="$(answered "$base")"
+    unset ANSWERED_FIXED
     callgrind_control -d "$pid" >/dev/null
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
