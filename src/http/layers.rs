@@ -1,6 +1,6 @@
-//! The tower layers around the routes: request ids, tracing,
-//! compression and the request timeout. `super::router` stacks them; the
-//! order is explained there.
+//! The tower layers around the routes: request ids, compression and the
+//! request timeout (CORS is in `cors.rs`, the request span and log lines in
+//! `trace.rs`). `super::router` stacks them; the order is explained there.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +18,6 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-use tracing::Span;
 
 use crate::error::Error;
 use crate::settings::Settings;
@@ -184,19 +183,6 @@ impl LayerSettings {
             request_timeout: Duration::from_secs(settings.request_timeout_seconds),
         }
     }
-}
-
-/// The span of one request. It records the request id, so every log line
-/// of the request carries it, and never any header (`Authorization` holds
-/// a token).
-pub(crate) fn request_span(request: &Request) -> Span {
-    let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        uri = %request.uri().path(),
-        request_id = %request_id,
-    )
 }
 
 /// gzip for responses of 256 bytes and more, never for event streams

@@ -27,7 +27,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -38,7 +38,20 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::Span;
 
-use super::layers::request_span;
+use super::layers::REQUEST_ID;
+
+/// The span of one request. It records the request id, so every log line
+/// of the request carries it, and never any header (`Authorization` holds
+/// a token).
+fn request_span(request: &Request) -> Span {
+    let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri().path(),
+        request_id = %request_id,
+    )
+}
 
 /// The layer of [`Trace`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -102,7 +115,8 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         let Ok(response) = ready!(this.inner.poll(cx));
-        let latency = Millis(this.start.elapsed());
+        // Read from the clock only by a line that is written.
+        let latency = Since(*this.start);
         let status = response.status();
         tracing::debug!(
             target: "tower_http::trace::on_response",
@@ -152,7 +166,7 @@ impl http_body::Body for TracedBody {
                 tracing::error!(
                     target: "tower_http::trace::on_failure",
                     classification = %format_args!("Error: {error}"),
-                    latency = %Millis(start.elapsed()),
+                    latency = %Since(start),
                     "response failed"
                 );
             }
@@ -162,7 +176,7 @@ impl http_body::Body for TracedBody {
                 *this.start = None;
                 tracing::debug!(
                     target: "tower_http::trace::on_eos",
-                    stream_duration = %Millis(start.elapsed()),
+                    stream_duration = %Since(start),
                     "end of stream"
                 );
             }
@@ -179,12 +193,15 @@ impl http_body::Body for TracedBody {
     }
 }
 
-/// A duration as tower-http writes it in its log lines: whole milliseconds.
-struct Millis(Duration);
+/// The time since an instant as tower-http writes it in its log lines,
+/// whole milliseconds, read from the clock when (and only when) the line
+/// is written.
+#[derive(Clone, Copy)]
+struct Since(Instant);
 
-impl fmt::Display for Millis {
+impl fmt::Display for Since {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ms", self.0.as_millis())
+        write!(f, "{} ms", self.0.elapsed().as_millis())
     }
 }
 
@@ -206,7 +223,6 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::http::REQUEST_ID;
 
     /// What the subscriber wrote.
     #[derive(Clone, Default)]
@@ -261,7 +277,9 @@ mod tests {
             assert!(line.contains(" DEBUG "), "{line}");
         }
         assert!(lines[0].contains("tower_http::trace::on_request"), "the targets are tower-http's: {log}");
-        assert!(lines[1].contains("status=200") && lines[1].contains("latency=0 ms"), "{}", lines[1]);
+        let latency = lines[1].split("latency=").nth(1).and_then(|rest| rest.split_once(" ms")).map(|(n, _)| n);
+        assert!(latency.is_some_and(|n| n.parse::<u64>().is_ok()), "whole milliseconds: {}", lines[1]);
+        assert!(lines[1].contains("status=200"), "{}", lines[1]);
         assert!(lines[2].contains("stream_duration="), "{}", lines[2]);
     }
 
@@ -275,6 +293,7 @@ mod tests {
         assert!(lines[0].contains("tower_http::trace::on_failure"), "{log}");
         assert!(lines[0].contains("response failed"), "{log}");
         assert!(lines[0].contains("classification=Status code: 500 Internal Server Error"), "{log}");
+        assert!(lines[0].contains("latency="), "{log}");
     }
 
     #[tokio::test(flavor = "current_thread")]
