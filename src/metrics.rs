@@ -508,17 +508,29 @@ impl RouteSeries {
 
 /// Records `http_requests_total` and `http_request_duration_seconds`.
 ///
-/// Add it with `Router::layer`: axum runs such layers after routing, so
-/// the request carries its [`MatchedPath`] (absent: `unmatched`).
+/// A route's own layer ([`HttpMetricsLayer::for_route`]) labels with its
+/// route. Otherwise the label is the request's [`MatchedPath`] (absent:
+/// `unmatched`), which axum sets before the layers of `Router::layer` and
+/// of a route's handler run.
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
     series: &'static RouteSeries,
+    /// The row of every request's route, when the layer is one route's.
+    route: Option<usize>,
 }
 
 impl HttpMetricsLayer {
     /// A layer labelling requests with the route `paths` (the route table).
     pub fn new(paths: impl IntoIterator<Item = &'static str>) -> Self {
-        Self { series: RouteSeries::shared(paths) }
+        Self { series: RouteSeries::shared(paths), route: None }
+    }
+
+    /// The same layer for the one route `path` of the table: it labels every
+    /// request with `path` without looking at the request (issue 23). A
+    /// path outside the table gives the layer back unchanged.
+    pub fn for_route(&self, path: &str) -> Self {
+        let route = self.series.routes.iter().position(|r| *r == path);
+        Self { series: self.series, route: route.or(self.route) }
     }
 }
 
@@ -526,7 +538,7 @@ impl<S> Layer<S> for HttpMetricsLayer {
     type Service = HttpMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics { inner, series: self.series }
+        HttpMetrics { inner, series: self.series, route: self.route }
     }
 }
 
@@ -535,6 +547,7 @@ impl<S> Layer<S> for HttpMetricsLayer {
 pub struct HttpMetrics<S> {
     inner: S,
     series: &'static RouteSeries,
+    route: Option<usize>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetrics<S>
@@ -552,7 +565,10 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let method = method_index(request.method());
-        let route = self.series.label_of(request.extensions().get::<MatchedPath>());
+        let route = match self.route {
+            Some(row) => RouteLabel::Listed(row),
+            None => self.series.label_of(request.extensions().get::<MatchedPath>()),
+        };
         ResponseFuture { inner: self.inner.call(request), started, method, route, series: self.series }
     }
 }

@@ -28,15 +28,14 @@ use std::task::{Context, Poll};
 use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::MethodRouter;
 use futures_util::FutureExt;
 use pin_project_lite::pin_project;
 use subtle::{Choice, ConstantTimeEq};
 use tower::{Layer, Service};
 
+use super::Access;
 use super::address::{AddressLimit, TrustedProxies};
 use super::rate::ScopedLimiter;
-use super::{Access, AppState};
 use crate::error::Error;
 use crate::settings::Settings;
 use crate::tokens::{Rights, Scope, SigningKeys, looks_like_jwt};
@@ -412,7 +411,7 @@ pub(crate) fn matches_any<'a>(presented: Option<&[u8]>, candidates: impl IntoIte
 /// `middleware::from_fn_with_state`, which clones and boxes the inner
 /// service and boxes the future of every request (issue 23).
 #[derive(Clone)]
-struct GuardLayer {
+pub(crate) struct GuardLayer {
     access: Access,
     tokens: Arc<AccessTokens>,
 }
@@ -427,7 +426,7 @@ impl<S> Layer<S> for GuardLayer {
 
 /// The service of [`GuardLayer`].
 #[derive(Clone)]
-struct Guard<S> {
+pub(crate) struct Guard<S> {
     inner: S,
     access: Access,
     tokens: Arc<AccessTokens>,
@@ -456,7 +455,7 @@ where
 pin_project! {
     /// The response future of [`Guard`].
     #[project = GuardFutureProj]
-    enum GuardFuture<F> {
+    pub(crate) enum GuardFuture<F> {
         /// The request went on to the handler.
         Granted { #[pin] inner: F },
         /// The request was refused; the answer, until polled.
@@ -528,16 +527,9 @@ fn in_scope(access: Access, rights: Arc<Rights>, request: Request) -> Result<Req
     Ok(Request::from_parts(parts, body))
 }
 
-/// `handler` behind the token check of `access` (public routes unchanged).
-pub(crate) fn guard(
-    access: Access,
-    tokens: &Arc<AccessTokens>,
-    handler: MethodRouter<AppState>,
-) -> MethodRouter<AppState> {
-    if access == Access::Public {
-        return handler;
-    }
-    handler.route_layer(GuardLayer { access, tokens: tokens.clone() })
+/// The token check of `access`; none for public routes.
+pub(crate) fn guard(access: Access, tokens: &Arc<AccessTokens>) -> Option<GuardLayer> {
+    (access != Access::Public).then(|| GuardLayer { access, tokens: tokens.clone() })
 }
 
 #[cfg(test)]

@@ -1,15 +1,17 @@
 //! The HTTP side: the route table, extractors, handlers and the mapping
 //! of errors to problem documents.
 
+use std::any::Any;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::handler::Handler;
+use axum::handler::{Handler, HandlerService};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use tower::ServiceBuilder;
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::Error;
@@ -123,7 +125,8 @@ pub struct Route {
     /// Whether its responses go through the compression layer, or the
     /// handler gzips its own bodies (or sends none worth compressing).
     gzip: Gzip,
-    handler: MethodRouter<AppState>,
+    /// The handler behind the given layers.
+    handler: Box<dyn FnOnce(RouteLayers) -> MethodRouter<AppState>>,
 }
 
 /// Who gzips a route's responses.
@@ -151,7 +154,8 @@ where
     T: 'static,
 {
     let filter = MethodFilter::try_from(method.clone()).expect("standard methods have filters");
-    Route { method, path, access, gzip: Gzip::Layer, handler: on(filter, handler) }
+    let handler = Box::new(move |layers: RouteLayers| on(filter, layers.around(handler)));
+    Route { method, path, access, gzip: Gzip::Layer, handler }
 }
 
 /// Every route the service answers. The router is built from this table,
@@ -183,37 +187,111 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The application with all its layers. Each route sits behind the token
-/// check of its access class, and those whose handlers do not gzip their
-/// own bodies behind the compression layer; around everything, from the
-/// inside out: panics become 500s, the timeout (inside the trace span, so
-/// its log line carries the request id), the trace span, the request id
-/// (set on the request, copied to the response; `Authorization` marked
-/// sensitive on the way), and CORS outermost, so preflights are answered before anything
-/// else and every answer (401s, 404s, timeouts) carries the CORS headers.
+/// The application with all its layers. Every route has the whole stack
+/// around its handler; from the outside in: CORS (so preflights are
+/// answered before anything else and every answer, 401s, 404s and timeouts
+/// included, carries the CORS headers), the metrics, the request id (set on
+/// the request, copied to the response; `Authorization` marked sensitive on
+/// the way), the trace span, the timeout (inside the span, so its log line
+/// carries the request id), panics made 500s, then the compression layer
+/// for the routes whose handlers do not gzip their own bodies, and the
+/// token check of the route's access class. The fallbacks (404, and 405
+/// for a path whose method has no route) have the same stack without the
+/// last two.
+///
+/// The stack wraps each handler itself (`Handler::layer`), not the router
+/// or the route (`Router::layer`, `route_layer`): axum boxes a route's
+/// service once for each of those and clones and calls through every box
+/// on every request (issue 23). Each route's metrics layer knows its label,
+/// so no request looks its path up.
 pub fn router(state: AppState) -> Router {
-    let router = routes().into_iter().fold(Router::new(), |router, r| {
-        let handler = auth::guard(r.access, &state.tokens, r.handler);
-        let handler = match r.gzip {
-            Gzip::Layer => handler.layer(layers::compression()),
-            Gzip::Handler => handler,
+    let table = routes();
+    let metrics = crate::metrics::HttpMetricsLayer::new(table.iter().map(|r| r.path));
+    let outer = OuterLayers {
+        cors: cors::cors(&state.layers.cors_origins),
+        metrics,
+        timeout: layers::TimeoutLayer { limit: state.layers.request_timeout },
+    };
+    let router = table.into_iter().fold(Router::new(), |router, r| {
+        let layers = RouteLayers {
+            outer: OuterLayers { metrics: outer.metrics.for_route(r.path), ..outer.clone() },
+            gzip: r.gzip == Gzip::Layer,
+            guard: auth::guard(r.access, &state.tokens),
         };
-        router.route(r.path, handler)
+        router.route(r.path, (r.handler)(layers))
     });
-    let layer_settings = state.layers.clone();
-    // One `layer` call for the whole stack: axum boxes a route's service once
-    // per call and tower clones every box for every request, so eight calls
-    // cost about 50 allocations per request that one does not (callgrind,
-    // `/healthz`: 83 → 32). The order is that of one call per layer, outermost first.
-    let stack = ServiceBuilder::new()
-        .option_layer(cors::cors(&layer_settings.cors_origins))
-        // Inside CORS, so it counts every answer (401s, timeouts) but preflights.
-        .layer(crate::metrics::HttpMetricsLayer::new(routes().iter().map(|r| r.path)))
-        .layer(layers::RequestIdLayer)
-        .layer(trace::TraceLayer)
-        .layer(layers::TimeoutLayer { limit: layer_settings.request_timeout })
-        .layer(CatchPanicLayer::custom(|_| Error::Internal("a handler panicked".into()).into_response()));
-    router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(stack).with_state(state)
+    router
+        .fallback(outer.around(not_found))
+        .method_not_allowed_fallback(outer.around(method_not_allowed))
+        .with_state(state)
+}
+
+/// The layers every answer passes through, fallbacks included.
+#[derive(Clone)]
+struct OuterLayers {
+    cors: Option<cors::CorsLayer>,
+    metrics: crate::metrics::HttpMetricsLayer,
+    timeout: layers::TimeoutLayer,
+}
+
+impl OuterLayers {
+    /// `handler` behind these layers (`inner` between them and it).
+    fn around_with<H, T, L>(&self, inner: L, handler: H) -> impl Handler<T, AppState> + use<H, T, L>
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+        L: Layer<HandlerService<H, T, AppState>> + Clone + Send + Sync + 'static,
+        L::Service: Service<axum::extract::Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        <L::Service as Service<axum::extract::Request>>::Future: Send,
+    {
+        // One `ServiceBuilder` whose order is that of one layer call each, outermost first.
+        let stack = ServiceBuilder::new()
+            .option_layer(self.cors.clone())
+            .layer(self.metrics.clone())
+            .layer(layers::RequestIdLayer)
+            .layer(trace::TraceLayer)
+            .layer(self.timeout)
+            .layer(CatchPanicLayer::custom(panicked as fn(Box<dyn Any + Send>) -> Response))
+            .layer(inner);
+        handler.layer(stack)
+    }
+
+    fn around<H, T>(&self, handler: H) -> impl Handler<T, AppState> + use<H, T>
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.around_with(tower::layer::util::Identity::new(), handler)
+    }
+}
+
+/// The layers of one route: [`OuterLayers`] (its metrics labelled with the
+/// route), then its compression and token check.
+struct RouteLayers {
+    outer: OuterLayers,
+    gzip: bool,
+    guard: Option<auth::GuardLayer>,
+}
+
+impl RouteLayers {
+    fn around<H, T>(self, handler: H) -> impl Handler<T, AppState> + use<H, T>
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let inner = ServiceBuilder::new()
+            .option_layer(self.gzip.then(|| {
+                ServiceBuilder::new()
+                    .layer(tower::util::MapResponseLayer::new(IntoResponse::into_response))
+                    .layer(layers::compression())
+            }))
+            .option_layer(self.guard);
+        self.outer.around_with(inner, handler)
+    }
+}
+
+fn panicked(_: Box<dyn Any + Send>) -> Response {
+    Error::Internal("a handler panicked".into()).into_response()
 }
 
 /// `GET /healthz`: 200 while the process runs.
