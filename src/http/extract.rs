@@ -1,7 +1,7 @@
 //! Extractors whose rejections are the app's own [`Error`], so every bad
 //! input gets a problem document instead of a bare framework message.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::{HeaderMap, HeaderName, header, request::Parts};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -18,11 +18,16 @@ pub struct PathId(pub ProgressId);
 impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = Error;
 
+    /// The percent-decoded parameter as it is, where `Path<String>` would
+    /// collect the parameters, run serde and copy the text once more before
+    /// the id copies it (issue 23).
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|e| Error::InvalidId(format!("the id cannot be read: {}", e.body_text())))?;
-        ProgressId::parse(&raw).map(PathId).map_err(|e| Error::InvalidId(e.0))
+        let raw = params.iter().find_map(|(name, value)| (name == "id").then_some(value));
+        let raw = raw.ok_or_else(|| Error::Internal("a route with an id has no {id} in its path".into()))?;
+        ProgressId::parse(raw).map(PathId).map_err(|e| Error::InvalidId(e.0))
     }
 }
 
