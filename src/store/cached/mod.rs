@@ -66,7 +66,7 @@ pub struct CachedStore {
     generation: AtomicU64,
     /// Whether change notices are arriving.
     live: AtomicBool,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::quality::RandomState,
 }
 
 impl CachedStore {
