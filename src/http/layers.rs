@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -237,15 +238,20 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let limit = self.limit + Duration::from_secs(long_poll_seconds(request.uri().query()));
-        TimeoutFuture { inner: tokio::time::timeout(limit, self.inner.call(request)), limit }
+        TimeoutFuture { inner: self.inner.call(request), sleep: None, limit }
     }
 }
 
 pin_project! {
-    /// The response future of [`Timeout`].
+    /// The response future of [`Timeout`]. The timer starts when the
+    /// handler first waits, right after the request reached it: a request
+    /// answered at once (`/healthz`, a cached read) reads no clock and
+    /// sets no timer (issue 23).
     pub(crate) struct TimeoutFuture<F> {
         #[pin]
-        inner: tokio::time::Timeout<F>,
+        inner: F,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
         limit: Duration,
     }
 }
@@ -259,15 +265,88 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
-            Ok(Ok(response)) => response.map(Body::new),
-            Err(_) => {
-                let limit = *this.limit;
-                tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
-                Error::RequestTimeout { seconds: limit.as_secs() }.into_response()
-            }
-        }))
+        let mut this = self.project();
+        if let Poll::Ready(Ok(response)) = this.inner.poll(cx) {
+            return Poll::Ready(Ok(response.map(Body::new)));
+        }
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            ready!(sleep.poll(cx));
+        }
+        let limit = *this.limit;
+        tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+        Poll::Ready(Ok(Error::RequestTimeout { seconds: limit.as_secs() }.into_response()))
+    }
+}
+
+/// A panic in a handler becomes a 500 `internal` problem document, and the
+/// process goes on. What tower-http's `CatchPanicLayer` did, without boxing
+/// every response body it passes (which the timeout layer then boxed again
+/// to make it axum's `Body`: two allocations and two dynamic calls per
+/// body frame, issue 23). A panic while the body is sent is not caught,
+/// as it was not there either: hyper closes that connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CatchPanicLayer;
+
+impl<S> Layer<S> for CatchPanicLayer {
+    type Service = CatchPanic<S>;
+
+    fn layer(&self, inner: S) -> CatchPanic<S> {
+        CatchPanic { inner }
+    }
+}
+
+/// The service of [`CatchPanicLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct CatchPanic<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for CatchPanic<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = CatchPanicFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+            Ok(inner) => CatchPanicFuture::Running { inner },
+            Err(_) => CatchPanicFuture::Panicked,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CatchPanic`].
+    #[project = CatchPanicProj]
+    pub(crate) enum CatchPanicFuture<F> {
+        /// The handler's future.
+        Running { #[pin] inner: F },
+        /// The handler panicked when called.
+        Panicked,
+    }
+}
+
+impl<F> Future for CatchPanicFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let polled = match self.project() {
+            CatchPanicProj::Running { inner } => catch_unwind(AssertUnwindSafe(|| inner.poll(cx))),
+            CatchPanicProj::Panicked => Err(Box::new(()) as Box<dyn std::any::Any + Send>),
+        };
+        polled.unwrap_or_else(|_| Poll::Ready(Ok(Error::Internal("a handler panicked".into()).into_response())))
     }
 }
 
@@ -339,6 +418,48 @@ mod tests {
         let (status, _, _) = call(slow_router(Duration::from_secs(2)), "/slow?wait=5").await;
         assert_eq!(status, 503);
         assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    async fn explode(after_a_wait: bool) -> &'static str {
+        if after_a_wait {
+            tokio::task::yield_now().await;
+        }
+        panic!("in the handler's future")
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_problem_500_and_the_service_goes_on() {
+        let router = Router::new()
+            .route("/after-a-wait", get(|| explode(true)))
+            .route("/at-once", get(|| explode(false)))
+            .route("/fine", get(|| async { "fine" }))
+            .layer(CatchPanicLayer);
+        for uri in ["/after-a-wait", "/at-once"] {
+            let (status, content_type, body) = call(router.clone(), uri).await;
+            assert_eq!((status, content_type.as_deref()), (500, Some("application/problem+json")), "{uri}");
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(doc["code"], "internal", "{uri}: {doc}");
+        }
+        assert_eq!(call(router, "/fine").await.2, "fine");
+    }
+
+    #[tokio::test]
+    async fn a_panic_when_called_is_a_problem_500() {
+        #[derive(Clone)]
+        struct Explodes;
+        impl Service<Request> for Explodes {
+            type Response = Response;
+            type Error = Infallible;
+            type Future = std::future::Ready<Result<Response, Infallible>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request) -> Self::Future {
+                panic!("in call")
+            }
+        }
+        let response = CatchPanicLayer.layer(Explodes).oneshot(Request::get("/").body(Body::empty()).unwrap());
+        assert_eq!(response.await.unwrap().status(), 500);
     }
 
     #[test]

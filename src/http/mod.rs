@@ -1,7 +1,6 @@
 //! The HTTP side: the route table, extractors, handlers and the mapping
 //! of errors to problem documents.
 
-use std::any::Any;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -12,7 +11,6 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::{Layer, Service, ServiceBuilder};
-use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::Error;
 use crate::service::ProgressService;
@@ -251,7 +249,7 @@ impl OuterLayers {
             .layer(layers::RequestIdLayer)
             .layer(trace::TraceLayer)
             .layer(self.timeout)
-            .layer(CatchPanicLayer::custom(panicked as fn(Box<dyn Any + Send>) -> Response))
+            .layer(layers::CatchPanicLayer)
             .layer(inner);
         handler.layer(stack)
     }
@@ -288,10 +286,6 @@ impl RouteLayers {
             .option_layer(self.guard);
         self.outer.around_with(inner, handler)
     }
-}
-
-fn panicked(_: Box<dyn Any + Send>) -> Response {
-    Error::Internal("a handler panicked".into()).into_response()
 }
 
 /// `GET /healthz`: 200 while the process runs.
