@@ -43,13 +43,14 @@ use super::layers::REQUEST_ID;
 /// The span of one request. It records the request id, so every log line
 /// of the request carries it, and never any header (`Authorization` holds
 /// a token).
+/// The fields are read only when the span is on: the macro evaluates them
+/// after its level check, so with the span off no header is looked up.
 fn request_span(request: &Request) -> Span {
-    let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
     tracing::info_span!(
         "request",
         method = %request.method(),
         uri = %request.uri().path(),
-        request_id = %request_id,
+        request_id = %request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
     )
 }
 
