@@ -54,6 +54,13 @@ fn request_span(request: &Request) -> Span {
     )
 }
 
+/// Whether request spans are on (`PROGRESS_LOG_LEVEL` info or finer for
+/// this module): the request id layer sets a new id on the request only
+/// then, for [`request_span`] to read.
+pub(crate) fn spans_on() -> bool {
+    tracing::span_enabled!(tracing::Level::INFO)
+}
+
 /// The layer of [`Trace`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TraceLayer;
