@@ -48,6 +48,8 @@ fn sigterm_exits_zero_and_the_redis_password_is_never_logged() {
     assert_eq!(code, 0, "{logs}");
     assert!(!logs.contains("s3cret"), "{logs}");
     assert!(logs.contains("default:****@"), "the redacted URL is logged: {logs}");
+    assert!(logs.contains("request{method=GET uri=/progress/x request_id="), "the request's span: {logs}");
+    assert!(!logs.contains('\x1b'), "no colour escapes when the logs go to a pipe, as on a platform: {logs}");
 }
 
 #[test]
