@@ -34,6 +34,8 @@
 #   PROFILE_BIN         profile this binary instead of building one
 #   PROFILE_OUT         where reports go (default: a new directory under /tmp)
 #   PROFILE_CACHE_MAX_AGE_MS  passed to the server as PROGRESS_CACHE_MAX_AGE_MS (default: unset)
+#   PROFILE_LOG_LEVEL   the server's PROGRESS_LOG_LEVEL (default warn, as bench/run.sh; the
+#                       service's own default is info, which opens a span per request)
 #   PROFILE_DATABASE_URL  a PostgreSQL database for the durable tier, as bench/run.sh
 #                       uses one (default: none, Redis alone)
 #   REDIS_URL           Redis to use (default redis://127.0.0.1:6379)
@@ -117,7 +119,7 @@ start() {
   env=("$@")
   port="$(free_port)"
   ( cd "$OUT" && exec env -u RUST_LOG PORT="$port" PROGRESS_HOST=127.0.0.1 REDIS_URL="$REDIS_URL" \
-      PROGRESS_KEY_PREFIX="$KEY_PREFIX" PROGRESS_TTL_SECONDS=900 PROGRESS_LOG_LEVEL=warn \
+      PROGRESS_KEY_PREFIX="$KEY_PREFIX" PROGRESS_TTL_SECONDS=900 PROGRESS_LOG_LEVEL="${PROFILE_LOG_LEVEL:-warn}" \
       PROGRESS_REQUEST_TIMEOUT_SECONDS=120 PROGRESS_REDIS_TIMEOUT_MS=5000 PROGRESS_DATABASE_TIMEOUT_MS=10000 \
       ${PROFILE_DATABASE_URL:+DATABASE_URL=$PROFILE_DATABASE_URL} "${env[@]}" \
       "${wrapper[@]}" "${START_BIN:-$BIN}" ) >"$OUT/server-$name.log" 2>&1 &
