@@ -480,18 +480,40 @@ mod tests {
         assert_eq!(request_id(1 << 62), request_id(0), "the counter has 62 bits");
     }
 
-    #[tokio::test]
-    async fn authorization_is_marked_sensitive_and_the_request_id_set() {
-        let inner = tower::service_fn(|request: Request| async move {
+    /// The request id the handler saw (if any) and the response's, at `level`.
+    async fn request_ids_at(level: &str) -> (Option<HeaderValue>, Option<HeaderValue>) {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_writer(std::io::sink)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen_inside = seen.clone();
+        let inner = tower::service_fn(move |request: Request| {
             let authorization = request.headers().get(axum::http::header::AUTHORIZATION).unwrap();
             assert!(authorization.is_sensitive());
             assert_eq!(format!("{authorization:?}"), "Sensitive", "no Debug shows the token");
-            assert!(request.headers().contains_key(&REQUEST_ID));
-            Ok::<_, Infallible>(Response::new(Body::empty()))
+            *seen_inside.lock().unwrap() = request.headers().get(&REQUEST_ID).cloned();
+            async { Ok::<_, Infallible>(Response::new(Body::empty())) }
         });
         let request = Request::get("/").header("authorization", "Bearer secret").body(Body::empty()).unwrap();
         let response = RequestIdLayer.layer(inner).oneshot(request).await.unwrap();
-        assert!(response.headers().contains_key(&REQUEST_ID));
+        let seen = seen.lock().unwrap().clone();
+        (seen, response.headers().get(&REQUEST_ID).cloned())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn with_request_spans_the_new_id_is_on_the_request_and_the_response() {
+        let (seen, sent) = request_ids_at("info").await;
+        assert!(seen.is_some(), "the span reads it from the request");
+        assert_eq!(seen, sent);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_request_spans_the_new_id_is_on_the_response_only() {
+        let (seen, sent) = request_ids_at("warn").await;
+        assert_eq!(seen, None);
+        assert!(sent.is_some_and(|id| id.len() == 36), "a UUID");
     }
 
     #[test]
