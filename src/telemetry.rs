@@ -3,6 +3,11 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub mod request_span;
+
+use request_span::LazySpans;
 
 use crate::settings::{LogFormat, Settings};
 
@@ -13,9 +18,12 @@ pub fn init(settings: &Settings) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colours(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").is_some()));
+    // Request spans are opened when a line needs them (`request_span`).
     let _ = match settings.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => {
+            LazySpans::new(builder.json().flatten_event(true).with_current_span(true).finish()).try_init()
+        }
+        LogFormat::Pretty => LazySpans::new(builder.finish()).try_init(),
     };
 }
 

@@ -36,29 +36,29 @@ use axum::response::Response;
 use http_body::Frame;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
-use tracing::Span;
 
 use super::layers::REQUEST_ID;
+use crate::telemetry::request_span::{self, RequestContext};
 
-/// The span of one request. It records the request id, so every log line
+/// What the span of one request says: the request id, so every log line
 /// of the request carries it, and never any header (`Authorization` holds
-/// a token).
-/// The fields are read only when the span is on: the macro evaluates them
-/// after its level check, so with the span off no header is looked up.
-fn request_span(request: &Request) -> Span {
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        uri = %request.uri().path(),
-        request_id = %request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
-    )
+/// a token). `None` when request spans are off. The span itself is opened
+/// by the first line written inside it (`crate::telemetry::request_span`).
+fn request_context(request: &Request) -> Option<RequestContext> {
+    request_span::enabled().then(|| {
+        RequestContext::new(
+            request.method().clone(),
+            request.uri().clone(),
+            request.headers().get(&REQUEST_ID).cloned(),
+        )
+    })
 }
 
 /// Whether request spans are on (`PROGRESS_LOG_LEVEL` info or finer for
 /// this module): the request id layer sets a new id on the request only
-/// then, for [`request_span`] to read.
+/// then, for [`request_context`] to read.
 pub(crate) fn spans_on() -> bool {
-    tracing::span_enabled!(tracing::Level::INFO)
+    request_span::enabled()
 }
 
 /// The layer of [`Trace`].
@@ -92,14 +92,14 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let span = request_span(&request);
+        let mut context = request_context(&request);
         let start = Instant::now();
         let inner = {
-            let _entered = span.enter();
+            let _entered = request_span::enter(&mut context);
             tracing::debug!(target: "tower_http::trace::on_request", "started processing request");
             self.inner.call(request)
         };
-        TraceFuture { inner, span, start }
+        TraceFuture { inner, context, start }
     }
 }
 
@@ -108,7 +108,7 @@ pin_project! {
     pub(crate) struct TraceFuture<F> {
         #[pin]
         inner: F,
-        span: Span,
+        context: Option<RequestContext>,
         start: Instant,
     }
 }
@@ -121,7 +121,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let entered = request_span::enter(this.context);
         let Ok(response) = ready!(this.inner.poll(cx));
         // Read from the clock only by a line that is written.
         let latency = Since(*this.start);
@@ -140,11 +140,12 @@ where
                 "response failed"
             );
         }
-        if this.span.is_disabled() {
-            return Poll::Ready(Ok(response));
-        }
-        let span = this.span.clone();
-        Poll::Ready(Ok(response.map(|body| Body::new(TracedBody { inner: body, span, start: Some(Instant::now()) }))))
+        drop(entered);
+        let Some(context) = this.context.take() else { return Poll::Ready(Ok(response)) };
+        let context = Some(context);
+        Poll::Ready(
+            Ok(response.map(|body| Body::new(TracedBody { inner: body, context, start: Some(Instant::now()) }))),
+        )
     }
 }
 
@@ -153,7 +154,7 @@ pin_project! {
     struct TracedBody {
         #[pin]
         inner: Body,
-        span: Span,
+        context: Option<RequestContext>,
         // When the body started; taken when its end is logged.
         start: Option<Instant>,
     }
@@ -165,7 +166,7 @@ impl http_body::Body for TracedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let mut this = self.project();
-        let _entered = this.span.enter();
+        let _entered = request_span::enter(this.context);
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         let Some(start) = *this.start else { return Poll::Ready(frame) };
         match &frame {
@@ -256,7 +257,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = tracing::subscriber::set_default(request_span::LazySpans::new(subscriber));
         let inner = tower::service_fn(move |_: Request| async move {
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = status;
@@ -302,6 +303,71 @@ mod tests {
         assert!(lines[0].contains("response failed"), "{log}");
         assert!(lines[0].contains("classification=Status code: 500 Internal Server Error"), "{log}");
         assert!(lines[0].contains("latency="), "{log}");
+    }
+
+    /// The log of one request at info whose handler writes a warning (after
+    /// waiting once, so the line is written in a later poll), then a line
+    /// outside any request; `json`: in the JSON format.
+    async fn logged_from_a_handler(json: bool) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(move || writer.clone())
+            .with_ansi(false);
+        let _default = if json {
+            let subscriber = builder.json().flatten_event(true).with_current_span(true).finish();
+            tracing::subscriber::set_default(request_span::LazySpans::new(subscriber))
+        } else {
+            tracing::subscriber::set_default(request_span::LazySpans::new(builder.finish()))
+        };
+        let inner = tower::service_fn(|_: Request| async {
+            tracing::warn!(attempt = 1, "the store is slow");
+            tokio::task::yield_now().await;
+            tracing::warn!(attempt = 2, "the store is slow");
+            Ok::<_, Infallible>(Response::new(Body::from("late")))
+        });
+        let mut request = Request::get("/progress/job-1").body(Body::empty()).unwrap();
+        request.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("rid-1"));
+        let response = TraceLayer.layer(inner).oneshot(request).await.unwrap();
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "late");
+        tracing::warn!("after the request");
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_handlers_lines_carry_the_span_opened_for_them() {
+        let log = logged_from_a_handler(false).await;
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        for (line, attempt) in lines[..2].iter().zip(["attempt=1", "attempt=2"]) {
+            assert!(line.contains(" WARN request{method=GET uri=/progress/job-1 request_id=rid-1}: "), "{line}");
+            assert!(line.contains("the store is slow") && line.contains(attempt), "{line}");
+        }
+        assert!(!lines[2].contains("request{"), "the request is over: {}", lines[2]);
+        assert!(lines[2].contains("after the request"), "{}", lines[2]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn in_json_a_handlers_lines_carry_the_span() {
+        let log = logged_from_a_handler(true).await;
+        let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        let span =
+            serde_json::json!({"method": "GET", "uri": "/progress/job-1", "request_id": "rid-1", "name": "request"});
+        for line in &lines[..2] {
+            assert_eq!(line["span"], span, "{line}");
+            assert_eq!(line["spans"], serde_json::json!([span]), "{line}");
+        }
+        assert!(lines[2].get("span").is_none(), "the request is over: {}", lines[2]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_info_a_5xx_line_carries_the_span() {
+        let (log, _) = logged("info", StatusCode::SERVICE_UNAVAILABLE, "busy").await;
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains(" ERROR request{method=GET uri=/progress/job-1 request_id=rid-1}: "), "{log}");
+        assert!(log.contains("response failed"), "{log}");
     }
 
     #[tokio::test(flavor = "current_thread")]
