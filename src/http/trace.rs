@@ -44,7 +44,7 @@ use crate::telemetry::request_span::{self, RequestContext};
 /// of the request carries it, and never any header (`Authorization` holds
 /// a token). `None` when request spans are off. The span itself is opened
 /// by the first line written inside it (`crate::telemetry::request_span`).
-fn request_context(request: &Request) -> Option<RequestContext> {
+fn request_context(request: &Request) -> Option<Box<RequestContext>> {
     request_span::enabled().then(|| {
         RequestContext::new(
             request.method().clone(),
@@ -108,7 +108,7 @@ pin_project! {
     pub(crate) struct TraceFuture<F> {
         #[pin]
         inner: F,
-        context: Option<RequestContext>,
+        context: Option<Box<RequestContext>>,
         start: Instant,
     }
 }
@@ -154,7 +154,7 @@ pin_project! {
     struct TracedBody {
         #[pin]
         inner: Body,
-        context: Option<RequestContext>,
+        context: Option<Box<RequestContext>>,
         // When the body started; taken when its end is logged.
         start: Option<Instant>,
     }
