@@ -421,10 +421,13 @@ settings! {
     cache_max_age_ms: u64 { var: "PROGRESS_CACHE_MAX_AGE_MS", default: "30000", read: parsed(MILLISECONDS) }
     /// Most records held in the read cache.
     cache_max_entries: usize { var: "PROGRESS_CACHE_MAX_ENTRIES", default: "100000", read: parsed(WHOLE) }
-    /// Log format: `pretty` or `json`.
+    /// Log format: `pretty` or `json`. `pretty` is coloured only on a
+    /// terminal, and never with `NO_COLOR` set.
     log_format: LogFormat { var: "PROGRESS_LOG_FORMAT", default: "pretty", read: parsed("pretty or json") }
     /// Log filter such as `info` or `progressd=debug,tower_http=debug`;
-    /// `RUST_LOG` wins when set.
+    /// `RUST_LOG` wins when set. A line written while a request is served
+    /// carries its `request{method uri request_id}`; filters scoped to that
+    /// span (`[request]=debug`) are not supported.
     log_level: String { var: "PROGRESS_LOG_LEVEL", default: "info", read: text, rule: log_filter }
 
     derived {
