@@ -138,7 +138,10 @@ where
         if request.method() == Method::OPTIONS {
             return CorsFuture::Preflight { allow_origin };
         }
-        CorsFuture::Call { inner: self.inner.call(request), allow_origin, config: self.config.clone() }
+        // The exposed headers go with an allowed origin only: a request
+        // without one takes nothing from the configuration.
+        let allowed = allow_origin.map(|origin| (origin, self.config.expose_headers.clone()));
+        CorsFuture::Call { inner: self.inner.call(request), allowed }
     }
 }
 
@@ -152,8 +155,8 @@ pin_project! {
         Call {
             #[pin]
             inner: F,
-            allow_origin: Option<HeaderValue>,
-            config: Arc<Config>,
+            // `Access-Control-Allow-Origin` and `-Expose-Headers`, when the origin is allowed.
+            allowed: Option<(HeaderValue, HeaderValue)>,
         },
     }
 }
@@ -179,14 +182,14 @@ where
                 headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(PREFLIGHT_MAX_AGE.as_secs()));
                 Poll::Ready(Ok(response))
             }
-            CorsFutureProj::Call { inner, allow_origin, config } => {
+            CorsFutureProj::Call { inner, allowed } => {
                 let mut response = ready!(inner.poll(cx))?;
                 let headers = response.headers_mut();
                 // A response's own `Vary` is kept; ours is added to it.
                 headers.append(header::VARY, HeaderValue::from_static(VARY_ORIGIN));
-                if let Some(origin) = allow_origin.take() {
+                if let Some((origin, expose)) = allowed.take() {
                     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, config.expose_headers.clone());
+                    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose);
                 }
                 Poll::Ready(Ok(response))
             }
