@@ -127,7 +127,7 @@ where
             // with spans off it goes to the response alone, which spares
             // the request's header map an insert (and often a resize)
             // (issue 23).
-            None if super::trace::spans_on() => {
+            None if crate::telemetry::request_span::enabled() => {
                 let id = new_request_id();
                 request.headers_mut().insert(REQUEST_ID, id.clone());
                 id
@@ -347,11 +347,13 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let polled = match self.project() {
-            CatchPanicProj::Running { inner } => catch_unwind(AssertUnwindSafe(|| inner.poll(cx))),
-            CatchPanicProj::Panicked => Err(Box::new(()) as Box<dyn std::any::Any + Send>),
-        };
-        polled.unwrap_or_else(|_| Poll::Ready(Ok(Error::Internal("a handler panicked".into()).into_response())))
+        let panicked = || Poll::Ready(Ok(Error::Internal("a handler panicked".into()).into_response()));
+        match self.project() {
+            CatchPanicProj::Running { inner } => {
+                catch_unwind(AssertUnwindSafe(|| inner.poll(cx))).unwrap_or_else(|_| panicked())
+            }
+            CatchPanicProj::Panicked => panicked(),
+        }
     }
 }
 

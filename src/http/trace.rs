@@ -42,7 +42,8 @@ use crate::telemetry::request_span::{self, RequestContext};
 
 /// What the span of one request says: the request id, so every log line
 /// of the request carries it, and never any header (`Authorization` holds
-/// a token). `None` when request spans are off. The span itself is opened
+/// a token). `None` when request spans are off (the request id layer then
+/// leaves a new id off the request, since nothing here reads it). The span itself is opened
 /// by the first line written inside it (`crate::telemetry::request_span`).
 fn request_context(request: &Request) -> Option<Box<RequestContext>> {
     request_span::enabled().then(|| {
@@ -52,13 +53,6 @@ fn request_context(request: &Request) -> Option<Box<RequestContext>> {
             request.headers().get(&REQUEST_ID).cloned(),
         )
     })
-}
-
-/// Whether request spans are on (`PROGRESS_LOG_LEVEL` info or finer for
-/// this module): the request id layer sets a new id on the request only
-/// then, for [`request_context`] to read.
-pub(crate) fn spans_on() -> bool {
-    request_span::enabled()
 }
 
 /// The layer of [`Trace`].
@@ -141,8 +135,10 @@ where
             );
         }
         drop(entered);
-        let Some(context) = this.context.take() else { return Poll::Ready(Ok(response)) };
-        let context = Some(context);
+        if this.context.is_none() {
+            return Poll::Ready(Ok(response));
+        }
+        let context = this.context.take();
         Poll::Ready(
             Ok(response.map(|body| Body::new(TracedBody { inner: body, context, start: Some(Instant::now()) }))),
         )
@@ -248,16 +244,28 @@ mod tests {
         }
     }
 
-    /// The log of one request answered with `status` and `body`, at `level`, and the body received.
-    async fn logged(level: &str, status: StatusCode, body: &'static str) -> (String, String) {
+    /// This thread's subscriber until the guard is dropped: the service's
+    /// (`LazySpans` around the fmt subscriber, pretty or, with `json`, as
+    /// `PROGRESS_LOG_FORMAT=json`) at `level`, writing into what it returns.
+    fn capture(level: &str, json: bool) -> (Captured, tracing::subscriber::DefaultGuard) {
         let captured = Captured::default();
         let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
+        let builder = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(level))
             .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _default = tracing::subscriber::set_default(request_span::LazySpans::new(subscriber));
+            .with_ansi(false);
+        let guard = if json {
+            let subscriber = builder.json().flatten_event(true).with_current_span(true).finish();
+            tracing::subscriber::set_default(request_span::LazySpans::new(subscriber))
+        } else {
+            tracing::subscriber::set_default(request_span::LazySpans::new(builder.finish()))
+        };
+        (captured, guard)
+    }
+
+    /// The log of one request answered with `status` and `body`, at `level`, and the body received.
+    async fn logged(level: &str, status: StatusCode, body: &'static str) -> (String, String) {
+        let (captured, _default) = capture(level, false);
         let inner = tower::service_fn(move |_: Request| async move {
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = status;
@@ -309,18 +317,7 @@ mod tests {
     /// waiting once, so the line is written in a later poll), then a line
     /// outside any request; `json`: in the JSON format.
     async fn logged_from_a_handler(json: bool) -> String {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_writer(move || writer.clone())
-            .with_ansi(false);
-        let _default = if json {
-            let subscriber = builder.json().flatten_event(true).with_current_span(true).finish();
-            tracing::subscriber::set_default(request_span::LazySpans::new(subscriber))
-        } else {
-            tracing::subscriber::set_default(request_span::LazySpans::new(builder.finish()))
-        };
+        let (captured, _default) = capture("info", json);
         let inner = tower::service_fn(|_: Request| async {
             tracing::warn!(attempt = 1, "the store is slow");
             tokio::task::yield_now().await;
