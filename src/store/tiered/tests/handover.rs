@@ -159,7 +159,13 @@ async fn an_instance_cut_off_from_a_redis_the_others_reach_writes_nowhere() {
     let (job, created) = a.job_then_redis_down().await;
     let cut_off = a.write(&job, &record_at("job", 2, "running", created)).await;
     assert!(is_unavailable(&cut_off), "B still writes in Redis: a write in PostgreSQL would fork: {cut_off:?}");
-    advance(Duration::from_secs(3)).await;
+    // Past the settle time the way time passes, a tenth of a second at a
+    // time, so that B's heartbeat ticks on the way as it would. One jump of
+    // 3 s left B's last heartbeat right at the 3 s liveness bound whenever
+    // its ticker had not run yet after the jump (5 of 40 runs at 3905848).
+    for _ in 0..30 {
+        advance(Duration::from_millis(100)).await;
+    }
     let still = a.write(&job, &record_at("job", 2, "running", created)).await;
     assert!(is_unavailable(&still), "not even after the settle time: {still:?}");
     assert!(is_unavailable(&a.store.delete(&job).await), "nor a delete");
