@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/bare.sh: progressd against the limit (issue 23). Every row is
-# reported as a ratio to a bare axum route (examples/bare_axum.rs: the same
+# reported as a ratio to a bare axum route (bench/bare_axum: the same
 # axum, hyper, tokio and allocator, the same release profile, a static
 # 400-byte JSON body, no layers) and to progressd's own `/healthz`, all
 # measured in the same run.
@@ -20,13 +20,14 @@
 # (utime + stime from /proc over the run), steadier than requests/s on a
 # shared machine.
 #
-#   cargo build --release --locked --bin progressd --example bare_axum
+#   cargo build --release --locked --bin progressd
+#   cargo build --release --locked --manifest-path bench/bare_axum/Cargo.toml --target-dir target
 #   bench/bare.sh
 #   BARE_BINS="before=/tmp/progressd-before after=target/release/progressd" BARE_AUTH=1 bench/bare.sh
 #
 # Environment (all optional):
 #   BARE_BINS      label=path pairs of progressd binaries (default: progressd=target/release/progressd)
-#   BARE_BARE_BIN  the bare axum binary (default target/release/examples/bare_axum)
+#   BARE_BARE_BIN  the bare axum binary (default target/release/bare_axum)
 #   BARE_ROUNDS    rounds (default 3)
 #   BARE_DURATION  seconds per wrk run (default 5)
 #   BARE_AUTH      1: also the instances with tokens and a CORS origin
@@ -43,10 +44,10 @@ DURATION="${BARE_DURATION:-5}"
 require_count "$ROUNDS" BARE_ROUNDS
 require_count "$DURATION" BARE_DURATION
 read -r -a WRK_ARGS <<<"${BARE_WRK:--t1 -c32}"
-BARE_BIN="${BARE_BARE_BIN:-$ROOT/target/release/examples/bare_axum}"
+BARE_BIN="${BARE_BARE_BIN:-$ROOT/target/release/bare_axum}"
 read -r -a BINS <<<"${BARE_BINS:-progressd=$ROOT/target/release/progressd}"
 need_tools wrk curl python3 redis-cli psql
-[[ -x "$BARE_BIN" ]] || die "$BARE_BIN does not exist (cargo build --release --example bare_axum)"
+[[ -x "$BARE_BIN" ]] || die "$BARE_BIN does not exist (cargo build --release --locked --manifest-path bench/bare_axum/Cargo.toml --target-dir target)"
 
 READ_TOKEN="bench-read-$RUN_ID"
 WRITE_TOKEN="bench-write-$RUN_ID"

@@ -46,7 +46,7 @@
 # and get_auth, healthz_auth (as get and healthz on an instance with read
 # and write tokens and a CORS origin, every request sending a read token and
 # an `Origin`; callgrind only), and bare (the bare axum route of
-# examples/bare_axum.rs, PROFILE_BARE_BIN, default next to the binary:
+# bench/bare_axum, PROFILE_BARE_BIN, default next to the binary:
 # the limit; callgrind only).
 
 set -Eeuo pipefail
@@ -100,10 +100,11 @@ BIN="${PROFILE_BIN:-$ROOT/target/profiling/release/progressd}"
 if [[ -z "${PROFILE_BIN:-}" && "${PROFILE_SKIP_BUILD:-0}" != 1 ]]; then
   log "cargo build --release --locked (line tables, target/profiling)"
   (cd "$ROOT" && CARGO_TARGET_DIR="$ROOT/target/profiling" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
-     cargo build --release --locked) >&2 || die "the build failed"
+     cargo build --release --locked \
+     && cargo build --release --locked --manifest-path bench/bare_axum/Cargo.toml) >&2 || die "the build failed"
 fi
 [[ -x "$BIN" ]] || die "$BIN does not exist"
-BARE_BIN="${PROFILE_BARE_BIN:-$(dirname "$BIN")/examples/bare_axum}"
+BARE_BIN="${PROFILE_BARE_BIN:-$(dirname "$BIN")/bare_axum}"
 
 # --- helpers -------------------------------------------------------------------
 

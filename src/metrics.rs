@@ -5,7 +5,7 @@
 //! render from, the same registry). The README ("Metrics") lists every
 //! metric; the names are the constants below.
 //!
-//! - **HTTP**: [`HttpMetricsLayer`] counts requests by method, matched route
+//! - **HTTP**: [`RouteMetrics`] counts requests by method, matched route
 //!   (`/progress/{id}`, never the raw path; `unmatched` for requests no route
 //!   matched) and status, and times them up to the response head.
 //! - **Stores**: each tier counts its own operations where they happen
@@ -381,4 +381,4 @@ pub fn set_read_cache_entries(entries: usize) {
 
 mod http;
 
-pub use http::{HttpMetrics, HttpMetricsLayer, ResponseFuture, UNMATCHED};
+pub use http::{RequestMetrics, RouteMetrics, UNMATCHED};

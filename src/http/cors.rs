@@ -28,15 +28,12 @@
 //! bytes a response that no client used. No credentials mode: browsers
 //! send the token in `Authorization`, not cookies.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue, Method, Request, Response, header};
-use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Method, Request, header};
+use axum::response::Response;
 
 use super::layers::REQUEST_ID;
 
@@ -71,15 +68,16 @@ struct Config {
     expose_headers: HeaderValue,
 }
 
-/// CORS for the configured origins ([`cors`]).
+/// CORS for the configured origins ([`cors`]), shared by every route's
+/// stack (`super::edge`).
 #[derive(Debug, Clone)]
-pub(crate) struct CorsLayer {
+pub(crate) struct Cors {
     config: Arc<Config>,
 }
 
 /// CORS for `origins` (`*`: any), or `None` when there are none: no CORS
 /// headers at all then.
-pub(crate) fn cors(origins: &[String]) -> Option<CorsLayer> {
+pub(crate) fn cors(origins: &[String]) -> Option<Cors> {
     if origins.is_empty() {
         return None;
     }
@@ -92,7 +90,7 @@ pub(crate) fn cors(origins: &[String]) -> Option<CorsLayer> {
     let exposed = [header::ETAG, header::LOCATION, header::RETRY_AFTER, REQUEST_ID];
     let expose_headers = HeaderValue::from_str(&exposed.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(","))
         .expect("header names joined by commas are a header value");
-    Some(CorsLayer { config: Arc::new(Config { origins, expose_headers }) })
+    Some(Cors { config: Arc::new(Config { origins, expose_headers }) })
 }
 
 impl Config {
@@ -105,94 +103,56 @@ impl Config {
     }
 }
 
-impl<S> Layer<S> for CorsLayer {
-    type Service = Cors<S>;
-
-    fn layer(&self, inner: S) -> Cors<S> {
-        Cors { inner, config: self.config.clone() }
-    }
+/// What CORS makes of a request ([`Cors::start`]).
+pub(crate) enum CorsStart {
+    /// A preflight, answered here: it goes no further.
+    Preflight(Response),
+    /// Any other request: it goes on, and its response is completed by this.
+    Call(CorsFinish),
 }
 
-/// The service of [`CorsLayer`].
-#[derive(Debug, Clone)]
-pub(crate) struct Cors<S> {
-    inner: S,
-    config: Arc<Config>,
+/// The CORS headers of one response.
+pub(crate) struct CorsFinish {
+    /// `Access-Control-Allow-Origin` and `-Expose-Headers`, when the origin is allowed.
+    allowed: Option<(HeaderValue, HeaderValue)>,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cors<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = CorsFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+impl Cors {
+    /// A preflight's answer, or what the response of any other request gets.
+    pub(crate) fn start<B>(&self, request: &Request<B>) -> CorsStart {
         let allow_origin = self.config.allow_origin(request.headers().get(header::ORIGIN));
         if request.method() == Method::OPTIONS {
-            return CorsFuture::Preflight { allow_origin };
+            return CorsStart::Preflight(preflight(allow_origin));
         }
         // The exposed headers go with an allowed origin only: a request
         // without one takes nothing from the configuration.
         let allowed = allow_origin.map(|origin| (origin, self.config.expose_headers.clone()));
-        CorsFuture::Call { inner: self.inner.call(request), allowed }
+        CorsStart::Call(CorsFinish { allowed })
     }
 }
 
-pin_project! {
-    /// The response future of [`Cors`].
-    #[project = CorsFutureProj]
-    pub(crate) enum CorsFuture<F> {
-        /// A preflight, answered here.
-        Preflight { allow_origin: Option<HeaderValue> },
-        /// Any other request, its response to be completed.
-        Call {
-            #[pin]
-            inner: F,
-            // `Access-Control-Allow-Origin` and `-Expose-Headers`, when the origin is allowed.
-            allowed: Option<(HeaderValue, HeaderValue)>,
-        },
+fn preflight(allow_origin: Option<HeaderValue>) -> Response {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    if let Some(origin) = allow_origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     }
+    headers.insert(header::VARY, HeaderValue::from_static(VARY));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(METHODS));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(REQUEST_HEADERS));
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(PREFLIGHT_MAX_AGE.as_secs()));
+    response
 }
 
-impl<F, ResBody, E> Future for CorsFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    ResBody: Default,
-{
-    type Output = Result<Response<ResBody>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            CorsFutureProj::Preflight { allow_origin } => {
-                let mut response = Response::new(ResBody::default());
-                let headers = response.headers_mut();
-                if let Some(origin) = allow_origin.take() {
-                    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                }
-                headers.insert(header::VARY, HeaderValue::from_static(VARY));
-                headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(METHODS));
-                headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(REQUEST_HEADERS));
-                headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(PREFLIGHT_MAX_AGE.as_secs()));
-                Poll::Ready(Ok(response))
-            }
-            CorsFutureProj::Call { inner, allowed } => {
-                let mut response = ready!(inner.poll(cx))?;
-                let headers = response.headers_mut();
-                // A response's own `Vary` is kept; ours is added to it.
-                headers.append(header::VARY, HeaderValue::from_static(VARY_ORIGIN));
-                if let Some((origin, expose)) = allowed.take() {
-                    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose);
-                }
-                Poll::Ready(Ok(response))
-            }
+impl CorsFinish {
+    /// Adds the CORS headers to `response`.
+    pub(crate) fn finish(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        // A response's own `Vary` is kept; ours is added to it.
+        headers.append(header::VARY, HeaderValue::from_static(VARY_ORIGIN));
+        if let Some((origin, expose)) = self.allowed {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose);
         }
     }
 }
@@ -200,31 +160,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use tower::ServiceExt;
 
-    /// An inner service that answers 200 with a `Vary` of its own.
-    fn app(
-        origins: &[&str],
-    ) -> impl Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible> {
+    /// The answer to a request with `method` from `origin`: the preflight,
+    /// or an inner 200 with a `Vary` of its own, completed.
+    fn call(origins: &[&str], method: Method, origin: Option<&str>) -> Response {
         let origins: Vec<String> = origins.iter().map(|o| o.to_string()).collect();
-        let inner = tower::service_fn(|_request: Request<Body>| async {
-            let mut response = Response::new(Body::from("ok"));
-            response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-            Ok::<_, std::convert::Infallible>(response)
-        });
-        cors(&origins).expect("origins are configured").layer(inner)
-    }
-
-    async fn call(origins: &[&str], method: Method, origin: Option<&str>) -> Response<Body> {
         let mut request = Request::builder().method(method).uri("/progress/a");
         if let Some(origin) = origin {
             request = request.header(header::ORIGIN, origin);
         }
-        app(origins).oneshot(request.body(Body::empty()).unwrap()).await.unwrap()
+        let request = request.body(Body::empty()).unwrap();
+        match cors(&origins).expect("origins are configured").start(&request) {
+            CorsStart::Preflight(response) => response,
+            CorsStart::Call(finish) => {
+                let mut response = Response::new(Body::from("ok"));
+                response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+                finish.finish(&mut response);
+                response
+            }
+        }
     }
 
-    fn values(response: &Response<Body>, name: HeaderName) -> Vec<&str> {
+    fn values(response: &Response, name: HeaderName) -> Vec<&str> {
         response.headers().get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
     }
 
@@ -233,9 +190,9 @@ mod tests {
         assert!(cors(&[]).is_none());
     }
 
-    #[tokio::test]
-    async fn an_allowed_origin_is_echoed_and_the_headers_exposed() {
-        let response = call(&["https://a.example", "https://b.example"], Method::GET, Some("https://b.example")).await;
+    #[test]
+    fn an_allowed_origin_is_echoed_and_the_headers_exposed() {
+        let response = call(&["https://a.example", "https://b.example"], Method::GET, Some("https://b.example"));
         assert_eq!(values(&response, header::ACCESS_CONTROL_ALLOW_ORIGIN), ["https://b.example"]);
         assert_eq!(
             values(&response, header::ACCESS_CONTROL_EXPOSE_HEADERS),
@@ -245,28 +202,28 @@ mod tests {
         assert!(response.headers().get(header::ACCESS_CONTROL_ALLOW_METHODS).is_none(), "only preflights");
     }
 
-    #[tokio::test]
-    async fn another_origin_or_none_gets_no_allow_origin_but_the_vary() {
+    #[test]
+    fn another_origin_or_none_gets_no_allow_origin_but_the_vary() {
         for origin in [Some("https://evil.example"), None] {
-            let response = call(&["https://a.example"], Method::GET, origin).await;
+            let response = call(&["https://a.example"], Method::GET, origin);
             assert!(response.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(), "{origin:?}");
             assert!(response.headers().get(header::ACCESS_CONTROL_EXPOSE_HEADERS).is_none(), "{origin:?}");
             assert_eq!(values(&response, header::VARY), ["accept-encoding", "origin"]);
         }
     }
 
-    #[tokio::test]
-    async fn any_origin_is_answered_with_a_star() {
+    #[test]
+    fn any_origin_is_answered_with_a_star() {
         for origin in [Some("https://anyone.example"), None] {
-            let response = call(&["*"], Method::PUT, origin).await;
+            let response = call(&["*"], Method::PUT, origin);
             assert_eq!(values(&response, header::ACCESS_CONTROL_ALLOW_ORIGIN), ["*"], "{origin:?}");
             assert_eq!(values(&response, header::ACCESS_CONTROL_EXPOSE_HEADERS).len(), 1, "{origin:?}");
         }
     }
 
-    #[tokio::test]
-    async fn a_preflight_is_answered_here() {
-        let response = call(&["https://a.example"], Method::OPTIONS, Some("https://a.example")).await;
+    #[test]
+    fn a_preflight_is_answered_here() {
+        let response = call(&["https://a.example"], Method::OPTIONS, Some("https://a.example"));
         assert_eq!(response.status(), 200);
         assert_eq!(values(&response, header::ACCESS_CONTROL_ALLOW_ORIGIN), ["https://a.example"]);
         assert_eq!(values(&response, header::ACCESS_CONTROL_ALLOW_METHODS), [METHODS]);
@@ -274,7 +231,7 @@ mod tests {
         assert_eq!(values(&response, header::ACCESS_CONTROL_MAX_AGE), ["3600"]);
         assert_eq!(values(&response, header::VARY), [VARY], "not the inner service's: it was not called");
         assert!(response.headers().get(header::ACCESS_CONTROL_EXPOSE_HEADERS).is_none());
-        let refused = call(&["https://a.example"], Method::OPTIONS, Some("https://evil.example")).await;
+        let refused = call(&["https://a.example"], Method::OPTIONS, Some("https://evil.example"));
         assert!(refused.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     }
 }

@@ -22,6 +22,7 @@ mod assets;
 mod auth;
 mod cancel;
 mod cors;
+mod edge;
 mod events;
 mod extract;
 mod gzip;
@@ -186,54 +187,53 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The application with all its layers. Every route has the whole stack
-/// around its handler; from the outside in: CORS (so preflights are
-/// answered before anything else and every answer, 401s, 404s and timeouts
-/// included, carries the CORS headers), the metrics, the request id (set on
-/// the request, copied to the response; `Authorization` marked sensitive on
-/// the way), the trace span, the timeout (inside the span, so its log line
-/// carries the request id), panics made 500s, then the compression layer
-/// for the routes whose handlers do not gzip their own bodies, and the
-/// token check of the route's access class. The fallbacks (404, and 405
+/// around its handler; from the outside in: the edge (`edge.rs`: CORS, so
+/// preflights are answered before anything else and every answer, 401s,
+/// 404s and timeouts included, carries the CORS headers; the metrics; the
+/// request id; the request span; the timeout; panics made 500s), then the
+/// compression layer for the routes whose handlers do not gzip their own
+/// bodies, and the token check of the route's access class. The fallbacks (404, and 405
 /// for a path whose method has no route) have the same stack without the
-/// last two.
+/// last two, the 405s labelled with their path in the metrics, the 404s
+/// `unmatched`.
 ///
 /// The stack wraps each handler itself (`Handler::layer`), not the router
 /// or the route (`Router::layer`, `route_layer`): axum boxes a route's
 /// service once for each of those and clones and calls through every box
-/// on every request (issue 23). Each route's metrics layer knows its label,
+/// on every request (issue 23). Each route's edge knows its metrics label,
 /// so no request looks its path up.
 pub fn router(state: AppState) -> Router {
     let table = routes();
-    let metrics = crate::metrics::HttpMetricsLayer::new(table.iter().map(|r| r.path));
-    let outer = OuterLayers {
+    let outer = edge::EdgeLayer {
         cors: cors::cors(&state.layers.cors_origins),
-        metrics,
-        timeout: layers::TimeoutLayer { limit: state.layers.request_timeout },
+        metrics: crate::metrics::RouteMetrics::new(table.iter().map(|r| r.path)),
+        timeout: state.layers.request_timeout,
     };
-    let router = table.into_iter().fold(Router::new(), |router, r| {
+    // One method router per path (GET, PUT, PATCH and DELETE share
+    // `/progress/{id}`), each with its 405 answer behind the stack
+    // labelled with its path.
+    let mut paths: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for r in table {
         let layers = RouteLayers {
-            outer: OuterLayers { metrics: outer.metrics.for_route(r.path), ..outer.clone() },
+            edge: edge::EdgeLayer { metrics: outer.metrics.for_route(r.path), ..outer.clone() },
             gzip: r.gzip == Gzip::Layer,
             guard: auth::guard(r.access, &state.tokens),
         };
-        router.route(r.path, (r.handler)(layers))
+        let methods = (r.handler)(layers);
+        match paths.iter_mut().find(|(path, _)| *path == r.path) {
+            Some((_, known)) => *known = std::mem::replace(known, MethodRouter::new()).merge(methods),
+            None => paths.push((r.path, methods)),
+        }
+    }
+    let router = paths.into_iter().fold(Router::new(), |router, (path, methods)| {
+        let edge = edge::EdgeLayer { metrics: outer.metrics.for_route(path), ..outer.clone() };
+        router.route(path, methods.fallback(edge.around(method_not_allowed)))
     });
-    router
-        .fallback(outer.around(not_found))
-        .method_not_allowed_fallback(outer.around(method_not_allowed))
-        .with_state(state)
+    router.fallback(outer.around(not_found)).with_state(state)
 }
 
-/// The layers every answer passes through, fallbacks included.
-#[derive(Clone)]
-struct OuterLayers {
-    cors: Option<cors::CorsLayer>,
-    metrics: crate::metrics::HttpMetricsLayer,
-    timeout: layers::TimeoutLayer,
-}
-
-impl OuterLayers {
-    /// `handler` behind these layers (`inner` between them and it).
+impl edge::EdgeLayer {
+    /// `handler` behind the edge (`inner` between it and the handler).
     fn around_with<H, T, L>(&self, inner: L, handler: H) -> impl Handler<T, AppState> + use<H, T, L>
     where
         H: Handler<T, AppState>,
@@ -242,16 +242,7 @@ impl OuterLayers {
         L::Service: Service<axum::extract::Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
         <L::Service as Service<axum::extract::Request>>::Future: Send,
     {
-        // One `ServiceBuilder` whose order is that of one layer call each, outermost first.
-        let stack = ServiceBuilder::new()
-            .option_layer(self.cors.clone())
-            .layer(self.metrics.clone())
-            .layer(layers::RequestIdLayer)
-            .layer(trace::TraceLayer)
-            .layer(self.timeout)
-            .layer(layers::CatchPanicLayer)
-            .layer(inner);
-        handler.layer(stack)
+        handler.layer(ServiceBuilder::new().layer(self.clone()).layer(inner))
     }
 
     fn around<H, T>(&self, handler: H) -> impl Handler<T, AppState> + use<H, T>
@@ -263,10 +254,10 @@ impl OuterLayers {
     }
 }
 
-/// The layers of one route: [`OuterLayers`] (its metrics labelled with the
+/// The layers of one route: the edge (its metrics labelled with the
 /// route), then its compression and token check.
 struct RouteLayers {
-    outer: OuterLayers,
+    edge: edge::EdgeLayer,
     gzip: bool,
     guard: Option<auth::GuardLayer>,
 }
@@ -284,13 +275,14 @@ impl RouteLayers {
                     .layer(layers::compression())
             }))
             .option_layer(self.guard);
-        self.outer.around_with(inner, handler)
+        self.edge.around_with(inner, handler)
     }
 }
 
-/// `GET /healthz`: 200 while the process runs.
+/// `GET /healthz`: 200 while the process runs. Built as it is sent: a
+/// `&str`'s `into_response` would set a `text/plain` type first (issue 23).
 async fn healthz() -> Response {
-    let mut response = r#"{"status":"ok"}"#.into_response();
+    let mut response = Response::new(axum::body::Body::from(r#"{"status":"ok"}"#));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -22,9 +22,7 @@
 //! `info`) the body goes out as it is and only the two checks of the
 //! `DEBUG` and `ERROR` callsites remain.
 
-use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -35,17 +33,16 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use http_body::Frame;
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
 
 use super::layers::REQUEST_ID;
 use crate::telemetry::request_span::{self, RequestContext};
 
 /// What the span of one request says: the request id, so every log line
 /// of the request carries it, and never any header (`Authorization` holds
-/// a token). `None` when request spans are off (the request id layer then
-/// leaves a new id off the request, since nothing here reads it). The span itself is opened
-/// by the first line written inside it (`crate::telemetry::request_span`).
-fn request_context(request: &Request) -> Option<Box<RequestContext>> {
+/// a token). `None` when request spans are off (the request id is then
+/// left off the request, since nothing here reads it). The span itself is
+/// opened by the first line written inside it (`crate::telemetry::request_span`).
+pub(super) fn request_context(request: &Request) -> Option<Box<RequestContext>> {
     request_span::enabled().then(|| {
         RequestContext::new(
             request.method().clone(),
@@ -55,94 +52,39 @@ fn request_context(request: &Request) -> Option<Box<RequestContext>> {
     })
 }
 
-/// The layer of [`Trace`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TraceLayer;
-
-impl<S> Layer<S> for TraceLayer {
-    type Service = Trace<S>;
-
-    fn layer(&self, inner: S) -> Trace<S> {
-        Trace { inner }
-    }
+/// The request reaches its handler (inside its span).
+pub(super) fn started() {
+    tracing::debug!(target: "tower_http::trace::on_request", "started processing request");
 }
 
-/// The request span and log lines around `S` (see the module documentation).
-#[derive(Debug, Clone)]
-pub(crate) struct Trace<S> {
-    inner: S,
-}
-
-impl<S> Service<Request> for Trace<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = TraceFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let mut context = request_context(&request);
-        let start = Instant::now();
-        let inner = {
-            let _entered = request_span::enter(&mut context);
-            tracing::debug!(target: "tower_http::trace::on_request", "started processing request");
-            self.inner.call(request)
-        };
-        TraceFuture { inner, context, start }
-    }
-}
-
-pin_project! {
-    /// The response future of [`Trace`].
-    pub(crate) struct TraceFuture<F> {
-        #[pin]
-        inner: F,
-        context: Option<Box<RequestContext>>,
-        start: Instant,
-    }
-}
-
-impl<F> Future for TraceFuture<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let entered = request_span::enter(this.context);
-        let Ok(response) = ready!(this.inner.poll(cx));
-        // Read from the clock only by a line that is written.
-        let latency = Since(*this.start);
-        let status = response.status();
-        tracing::debug!(
-            target: "tower_http::trace::on_response",
+/// The response head is ready, `status`, for a request that started at
+/// `start` (inside its span).
+pub(super) fn finished(start: Instant, status: StatusCode) {
+    // Read from the clock only by a line that is written.
+    let latency = Since(start);
+    tracing::debug!(
+        target: "tower_http::trace::on_response",
+        %latency,
+        status = status.as_u16(),
+        "finished processing request"
+    );
+    if status.is_server_error() {
+        tracing::error!(
+            target: "tower_http::trace::on_failure",
+            classification = %StatusFailure(status),
             %latency,
-            status = status.as_u16(),
-            "finished processing request"
+            "response failed"
         );
-        if status.is_server_error() {
-            tracing::error!(
-                target: "tower_http::trace::on_failure",
-                classification = %StatusFailure(status),
-                %latency,
-                "response failed"
-            );
-        }
-        drop(entered);
-        if this.context.is_none() {
-            return Poll::Ready(Ok(response));
-        }
-        let context = this.context.take();
-        Poll::Ready(
-            Ok(response.map(|body| Body::new(TracedBody { inner: body, context, start: Some(Instant::now()) }))),
-        )
     }
+}
+
+/// `response`, its body sent inside the span of `context` (when spans are
+/// on; else as it is).
+pub(super) fn traced(response: Response, context: Option<Box<RequestContext>>) -> Response {
+    if context.is_none() {
+        return response;
+    }
+    response.map(|body| Body::new(TracedBody { inner: body, context, start: Some(Instant::now()) }))
 }
 
 pin_project! {
@@ -223,10 +165,14 @@ impl fmt::Display for StatusFailure {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use std::convert::Infallible;
+    use std::time::Duration;
+
     use axum::http::{HeaderValue, StatusCode};
     use http_body_util::BodyExt;
-    use tower::ServiceExt;
+    use tower::{Layer, ServiceExt};
 
+    use super::super::edge::tests::edge;
     use super::*;
 
     /// What the subscriber wrote.
@@ -273,7 +219,7 @@ mod tests {
         });
         let mut request = Request::get("/progress/job-1").body(Body::empty()).unwrap();
         request.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("rid-1"));
-        let response = TraceLayer.layer(inner).oneshot(request).await.unwrap();
+        let response = edge(Duration::from_secs(60)).layer(inner).oneshot(request).await.unwrap();
         assert_eq!(response.status(), status);
         let received = response.into_body().collect().await.unwrap().to_bytes();
         let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
@@ -326,7 +272,7 @@ mod tests {
         });
         let mut request = Request::get("/progress/job-1").body(Body::empty()).unwrap();
         request.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("rid-1"));
-        let response = TraceLayer.layer(inner).oneshot(request).await.unwrap();
+        let response = edge(Duration::from_secs(60)).layer(inner).oneshot(request).await.unwrap();
         assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "late");
         tracing::warn!("after the request");
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()

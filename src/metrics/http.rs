@@ -1,18 +1,12 @@
 //! The HTTP series: `http_requests_total` and
-//! `http_request_duration_seconds`, recorded by [`HttpMetricsLayer`].
+//! `http_request_duration_seconds`, recorded through [`RouteMetrics`].
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ::metrics::{Counter, Histogram, SharedString};
+use ::metrics::{Counter, Histogram};
 use ::metrics::{counter, histogram};
-use axum::extract::MatchedPath;
-use axum::http::{Method, Request, StatusCode};
-use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use axum::http::{Method, StatusCode};
 
 use super::{HTTP_REQUEST_DURATION, HTTP_REQUESTS, handle};
 
@@ -55,14 +49,6 @@ fn status_label(status: StatusCode) -> &'static str {
     std::str::from_utf8(&STATUS_DIGITS[at..at + 3]).unwrap_or("other")
 }
 
-/// Where a request was routed.
-enum RouteLabel {
-    /// A row of the route table, or `unmatched` (the last index).
-    Listed(usize),
-    /// A matched path outside the table (a route added by hand): labelled, but uncached.
-    Other(Arc<str>),
-}
-
 /// The HTTP series of one route table, with their handles kept once registered.
 struct RouteSeries {
     /// Route paths, then [`UNMATCHED`].
@@ -101,132 +87,73 @@ impl RouteSeries {
         series
     }
 
-    fn label_of(&self, matched: Option<&MatchedPath>) -> RouteLabel {
-        let Some(matched) = matched else { return RouteLabel::Listed(self.routes.len() - 1) };
-        match self.routes.iter().position(|r| *r == matched.as_str()) {
-            Some(i) => RouteLabel::Listed(i),
-            None => RouteLabel::Other(Arc::from(matched.as_str())),
-        }
-    }
-
-    fn record(&self, method: usize, route: &RouteLabel, status: StatusCode, elapsed: Duration) {
-        let (method_label, status_label) = (METHODS[method], status_label(status));
-        let seconds = elapsed.as_secs_f64();
-        match route {
-            RouteLabel::Listed(r) => {
-                let route_label = self.routes[*r];
-                let pair = r * METHODS.len() + method;
-                self.durations[pair]
-                    .get_or_init(|| histogram!(HTTP_REQUEST_DURATION, "method" => method_label, "route" => route_label))
-                    .record(seconds);
-                let new_counter = || counter!(HTTP_REQUESTS, "method" => method_label, "route" => route_label, "status" => status_label);
-                match CACHED_STATUSES.binary_search(&status.as_u16()) {
-                    Ok(s) => self.requests[pair * CACHED_STATUSES.len() + s].get_or_init(new_counter).increment(1),
-                    Err(_) => new_counter().increment(1),
-                }
-            }
-            RouteLabel::Other(path) => {
-                let route = SharedString::from_shared(path.clone());
-                histogram!(HTTP_REQUEST_DURATION, "method" => method_label, "route" => route.clone()).record(seconds);
-                counter!(HTTP_REQUESTS, "method" => method_label, "route" => route, "status" => status_label)
-                    .increment(1);
-            }
+    /// Records one request of route row `route` (the last row: [`UNMATCHED`]).
+    fn record(&self, method: usize, route: usize, status: StatusCode, elapsed: Duration) {
+        let method_label = METHODS[method];
+        let route_label = self.routes[route];
+        let pair = route * METHODS.len() + method;
+        self.durations[pair]
+            .get_or_init(|| histogram!(HTTP_REQUEST_DURATION, "method" => method_label, "route" => route_label))
+            .record(elapsed.as_secs_f64());
+        // The status label is made only with a counter (once per route, method and cached status).
+        let new_counter = || counter!(HTTP_REQUESTS, "method" => method_label, "route" => route_label, "status" => status_label(status));
+        match CACHED_STATUSES.binary_search(&status.as_u16()) {
+            Ok(s) => self.requests[pair * CACHED_STATUSES.len() + s].get_or_init(new_counter).increment(1),
+            Err(_) => new_counter().increment(1),
         }
     }
 }
 
-/// Records `http_requests_total` and `http_request_duration_seconds`.
-///
-/// A route's own layer ([`HttpMetricsLayer::for_route`]) labels with its
-/// route. Otherwise the label is the request's [`MatchedPath`] (absent:
-/// `unmatched`), which axum sets before the layers of `Router::layer` and
-/// of a route's handler run.
-#[derive(Clone)]
-pub struct HttpMetricsLayer {
+/// Records `http_requests_total` and `http_request_duration_seconds` for
+/// the requests of one route ([`RouteMetrics::for_route`]), or of the
+/// fallbacks (`unmatched`: [`RouteMetrics::new`]). No request is looked at
+/// for its label: axum's `MatchedPath` is not built at all (its feature is
+/// off, issue 23). The HTTP layer (`crate::http::edge`) starts a
+/// [`RequestMetrics`] for each request and finishes it with the status.
+#[derive(Clone, Copy)]
+pub struct RouteMetrics {
     series: &'static RouteSeries,
-    /// The row of every request's route, when the layer is one route's.
-    route: Option<usize>,
+    /// The row of every request's route ([`UNMATCHED`]'s, the last, unless one route's).
+    route: usize,
 }
 
-impl HttpMetricsLayer {
-    /// A layer labelling requests with the route `paths` (the route table).
+impl RouteMetrics {
+    /// The series of the route table `paths`, labelling requests `unmatched`.
     pub fn new(paths: impl IntoIterator<Item = &'static str>) -> Self {
-        Self { series: RouteSeries::shared(paths), route: None }
+        let series = RouteSeries::shared(paths);
+        Self { series, route: series.routes.len() - 1 }
     }
 
-    /// The same layer for the one route `path` of the table: it labels every
-    /// request with `path` without looking at the request (issue 23). A
-    /// path outside the table gives the layer back unchanged.
+    /// The same series for the one route `path` of the table: every request
+    /// is labelled `path`. A path outside the table gives them back unchanged.
     pub fn for_route(&self, path: &str) -> Self {
         let route = self.series.routes.iter().position(|r| *r == path);
-        Self { series: self.series, route: route.or(self.route) }
+        Self { series: self.series, route: route.unwrap_or(self.route) }
+    }
+
+    /// A request of `method` starts now.
+    pub fn start(&self, method: &Method) -> RequestMetrics {
+        RequestMetrics { started: Instant::now(), method: method_index(method), metrics: *self }
     }
 }
 
-impl<S> Layer<S> for HttpMetricsLayer {
-    type Service = HttpMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics { inner, series: self.series, route: self.route }
-    }
+/// One request being measured ([`RouteMetrics::start`]).
+pub struct RequestMetrics {
+    started: Instant,
+    method: usize,
+    metrics: RouteMetrics,
 }
 
-/// The service of [`HttpMetricsLayer`].
-#[derive(Clone)]
-pub struct HttpMetrics<S> {
-    inner: S,
-    series: &'static RouteSeries,
-    route: Option<usize>,
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetrics<S>
-where
-    S: Service<Request<ReqBody>, Response = axum::http::Response<ResBody>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+impl RequestMetrics {
+    /// When the request started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let started = Instant::now();
-        let method = method_index(request.method());
-        let route = match self.route {
-            Some(row) => RouteLabel::Listed(row),
-            None => self.series.label_of(request.extensions().get::<MatchedPath>()),
-        };
-        ResponseFuture { inner: self.inner.call(request), started, method, route, series: self.series }
-    }
-}
-
-pin_project! {
-    /// The response future of [`HttpMetrics`]: records when the head is ready.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        started: Instant,
-        method: usize,
-        route: RouteLabel,
-        series: &'static RouteSeries,
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<axum::http::Response<ResBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let output = std::task::ready!(this.inner.poll(cx));
-        if let Ok(response) = &output {
-            this.series.record(*this.method, this.route, response.status(), this.started.elapsed());
-        }
-        Poll::Ready(output)
+    /// The request's head is ready: counted with `status`, timed from its start.
+    pub fn finish(&self, status: StatusCode) {
+        let RouteMetrics { series, route } = self.metrics;
+        series.record(self.method, route, status, self.started.elapsed());
     }
 }
 

@@ -1,12 +1,12 @@
 //! The limit for `bench/bare.sh` (issue 23): a bare axum route that returns a
-//! static 400-byte JSON body, with the same axum, hyper and tokio as progressd,
-//! the same allocator and the same release profile. No layers, no state, no
-//! store: what serving an HTTP/1.1 request costs on this machine before
-//! progressd does anything.
+//! static 400-byte JSON body, with the same axum, hyper and tokio versions as
+//! progressd, axum's default features, the same allocator and the same
+//! release profile. No layers, no state, no store: what serving an HTTP/1.1
+//! request costs on this machine before progressd does anything.
 //!
 //! ```text
-//! cargo build --release --example bare_axum
-//! PORT=18080 target/release/examples/bare_axum
+//! cargo build --release --locked --manifest-path bench/bare_axum/Cargo.toml --target-dir target
+//! PORT=18080 target/release/bare_axum
 //! ```
 //!
 //! `GET /` (and any other path) answers `200 application/json` with
