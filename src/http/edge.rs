@@ -84,8 +84,10 @@ where
             None => None,
         };
         let metrics = self.edge.metrics.start(request.method());
-        let id = layers::take_request_id(&mut request);
-        let mut context = trace::request_context(&request);
+        // Asked once: the filter's answer costs a few hundred instructions.
+        let spans = request_span::enabled();
+        let id = layers::take_request_id(&mut request, spans);
+        let mut context = spans.then(|| trace::request_context(&request));
         let limit = self.edge.timeout + Duration::from_secs(layers::long_poll_seconds(request.uri().query()));
         let inner = {
             let _entered = request_span::enter(&mut context);

@@ -72,18 +72,18 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// The request id of `request`: its own `X-Request-Id`, else a new one
-/// ([`new_request_id`]), set on the request while request spans are on
-/// (the span reads it from there; with spans off it goes to the response
-/// alone, which spares the request's header map an insert, and often a
-/// resize, issue 23). It also marks `Authorization` sensitive, so that no
-/// `Debug` of the headers shows a token.
-pub(crate) fn take_request_id(request: &mut Request) -> HeaderValue {
+/// ([`new_request_id`]), set on the request when request spans are on,
+/// `spans` (the span reads it from there; with spans off it goes to the
+/// response alone, which spares the request's header map an insert, and
+/// often a resize, issue 23). It also marks `Authorization` sensitive, so
+/// that no `Debug` of the headers shows a token.
+pub(crate) fn take_request_id(request: &mut Request, spans: bool) -> HeaderValue {
     if let Some(authorization) = request.headers_mut().get_mut(http::header::AUTHORIZATION) {
         authorization.set_sensitive(true);
     }
     match request.headers().get(&REQUEST_ID) {
         Some(id) => id.clone(),
-        None if crate::telemetry::request_span::enabled() => {
+        None if spans => {
             let id = new_request_id();
             request.headers_mut().insert(REQUEST_ID, id.clone());
             id

@@ -37,19 +37,13 @@ use pin_project_lite::pin_project;
 use super::layers::REQUEST_ID;
 use crate::telemetry::request_span::{self, RequestContext};
 
-/// What the span of one request says: the request id, so every log line
-/// of the request carries it, and never any header (`Authorization` holds
-/// a token). `None` when request spans are off (the request id is then
-/// left off the request, since nothing here reads it). The span itself is
-/// opened by the first line written inside it (`crate::telemetry::request_span`).
-pub(super) fn request_context(request: &Request) -> Option<Box<RequestContext>> {
-    request_span::enabled().then(|| {
-        RequestContext::new(
-            request.method().clone(),
-            request.uri().clone(),
-            request.headers().get(&REQUEST_ID).cloned(),
-        )
-    })
+/// What the span of one request says, for a request whose span is on
+/// (`request_span::enabled`): the request id, so every log line of the
+/// request carries it, and never any header (`Authorization` holds a
+/// token). The span itself is opened by the first line written inside it
+/// (`crate::telemetry::request_span`).
+pub(super) fn request_context(request: &Request) -> Box<RequestContext> {
+    RequestContext::new(request.method().clone(), request.uri().clone(), request.headers().get(&REQUEST_ID).cloned())
 }
 
 /// The request reaches its handler (inside its span).
@@ -79,9 +73,16 @@ pub(super) fn finished(start: Instant, status: StatusCode) {
 }
 
 /// `response`, its body sent inside the span of `context` (when spans are
-/// on; else as it is).
+/// on; else as it is). A body of known length (a record, a problem
+/// document: bytes already made, which write no line) is sent as it is
+/// too, unless the "end of stream" line is on (debug): the wrapper would
+/// cost an allocation and a dynamic call per frame for nothing (issue 23).
+/// An event stream, whose length is never known, keeps its span.
 pub(super) fn traced(response: Response, context: Option<Box<RequestContext>>) -> Response {
-    if context.is_none() {
+    if context.is_none()
+        || (http_body::Body::size_hint(response.body()).exact().is_some()
+            && !tracing::enabled!(target: "tower_http::trace::on_eos", tracing::Level::DEBUG))
+    {
         return response;
     }
     response.map(|body| Body::new(TracedBody { inner: body, context, start: Some(Instant::now()) }))
@@ -311,6 +312,24 @@ mod tests {
         assert_eq!(log.lines().count(), 1, "{log}");
         assert!(log.contains(" ERROR request{method=GET uri=/progress/job-1 request_id=rid-1}: "), "{log}");
         assert!(log.contains("response failed"), "{log}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_info_a_line_written_while_a_stream_is_sent_carries_the_span() {
+        let (captured, _default) = capture("info", false);
+        let inner = tower::service_fn(|_: Request| async {
+            let frames = futures_util::stream::poll_fn(|_| {
+                tracing::warn!("the stream lags");
+                Poll::Ready(None::<Result<Bytes, Infallible>>)
+            });
+            Ok::<_, Infallible>(Response::new(Body::from_stream(frames)))
+        });
+        let mut request = Request::get("/progress/job-1/events").body(Body::empty()).unwrap();
+        request.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("rid-1"));
+        let response = edge(Duration::from_secs(60)).layer(inner).oneshot(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains(" WARN request{method=GET uri=/progress/job-1/events request_id=rid-1}: "), "{log}");
     }
 
     #[tokio::test(flavor = "current_thread")]

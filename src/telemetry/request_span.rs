@@ -47,11 +47,16 @@ thread_local! {
 }
 
 /// Whether the filter lets request spans through (info or finer for `progressd::http::trace`).
+/// Asked as tracing's own macros ask: the callsite's cached interest
+/// decides when it can (`always`, `never`), the subscriber only when it is
+/// `sometimes`.
 pub fn enabled() -> bool {
-    if Level::INFO > LevelFilter::current() || CALLSITE.interest().is_never() {
+    if Level::INFO > LevelFilter::current() {
         return false;
     }
-    tracing::dispatcher::get_default(|dispatch| dispatch.enabled(&META))
+    let interest = CALLSITE.interest();
+    !interest.is_never()
+        && (interest.is_always() || tracing::dispatcher::get_default(|dispatch| dispatch.enabled(&META)))
 }
 
 /// What a request's span says, and the span once a line opened it.
