@@ -278,6 +278,13 @@ const NONE: u64 = u64::MAX;
 
 /// When a connection must have shown life, kept by the parts that see it.
 /// All of them run in the connection's task; the atomics only make it `Sync`.
+///
+/// A new deadline is timed from when the connection's loop next reads it
+/// ([`Activity::deadline`], right after the connection's poll in which it
+/// was set: microseconds later), not from the moment it was set: one clock
+/// read per poll of the connection instead of two per request (a request's
+/// end and the next head's first bytes), each a few hundred cycles in a
+/// VM's clock (issue 23).
 struct Activity {
     /// The accept time, which the milliseconds below count from.
     epoch: Instant,
@@ -289,6 +296,8 @@ struct Activity {
     reading_head: AtomicBool,
     /// The deadline in milliseconds from `epoch`, or [`NONE`].
     deadline_ms: AtomicU64,
+    /// A deadline set but not yet timed: milliseconds from its timing, or [`NONE`].
+    pending_ms: AtomicU64,
     /// Which timeout `deadline_ms` is.
     header_deadline: AtomicBool,
 }
@@ -305,6 +314,7 @@ impl Activity {
             // The first head is timed from the accept, not its first byte.
             reading_head: AtomicBool::new(true),
             deadline_ms: AtomicU64::new(header_timeout_ms),
+            pending_ms: AtomicU64::new(NONE),
             header_deadline: AtomicBool::new(true),
         }
     }
@@ -313,9 +323,19 @@ impl Activity {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
     }
 
+    /// A deadline `after_ms` from now, timed when it is next read.
     fn set_deadline(&self, after_ms: u64, header: bool) {
         self.header_deadline.store(header, Ordering::Relaxed);
-        self.deadline_ms.store(self.now_ms().saturating_add(after_ms).min(NONE - 1), Ordering::Release);
+        self.pending_ms.store(after_ms, Ordering::Release);
+    }
+
+    /// Times a pending deadline from now.
+    fn time_pending(&self) {
+        let after_ms = self.pending_ms.load(Ordering::Acquire);
+        if after_ms != NONE {
+            self.pending_ms.store(NONE, Ordering::Relaxed);
+            self.deadline_ms.store(self.now_ms().saturating_add(after_ms).min(NONE - 1), Ordering::Release);
+        }
     }
 
     /// A request's head is in and its handler runs: no deadline until its
@@ -323,6 +343,7 @@ impl Activity {
     fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.reading_head.store(false, Ordering::Relaxed);
+        self.pending_ms.store(NONE, Ordering::Relaxed);
         self.deadline_ms.store(NONE, Ordering::Release);
     }
 
@@ -342,6 +363,7 @@ impl Activity {
 
     /// The deadline, if one runs.
     fn deadline(&self) -> Option<Instant> {
+        self.time_pending();
         match self.deadline_ms.load(Ordering::Acquire) {
             NONE => None,
             ms => Some(self.epoch + Duration::from_millis(ms)),
@@ -351,6 +373,7 @@ impl Activity {
     /// `Some(true)` when the header timeout has passed, `Some(false)` the
     /// idle timeout, `None` when neither.
     fn expired(&self) -> Option<bool> {
+        self.time_pending();
         let deadline = self.deadline_ms.load(Ordering::Acquire);
         (deadline != NONE && self.now_ms() >= deadline).then(|| self.header_deadline.load(Ordering::Relaxed))
     }
@@ -543,7 +566,22 @@ mod tests {
         let activity = Activity::new(limits());
         activity.request_started();
         activity.request_ended();
+        // As the connection's loop does after each poll of the connection.
+        assert_eq!(after(&activity), Some(Duration::from_secs(75)));
         tokio::time::advance(Duration::from_secs(75)).await;
         assert_eq!(activity.expired(), Some(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_deadline_is_timed_when_it_is_read() {
+        let activity = Activity::new(limits());
+        activity.request_started();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.request_ended();
+        activity.bytes_read();
+        tokio::time::advance(Duration::from_millis(3)).await;
+        assert_eq!(after(&activity), Some(Duration::from_millis(11_003)), "the last one set, from its reading");
+        activity.request_started();
+        assert_eq!(after(&activity), None, "a request in progress has none, pending or not");
     }
 }
