@@ -45,9 +45,11 @@
 # instance with the read cache off: one Redis GET per request), patch, put,
 # and get_auth, healthz_auth (as get and healthz on an instance with read
 # and write tokens and a CORS origin, every request sending a read token and
-# an `Origin`; callgrind only), and bare (the bare axum route of
+# an `Origin`; callgrind only), bare (the bare axum route of
 # bench/bare_axum, PROFILE_BARE_BIN, default next to the binary:
-# the limit; callgrind only).
+# the limit; callgrind only) and bare_auth (the bare route sent the read
+# token and `Origin` of the _auth scenarios, which it ignores: the limit
+# of those; callgrind only).
 
 set -Eeuo pipefail
 
@@ -237,6 +239,7 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
     case "$1" in
       healthz) "${c[@]}" "$2/healthz?[1-$REQUESTS]" ;;
       bare) "${c[@]}" "$2/?[1-$REQUESTS]" ;;
+      bare_auth) "${c[@]}" -H "Authorization: Bearer profile-read" -H "Origin: $AUTH_ORIGIN" "$2/?[1-$REQUESTS]" ;;
       get|get_off) "${c[@]}" "$2/progress/bench-read?[1-$REQUESTS]" ;;
       get_304) "${c[@]}" -H "If-None-Match: $(etag_of "$2")" "$2/progress/bench-read?[1-$REQUESTS]" ;;
       get_auth|healthz_auth)
@@ -259,23 +262,23 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
     local name="$1"; shift
     local pid base
     local bin="$BIN"
-    [[ "$name" == bare ]] && bin="$BARE_BIN"
+    [[ "$name" == bare* ]] && bin="$BARE_BIN"
     local ready=healthz
-    [[ "$name" == bare ]] && ready=""
+    [[ "$name" == bare* ]] && ready=""
     read -r pid base < <(READY_PATH="$ready" START_BIN="$bin" start "callgrind-$name" valgrind --tool=callgrind --instr-atstart=no \
       --callgrind-out-file="$OUT/callgrind-$name.out" -- "$@")
     local token=""
     [[ "$name" == *_auth ]] && token=profile-write
-    [[ "$name" == bare ]] || SEED_TOKEN="$token" seed "$base" "$CALLGRIND_IDS"
+    [[ "$name" == bare* ]] || SEED_TOKEN="$token" seed "$base" "$CALLGRIND_IDS"
     # Warm up uncounted (connections, Redis script cache, read cache, metric handles).
     fixed_requests "$name" "$base"
     local before after
-    [[ "$name" == bare ]] && export ANSWERED_FIXED=0
+    [[ "$name" == bare* ]] && export ANSWERED_FIXED=0
     before="$(answered "$base")"
     callgrind_control -i on "$pid" >/dev/null
     fixed_requests "$name" "$base"
     callgrind_control -i off "$pid" >/dev/null
-    [[ "$name" == bare ]] && export ANSWERED_FIXED="$REQUESTS"
+    [[ "$name" == bare* ]] && export ANSWERED_FIXED="$REQUESTS"
     after="$(answered "$base")"
     unset ANSWERED_FIXED
     callgrind_control -d "$pid" >/dev/null
