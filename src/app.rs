@@ -6,7 +6,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::domain::WritePolicy;
@@ -293,7 +292,7 @@ fn watch_tiers(store: &Arc<dyn Store>) {
 /// The application router over `store`, with live updates from this
 /// instance's writes only, and webhooks (recorded in memory) when the
 /// settings turn them on. Must run inside Tokio.
-pub fn build_router(settings: &Settings, store: Arc<dyn Store>) -> Router {
+pub fn build_router(settings: &Settings, store: Arc<dyn Store>) -> http::App {
     let hooks = build_webhooks(settings, Arc::new(MemoryOutbox::default())).ok().flatten();
     build_app(settings, store, None, hooks).0
 }
@@ -306,7 +305,7 @@ pub fn build_app(
     store: Arc<dyn Store>,
     notices: Notices,
     hooks: Option<Arc<Webhooks>>,
-) -> (Router, Live) {
+) -> (http::App, Live) {
     let policy = WritePolicy {
         default_ttl_seconds: settings.ttl_seconds,
         heartbeat_ms: i64::try_from(settings.heartbeat_seconds).unwrap_or(i64::MAX / 1000) * 1000,

@@ -21,6 +21,7 @@
 //! request's head. hyper's own `header_read_timeout` cannot do this: it also
 //! runs between keep-alive requests, so it would be the idle timeout too.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -31,7 +32,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::future::RouteFuture;
@@ -114,7 +114,7 @@ impl Limits {
 /// `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: crate::http::App,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -204,12 +204,12 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr, router: Router) {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, app: crate::http::App) {
         let _open = metrics::connection_opened();
         let activity = Arc::new(Activity::new(self.limits));
         let io = TokioIo::new(Watched { stream, activity: activity.clone() });
         let peer = self.limits.peer_address.then_some(ConnectInfo(peer));
-        let service = Requests { router, activity: activity.clone(), peer };
+        let service = Requests { app: RefCell::new(app), activity: activity.clone(), peer };
         let mut builder = hyper::server::conn::http1::Builder::new();
         // Ours (`Activity`) instead, which leaves keep-alive idleness alone.
         builder.header_read_timeout(None);
@@ -422,11 +422,15 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// The router as hyper's service, marking each request's start and end
+/// The application as hyper's service, marking each request's start and end
 /// and, with the address rate limit on, giving each request its peer's
 /// address (axum's `ConnectInfo`, which that limit reads).
 struct Requests {
-    router: Router,
+    /// The connection's own copy: hyper calls with `&self`, a tower service
+    /// with `&mut self`, and one request of a connection is called at a time.
+    /// A `RefCell` instead of a copy per request, which would clone the
+    /// record route's method router as well (issue 23).
+    app: RefCell<crate::http::App>,
     activity: Arc<Activity>,
     /// The peer's address, when requests are to carry it ([`Limits::peer_address`]).
     peer: Option<ConnectInfo<SocketAddr>>,
@@ -443,9 +447,8 @@ impl hyper::service::Service<Request<Incoming>> for Requests {
             request.extensions_mut().insert(peer);
         }
         let in_flight = InFlight(self.activity.clone());
-        // A `Router` is an `Arc`; its `poll_ready` is always ready.
-        let mut router = self.router.clone();
-        Responding { inner: router.call(request), in_flight: Some(in_flight) }
+        // An `App`'s `poll_ready` is always ready.
+        Responding { inner: self.app.borrow_mut().call(request), in_flight: Some(in_flight) }
     }
 }
 

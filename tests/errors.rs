@@ -18,6 +18,7 @@ on_both_stores!(
     bad_ids_are_400,
     bad_conditional_headers_are_400,
     unknown_routes_and_methods,
+    a_record_read_ahead_of_the_router_answers_as_through_it,
     a_refused_write_changes_nothing,
 );
 
@@ -218,6 +219,36 @@ async fn unknown_routes_and_methods(backend: Backend) {
     assert!(res.headers()["allow"].to_str().unwrap().contains("PATCH"));
     assert_problem(res, 405, "method_not_allowed").await;
     assert_problem(app.send(Method::POST, "/healthz", None, &[]).await, 405, "method_not_allowed").await;
+}
+
+/// `GET /progress/{id}` is routed ahead of axum's router (`http::App`);
+/// `HEAD` of the same path goes through it, to the same handler. Both ways
+/// give the same answers, and what is not exactly that path still goes
+/// through the router.
+async fn a_record_read_ahead_of_the_router_answers_as_through_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.put_ok("same", &json!({"status": "running", "message": "one"})).await;
+    let (get, head) = (
+        app.send(Method::GET, "/progress/same", None, &[]).await,
+        app.send(Method::HEAD, "/progress/same", None, &[]).await,
+    );
+    assert_eq!((get.status().as_u16(), head.status().as_u16()), (200, 200));
+    for name in ["etag", "cache-control", "content-type", "vary"] {
+        assert_eq!(get.headers().get(name), head.headers().get(name), "{name}");
+    }
+    assert_eq!(get.json::<Value>().await.unwrap()["message"], "one");
+    for (path, status) in
+        [("/progress/missing", 404), ("/progress/a%2Fb", 400), ("/progress/%FF", 400), ("/progress/~", 400)]
+    {
+        let head = app.send(Method::HEAD, path, None, &[]).await;
+        assert_eq!(head.status().as_u16(), status, "HEAD {path}");
+        let get = app.send(Method::GET, path, None, &[]).await;
+        assert_problem(get, status, if status == 404 { "not_found" } else { "invalid_id" }).await;
+    }
+    for path in ["/progress/same/", "/progress//", "/progress/same/x", "//progress/same"] {
+        assert_problem(app.send(Method::GET, path, None, &[]).await, 404, "not_found").await;
+    }
+    assert_eq!(app.send(Method::GET, "/progress/same/events", None, &[]).await.status(), 200);
 }
 
 async fn a_refused_write_changes_nothing(backend: Backend) {

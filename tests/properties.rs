@@ -650,7 +650,7 @@ proptest! {
 /// The real router over an in-memory store, on a runtime of its own.
 struct Http {
     runtime: tokio::runtime::Runtime,
-    router: axum::Router,
+    router: progressd::http::App,
     next_id: RefCell<u64>,
 }
 

@@ -25,10 +25,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{FromRequestParts, RawPathParams, Request};
+use axum::extract::Request;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
 use pin_project_lite::pin_project;
 use subtle::{Choice, ConstantTimeEq};
 use tower::{Layer, Service};
@@ -516,10 +515,9 @@ fn check(access: Access, tokens: &AccessTokens, request: Request) -> Checked {
 fn in_scope(access: Access, rights: Arc<Rights>, request: Request) -> Result<Request, Error> {
     let (mut parts, body) = request.into_parts();
     if matches!(access, Access::Read | Access::Cancel) {
-        // Reading the path's parameters is ready at once: they are in the extensions.
-        let params = RawPathParams::from_request_parts(&mut parts, &()).now_or_never().and_then(Result::ok);
-        let id = params.as_ref().and_then(|p| p.iter().find(|(name, _)| *name == "id").map(|(_, v)| v));
-        if !id.is_some_and(|id| rights.scope.covers(id)) {
+        // The id as the handler reads it (`GET /progress/{id}` is not routed by axum).
+        let id = super::extract::path_id(parts.uri.path()).ok();
+        if !id.is_some_and(|id| rights.scope.covers(&id)) {
             return Err(Error::ForbiddenScope("the token does not grant this id".into()));
         }
     }

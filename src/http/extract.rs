@@ -1,7 +1,7 @@
 //! Extractors whose rejections are the app's own [`Error`], so every bad
 //! input gets a problem document instead of a bare framework message.
 
-use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, HeaderName, header, request::Parts};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -18,17 +18,37 @@ pub struct PathId(pub ProgressId);
 impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = Error;
 
-    /// The percent-decoded parameter as it is, where `Path<String>` would
-    /// collect the parameters, run serde and copy the text once more before
-    /// the id copies it (issue 23).
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|e| Error::InvalidId(format!("the id cannot be read: {}", e.body_text())))?;
-        let raw = params.iter().find_map(|(name, value)| (name == "id").then_some(value));
-        let raw = raw.ok_or_else(|| Error::Internal("a route with an id has no {id} in its path".into()))?;
-        ProgressId::parse(raw).map(PathId).map_err(|e| Error::InvalidId(e.0))
+    /// The id read off the path itself, percent-decoded: every route with
+    /// an id is `/progress/{id}` or below it, and `GET /progress/{id}` is
+    /// routed ahead of axum's router ([`super::App`]), which would have
+    /// collected the path's parameters (issue 23).
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        ProgressId::parse(&path_id(parts.uri.path())?).map(PathId).map_err(|e| Error::InvalidId(e.0))
     }
+}
+
+/// The `{id}` of a `/progress/{id}…` path, percent-decoded, not validated:
+/// what the handlers parse ([`PathId`]) and the token check compares with a
+/// scoped token's ids (`auth.rs`).
+pub(super) fn path_id(path: &str) -> Result<std::borrow::Cow<'_, str>, Error> {
+    let segment = id_segment(path).ok_or_else(|| Error::Internal("a route with an id has no id in its path".into()))?;
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| Error::InvalidId("the id cannot be read: it is not UTF-8 once percent-decoded".into()))
+}
+
+/// The id segment of a `/progress/{id}…` path as sent (percent-encoded):
+/// what axum's `{id}` matches there, the non-empty segment after
+/// `/progress/`. `None` for any other path.
+pub(super) fn id_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/progress/")?;
+    let segment = rest.split_once('/').map_or(rest, |(segment, _)| segment);
+    (!segment.is_empty()).then_some(segment)
+}
+
+/// Whether `path` is `/progress/{id}` itself, nothing below it.
+pub(super) fn is_record_path(path: &str) -> bool {
+    id_segment(path).is_some_and(|segment| segment.len() + "/progress/".len() == path.len())
 }
 
 /// A JSON body: JSON content type, within the size limit, not empty,
@@ -287,7 +307,23 @@ pub(super) fn id_prefix(value: String) -> Result<String, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::entity_tag_list;
+    use super::{entity_tag_list, id_segment, is_record_path};
+
+    #[test]
+    fn the_id_is_the_segment_after_progress_as_axum_matches_it() {
+        assert_eq!(id_segment("/progress/job-1"), Some("job-1"));
+        assert_eq!(id_segment("/progress/job-1/events"), Some("job-1"));
+        assert_eq!(id_segment("/progress/a%2Fb/cancel"), Some("a%2Fb"));
+        assert_eq!(id_segment("/progress/job-1/"), Some("job-1"));
+        for none in ["/progress/", "/progress//events", "/progress", "/progressx/a", "/admin/progress/a", "/"] {
+            assert_eq!(id_segment(none), None, "{none}");
+        }
+        assert!(is_record_path("/progress/job-1"));
+        assert!(is_record_path("/progress/%FF"));
+        for below in ["/progress/job-1/", "/progress/job-1/events", "/progress/", "/progress", "/healthz"] {
+            assert!(!is_record_path(below), "{below}");
+        }
+    }
 
     #[test]
     fn entity_tag_lists_follow_rfc_9110() {
