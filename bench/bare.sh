@@ -18,7 +18,10 @@
 # rounds), × bare and × healthz (medians of the rounds' ratios: each ratio
 # is taken within one round), p99, and the server's CPU time per request
 # (utime + stime from /proc over the run), steadier than requests/s on a
-# shared machine.
+# shared machine; beside it the shared Redis's CPU time per request and the
+# whole machine's busy time per request (wrk and the kernel included),
+# which show what a ratio leaves the server: at a ratio r to the bare
+# route, the machine has (bare's machine µs/req) ÷ r for each request.
 #
 #   cargo build --release --locked --bin progressd
 #   cargo build --release --locked --manifest-path bench/bare_axum/Cargo.toml --target-dir target
@@ -144,20 +147,30 @@ wrk_run() {
     put) args=(-s "$BENCH_DIR/put.lua" "$base") ;;
     patch) args=(-s "$BENCH_DIR/patch.lua" "$base") ;;
   esac
-  local t0 t1 out
+  local t0 t1 r0 r1 m0 m1 out
   t0="$(awk '{print $14 + $15}' "/proc/$pid/stat")"
+  r0="$(redis_ticks)" m0="$(busy_ticks)"
   out="$(wrk "${WRK_ARGS[@]}" -d "${DURATION}s" "${args[@]}" 2>&1)"
   t1="$(awk '{print $14 + $15}' "/proc/$pid/stat")"
+  r1="$(redis_ticks)" m1="$(busy_ticks)"
   echo "$out" >>"$WORK/wrk-${row//\//_}.txt"
-  python3 - "$t0" "$t1" "$(getconf CLK_TCK)" "$(grep -m1 '^BENCH_RESULT' <<<"$out")" <<'PY' >>"$2"
+  python3 - "$t0" "$t1" "$r0" "$r1" "$m0" "$m1" "$(getconf CLK_TCK)" "$(grep -m1 '^BENCH_RESULT' <<<"$out")" <<'PY' >>"$2"
 import sys
-t0, t1, tck, line = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-kv = dict(p.split("=", 1) for p in line.split()[1:])
+t0, t1, r0, r1, m0, m1, tck = (float(a) for a in sys.argv[1:8])
+kv = dict(p.split("=", 1) for p in sys.argv[8].split()[1:])
 reqs = int(kv["requests"])
-cpu = (t1 - t0) * 1e6 / tck / reqs if reqs else 0
-print(kv["rps"], kv["p99_us"], f"{cpu:.2f}", kv["status"])
+per = lambda a, b: (b - a) * 1e6 / tck / reqs if reqs else 0
+print(kv["rps"], kv["p99_us"], f"{per(t0, t1):.2f}", kv["status"], f"{per(r0, r1):.2f}", f"{per(m0, m1):.2f}")
 PY
 }
+
+# The shared Redis's CPU ticks (utime + stime), 0 when it is not a local process.
+REDIS_PID="$(redis-cli -u "$SHARED_REDIS_URL" info server 2>/dev/null | tr -d '\r' | awk -F: '$1 == "process_id" {print $2}')"
+redis_ticks() {
+  if [[ -n "$REDIS_PID" && -r "/proc/$REDIS_PID/stat" ]]; then awk '{print $14 + $15}' "/proc/$REDIS_PID/stat"; else echo 0; fi
+}
+# The whole machine's busy ticks: user, nice, system, irq, softirq and steal (not idle or iowait).
+busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
 # Warm up: every row for 1 s.
 for row in "${ROWS[@]}"; do
@@ -195,14 +208,14 @@ import statistics as st, sys
 raw, rows = sys.argv[1], sys.argv[2:]
 runs = {}
 for line in open(raw):
-    rnd, row, rps, p99, cpu, non2xx = line.split()
-    runs.setdefault(row, {})[int(rnd)] = (float(rps), int(p99), float(cpu), int(non2xx))
+    rnd, row, rps, p99, cpu, non2xx, redis, machine = line.split()
+    runs.setdefault(row, {})[int(rnd)] = (float(rps), int(p99), float(cpu), int(non2xx), float(redis), float(machine))
 names = {"bare": "bare axum, static 400 B", "healthz": "/healthz", "get": "GET /progress/{id} (cached)",
          "put": "PUT /progress/{id}", "patch": "PATCH /progress/{id}"}
 headed = "bare+headers" in rows
 print("| row | req/s | × bare | " + ("× bare, same headers | " if headed else "")
-      + "× healthz | p99 ms | CPU µs/req | bare CPU ÷ row CPU | non-2xx |")
-print("|---|---:|---:|" + ("---:|" if headed else "") + "---:|---:|---:|---:|---:|")
+      + "× healthz | p99 ms | CPU µs/req | bare CPU ÷ row CPU | Redis µs/req | machine µs/req | non-2xx |")
+print("|---|---:|---:|" + ("---:|" if headed else "") + "---:|---:|---:|---:|---:|---:|---:|")
 med = lambda xs: st.median(xs) if xs else float("nan")
 for row in rows:
     inst, _, kind = row.rpartition("/") if "/" in row else ("", "", row)
@@ -222,9 +235,12 @@ for row in rows:
     print(f"| {label} | {med([v[0] for v in r.values()]):,.0f} | {x_bare:.2f} | "
           + (f"{x_same:.2f} | " if headed else "")
           + ("—" if kind == "bare" or not hz else f"{x_hz:.2f}")
-          + f" | {med([v[1] for v in r.values()]) / 1000:.2f} | {cpu:.1f} | {bare_cpu / cpu if cpu else 0:.2f} | {sum(v[3] for v in r.values())} |")
+          + f" | {med([v[1] for v in r.values()]) / 1000:.2f} | {cpu:.1f} | {bare_cpu / cpu if cpu else 0:.2f}"
+          + f" | {med([v[4] for v in r.values()]):.1f} | {med([v[5] for v in r.values()]):.1f} | {sum(v[3] for v in r.values())} |")
 print()
 print("req/s, p99 and CPU: medians of the rounds; × bare and × healthz: medians of the rounds' ratios (each within one round).")
+print("CPU: the server's own; Redis: the shared redis-server's (0 when it is not local); machine: every busy CPU")
+print("of the machine (wrk, the kernel, PostgreSQL, Redis and the server), per request.")
 if headed:
     print("× bare, same headers: the +auth rows against the bare route sent the same read token and Origin.")
 PY
