@@ -221,10 +221,10 @@ async fn unknown_routes_and_methods(backend: Backend) {
     assert_problem(app.send(Method::POST, "/healthz", None, &[]).await, 405, "method_not_allowed").await;
 }
 
-/// `GET /progress/{id}` is routed ahead of axum's router (`http::App`);
-/// `HEAD` of the same path goes through it, to the same handler. Both ways
-/// give the same answers, and what is not exactly that path still goes
-/// through the router.
+/// `/progress/{id}` is routed ahead of axum's router (`http::App`; a unit
+/// test there holds it to the router's answers). Here, through the server:
+/// `GET` and `HEAD` agree, odd ids and missing records are refused as
+/// before, and what is not exactly that path still goes through the router.
 async fn a_record_read_ahead_of_the_router_answers_as_through_it(backend: Backend) {
     let app = spawn_app(backend).await;
     app.put_ok("same", &json!({"status": "running", "message": "one"})).await;
