@@ -25,7 +25,10 @@ impl ProgressId {
                 raw.chars().count()
             )));
         }
-        if let Some(bad) = raw.chars().find(|c| !is_id_char(*c)) {
+        // Bytes first (an id is ASCII); the characters only to name a bad one.
+        if !raw.bytes().all(|b| is_id_char(char::from(b)))
+            && let Some(bad) = raw.chars().find(|c| !is_id_char(*c))
+        {
             return Err(InvalidId(format!("the id contains {bad:?}; ids use only A-Z a-z 0-9 . _ : -")));
         }
         Ok(Self(raw.to_owned()))

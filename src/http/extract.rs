@@ -32,6 +32,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
 /// scoped token's ids (`auth.rs`).
 pub(super) fn path_id(path: &str) -> Result<std::borrow::Cow<'_, str>, Error> {
     let segment = id_segment(path).ok_or_else(|| Error::Internal("a route with an id has no id in its path".into()))?;
+    if !segment.bytes().any(|b| b == b'%') {
+        return Ok(std::borrow::Cow::Borrowed(segment)); // nothing to decode, and a `&str` already
+    }
     percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map_err(|_| Error::InvalidId("the id cannot be read: it is not UTF-8 once percent-decoded".into()))
