@@ -21,7 +21,6 @@
 //! request's head. hyper's own `header_read_timeout` cannot do this: it also
 //! runs between keep-alive requests, so it would be the idle timeout too.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -34,7 +33,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
@@ -209,7 +207,7 @@ impl Connection {
         let activity = Arc::new(Activity::new(self.limits));
         let io = TokioIo::new(Watched { stream, activity: activity.clone() });
         let peer = self.limits.peer_address.then_some(ConnectInfo(peer));
-        let service = Requests { app: RefCell::new(app), activity: activity.clone(), peer };
+        let service = Requests { app, activity: activity.clone(), peer };
         let mut builder = hyper::server::conn::http1::Builder::new();
         // Ours (`Activity`) instead, which leaves keep-alive idleness alone.
         builder.header_read_timeout(None);
@@ -426,11 +424,7 @@ impl AsyncWrite for Watched {
 /// and, with the address rate limit on, giving each request its peer's
 /// address (axum's `ConnectInfo`, which that limit reads).
 struct Requests {
-    /// The connection's own copy: hyper calls with `&self`, a tower service
-    /// with `&mut self`, and one request of a connection is called at a time.
-    /// A `RefCell` instead of a copy per request, which would clone the
-    /// record route's method router as well (issue 23).
-    app: RefCell<crate::http::App>,
+    app: crate::http::App,
     activity: Arc<Activity>,
     /// The peer's address, when requests are to carry it ([`Limits::peer_address`]).
     peer: Option<ConnectInfo<SocketAddr>>,
@@ -447,8 +441,9 @@ impl hyper::service::Service<Request<Incoming>> for Requests {
             request.extensions_mut().insert(peer);
         }
         let in_flight = InFlight(self.activity.clone());
-        // An `App`'s `poll_ready` is always ready.
-        Responding { inner: self.app.borrow_mut().call(request), in_flight: Some(in_flight) }
+        // An `App` is two `Arc`s; its `poll_ready` is always ready.
+        let mut app = self.app.clone();
+        Responding { inner: app.call(request), in_flight: Some(in_flight) }
     }
 }
 
@@ -466,7 +461,7 @@ pin_project! {
     /// The router's future, its response body carrying the [`InFlight`].
     struct Responding {
         #[pin]
-        inner: RouteFuture<Infallible>,
+        inner: crate::http::AppFuture,
         in_flight: Option<InFlight>,
     }
 }

@@ -221,10 +221,11 @@ async fn unknown_routes_and_methods(backend: Backend) {
     assert_problem(app.send(Method::POST, "/healthz", None, &[]).await, 405, "method_not_allowed").await;
 }
 
-/// `/progress/{id}` is routed ahead of axum's router (`http::App`; a unit
-/// test there holds it to the router's answers). Here, through the server:
-/// `GET` and `HEAD` agree, odd ids and missing records are refused as
-/// before, and what is not exactly that path still goes through the router.
+/// `GET /progress/{id}` is called ahead of axum's router (`http::App`; a
+/// unit test there holds it to the router's answers); `HEAD` of the same
+/// path goes through the router, to the same handler. Here, through the
+/// server: both agree, odd ids and missing records are refused as before,
+/// and what is not exactly that path still goes through the router.
 async fn a_record_read_ahead_of_the_router_answers_as_through_it(backend: Backend) {
     let app = spawn_app(backend).await;
     app.put_ok("same", &json!({"status": "running", "message": "one"})).await;
