@@ -44,7 +44,7 @@ pub(super) fn path_id(path: &str) -> Result<std::borrow::Cow<'_, str>, Error> {
 /// what axum's `{id}` matches there, the non-empty segment after
 /// `/progress/`. `None` for any other path.
 pub(super) fn id_segment(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/progress/")?;
+    let rest = path.strip_prefix(RECORDS)?;
     // A byte loop: an id is short, and `split_once`'s searcher costs more to start.
     let segment = rest.bytes().position(|b| b == b'/').map_or(rest, |end| &rest[..end]);
     (!segment.is_empty()).then_some(segment)
@@ -52,8 +52,11 @@ pub(super) fn id_segment(path: &str) -> Option<&str> {
 
 /// Whether `path` is `/progress/{id}` itself, nothing below it.
 pub(super) fn is_record_path(path: &str) -> bool {
-    path.strip_prefix("/progress/").is_some_and(|rest| !rest.is_empty() && !rest.bytes().any(|b| b == b'/'))
+    id_segment(path).is_some_and(|segment| RECORDS.len() + segment.len() == path.len())
 }
+
+/// What every path with an id starts with.
+const RECORDS: &str = "/progress/";
 
 /// A JSON body: JSON content type, within the size limit, not empty,
 /// well-formed and not nested deeper than allowed.
