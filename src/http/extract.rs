@@ -19,9 +19,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = Error;
 
     /// The id read off the path itself, percent-decoded: every route with
-    /// an id is `/progress/{id}` or below it, and `GET /progress/{id}` is
-    /// routed ahead of axum's router ([`super::App`]), which would have
-    /// collected the path's parameters (issue 23).
+    /// an id is `/progress/{id}` or below it, and the routes of
+    /// `/progress/{id}` are called ahead of axum's router ([`super::App`]),
+    /// which would have collected the path's parameters (issue 23).
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
         ProgressId::parse(&path_id(parts.uri.path())?).map(PathId).map_err(|e| Error::InvalidId(e.0))
     }

@@ -126,7 +126,7 @@ pub struct Route {
     gzip: Gzip,
     /// The handler behind the given layers.
     handler: Box<dyn FnOnce(RouteLayers) -> MethodRouter<AppState>>,
-    /// The same, as one service of its own: for the route called ahead of
+    /// The same, as one service of its own: for the routes called ahead of
     /// axum's router ([`App`]).
     service: Box<dyn FnOnce(RouteLayers, AppState) -> RouteService>,
 }
@@ -180,9 +180,9 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/progress", Access::List, list::list),
         route(Method::GET, RECORD_PATH, Access::Read, progress::get).gzipped_by_handler(),
         route(Method::GET, "/progress/{id}/events", Access::Read, events::events).gzipped_by_handler(),
-        route(Method::PUT, "/progress/{id}", Access::Write, progress::put).gzipped_by_handler(),
-        route(Method::PATCH, "/progress/{id}", Access::Write, progress::patch).gzipped_by_handler(),
-        route(Method::DELETE, "/progress/{id}", Access::Write, progress::delete).gzipped_by_handler(),
+        route(Method::PUT, RECORD_PATH, Access::Write, progress::put).gzipped_by_handler(),
+        route(Method::PATCH, RECORD_PATH, Access::Write, progress::patch).gzipped_by_handler(),
+        route(Method::DELETE, RECORD_PATH, Access::Write, progress::delete).gzipped_by_handler(),
         route(Method::POST, "/progress/{id}/cancel", Access::Cancel, cancel::cancel).gzipped_by_handler(),
         route(Method::POST, "/admin/cleanup", Access::Admin, admin::cleanup),
         route(Method::DELETE, "/admin/progress", Access::Admin, admin::delete_progress),
@@ -221,15 +221,17 @@ pub fn router(state: AppState) -> App {
     // `/progress/{id}`), each with its 405 answer behind the stack
     // labelled with its path.
     let mut paths: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
-    let mut record = None;
+    let mut ahead = Ahead::default();
     for r in table {
         let layers = RouteLayers {
             edge: edge::EdgeLayer { metrics: outer.metrics.for_route(r.path), ..outer.clone() },
             gzip: r.gzip == Gzip::Layer,
             guard: auth::guard(r.access, &state.tokens),
         };
-        if r.method == Method::GET && r.path == RECORD_PATH {
-            record = Some((r.service)(layers.clone(), state.clone()));
+        if r.path == RECORD_PATH {
+            ahead.record.push((r.method.clone(), (r.service)(layers.clone(), state.clone())));
+        } else if !r.path.contains('{') {
+            ahead.exact.push((r.method.clone(), r.path, (r.service)(layers.clone(), state.clone())));
         }
         let methods = (r.handler)(layers);
         match paths.iter_mut().find(|(path, _)| *path == r.path) {
@@ -241,26 +243,51 @@ pub fn router(state: AppState) -> App {
         let edge = edge::EdgeLayer { metrics: outer.metrics.for_route(path), ..outer.clone() };
         router.route(path, methods.fallback(edge.around(method_not_allowed)))
     });
-    let record = Arc::new(record.expect("the route table has GET /progress/{id}"));
-    App { router: router.fallback(outer.around(not_found)).with_state(state), record }
+    App { router: router.fallback(outer.around(not_found)).with_state(state), ahead: Arc::new(ahead) }
 }
 
-/// The path of a record; its `GET` is the most requested route (every UI polls it).
+/// The path of a record: its `GET` is the most requested route (every UI
+/// polls it), its `PUT` and `PATCH` the writes of every worker.
 const RECORD_PATH: &str = "/progress/{id}";
 
-/// The application: axum's router, and `GET /progress/{id}` called ahead of
-/// it: the same handler behind the same layers, as one service. axum's
-/// router finds a route by the whole path and collects its parameters (the
-/// id decoded, an `Arc<str>` for its name, a vector, an extension) for every
-/// request; for this route a prefix check does, and [`extract::PathId`]
-/// reads the id off the path as for every other route (issue 23: about
-/// 2,300 of a cached GET's 21,000 instructions). Every other request,
-/// `HEAD` and the writes of the path included, goes through the router.
-/// Cloned for every request: two reference counts.
+/// The application: axum's router, and the routes called ahead of it
+/// ([`Ahead`]): the same handlers behind the same layers, each as one
+/// service. axum's router finds a route by the whole path and inserts its
+/// parameters into the request's extensions (for every route: an empty
+/// list for a path without parameters, and the map that holds it) before
+/// the route's method router picks the handler, about 1,000 instructions
+/// of a `/healthz` and 2,300 of a cached GET (issue 23). A route called
+/// ahead is found by a comparison of the method and the path, and
+/// [`extract::PathId`] reads the id off the path as it does behind the
+/// router. Every other request (`HEAD`, the paths below a record, those
+/// with other parameters, and every method a path has no route for: the
+/// 405s and 404s) goes through the router. Cloned for every connection:
+/// two reference counts.
 #[derive(Clone)]
 pub struct App {
     router: Router,
-    record: Arc<RouteService>,
+    ahead: Arc<Ahead>,
+}
+
+/// The routes [`App`] calls ahead of axum's router: every route of the
+/// table whose path is `/progress/{id}` or has no parameter.
+#[derive(Default)]
+struct Ahead {
+    /// The methods of `/progress/{id}` (GET, PUT, PATCH, DELETE).
+    record: Vec<(Method, RouteService)>,
+    /// The routes whose paths have no parameter, by method and path.
+    exact: Vec<(Method, &'static str, RouteService)>,
+}
+
+impl Ahead {
+    /// The route of `method` on `path`, if it is called ahead of the router.
+    fn find(&self, method: &Method, path: &str) -> Option<&RouteService> {
+        if extract::is_record_path(path) {
+            self.record.iter().find(|(m, _)| m == method).map(|(_, route)| route)
+        } else {
+            self.exact.iter().find(|(m, p, _)| *p == path && m == method).map(|(_, _, route)| route)
+        }
+    }
 }
 
 /// The future of [`App`]'s answer.
@@ -284,12 +311,10 @@ where
 
     fn call(&mut self, request: axum::http::Request<B>) -> AppFuture {
         use futures_util::future::Either;
-        if request.method() == Method::GET && extract::is_record_path(request.uri().path()) {
-            // A handler service is always ready; each call clones its handler, as axum's router does.
-            let mut record = RouteService::clone(&self.record);
-            Either::Right(record.call(request.map(axum::body::Body::new)))
-        } else {
-            Either::Left(self.router.call(request))
+        // A handler service is always ready; each call clones its handler, as axum's router does.
+        match self.ahead.find(request.method(), request.uri().path()).cloned() {
+            Some(mut route) => Either::Right(route.call(request.map(axum::body::Body::new))),
+            None => Either::Left(self.router.call(request)),
         }
     }
 }
@@ -438,9 +463,10 @@ mod tests {
         builder.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap()
     }
 
-    /// `GET /progress/{id}` answered ahead of axum's router answers as the
-    /// router's own route for it does: good and bad ids, missing records,
-    /// conditions, and a record as writes through either way leave it.
+    /// `/progress/{id}` answered ahead of axum's router answers as the
+    /// router's own routes for it do: good and bad ids, missing records,
+    /// conditions, every method, and a record as writes through either way
+    /// leave it.
     #[tokio::test]
     async fn the_record_path_ahead_of_the_router_answers_as_the_router_does() {
         let app = crate::app::build_router(&Settings::default(), Arc::new(MemoryStore::default()));
@@ -482,6 +508,37 @@ mod tests {
                 let ahead = answer(app.clone().oneshot(request(method, path, body, None)).await.unwrap()).await;
                 assert_eq!(through_router, ahead, "{method} {path}");
                 assert!(through_router.0.is_client_error(), "{method} {path}: {through_router:?}");
+            }
+        }
+    }
+
+    /// Every route whose path has no parameter is called ahead of the
+    /// router too; each method of each such path (and a few that are not
+    /// routes) answers as through the router. `/metrics` counts the
+    /// requests themselves and `/readyz` times its checks, so their bodies
+    /// are left out; a minted token is new each time, so only its shape is
+    /// compared.
+    #[tokio::test]
+    async fn the_paths_without_parameters_ahead_of_the_router_answer_as_the_router_does() {
+        let app = crate::app::build_router(&Settings::default(), Arc::new(MemoryStore::default()));
+        let mut paths: Vec<&str> = super::routes().iter().map(|r| r.path).filter(|p| !p.contains('{')).collect();
+        paths.dedup();
+        assert!(paths.contains(&"/healthz") && paths.contains(&"/progress"), "{paths:?}");
+        for path in paths.iter().copied().chain(["/healthz/", "/HEALTHZ", "/healthz%20", "/dashboard/x.js"]) {
+            for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+                let body = matches!(method, "POST" | "PUT" | "PATCH").then_some("{}");
+                let through_router =
+                    answer(app.router.clone().oneshot(request(method, path, body, None)).await.unwrap()).await;
+                let ahead = answer(app.clone().oneshot(request(method, path, body, None)).await.unwrap()).await;
+                match (method, path) {
+                    ("GET", "/metrics" | "/readyz") | ("POST", "/tokens") => {
+                        let names = |a: &(StatusCode, Vec<(String, String)>, String)| {
+                            (a.0, a.1.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())
+                        };
+                        assert_eq!(names(&through_router), names(&ahead), "{method} {path}");
+                    }
+                    _ => assert_eq!(through_router, ahead, "{method} {path}"),
+                }
             }
         }
     }
