@@ -183,6 +183,13 @@ pub struct Conditions {
     pub if_none_match: Option<IfMatch>,
 }
 
+impl Conditions {
+    /// Whether `If-None-Match` names `record`'s version (a GET answers 304).
+    pub fn unchanged(&self, record: &crate::domain::StoredRecord) -> bool {
+        self.if_none_match.as_ref().is_some_and(|c| c.matches(Some(record.version())))
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Conditions {
     type Rejection = Error;
 

@@ -26,28 +26,42 @@ use crate::service::{Preconditions, WriteBody, Written};
 /// the time runs out.
 pub async fn get(State(state): State<AppState>, read: RecordRead) -> Result<Response, Error> {
     let RecordRead { id, conditions, accepts_gzip, wait } = read;
-    // Subscribed before the read, so a change just after it is not missed.
-    let mut watch = wait.map(|_| state.service.live().watch(&id));
-    let mut record = state.service.read(&id).await?;
-    let unchanged = |r: &StoredRecord| conditions.if_none_match.as_ref().is_some_and(|c| c.matches(Some(r.version())));
-    if let (Some(seconds), Some(watch)) = (wait, watch.as_mut()) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-        while unchanged(&record) {
-            let seen = Some(record.recency());
-            match tokio::time::timeout_at(deadline, watch.changed_or_expired(seen, record.meta().x)).await {
-                Ok(Some(Snapshot::Present(next))) => record = next,
-                Ok(Some(Snapshot::Absent)) => return Err(state.service.absent(&id).await),
-                // Timed out, or the service is shutting down: nothing moved.
-                Ok(Some(Snapshot::Unknown) | None) | Err(_) => break,
-            }
-        }
-    }
-    if unchanged(&record) {
+    let record = match wait {
+        // Boxed: the watch and the timer would make every GET's future
+        // larger, and it is moved into the route's box on every request.
+        Some(seconds) => Box::pin(changed_within(&state, &id, &conditions, seconds)).await?,
+        None => state.service.read(&id).await?,
+    };
+    if conditions.unchanged(&record) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         set_validators(&mut response, &record);
         return Ok(response);
     }
     Ok(record_response(StatusCode::OK, &record, accepts_gzip))
+}
+
+/// The record once it no longer matches `If-None-Match`, or as it is when
+/// `seconds` have passed (or the service shuts down) without that.
+async fn changed_within(
+    state: &AppState,
+    id: &ProgressId,
+    conditions: &Conditions,
+    seconds: u64,
+) -> Result<StoredRecord, Error> {
+    // Subscribed before the read, so a change just after it is not missed.
+    let mut watch = state.service.live().watch(id);
+    let mut record = state.service.read(id).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while conditions.unchanged(&record) {
+        let seen = Some(record.recency());
+        match tokio::time::timeout_at(deadline, watch.changed_or_expired(seen, record.meta().x)).await {
+            Ok(Some(Snapshot::Present(next))) => record = next,
+            Ok(Some(Snapshot::Absent)) => return Err(state.service.absent(id).await),
+            // Timed out, or the service is shutting down: nothing moved.
+            Ok(Some(Snapshot::Unknown) | None) | Err(_) => break,
+        }
+    }
+    Ok(record)
 }
 
 /// What `GET /progress/{id}` reads off the request, in one extractor: the
