@@ -180,26 +180,21 @@ pub(super) fn record_response(status: StatusCode, record: &StoredRecord, accepts
         .then(|| record.packed(now, |body| (body.len() >= GZIP_FROM_BYTES).then(|| gzip(body)).flatten()))
         .flatten();
     let gzipped = packed.is_some();
-    let (body, length) = match packed {
-        Some(gzipped) => {
-            let length = gzipped.len();
-            (Body::from(gzipped), length)
-        }
-        None => {
-            let parts = record.render_parts(now);
-            let length = parts.iter().map(Bytes::len).sum();
-            (Body::new(Pieces(parts.map(Some))), length)
-        }
+    // Both bodies know their exact length, and no layer of these routes
+    // wraps them in one that hides it: `Content-Length` is left to hyper,
+    // which writes the number straight into the head (a header in the map
+    // cost an allocation, a hash and hyper's check of its value: about 400
+    // instructions, issue 23). Through axum's router (`HEAD`), its route
+    // sets the header from the same length before it drops the body.
+    let body = match packed {
+        Some(gzipped) => Body::from(gzipped),
+        None => Body::new(Pieces(record.render_parts(now).map(Some))),
     };
-    // Said outright: the compression layer's body wrapper hides the length
-    // from hyper, which would then send it chunked.
-    let length = HeaderValue::from(length);
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     // Room for these, the request id and CORS's three at once: the map
     // would otherwise grow (and rehash) past six.
     headers.reserve(12);
-    headers.insert(header::CONTENT_LENGTH, length);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if gzipped {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
