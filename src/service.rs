@@ -22,7 +22,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::live::Live;
-use crate::store::{Store, StoreError};
+use crate::store::{Read, Store, StoreError};
 use crate::webhooks::Webhooks;
 
 mod cancel;
@@ -210,8 +210,7 @@ impl ProgressService {
         let mut maybe_cached = true;
         let mut attempt = 0;
         while attempt < MAX_WRITE_ATTEMPTS {
-            let mut current =
-                if maybe_cached { self.store.get_to_write(id).await? } else { self.store.get_uncached(id).await? };
+            let mut current = self.store.read(id, if maybe_cached { Read::ToWrite } else { Read::Uncached }).await?;
             // The validated body is used up by the first try; a retry reads it again.
             let fields = match validated.take() {
                 Some(fields) => fields,

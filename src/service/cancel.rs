@@ -8,6 +8,7 @@
 use super::{MAX_WRITE_ATTEMPTS, ProgressService, back_off};
 use crate::domain::{ProgressId, StoredRecord, Timestamp, request_cancel, ttl_ms};
 use crate::error::Error;
+use crate::store::Read;
 
 /// What a cancel request left behind.
 pub struct CancelRequested {
@@ -32,8 +33,7 @@ impl ProgressService {
         let mut maybe_cached = true;
         let mut attempt = 0;
         while attempt < MAX_WRITE_ATTEMPTS {
-            let current =
-                if maybe_cached { self.store.get_to_write(id).await? } else { self.store.get_uncached(id).await? };
+            let current = self.store.read(id, if maybe_cached { Read::ToWrite } else { Read::Uncached }).await?;
             let Some(mut current) = current else {
                 // A write's own read may take a Redis miss as absent when
                 // PostgreSQL cannot be asked: confirm with a read that can tell.

@@ -71,6 +71,23 @@ pub enum StoreError {
     Corrupt(#[from] CorruptRecord),
 }
 
+/// Which read of a record a caller wants ([`ProgressStore::read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Any the store may serve: from a read cache, when it holds the record.
+    Cached,
+    /// For a write that builds on the record: a read cache hands over the
+    /// decoded record it may keep beside the bytes instead of sharing it,
+    /// so that the write takes it without a copy (what the write stores
+    /// replaces the entry).
+    ToWrite,
+    /// The record as the store of record holds it now, past any read
+    /// cache: what a write checks before it refuses a request on the
+    /// strength of the record's state (a cached version may be a notice
+    /// behind).
+    Uncached,
+}
+
 /// What every store does on the request path: read, compare-and-set or
 /// swap, delete, and list. Every tier and every layer implements it; the
 /// service calls it once per request through `dyn Store`.
@@ -79,18 +96,10 @@ pub trait ProgressStore: Send + Sync + 'static {
     /// The record, or `None` when absent or expired.
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError>;
 
-    /// [`ProgressStore::get`] for a write that builds on the record: a read
-    /// cache hands over the decoded record it may keep beside the bytes
-    /// instead of sharing it, so that the write takes it without a copy
-    /// (what the write stores replaces the entry).
-    async fn get_to_write(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        self.get(id).await
-    }
-
-    /// The record as the store of record holds it now, past any read cache:
-    /// what a write checks before it refuses a request on the strength of
-    /// the record's state (a cached version may be a notice behind).
-    async fn get_uncached(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
+    /// The record as `how` asks for it; [`ProgressStore::get`] is
+    /// `Read::Cached`. Only a store with a read cache tells the three apart.
+    async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
+        let _ = how;
         self.get(id).await
     }
 

@@ -35,8 +35,8 @@ use async_trait::async_trait;
 use self::shard::{Entry, Shard};
 use self::write_guard::WriteGuard;
 use super::{
-    BacklogSummary, ChangeSink, CleanupReport, Health, ListPage, ListQuery, Maintenance, ProgressStore, RecordFilter,
-    StatusCounts, Store, StoreError, TierHealth,
+    BacklogSummary, ChangeSink, CleanupReport, Health, ListPage, ListQuery, Maintenance, ProgressStore, Read,
+    RecordFilter, StatusCounts, Store, StoreError, TierHealth,
 };
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 
@@ -187,7 +187,7 @@ impl CachedStore {
     }
 
     /// The entry for `id` (in shard `i`) if it may be served; `to_write`:
-    /// the decoded record goes with it (see [`ProgressStore::get_to_write`]).
+    /// the decoded record goes with it (see [`Read::ToWrite`]).
     fn hit(&self, i: usize, id: &ProgressId, to_write: bool) -> Option<StoredRecord> {
         if !self.is_live() {
             return None;
@@ -221,12 +221,12 @@ impl ProgressStore for CachedStore {
         self.lookup(id, false).await
     }
 
-    async fn get_to_write(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        self.lookup(id, true).await
-    }
-
-    async fn get_uncached(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        self.read_through(self.shard_of(id.as_str()), id).await
+    async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
+        match how {
+            Read::Cached => self.lookup(id, false).await,
+            Read::ToWrite => self.lookup(id, true).await,
+            Read::Uncached => self.read_through(self.shard_of(id.as_str()), id).await,
+        }
     }
 
     async fn compare_and_set(

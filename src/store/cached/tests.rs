@@ -242,10 +242,10 @@ async fn a_write_takes_the_decoded_record_out_of_the_cache() {
     let (cache, id) = cache_after_a_write().await;
     let decoded_count = |cache: &CachedStore| cache.shard(cache.shard_of("a")).decoded;
     assert_eq!(decoded_count(&cache), 1);
-    let mut taken = cache.get_to_write(&id).await.unwrap().unwrap();
+    let mut taken = cache.read(&id, Read::ToWrite).await.unwrap().unwrap();
     assert!(taken.is_decoded(), "handed over with the decoded record");
     assert_eq!(decoded_count(&cache), 0, "the entry keeps its bytes only");
-    let again = cache.get_to_write(&id).await.unwrap().unwrap();
+    let again = cache.read(&id, Read::ToWrite).await.unwrap().unwrap();
     assert!(!again.is_decoded(), "a second writer parses the bytes");
     let read = cache.get(&id).await.unwrap().unwrap();
     assert_eq!((read.version(), read.raw()), (1, taken.raw()), "reads are served from the same entry");

@@ -48,10 +48,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use self::read::Read;
 use super::{
-    CleanupReport, Health, ListPage, ListQuery, Maintenance, ProgressStore, RecordFilter, StatusCounts, StoreError,
-    TierHealth,
+    CleanupReport, Health, ListPage, ListQuery, Maintenance, ProgressStore, Read, RecordFilter, StatusCounts,
+    StoreError, TierHealth,
 };
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::metrics;
@@ -212,15 +211,11 @@ fn unavailable(tier: &'static str, reason: &str) -> StoreError {
 #[async_trait]
 impl<H: HotTier, D: DurableTier> ProgressStore for TieredStore<H, D> {
     async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        self.read(id, Read::Cached).await
+        self.read_tiers(id, Read::Cached).await
     }
 
-    async fn get_to_write(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        self.read(id, Read::ToWrite).await
-    }
-
-    async fn get_uncached(&self, id: &ProgressId) -> Result<Option<StoredRecord>, StoreError> {
-        self.read(id, Read::Uncached).await
+    async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
+        self.read_tiers(id, how).await
     }
 
     async fn compare_and_set(

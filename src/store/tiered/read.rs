@@ -6,19 +6,8 @@ use super::write_behind::PendingWrite;
 use super::{DurableTier, HotTier, TieredStore, unavailable};
 use crate::domain::{ProgressId, StoredRecord, Timestamp};
 use crate::metrics;
-use crate::store::StoreError;
 use crate::store::postgres::DurableRow;
-
-/// Which of the hot tier's reads [`TieredStore::read`] makes.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Read {
-    /// [`ProgressStore::get`](crate::store::ProgressStore::get)
-    Cached,
-    /// [`ProgressStore::get_to_write`](crate::store::ProgressStore::get_to_write)
-    ToWrite,
-    /// [`ProgressStore::get_uncached`](crate::store::ProgressStore::get_uncached)
-    Uncached,
-}
+use crate::store::{Read, StoreError};
 
 impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
     async fn durable_lookup(&self, id: &ProgressId) -> Result<DurableRow, StoreError> {
@@ -31,15 +20,10 @@ impl<H: HotTier, D: DurableTier> TieredStore<H, D> {
 
     /// A read: Redis first (through or past its read cache, as `how`
     /// says), then PostgreSQL and this instance's unflushed writes.
-    pub(super) async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
+    pub(super) async fn read_tiers(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
         let mut hot_missed = false;
         if let Some(hot) = self.hot_usable() {
-            let read = match how {
-                Read::Cached => hot.store.get(id).await,
-                Read::ToWrite => hot.store.get_to_write(id).await,
-                Read::Uncached => hot.store.get_uncached(id).await,
-            };
-            match Self::observe(&self.hot_breaker, read) {
+            match Self::observe(&self.hot_breaker, hot.store.read(id, how).await) {
                 Ok(Some(record)) => return Ok(Some(record)),
                 Ok(None) => hot_missed = true,
                 Err(StoreError::Unavailable { .. }) => {}

@@ -4,6 +4,7 @@
 //! answers instead of taking it for down.
 
 use super::*;
+use crate::store::Read;
 
 /// A record written through both tiers, then lost by Redis alone.
 async fn only_in_postgres(t: &Tiers, name: &str) -> ProgressId {
@@ -43,7 +44,7 @@ async fn a_redis_miss_with_the_postgres_lookup_failing_is_unavailable_not_absent
     assert_ne!(t.durable_breaker(), BreakerState::Open, "below the threshold: the lookup itself failed");
     // The write path still creates in Redis while PostgreSQL cannot be asked.
     let new = id("new");
-    assert!(t.store.get_to_write(&new).await.unwrap().is_none(), "a miss, for a create");
+    assert!(t.store.read(&new, Read::ToWrite).await.unwrap().is_none(), "a miss, for a create");
 
     t.durable.faults.up();
     t.wait_for(|t| t.durable_breaker() != BreakerState::Open).await; // three failures opened it
