@@ -137,6 +137,9 @@ impl ProgressService {
 
     /// The record, or `None`.
     pub async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, Error> {
+        if let Some(record) = self.store.cached(id) {
+            return Ok(Some(record));
+        }
         Ok(self.store.get(id).await?)
     }
 

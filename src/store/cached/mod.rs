@@ -221,6 +221,10 @@ impl ProgressStore for CachedStore {
         self.lookup(id, false).await
     }
 
+    fn cached(&self, id: &ProgressId) -> Option<StoredRecord> {
+        self.hit(self.shard_of(id.as_str()), id, false)
+    }
+
     async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
         match how {
             Read::Cached => self.lookup(id, false).await,

@@ -105,6 +105,29 @@ async fn serves_from_memory_only_while_live_and_within_capacity() {
     assert!(cache.len() >= CONFIG.max_entries / 2, "a full shard evicts to make room: {}", cache.len());
 }
 
+/// `cached` answers what `get` would serve from memory, and nothing else:
+/// no entry, a cache that is off, or an entry a notice dropped are `None`
+/// (the caller then asks `get`).
+#[tokio::test]
+async fn the_answer_without_waiting_is_a_fresh_entry_or_none() {
+    let memory = MemoryStore::start(Duration::from_secs(60));
+    let cache = CachedStore::new(memory.clone(), CONFIG);
+    let id = ProgressId::parse("a").unwrap();
+    memory.compare_and_set(&id, 0, &record(1), 60_000).await.unwrap();
+    cache.get(&id).await.unwrap();
+    assert!(cache.cached(&id).is_none(), "not live: nothing cached");
+    cache.reset(true);
+    assert!(cache.cached(&id).is_none(), "live, but not read yet: the cache does not read through");
+    cache.get(&id).await.unwrap();
+    assert_eq!(cache.cached(&id).map(|r| r.version()), Some(1));
+    cache.noticed("a", 2);
+    assert!(cache.cached(&id).is_none(), "a notice of another version drops the entry");
+    cache.get(&id).await.unwrap();
+    assert!(cache.cached(&id).is_some());
+    cache.reset(false);
+    assert!(cache.cached(&id).is_none(), "off");
+}
+
 async fn settle() {
     for _ in 0..5 {
         tokio::task::yield_now().await;

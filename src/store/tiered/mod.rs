@@ -214,6 +214,13 @@ impl<H: HotTier, D: DurableTier> ProgressStore for TieredStore<H, D> {
         self.read_tiers(id, Read::Cached).await
     }
 
+    /// The hot tier's read cache, while the tier is used: a hit is no
+    /// answer from Redis, so it leaves the breaker alone (`get` through the
+    /// cache counted one as Redis answering, and reset the failure count).
+    fn cached(&self, id: &ProgressId) -> Option<StoredRecord> {
+        self.hot_usable()?.store.cached(id)
+    }
+
     async fn read(&self, id: &ProgressId, how: Read) -> Result<Option<StoredRecord>, StoreError> {
         self.read_tiers(id, how).await
     }

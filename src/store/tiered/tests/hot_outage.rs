@@ -22,6 +22,27 @@ async fn redis_down_reads_go_to_postgres_and_the_open_breaker_stops_calling_redi
     assert_eq!(t.hot.faults.calls("get"), calls, "with the breaker open, reads skip Redis at no cost");
 }
 
+/// The read cache in front of Redis is asked only while Redis is used (not
+/// once the breaker opened), and a hit is no answer from Redis: it does not
+/// reset the count of failures that opens the breaker.
+#[tokio::test(start_paused = true)]
+async fn the_read_cache_answers_only_while_redis_is_used_and_a_hit_is_not_redis_answering() {
+    let t = Tiers::start().await;
+    let job = id("job");
+    assert!(t.write(&job, &record_at("job", 1, "running", Timestamp::now())).await.unwrap());
+    assert_eq!(t.store.cached(&job).map(|r| r.version()), Some(1), "Redis is used: its cache answers");
+
+    t.hot.faults.down();
+    for _ in 0..FAILURES - 1 {
+        assert_eq!(t.version(&job).await.unwrap(), 1, "a failed Redis read falls back to PostgreSQL");
+        assert!(t.store.cached(&job).is_some(), "the cache has not heard yet");
+    }
+    assert_eq!(t.hot_breaker(), BreakerState::Closed);
+    assert_eq!(t.version(&job).await.unwrap(), 1);
+    assert_eq!(t.hot_breaker(), BreakerState::Open, "the hits between the failures did not reset their count");
+    assert!(t.store.cached(&job).is_none(), "with the breaker open, the cache is not asked");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_redis_that_hangs_opens_its_breaker_after_its_timeouts() {
     let t = Tiers::start().await;
