@@ -5,7 +5,11 @@
 # 400-byte JSON body, no layers) and to progressd's own `/healthz`, all
 # measured in the same run.
 #
-# Rows, per progressd binary: `/healthz`, a cached `GET /progress/{id}`,
+# Rows: the bare route, and the bare route answering the seeded record's
+# bytes as progressd's GET answers them (about 1,160 B against 400: the GET
+# rows are also given against it, below the table, which tells the size of
+# the answer from the work of giving it). Per progressd binary: `/healthz`,
+# a cached `GET /progress/{id}`,
 # PUT and PATCH (bench/put.lua, bench/patch.lua over 1,000 records), against
 # Redis over PostgreSQL (a new database per instance, dropped at exit; a key
 # prefix of its own on the shared Redis, deleted at exit), no tokens. With
@@ -64,14 +68,6 @@ export BENCH_WRITE_IDS=1000 BENCH_PUT_ID_PREFIX=bench-put- BENCH_PATCH_ID_PREFIX
 declare -A BASE=() PID=()
 INSTANCES=()
 
-port="$(free_port)"
-( cd "$WORK" && exec env PORT="$port" "$BARE_BIN" ) >"$WORK/server-bare.log" 2>&1 &
-register_pid "$!" "bare axum"
-PID[bare]=$!
-BASE[bare]="http://127.0.0.1:$port"
-for _ in $(seq 1 100); do curl -fs -o /dev/null "${BASE[bare]}/" && break; sleep 0.1; done
-curl -fs -o /dev/null "${BASE[bare]}/" || die "the bare axum server did not answer"
-
 seed() {  # base [auth]
   local h=(-H 'Content-Type: application/json')
   [[ -z "${2:-}" ]] || h+=(-H "Authorization: Bearer $WRITE_TOKEN")
@@ -112,10 +108,24 @@ for pair in "${BINS[@]}"; do
   done
 done
 
+# The bare route, started once the records are seeded: it also answers the
+# record's bytes, as the first instance's GET answers them (`/file`), so the
+# GET rows can be read against the same answer from a bare route.
+RECORD_BODY="$WORK/record-body.json"
+curl -fs -o "$RECORD_BODY" "${BASE[${INSTANCES[0]}]}/progress/bench-read" || die "the seeded record could not be read"
+port="$(free_port)"
+( cd "$WORK" && exec env PORT="$port" BODY_FILE="$RECORD_BODY" "$BARE_BIN" ) >"$WORK/server-bare.log" 2>&1 &
+register_pid "$!" "bare axum"
+PID[bare]=$!
+BASE[bare]="http://127.0.0.1:$port"
+for _ in $(seq 1 100); do curl -fs -o /dev/null "${BASE[bare]}/" && break; sleep 0.1; done
+curl -fs -o /dev/null "${BASE[bare]}/" || die "the bare axum server did not answer"
+curl -fs -o /dev/null "${BASE[bare]}/file" || die "the bare axum server did not answer /file (an older build without BODY_FILE?)"
+
 # --- rows ----------------------------------------------------------------------------
 
-ROWS=(bare)
-declare -A ROW_INSTANCE=([bare]=bare) ROW_KIND=([bare]=bare)
+ROWS=(bare bare+record)
+declare -A ROW_INSTANCE=([bare]=bare [bare+record]=bare) ROW_KIND=([bare]=bare [bare+record]=bare_record)
 # With BARE_AUTH=1, the bare route again, sent the same two headers as the
 # +auth rows (a read token and an `Origin`, which it ignores): what parsing
 # them costs any server, the limit of those rows.
@@ -142,6 +152,7 @@ wrk_run() {
   fi
   case "$kind" in
     bare) args=("${hdr[@]}" -s "$BENCH_DIR/report.lua" "$base/") ;;
+    bare_record) args=(-s "$BENCH_DIR/report.lua" "$base/file") ;;
     healthz) args=("${hdr[@]}" -s "$BENCH_DIR/report.lua" "$base/healthz") ;;
     get) args=("${hdr[@]}" -s "$BENCH_DIR/report.lua" "$base/progress/bench-read") ;;
     put) args=(-s "$BENCH_DIR/put.lua" "$base") ;;
@@ -203,8 +214,8 @@ done
   for pair in "${BINS[@]}"; do echo "binary:      $pair"; done
   echo "bare:        $BARE_BIN"
   echo
-  python3 - "$RAW" "${ROWS[@]}" <<'PY'
-import statistics as st, sys
+  RECORD_BYTES="$(wc -c <"$RECORD_BODY")" python3 - "$RAW" "${ROWS[@]}" <<'PY'
+import os, statistics as st, sys
 raw, rows = sys.argv[1], sys.argv[2:]
 runs = {}
 for line in open(raw):
@@ -219,7 +230,7 @@ print("|---|---:|---:|" + ("---:|" if headed else "") + "---:|---:|---:|---:|---
 med = lambda xs: st.median(xs) if xs else float("nan")
 for row in rows:
     inst, _, kind = row.rpartition("/") if "/" in row else ("", "", row)
-    if row == "bare+headers":
+    if row in ("bare+headers", "bare+record"):
         kind = "bare"
     r = runs.get(row, {})
     bare = runs.get("bare", {})
@@ -232,11 +243,21 @@ for row in rows:
     bare_cpu = med([v[2] for v in bare.values()])
     x_same = med([r[k][0] / same[k][0] for k in r if k in same])
     label = names[kind] + (f" ({inst})" if inst else "") + (" (a read token and an Origin sent)" if row == "bare+headers" else "")
+    if row == "bare+record":
+        label = f"bare axum, the record's {int(os.environ['RECORD_BYTES']):,} B as GET answers it"
     print(f"| {label} | {med([v[0] for v in r.values()]):,.0f} | {x_bare:.2f} | "
           + (f"{x_same:.2f} | " if headed else "")
           + ("—" if kind == "bare" or not hz else f"{x_hz:.2f}")
           + f" | {med([v[1] for v in r.values()]) / 1000:.2f} | {cpu:.1f} | {bare_cpu / cpu if cpu else 0:.2f}"
           + f" | {med([v[4] for v in r.values()]):.1f} | {med([v[5] for v in r.values()]):.1f} | {sum(v[3] for v in r.values())} |")
+print()
+# The GET rows against the bare route answering the same bytes: the work of
+# a cached GET apart from the size of its answer.
+same_body = runs.get("bare+record", {})
+for row in rows:
+    if row.endswith("/get") and same_body:
+        r = runs[row]
+        print(f"{row}: {med([r[k][0] / same_body[k][0] for k in r if k in same_body]):.2f} × the bare route answering the record's bytes")
 print()
 print("req/s, p99 and CPU: medians of the rounds; × bare and × healthz: medians of the rounds' ratios (each within one round).")
 print("CPU: the server's own; Redis: the shared redis-server's (0 when it is not local); machine: every busy CPU")

@@ -10,9 +10,14 @@
 //! ```
 //!
 //! `GET /` (and any other path) answers `200 application/json` with
-//! [`BODY`]; it listens on 127.0.0.1:`PORT` (default 8081).
+//! [`BODY`]; it listens on 127.0.0.1:`PORT` (default 8081). With
+//! `BODY_FILE` set, `GET /file` answers the same with that file's bytes,
+//! read once at start-up (`bench/bare.sh` gives it a record as progressd's
+//! GET answers it, so a row can tell the size of the answer from the
+//! work of giving it).
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::http::header;
 use axum::response::IntoResponse;
 
@@ -35,7 +40,12 @@ async fn bare() -> impl IntoResponse {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8081);
-    let app = Router::new().route("/", axum::routing::get(bare)).fallback(bare);
+    let mut app = Router::new().route("/", axum::routing::get(bare));
+    if let Some(path) = std::env::var_os("BODY_FILE") {
+        let body = Bytes::from(std::fs::read(path)?);
+        app = app.route("/file", axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], body) }));
+    }
+    let app = app.fallback(bare);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await
 }
