@@ -33,6 +33,7 @@ fn with_no_tokens_everything_but_admin_is_open() {
     for access in [Access::Public, Access::Read, Access::Write, Access::Cancel] {
         assert_eq!(decide(&t, access, None), "ok", "{access:?}");
         assert_eq!(decide(&t, access, Some("Bearer anything")), "ok", "{access:?}");
+        assert_eq!(decide(&t, access, Some("Basic not-a-bearer")), "ok", "{access:?}: not even looked at");
     }
     assert_eq!(decide(&t, Access::Admin, None), "admin_disabled");
     assert_eq!(decide(&t, Access::Admin, Some("Bearer anything")), "admin_disabled");
