@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::handler::{Handler, HandlerService};
+use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, MethodRouter, on};
+use axum::routing::{MethodFilter, MethodRouter};
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::error::Error;
@@ -124,10 +124,8 @@ pub struct Route {
     /// Whether its responses go through the compression layer, or the
     /// handler gzips its own bodies (or sends none worth compressing).
     gzip: Gzip,
-    /// The handler behind the given layers.
-    handler: Box<dyn FnOnce(RouteLayers) -> MethodRouter<AppState>>,
-    /// The same, as one service of its own: for the routes called ahead of
-    /// axum's router ([`App`]).
+    /// The handler behind the given layers, as one service: the router's
+    /// route, and the route called ahead of the router ([`App`]).
     service: Box<dyn FnOnce(RouteLayers, AppState) -> RouteService>,
 }
 
@@ -158,11 +156,8 @@ where
     H: Handler<T, AppState>,
     T: 'static,
 {
-    let filter = MethodFilter::try_from(method.clone()).expect("standard methods have filters");
-    let alone = handler.clone();
-    let service = Box::new(move |layers: RouteLayers, state| RouteService::new(layers.around(alone).with_state(state)));
-    let handler = Box::new(move |layers: RouteLayers| on(filter, layers.around(handler)));
-    Route { method, path, access, gzip: Gzip::Layer, handler, service }
+    let service = Box::new(move |layers: RouteLayers, state| layers.service(handler, state));
+    Route { method, path, access, gzip: Gzip::Layer, service }
 }
 
 /// Every route the service answers. The router is built from this table,
@@ -205,11 +200,12 @@ pub fn routes() -> Vec<Route> {
 /// last two, the 405s labelled with their path in the metrics, the 404s
 /// `unmatched`.
 ///
-/// The stack wraps each handler itself (`Handler::layer`), not the router
-/// or the route (`Router::layer`, `route_layer`): axum boxes a route's
-/// service once for each of those and clones and calls through every box
-/// on every request (issue 23). Each route's edge knows its metrics label,
-/// so no request looks its path up.
+/// The stack wraps each handler itself, as one service built once per route
+/// (`RouteLayers::service`), not the router or the route (`Router::layer`,
+/// `route_layer`): axum boxes a route's service once for each of those and
+/// clones and calls through every box on every request (issue 23). The
+/// fallbacks, which are handlers, wrap theirs with `Handler::layer`. Each
+/// route's edge knows its metrics label, so no request looks its path up.
 pub fn router(state: AppState) -> App {
     let table = routes();
     let outer = edge::EdgeLayer {
@@ -228,12 +224,14 @@ pub fn router(state: AppState) -> App {
             gzip: r.gzip == Gzip::Layer,
             guard: auth::guard(r.access, &state.tokens),
         };
+        let service = (r.service)(layers, state.clone());
         if r.path == RECORD_PATH {
-            ahead.record.push((r.method.clone(), (r.service)(layers.clone(), state.clone())));
+            ahead.record.push((r.method.clone(), service.clone()));
         } else if !r.path.contains('{') {
-            ahead.exact.push((r.method.clone(), r.path, (r.service)(layers.clone(), state.clone())));
+            ahead.exact.push((r.method.clone(), r.path, service.clone()));
         }
-        let methods = (r.handler)(layers);
+        let filter = MethodFilter::try_from(r.method).expect("standard methods have filters");
+        let methods = MethodRouter::new().on_service(filter, service);
         match paths.iter_mut().find(|(path, _)| *path == r.path) {
             Some((_, known)) => *known = std::mem::replace(known, MethodRouter::new()).merge(methods),
             None => paths.push((r.path, methods)),
@@ -336,24 +334,13 @@ impl<L: axum::serve::Listener> Service<axum::serve::IncomingStream<'_, L>> for A
 }
 
 impl edge::EdgeLayer {
-    /// `handler` behind the edge (`inner` between it and the handler).
-    fn around_with<H, T, L>(&self, inner: L, handler: H) -> impl Handler<T, AppState> + use<H, T, L>
-    where
-        H: Handler<T, AppState>,
-        T: 'static,
-        L: Layer<HandlerService<H, T, AppState>> + Clone + Send + Sync + 'static,
-        L::Service: Service<axum::extract::Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-        <L::Service as Service<axum::extract::Request>>::Future: Send,
-    {
-        handler.layer(ServiceBuilder::new().layer(self.clone()).layer(inner))
-    }
-
+    /// A fallback `handler` behind the edge alone.
     fn around<H, T>(&self, handler: H) -> impl Handler<T, AppState> + use<H, T>
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
-        self.around_with(tower::layer::util::Identity::new(), handler)
+        handler.layer(self.clone())
     }
 }
 
@@ -367,7 +354,12 @@ struct RouteLayers {
 }
 
 impl RouteLayers {
-    fn around<H, T>(self, handler: H) -> impl Handler<T, AppState> + use<H, T>
+    /// `handler` with `state` behind these layers: one service, built once
+    /// and cloned for each request. (`Handler::layer` would build the
+    /// layers' services anew for every request, inside a handler service
+    /// of its own, and call them through `oneshot`: about 500 instructions
+    /// of every request, issue 23.)
+    fn service<H, T>(self, handler: H, state: AppState) -> RouteService
     where
         H: Handler<T, AppState>,
         T: 'static,
@@ -378,8 +370,9 @@ impl RouteLayers {
                     .layer(tower::util::MapResponseLayer::new(IntoResponse::into_response))
                     .layer(layers::compression())
             }))
-            .option_layer(self.guard);
-        self.edge.around_with(inner, handler)
+            .option_layer(self.guard)
+            .service(handler.with_state(state));
+        RouteService::new(self.edge.layer(inner))
     }
 }
 
