@@ -135,9 +135,15 @@ impl ProgressService {
         self.max_ttl_seconds
     }
 
+    /// The record as the store can give it from memory, without waiting
+    /// (`ProgressStore::cached`): what [`get`](Self::get) answers first.
+    pub fn cached(&self, id: &ProgressId) -> Option<StoredRecord> {
+        self.store.cached(id)
+    }
+
     /// The record, or `None`.
     pub async fn get(&self, id: &ProgressId) -> Result<Option<StoredRecord>, Error> {
-        if let Some(record) = self.store.cached(id) {
+        if let Some(record) = self.cached(id) {
             return Ok(Some(record));
         }
         Ok(self.store.get(id).await?)

@@ -449,10 +449,28 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match check(self.access, &self.tokens, request) {
-            Checked::Granted(request) => GuardFuture::Granted { inner: self.inner.call(request) },
-            Checked::Refused(refusal) => GuardFuture::Refused { response: Some(refusal) },
-        }
+        let inner = &mut self.inner;
+        guarded(self.access, &self.tokens, request, |request| inner.call(request))
+    }
+}
+
+impl GuardLayer {
+    /// What [`Guard`] does with `request`, handing it to `inner` (the inner
+    /// service's `call`) when granted: by reference, as `EdgeLayer::start`.
+    pub(crate) fn start<F>(&self, request: Request, inner: impl FnOnce(Request) -> F) -> GuardFuture<F> {
+        guarded(self.access, &self.tokens, request, inner)
+    }
+}
+
+fn guarded<F>(
+    access: Access,
+    tokens: &AccessTokens,
+    request: Request,
+    inner: impl FnOnce(Request) -> F,
+) -> GuardFuture<F> {
+    match check(access, tokens, request) {
+        Checked::Granted(request) => GuardFuture::Granted { inner: inner(request) },
+        Checked::Refused(refusal) => GuardFuture::Refused { response: Some(refusal) },
     }
 }
 

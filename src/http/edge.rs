@@ -77,22 +77,32 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let cors = match self.edge.cors.as_ref().map(|cors| cors.start(&request)) {
+    fn call(&mut self, request: Request) -> Self::Future {
+        let inner = &mut self.inner;
+        self.edge.start(request, |request| inner.call(request))
+    }
+}
+
+impl EdgeLayer {
+    /// What [`Edge`] does with `request`, handing it to `inner` (the inner
+    /// service's `call`): by reference, for the route [`super::App`] calls
+    /// ahead of the router without a clone of its service.
+    pub(crate) fn start<F>(&self, mut request: Request, inner: impl FnOnce(Request) -> F) -> EdgeFuture<F> {
+        let cors = match self.cors.as_ref().map(|cors| cors.start(&request)) {
             Some(CorsStart::Preflight(response)) => return EdgeFuture::Answered { response: Some(response) },
             Some(CorsStart::Call(finish)) => Some(finish),
             None => None,
         };
-        let metrics = self.edge.metrics.start(request.method());
+        let metrics = self.metrics.start(request.method());
         // Asked once: the filter's answer costs a few hundred instructions.
         let spans = request_span::enabled();
         let id = layers::take_request_id(&mut request, spans);
         let mut context = spans.then(|| trace::request_context(&request));
-        let limit = self.edge.timeout + Duration::from_secs(layers::long_poll_seconds(request.uri().query()));
+        let limit = self.timeout + Duration::from_secs(layers::long_poll_seconds(request.uri().query()));
         let inner = {
             let _entered = request_span::enter(&mut context);
             trace::started();
-            catch_unwind(AssertUnwindSafe(|| self.inner.call(request))).ok()
+            catch_unwind(AssertUnwindSafe(|| inner(request))).ok()
         };
         EdgeFuture::Running { inner, sleep: None, finish: Finish { limit, cors, metrics, id: Some(id), context } }
     }

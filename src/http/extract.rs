@@ -23,7 +23,14 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     /// `/progress/{id}` are called ahead of axum's router ([`super::App`]),
     /// which would have collected the path's parameters (issue 23).
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
-        ProgressId::parse(&path_id(parts.uri.path())?).map(PathId).map_err(|e| Error::InvalidId(e.0))
+        Self::from_path(parts.uri.path())
+    }
+}
+
+impl PathId {
+    /// The id of the `/progress/{id}…` path `path`.
+    pub fn from_path(path: &str) -> Result<Self, Error> {
+        ProgressId::parse(&path_id(path)?).map(PathId).map_err(|e| Error::InvalidId(e.0))
     }
 }
 
@@ -194,9 +201,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Conditions {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        Self::from_headers(&parts.headers)
+    }
+}
+
+impl Conditions {
+    /// The conditions `headers` set.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, Error> {
         Ok(Self {
-            if_match: entity_tags(&parts.headers, header::IF_MATCH, false)?,
-            if_none_match: entity_tags(&parts.headers, header::IF_NONE_MATCH, true)?,
+            if_match: entity_tags(headers, header::IF_MATCH, false)?,
+            if_none_match: entity_tags(headers, header::IF_NONE_MATCH, true)?,
         })
     }
 }

@@ -124,9 +124,17 @@ pub struct Route {
     /// Whether its responses go through the compression layer, or the
     /// handler gzips its own bodies (or sends none worth compressing).
     gzip: Gzip,
-    /// The handler behind the given layers, as one service: the router's
+    /// What answers it.
+    serve: Serve,
+}
+
+/// What answers a route.
+enum Serve {
+    /// A handler, behind the given layers as one service: the router's
     /// route, and the route called ahead of the router ([`App`]).
-    service: Box<dyn FnOnce(RouteLayers, AppState) -> RouteService>,
+    Handler(Box<dyn FnOnce(RouteLayers, AppState) -> RouteService>),
+    /// `GET /progress/{id}`: [`RecordGet`].
+    RecordGet,
 }
 
 /// One route's handler behind its layers, as [`App`] calls it.
@@ -157,7 +165,7 @@ where
     T: 'static,
 {
     let service = Box::new(move |layers: RouteLayers, state| layers.service(handler, state));
-    Route { method, path, access, gzip: Gzip::Layer, service }
+    Route { method, path, access, gzip: Gzip::Layer, serve: Serve::Handler(service) }
 }
 
 /// Every route the service answers. The router is built from this table,
@@ -173,7 +181,13 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/dashboard/cancel.js", Access::Public, assets::dashboard_cancel_js),
         route(Method::GET, "/dashboard/app.css", Access::Public, assets::dashboard_css),
         route(Method::GET, "/progress", Access::List, list::list),
-        route(Method::GET, RECORD_PATH, Access::Read, progress::get).gzipped_by_handler(),
+        Route {
+            method: Method::GET,
+            path: RECORD_PATH,
+            access: Access::Read,
+            gzip: Gzip::Handler,
+            serve: Serve::RecordGet,
+        },
         route(Method::GET, "/progress/{id}/events", Access::Read, events::events).gzipped_by_handler(),
         route(Method::PUT, RECORD_PATH, Access::Write, progress::put).gzipped_by_handler(),
         route(Method::PATCH, RECORD_PATH, Access::Write, progress::patch).gzipped_by_handler(),
@@ -224,7 +238,14 @@ pub fn router(state: AppState) -> App {
             gzip: r.gzip == Gzip::Layer,
             guard: auth::guard(r.access, &state.tokens),
         };
-        let service = (r.service)(layers, state.clone());
+        let service = match r.serve {
+            Serve::Handler(service) => service(layers, state.clone()),
+            Serve::RecordGet => {
+                let get = RecordGet { layers, get: progress::GetRecord(state.clone()) };
+                ahead.get = Some(get.clone());
+                RouteService::new(get)
+            }
+        };
         if r.path == RECORD_PATH {
             ahead.record.push((r.method.clone(), service.clone()));
         } else if !r.path.contains('{') {
@@ -272,6 +293,8 @@ pub struct App {
 /// table whose path is `/progress/{id}` or has no parameter.
 #[derive(Default)]
 struct Ahead {
+    /// `GET /progress/{id}`, unboxed and called by reference.
+    get: Option<RecordGet>,
     /// The methods of `/progress/{id}` (GET, PUT, PATCH, DELETE).
     record: Vec<(Method, RouteService)>,
     /// The routes whose paths have no parameter, by method and path.
@@ -289,11 +312,30 @@ impl Ahead {
     }
 }
 
-/// The future of [`App`]'s answer.
-pub type AppFuture = futures_util::future::Either<
-    axum::routing::future::RouteFuture<Infallible>,
-    <RouteService as Service<axum::extract::Request>>::Future,
->;
+pin_project_lite::pin_project! {
+    /// The future of [`App`]'s answer.
+    #[project = AppFutureProj]
+    pub enum AppFuture {
+        /// Through the router.
+        Router { #[pin] inner: axum::routing::future::RouteFuture<Infallible> },
+        /// A route called ahead of it.
+        Ahead { #[pin] inner: <RouteService as Service<axum::extract::Request>>::Future },
+        /// `GET /progress/{id}`.
+        RecordGet { #[pin] inner: RecordGetFuture },
+    }
+}
+
+impl std::future::Future for AppFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            AppFutureProj::Router { inner } => inner.poll(cx),
+            AppFutureProj::Ahead { inner } => inner.poll(cx),
+            AppFutureProj::RecordGet { inner } => inner.poll(cx),
+        }
+    }
+}
 
 impl<B> Service<axum::http::Request<B>> for App
 where
@@ -309,11 +351,17 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<B>) -> AppFuture {
-        use futures_util::future::Either;
+        let path = request.uri().path();
+        if request.method() == Method::GET
+            && let Some(get) = &self.ahead.get
+            && extract::is_record_path(path)
+        {
+            return AppFuture::RecordGet { inner: get.answer(request.map(axum::body::Body::new)) };
+        }
         // A handler service is always ready; each call clones its handler, as axum's router does.
-        match self.ahead.find(request.method(), request.uri().path()).cloned() {
-            Some(mut route) => Either::Right(route.call(request.map(axum::body::Body::new))),
-            None => Either::Left(self.router.call(request)),
+        match self.ahead.find(request.method(), path).cloned() {
+            Some(mut route) => AppFuture::Ahead { inner: route.call(request.map(axum::body::Body::new)) },
+            None => AppFuture::Router { inner: self.router.call(request) },
         }
     }
 }
@@ -373,6 +421,45 @@ impl RouteLayers {
             .option_layer(self.guard)
             .service(handler.with_state(state));
         RouteService::new(self.edge.layer(inner))
+    }
+}
+
+/// `GET /progress/{id}` ([`progress::GetRecord`]) behind its layers (the
+/// edge, the token check; it gzips its own answers), as one service of
+/// types known here rather than a boxed [`RouteService`]: [`App`] calls it
+/// by reference, with no clone of the service, no box for the service or
+/// its future, and no call through either (issue 23). The router's route
+/// for it (`HEAD`) is the same, boxed.
+#[derive(Clone)]
+struct RecordGet {
+    layers: RouteLayers,
+    get: progress::GetRecord,
+}
+
+/// The future of [`RecordGet`]'s answer.
+type RecordGetFuture = edge::EdgeFuture<auth::GuardFuture<progress::GetFuture>>;
+
+impl RecordGet {
+    fn answer(&self, request: axum::extract::Request) -> RecordGetFuture {
+        debug_assert!(!self.layers.gzip, "the record's GET gzips its own answers");
+        self.layers.edge.start(request, |request| match &self.layers.guard {
+            Some(guard) => guard.start(request, |request| self.get.answer(request)),
+            None => auth::GuardFuture::Granted { inner: self.get.answer(request) },
+        })
+    }
+}
+
+impl Service<axum::extract::Request> for RecordGet {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RecordGetFuture;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> RecordGetFuture {
+        self.answer(request)
     }
 }
 
@@ -455,6 +542,37 @@ mod tests {
             builder = builder.header(name, value);
         }
         builder.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap()
+    }
+
+    /// `GET /progress/{id}` answers a record the store holds in memory when
+    /// it is called, with no future left to wait on a store; a record it
+    /// does not hold, and a long-poll, wait. Bad ids are answered at once.
+    #[tokio::test]
+    async fn a_get_of_a_record_held_in_memory_is_answered_when_called() {
+        use super::progress::GetFuture;
+        let app = crate::app::build_router(&Settings::default(), Arc::new(MemoryStore::default()));
+        let put = request("PUT", "/progress/m1", Some(r#"{"status": "running", "current": 3}"#), None);
+        assert_eq!(app.clone().oneshot(put).await.unwrap().status(), StatusCode::CREATED);
+        let get = &app.ahead.get.as_ref().expect("the record's GET is called ahead of the router").get;
+        let answered = |future: GetFuture| match future {
+            GetFuture::Ready(response) => response.expect("an answer"),
+            GetFuture::Waiting(_) => panic!("waited for an answer held in memory"),
+        };
+        let ok = answered(get.answer(request("GET", "/progress/m1", None, None)));
+        assert_eq!(ok.status(), StatusCode::OK);
+        let (_, _, body) = answer(ok).await;
+        assert!(body.contains(r#""id":"m1""#), "{body}");
+        let unchanged = answered(get.answer(request("GET", "/progress/m1", None, Some(("if-none-match", "\"1\"")))));
+        assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+        let bad = answered(get.answer(request("GET", "/progress/bad%20id", None, None)));
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        for (path, header) in [("/progress/m2", None), ("/progress/m1?wait=1", Some(("if-none-match", "\"1\"")))] {
+            let GetFuture::Waiting(waiting) = get.answer(request("GET", path, None, header)) else {
+                panic!("{path} was answered without waiting");
+            };
+            let status = waiting.await.status();
+            assert_eq!(status, if path == "/progress/m2" { StatusCode::NOT_FOUND } else { StatusCode::NOT_MODIFIED });
+        }
     }
 
     /// `/progress/{id}` answered ahead of axum's router answers as the

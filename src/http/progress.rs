@@ -1,13 +1,17 @@
 //! `/progress/{id}`: GET, PUT, PATCH, DELETE.
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tower::Service;
 
 use super::AppState;
 use super::extract::{Conditions, JsonBody, JsonText, PathId, parse_json};
@@ -24,20 +28,85 @@ use crate::service::{Preconditions, WriteBody, Written};
 /// 304 is held for up to `N` seconds: the answer is the record as soon as it
 /// moves (or 410 when it is deleted or expires meanwhile), else 304 when
 /// the time runs out.
-pub async fn get(State(state): State<AppState>, read: RecordRead) -> Result<Response, Error> {
-    let RecordRead { id, conditions, accepts_gzip, wait } = read;
-    let record = match wait {
-        // Boxed: the watch and the timer would make every GET's future
-        // larger, and it is moved into the route's box on every request.
-        Some(seconds) => Box::pin(changed_within(&state, &id, &conditions, seconds)).await?,
-        None => state.service.read(&id).await?,
-    };
-    if conditions.unchanged(&record) {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        set_validators(&mut response, &record);
-        return Ok(response);
+///
+/// A service of its own, not an axum handler: a read the store answers
+/// from memory (the read cache, the embedded store) is answered in `call`,
+/// with no future to build, box and poll, and by reference, with no clone
+/// of the service (`super::RecordGet`); the rest (a read that waits for
+/// Redis or PostgreSQL, a long-poll) runs [`get`] in a boxed future, as
+/// axum runs a handler. About 700 instructions of every cached GET (issue
+/// 23).
+#[derive(Clone)]
+pub(super) struct GetRecord(pub(super) AppState);
+
+impl GetRecord {
+    /// The answer to `request`, without taking its body.
+    pub(super) fn answer(&self, request: Request) -> GetFuture {
+        let (parts, _) = request.into_parts();
+        let read = match RecordRead::read(&parts) {
+            Ok(read) => read,
+            Err(e) => return GetFuture::Ready(Some(e.into_response())),
+        };
+        if read.wait.is_none()
+            && let Some(record) = self.0.service.cached(&read.id)
+        {
+            return GetFuture::Ready(Some(answer(&record, &read)));
+        }
+        let state = self.0.clone();
+        GetFuture::Waiting(Box::pin(async move { get(&state, read).await.into_response() }))
     }
-    Ok(record_response(StatusCode::OK, &record, accepts_gzip))
+}
+
+impl Service<Request> for GetRecord {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GetFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> GetFuture {
+        self.answer(request)
+    }
+}
+
+/// The future of [`GetRecord`]'s answer.
+pub(super) enum GetFuture {
+    /// Answered in `call`; taken when polled.
+    Ready(Option<Response>),
+    /// A read that waits for a store, or a long-poll.
+    Waiting(Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
+impl Future for GetFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut *self {
+            GetFuture::Ready(response) => Poll::Ready(Ok(response.take().expect("an answer is polled once"))),
+            GetFuture::Waiting(future) => future.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+/// What [`GetRecord`] does with a read that waits.
+async fn get(state: &AppState, read: RecordRead) -> Result<Response, Error> {
+    let record = match read.wait {
+        Some(seconds) => changed_within(state, &read.id, &read.conditions, seconds).await?,
+        None => state.service.read(&read.id).await?,
+    };
+    Ok(answer(&record, &read))
+}
+
+/// The record, or 304 when `If-None-Match` names its version.
+fn answer(record: &StoredRecord, read: &RecordRead) -> Response {
+    if read.conditions.unchanged(record) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        set_validators(&mut response, record);
+        return response;
+    }
+    record_response(StatusCode::OK, record, read.accepts_gzip)
 }
 
 /// The record once it no longer matches `If-None-Match`, or as it is when
@@ -64,12 +133,10 @@ async fn changed_within(
     Ok(record)
 }
 
-/// What `GET /progress/{id}` reads off the request, in one extractor: the
-/// id, the conditions, whether the client takes gzip and `?wait=`, read
-/// (and refused) in that order. Four extractors cost axum's handler glue a
-/// future each to build, poll and move, the most requested route's
-/// largest share of the glue (issue 23).
-pub struct RecordRead {
+/// What `GET /progress/{id}` reads off the request: the id, the
+/// conditions, whether the client takes gzip and `?wait=`, read (and
+/// refused) in that order.
+struct RecordRead {
     id: ProgressId,
     conditions: Conditions,
     accepts_gzip: bool,
@@ -77,12 +144,10 @@ pub struct RecordRead {
     wait: Option<u64>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for RecordRead {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        let PathId(id) = PathId::from_request_parts(parts, state).await?;
-        let conditions = Conditions::from_request_parts(parts, state).await?;
+impl RecordRead {
+    fn read(parts: &Parts) -> Result<Self, Error> {
+        let PathId(id) = PathId::from_path(parts.uri.path())?;
+        let conditions = Conditions::from_headers(&parts.headers)?;
         let accepts_gzip = super::gzip::accepts_gzip(&parts.headers);
         let wait = wait_seconds(parts.uri.query())?.filter(|_| conditions.if_none_match.is_some());
         Ok(Self { id, conditions, accepts_gzip, wait })
