@@ -39,20 +39,34 @@ pub struct App {
 pub(super) struct Ahead {
     /// `GET /progress/{id}`, unboxed and called by reference.
     pub(super) get: Option<RecordGet>,
-    /// The methods of `/progress/{id}` (GET, PUT, PATCH, DELETE).
+    /// The other methods of `/progress/{id}` (PUT, PATCH, DELETE).
     pub(super) record: Vec<(Method, RouteService)>,
     /// The routes whose paths have no parameter, by method and path.
     pub(super) exact: Vec<(Method, &'static str, RouteService)>,
 }
 
+/// A route called ahead of the router ([`Ahead::find`]).
+enum Found<'a> {
+    /// `GET /progress/{id}`.
+    RecordGet(&'a RecordGet),
+    /// Any other.
+    Route(&'a RouteService),
+}
+
 impl Ahead {
     /// The route of `method` on `path`, if it is called ahead of the router.
-    fn find(&self, method: &Method, path: &str) -> Option<&RouteService> {
-        if extract::is_record_path(path) {
-            self.record.iter().find(|(m, _)| m == method).map(|(_, route)| route)
-        } else {
-            self.exact.iter().find(|(m, p, _)| *p == path && m == method).map(|(_, _, route)| route)
+    fn find(&self, method: &Method, path: &str) -> Option<Found<'_>> {
+        if !extract::is_record_path(path) {
+            return self
+                .exact
+                .iter()
+                .find(|(m, p, _)| *p == path && m == method)
+                .map(|(_, _, route)| Found::Route(route));
         }
+        if method == Method::GET {
+            return self.get.as_ref().map(Found::RecordGet);
+        }
+        self.record.iter().find(|(m, _)| m == method).map(|(_, route)| Found::Route(route))
     }
 }
 
@@ -95,16 +109,14 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<B>) -> AppFuture {
-        let path = request.uri().path();
-        if request.method() == Method::GET
-            && let Some(get) = &self.ahead.get
-            && extract::is_record_path(path)
-        {
-            return AppFuture::RecordGet { inner: get.answer(request.map(axum::body::Body::new)) };
-        }
-        // A handler service is always ready; each call clones its handler, as axum's router does.
-        match self.ahead.find(request.method(), path).cloned() {
-            Some(mut route) => AppFuture::Ahead { inner: route.call(request.map(axum::body::Body::new)) },
+        match self.ahead.find(request.method(), request.uri().path()) {
+            Some(Found::RecordGet(get)) => {
+                AppFuture::RecordGet { inner: get.answer(request.map(axum::body::Body::new)) }
+            }
+            // A handler service is always ready; each call clones its handler, as axum's router does.
+            Some(Found::Route(route)) => {
+                AppFuture::Ahead { inner: route.clone().call(request.map(axum::body::Body::new)) }
+            }
             None => AppFuture::Router { inner: self.router.call(request) },
         }
     }

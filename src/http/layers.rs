@@ -24,8 +24,9 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// version nibble: 60 random bits) are drawn once per process from the
 /// standard library's OS-seeded `RandomState`; the last 64 are the variant
 /// bits and a process-wide 62-bit counter (taken by each thread in blocks:
-/// [`next_request_number`]). Unique within a process by the counter, across processes by the prefix, and no `getrandom` system call
-/// per request, which `MakeRequestUuid` (a random v4 UUID) made (issue 23).
+/// [`next_request_number`]). Unique within a process by the counter,
+/// across processes by the prefix, and no `getrandom` system call per
+/// request, which `MakeRequestUuid` (a random v4 UUID) made (issue 23).
 /// The prefix: `xxxxxxxx-xxxx-8xxx-`, lowercase hex.
 fn request_id_prefix() -> &'static [u8; 19] {
     static PREFIX: OnceLock<[u8; 19]> = OnceLock::new();

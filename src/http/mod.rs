@@ -241,6 +241,9 @@ pub fn router(state: AppState) -> App {
             gzip: r.gzip == Gzip::Layer,
             guard: auth::guard(r.access, &state.tokens),
         };
+        // The record's GET is called ahead unboxed, as `ahead.get`; the
+        // router's route for it (`HEAD`) is the same service, boxed.
+        let unboxed = matches!(r.serve, Serve::RecordGet);
         let service = match r.serve {
             Serve::Handler(service) => service(layers, state.clone()),
             Serve::RecordGet => {
@@ -250,7 +253,9 @@ pub fn router(state: AppState) -> App {
             }
         };
         if r.path == RECORD_PATH {
-            ahead.record.push((r.method.clone(), service.clone()));
+            if !unboxed {
+                ahead.record.push((r.method.clone(), service.clone()));
+            }
         } else if !r.path.contains('{') {
             ahead.exact.push((r.method.clone(), r.path, service.clone()));
         }
