@@ -41,7 +41,8 @@
 #   REDIS_URL           Redis to use (default redis://127.0.0.1:6379)
 #
 # Scenarios (arguments): healthz, get (cache hit), get_304 (the same with
-# the record's ETag in If-None-Match: a 304), get_off (a second
+# the record's ETag in If-None-Match: a 304), get_id (the same sending
+# an X-Request-Id of its own, which the answer carries), get_off (a second
 # instance with the read cache off: one Redis GET per request), patch, put,
 # and get_auth, healthz_auth (as get and healthz on an instance with read
 # and write tokens and a CORS origin, every request sending a read token and
@@ -163,6 +164,7 @@ wrk_target() {
     healthz) echo "-s $BENCH_DIR/report.lua $2/healthz" ;;
     get|get_off) echo "-s $BENCH_DIR/report.lua $2/progress/bench-read" ;;
     get_304) echo "-H If-None-Match:$(etag_of "$2") -s $BENCH_DIR/report.lua $2/progress/bench-read" ;;
+    get_id) echo "-H X-Request-Id:profile-0123456789abcdef -s $BENCH_DIR/report.lua $2/progress/bench-read" ;;
     patch) echo "-s $BENCH_DIR/patch.lua $2" ;;
     put) echo "-s $BENCH_DIR/put.lua $2" ;;
     *) die "unknown scenario $1" ;;
@@ -242,6 +244,7 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
       bare_auth) "${c[@]}" -H "Authorization: Bearer profile-read" -H "Origin: $AUTH_ORIGIN" "$2/?[1-$REQUESTS]" ;;
       get|get_off) "${c[@]}" "$2/progress/bench-read?[1-$REQUESTS]" ;;
       get_304) "${c[@]}" -H "If-None-Match: $(etag_of "$2")" "$2/progress/bench-read?[1-$REQUESTS]" ;;
+      get_id) "${c[@]}" -H "X-Request-Id: profile-0123456789abcdef" "$2/progress/bench-read?[1-$REQUESTS]" ;;
       get_auth|healthz_auth)
         local path=/progress/bench-read
         [[ "$1" == healthz_auth ]] && path=/healthz
