@@ -44,9 +44,10 @@
 # the record's ETag in If-None-Match: a 304), get_id (the same sending
 # an X-Request-Id of its own, which the answer carries), get_off (a second
 # instance with the read cache off: one Redis GET per request), patch, put,
-# and get_auth, healthz_auth (as get and healthz on an instance with read
-# and write tokens and a CORS origin, every request sending a read token and
-# an `Origin`; callgrind only), bare (the bare axum route of
+# and get_auth, healthz_auth, put_auth, patch_auth (as get, healthz, put
+# and patch on an instance with read and write tokens and a CORS origin,
+# every request sending a token of its kind and an `Origin`; callgrind
+# only), bare (the bare axum route of
 # bench/bare_axum, PROFILE_BARE_BIN, default next to the binary:
 # the limit; callgrind only) and bare_auth (the bare route sent the read
 # token and `Origin` of the _auth scenarios, which it ignores: the limit
@@ -249,10 +250,11 @@ if [[ " $TOOLS " == *" callgrind "* ]]; then
         local path=/progress/bench-read
         [[ "$1" == healthz_auth ]] && path=/healthz
         "${c[@]}" -H "Authorization: Bearer profile-read" -H "Origin: $AUTH_ORIGIN" "$2$path?[1-$REQUESTS]" ;;
-      patch|put)
+      patch|put|patch_auth|put_auth)
         local r
+        [[ "$1" == *_auth ]] && c+=(-H "Authorization: Bearer profile-write" -H "Origin: $AUTH_ORIGIN")
         for r in $(seq 1 "$rounds"); do
-          if [[ "$1" == patch ]]; then
+          if [[ "$1" == patch* ]]; then
             "${c[@]}" -X PATCH "${json[@]}" --data-binary "{\"current\":$r,\"message\":\"Processed $r of 480 segments\"}" \
               "$2/progress/bench-patch-$ids"
           else
