@@ -97,7 +97,7 @@ impl EdgeLayer {
         // Asked once: the filter's answer costs a few hundred instructions.
         let spans = request_span::enabled();
         let id = layers::take_request_id(&mut request, spans);
-        let mut context = spans.then(|| trace::request_context(&request));
+        let mut context = spans.then(|| trace::request_context(&request, &id));
         let limit = self.timeout + Duration::from_secs(layers::long_poll_seconds(request.uri().query()));
         let inner = {
             let _entered = request_span::enter(&mut context);

@@ -29,21 +29,21 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use http_body::Frame;
 use pin_project_lite::pin_project;
 
-use super::layers::REQUEST_ID;
 use crate::telemetry::request_span::{self, RequestContext};
 
 /// What the span of one request says, for a request whose span is on
-/// (`request_span::enabled`): the request id, so every log line of the
-/// request carries it, and never any header (`Authorization` holds a
-/// token). The span itself is opened by the first line written inside it
-/// (`crate::telemetry::request_span`).
-pub(super) fn request_context(request: &Request) -> Box<RequestContext> {
-    RequestContext::new(request.method().clone(), request.uri().clone(), request.headers().get(&REQUEST_ID).cloned())
+/// (`request_span::enabled`): its method, its path and its request `id`
+/// (`layers::take_request_id`'s, never a slice of the request), so every
+/// log line of the request carries it, and never any header
+/// (`Authorization` holds a token). The span itself is opened by the first
+/// line written inside it (`crate::telemetry::request_span`).
+pub(super) fn request_context(request: &Request, id: &HeaderValue) -> Box<RequestContext> {
+    RequestContext::new(request.method().clone(), request.uri().path(), Some(id.clone()))
 }
 
 /// The request reaches its handler (inside its span).
@@ -168,6 +168,8 @@ mod tests {
 
     use std::convert::Infallible;
     use std::time::Duration;
+
+    use super::super::layers::REQUEST_ID;
 
     use axum::http::{HeaderValue, StatusCode};
     use http_body_util::BodyExt;
