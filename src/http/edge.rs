@@ -96,7 +96,7 @@ impl EdgeLayer {
         let metrics = self.metrics.start(request.method());
         // Asked once: the filter's answer costs a few hundred instructions.
         let spans = request_span::enabled();
-        let id = layers::take_request_id(&mut request, spans);
+        let id = layers::take_request_id(&mut request);
         let mut context = spans.then(|| trace::request_context(&request, &id));
         let limit = self.timeout + Duration::from_secs(layers::long_poll_seconds(request.uri().query()));
         let inner = {

@@ -98,12 +98,12 @@ fn next_request_number() -> u64 {
 }
 
 /// The request id of `request`: its own `X-Request-Id`, else a new one
-/// ([`new_request_id`]), set on the request when request spans are on,
-/// `spans` (the span reads it from there; with spans off it goes to the
-/// response alone, which spares the request's header map an insert, and
-/// often a resize, issue 23). It also marks `Authorization` sensitive, so
-/// that no `Debug` of the headers shows a token.
-pub(crate) fn take_request_id(request: &mut Request, spans: bool) -> HeaderValue {
+/// ([`new_request_id`]). It goes to the response and to the request's span
+/// (`trace::request_context`), not onto the request: that would cost its
+/// header map an insert, and often a resize (issue 23). It also marks
+/// `Authorization` sensitive, so that no `Debug` of the headers shows a
+/// token.
+pub(crate) fn take_request_id(request: &mut Request) -> HeaderValue {
     if let Some(authorization) = request.headers_mut().get_mut(http::header::AUTHORIZATION) {
         authorization.set_sensitive(true);
     }
@@ -114,11 +114,6 @@ pub(crate) fn take_request_id(request: &mut Request, spans: bool) -> HeaderValue
         // (issue 23: about 300 instructions more than this copy, see `cors`).
         Some(id) => {
             HeaderValue::from_maybe_shared(Bytes::copy_from_slice(id.as_bytes())).unwrap_or_else(|_| id.clone())
-        }
-        None if spans => {
-            let id = new_request_id();
-            request.headers_mut().insert(REQUEST_ID, id.clone());
-            id
         }
         None => new_request_id(),
     }
@@ -187,12 +182,10 @@ mod tests {
     fn a_clients_request_id_is_kept_as_a_copy_not_the_requests_bytes() {
         // The request's header points into hyper's read buffer: a response
         // holding it keeps that buffer shared while the next request is read.
-        for spans in [false, true] {
-            let mut request = Request::builder().uri("/").header(&REQUEST_ID, "client-42").body(Body::empty()).unwrap();
-            let id = take_request_id(&mut request, spans);
-            assert_eq!(id, "client-42");
-            assert_ne!(id.as_bytes().as_ptr(), request.headers()[&REQUEST_ID].as_bytes().as_ptr(), "spans {spans}");
-        }
+        let mut request = Request::builder().uri("/").header(&REQUEST_ID, "client-42").body(Body::empty()).unwrap();
+        let id = take_request_id(&mut request);
+        assert_eq!(id, "client-42");
+        assert_ne!(id.as_bytes().as_ptr(), request.headers()[&REQUEST_ID].as_bytes().as_ptr());
     }
 
     #[test]
@@ -250,17 +243,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn with_request_spans_the_new_id_is_on_the_request_and_the_response() {
-        let (seen, sent) = request_ids_at("info").await;
-        assert!(seen.is_some(), "the span reads it from the request");
-        assert_eq!(seen, sent);
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn without_request_spans_the_new_id_is_on_the_response_only() {
-        let (seen, sent) = request_ids_at("warn").await;
-        assert_eq!(seen, None);
-        assert!(sent.is_some_and(|id| id.len() == 36), "a UUID");
+    async fn a_new_id_is_on_the_response_only_with_request_spans_or_without() {
+        for level in ["info", "warn"] {
+            let (seen, sent) = request_ids_at(level).await;
+            assert_eq!(seen, None, "{level}");
+            assert!(sent.is_some_and(|id| id.len() == 36), "a UUID at {level}");
+        }
     }
 
     #[test]

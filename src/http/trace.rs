@@ -297,6 +297,21 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_new_request_id_is_the_spans_and_the_responses() {
+        let (captured, _default) = capture("info", false);
+        let inner = tower::service_fn(|_: Request| async {
+            tracing::warn!("the store is slow");
+            Ok::<_, Infallible>(Response::new(Body::from("late")))
+        });
+        let request = Request::get("/progress/job-1").body(Body::empty()).unwrap();
+        let response = edge(Duration::from_secs(60)).layer(inner).oneshot(request).await.unwrap();
+        let sent = response.headers()[REQUEST_ID].to_str().unwrap().to_owned();
+        assert_eq!(sent.len(), 36, "a UUID: {sent}");
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains(&format!("request{{method=GET uri=/progress/job-1 request_id={sent}}}: ")), "{log}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_handlers_lines_carry_the_span_opened_for_them() {
         let log = logged_from_a_handler(false).await;
         let lines: Vec<&str> = log.lines().collect();
