@@ -241,24 +241,24 @@ pub fn router(state: AppState) -> App {
             gzip: r.gzip == Gzip::Layer,
             guard: auth::guard(r.access, &state.tokens),
         };
-        // The record's GET is called ahead unboxed, as `ahead.get`; the
-        // router's route for it (`HEAD`) is the same service, boxed.
-        let unboxed = matches!(r.serve, Serve::RecordGet);
         let service = match r.serve {
-            Serve::Handler(service) => service(layers, state.clone()),
+            Serve::Handler(service) => {
+                let service = service(layers, state.clone());
+                if r.path == RECORD_PATH {
+                    ahead.record.push((r.method.clone(), service.clone()));
+                } else if !r.path.contains('{') {
+                    ahead.exact.push((r.method.clone(), r.path, service.clone()));
+                }
+                service
+            }
+            // Called ahead unboxed, as `ahead.get`; the router's route for
+            // it (`HEAD`) is the same service, boxed.
             Serve::RecordGet => {
                 let get = RecordGet { layers, get: progress::GetRecord(state.clone()) };
                 ahead.get = Some(get.clone());
                 RouteService::new(get)
             }
         };
-        if r.path == RECORD_PATH {
-            if !unboxed {
-                ahead.record.push((r.method.clone(), service.clone()));
-            }
-        } else if !r.path.contains('{') {
-            ahead.exact.push((r.method.clone(), r.path, service.clone()));
-        }
         let filter = MethodFilter::try_from(r.method).expect("standard methods have filters");
         let methods = MethodRouter::new().on_service(filter, service);
         match paths.iter_mut().find(|(path, _)| *path == r.path) {
