@@ -10,10 +10,19 @@
 #
 # Needs `ulimit -n` of at least the largest count plus a few hundred (the
 # loader and the server each hold one descriptor per stream).
+#
+# Counts past the open-file limit: SSE_MEMORY_COUNTS="1000 10000 100000"
+# runs examples/sse_memory.rs (SSE_MEMORY, default
+# target/release/examples/sse_memory) once per count: progressd built into
+# that example, its connections in-process streams that hold no descriptor.
+# It measures the source tree it was built from, not the binaries given.
 set -uo pipefail
 LOADER="${SSE_LOADER:-target/release/examples/sse_load}"
 read -r -a COUNTS <<<"${SSE_COUNTS:-1000 10000}"
-[[ -x "$LOADER" ]] || { echo "sse_curve: $LOADER does not exist (cargo build --release --example sse_load)" >&2; exit 2; }
+read -r -a MEMORY_COUNTS <<<"${SSE_MEMORY_COUNTS:-}"
+MEMORY="${SSE_MEMORY:-target/release/examples/sse_memory}"
+(( $# == 0 )) || [[ -x "$LOADER" ]] || { echo "sse_curve: $LOADER does not exist (cargo build --release --example sse_load)" >&2; exit 2; }
+(( ${#MEMORY_COUNTS[@]} == 0 )) || [[ -x "$MEMORY" ]] || { echo "sse_curve: $MEMORY does not exist (cargo build --release --example sse_memory)" >&2; exit 2; }
 for bin in "$@"; do
   for subs in "${COUNTS[@]}"; do
     port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -27,4 +36,8 @@ for bin in "$@"; do
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
   done
+done
+for subs in "${MEMORY_COUNTS[@]}"; do
+  line="$("$MEMORY" --subscribers "$subs" --records 1000 2>/dev/null | grep '^SSE_RESULT')"
+  echo "in-memory subs=$subs ${line:-no result}"
 done

@@ -367,11 +367,11 @@ fn warn_if_open(settings: &Settings, address: SocketAddr) {
     }
 }
 
-/// Serves on `listener` until `shutdown` completes, then finishes the
-/// requests in flight and returns.
-pub async fn run(
+/// Serves on `listener` (a [`TcpListener`], or see [`crate::serve::Listener`])
+/// until `shutdown` completes, then finishes the requests in flight and returns.
+pub async fn run<L: crate::serve::Listener>(
     settings: Settings,
-    listener: TcpListener,
+    listener: L,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let Built { store, notices, outbox } = build_store(&settings)?;
@@ -394,7 +394,7 @@ pub async fn run(
     // Every connection shares the router (an `Arc`): a route table per
     // connection was about 24 KB each (bench/sse.sh: 10,000 event streams
     // took 540 MB instead of 290).
-    let limits = crate::serve::Limits::from_settings(&settings);
+    let limits = crate::serve::Limits::from_settings(&settings, L::OPENS_FILES);
     tracing::info!(
         max_connections = limits.max_connections,
         header_timeout_s = limits.header_timeout.as_secs(),

@@ -74,11 +74,23 @@ pub struct Limits {
 impl Limits {
     /// The three settings, the cap lowered to what the open-file limit
     /// allows (after raising the soft limit to the hard one, as far as the
-    /// system lets us), with a warning when it is.
-    pub fn from_settings(settings: &Settings) -> Self {
+    /// system lets us), with a warning when it is; unless connections open
+    /// no files (`opens_files`, [`Listener::OPENS_FILES`]).
+    pub fn from_settings(settings: &Settings, opens_files: bool) -> Self {
         let requested = settings.max_connections;
+        let max_connections = if opens_files { Self::files_allow(settings, requested) } else { requested };
+        Self {
+            header_timeout: Duration::from_secs(settings.header_timeout_seconds),
+            idle_timeout: Duration::from_secs(settings.idle_timeout_seconds),
+            max_connections: max_connections.min(Semaphore::MAX_PERMITS),
+            peer_address: settings.address_rate_per_second > 0,
+        }
+    }
+
+    /// `requested`, or fewer when the open-file limit allows fewer.
+    fn files_allow(settings: &Settings, requested: usize) -> usize {
         let reserved = FILES_RESERVED + settings.redis_pool_size + settings.database_pool_size;
-        let max_connections = match rlimit::increase_nofile_limit(u64::MAX) {
+        match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(files) => {
                 let allowed = usize::try_from(files).unwrap_or(usize::MAX).saturating_sub(reserved).max(1);
                 if allowed < requested {
@@ -95,13 +107,40 @@ impl Limits {
                 tracing::warn!(error = %e, "cannot read the open-file limit; PROGRESS_MAX_CONNECTIONS is not checked against it");
                 requested
             }
-        };
-        Self {
-            header_timeout: Duration::from_secs(settings.header_timeout_seconds),
-            idle_timeout: Duration::from_secs(settings.idle_timeout_seconds),
-            max_connections: max_connections.min(Semaphore::MAX_PERMITS),
-            peer_address: settings.address_rate_per_second > 0,
         }
+    }
+}
+
+/// Where connections come from: a [`TcpListener`], or, for a benchmark that
+/// must hold more connections than the process may open files
+/// (`examples/sse_memory.rs`), streams made in the process.
+pub trait Listener: Send + 'static {
+    /// One connection's byte stream.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Whether each connection holds a file descriptor, so that the
+    /// open-file limit bounds the connection cap ([`Limits::from_settings`]).
+    const OPENS_FILES: bool = true;
+    /// The next connection and its peer's address, once there is one.
+    fn accept(&mut self) -> impl Future<Output = (Self::Io, SocketAddr)> + Send;
+    /// Answers a connection over the cap and closes it.
+    fn refuse(io: Self::Io);
+    /// The address clients reach it at (logged at start-up).
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl Listener for TcpListener {
+    type Io = TcpStream;
+
+    fn accept(&mut self) -> impl Future<Output = (TcpStream, SocketAddr)> + Send {
+        accept(self)
+    }
+
+    fn refuse(stream: TcpStream) {
+        refuse(stream);
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpListener::local_addr(self)
     }
 }
 
@@ -110,8 +149,8 @@ impl Limits {
 /// graceful shutdown; idle connections close at once) and returns when all
 /// are closed. Ending long-polls and streams is the caller's part of
 /// `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Listener>(
+    mut listener: L,
     app: crate::http::App,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -132,11 +171,11 @@ pub async fn serve(
     let (close_tx, close_rx) = watch::channel(());
     loop {
         let (stream, peer) = tokio::select! {
-            stream = accept(&listener) => stream,
+            stream = listener.accept() => stream,
             () = signal_tx.closed() => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse(stream);
+            L::refuse(stream);
             continue;
         };
         let connection = Connection {
@@ -202,7 +241,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr, app: crate::http::App) {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(self, stream: S, peer: SocketAddr, app: crate::http::App) {
         let _open = metrics::connection_opened();
         let activity = Arc::new(Activity::new(self.limits));
         let io = TokioIo::new(Watched { stream, activity: activity.clone() });
@@ -378,12 +417,12 @@ impl Activity {
 }
 
 /// The socket, telling [`Activity`] when bytes arrive.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
@@ -394,7 +433,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
@@ -514,6 +553,21 @@ mod tests {
             idle_timeout: Duration::from_secs(75),
             max_connections: 1,
             peer_address: false,
+        }
+    }
+
+    #[test]
+    fn the_open_file_limit_bounds_the_cap_only_of_connections_that_open_files() {
+        let files = rlimit::increase_nofile_limit(u64::MAX).expect("the open-file limit");
+        let requested = 1_000_000;
+        let env = [("PROGRESS_MAX_CONNECTIONS".to_string(), requested.to_string())].into_iter().collect();
+        let settings = Settings::from_env_without_file(env).expect("settings");
+        assert_eq!(Limits::from_settings(&settings, false).max_connections, requested);
+        let sockets = Limits::from_settings(&settings, true).max_connections;
+        if files < 2 * requested as u64 {
+            assert!(sockets as u64 <= files, "{sockets} sockets under a limit of {files} files");
+        } else {
+            assert_eq!(sockets, requested, "a limit of {files} files allows them all");
         }
     }
 
