@@ -263,6 +263,46 @@ mod tests {
         }
     }
 
+    /// A record's GET (200 and 304) writes its headers into the request's
+    /// map: none of the request's headers is left in it, and each answer
+    /// has its own, with CORS's and the request id besides; `/healthz`,
+    /// which does not, answers the same way.
+    #[tokio::test]
+    async fn an_answer_written_into_the_requests_map_keeps_none_of_the_requests_headers() {
+        let settings = Settings { cors_origins: vec!["https://app.example".into()], ..Settings::default() };
+        let app = crate::app::build_router(&settings, Arc::new(MemoryStore::default()));
+        let put = request("PUT", "/progress/m1", Some(r#"{"status": "running", "current": 3}"#), None);
+        assert_eq!(app.clone().oneshot(put).await.unwrap().status(), StatusCode::CREATED);
+        let sent = [
+            ("origin", "https://app.example"),
+            ("x-probe", "1"),
+            ("accept-encoding", "identity"),
+            ("cookie", "a=b"),
+            ("x-request-id", "probe-1"),
+        ];
+        for (path, tag, status, own) in [
+            ("/healthz", None, StatusCode::OK, &["content-type"][..]),
+            ("/progress/m1", None, StatusCode::OK, &["content-type", "etag", "cache-control"][..]),
+            ("/progress/m1", Some("\"1\""), StatusCode::NOT_MODIFIED, &["etag", "cache-control"][..]),
+        ] {
+            let mut get = request("GET", path, None, tag.map(|t| ("if-none-match", t)));
+            for (name, value) in sent {
+                get.headers_mut().insert(name, value.parse().unwrap());
+            }
+            let response = app.clone().oneshot(get).await.unwrap();
+            assert_eq!(response.status(), status, "{path} {tag:?}");
+            let headers = response.headers();
+            for (name, _) in sent.iter().filter(|(name, _)| *name != "x-request-id").chain([&("if-none-match", "")]) {
+                assert!(!headers.contains_key(*name), "{path} {tag:?} answered the request's {name}: {headers:?}");
+            }
+            for name in own.iter().chain(&["access-control-allow-origin", "vary"]) {
+                assert!(headers.contains_key(*name), "{path} {tag:?} has no {name}: {headers:?}");
+            }
+            assert_eq!(headers["x-request-id"], "probe-1", "{path} {tag:?}");
+            assert_eq!(headers.get_all("x-request-id").iter().count(), 1, "{path} {tag:?}");
+        }
+    }
+
     /// `/progress/{id}` answered ahead of axum's router answers as the
     /// router's own routes for it do: good and bad ids, missing records,
     /// conditions, every method, and a record as writes through either way

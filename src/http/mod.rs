@@ -322,6 +322,9 @@ impl RouteLayers {
 
 /// `GET /healthz`: 200 while the process runs. Built as it is sent: a
 /// `&str`'s `into_response` would set a `text/plain` type first (issue 23).
+/// (Taking the request, to write into its map as a record's GET does,
+/// made axum's boxed future of this handler larger: 430 instructions more,
+/// not fewer.)
 async fn healthz() -> Response {
     let mut response = Response::new(axum::body::Body::from(r#"{"status":"ok"}"#));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
