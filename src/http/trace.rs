@@ -43,7 +43,7 @@ use crate::telemetry::request_span::{self, RequestContext};
 /// (`Authorization` holds a token). The span itself is opened by the first
 /// line written inside it (`crate::telemetry::request_span`).
 pub(super) fn request_context(request: &Request, id: &HeaderValue) -> Box<RequestContext> {
-    RequestContext::new(request.method().clone(), request.uri().path(), Some(id.clone()))
+    RequestContext::new(request.method().clone(), request.uri().path(), id.clone())
 }
 
 /// The request reaches its handler (inside its span).

@@ -68,7 +68,7 @@ pub struct RequestContext {
     /// it into a new one (about 550 instructions and an allocation a
     /// request at `info`, issue 23).
     path: Box<str>,
-    request_id: Option<HeaderValue>,
+    request_id: HeaderValue,
     span: Option<Id>,
 }
 
@@ -76,7 +76,7 @@ impl RequestContext {
     /// The context of a request, boxed: it moves in and out of the
     /// thread-local on every poll, and 170 bytes cost more to move each
     /// time than the one allocation.
-    pub fn new(method: Method, path: &str, request_id: Option<HeaderValue>) -> Box<Self> {
+    pub fn new(method: Method, path: &str, request_id: HeaderValue) -> Box<Self> {
         Box::new(Self { method, path: path.into(), request_id, span: None })
     }
 
@@ -89,7 +89,7 @@ impl RequestContext {
                 (fields.field("method")?, fields.field("uri")?, fields.field("request_id")?);
             let method_value = display(&self.method);
             let uri_value = display(&self.path);
-            let request_id_value = display(self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""));
+            let request_id_value = display(self.request_id.to_str().unwrap_or(""));
             let values: [(&_, Option<&dyn Value>); 3] =
                 [(&method, Some(&method_value)), (&uri, Some(&uri_value)), (&request_id, Some(&request_id_value))];
             let values = fields.value_set(&values);
