@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::header::Entry;
-use axum::http::{HeaderValue, Method, Request, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::Response;
 use bytes::Bytes;
 
@@ -140,10 +140,12 @@ pub(crate) struct CorsFinish {
 }
 
 impl Cors {
-    /// A preflight's answer, or what the response of any other request gets.
-    pub(crate) fn start<B>(&self, request: &Request<B>) -> CorsStart {
-        let allow_origin = self.config.allow_origin(request.headers().get(header::ORIGIN));
-        if request.method() == Method::OPTIONS {
+    /// A preflight's answer, or what the response of any other request
+    /// gets: for a request with `method` from `origin` (its first `Origin`,
+    /// found by the edge's one pass over the headers).
+    pub(crate) fn start(&self, method: &Method, origin: Option<&HeaderValue>) -> CorsStart {
+        let allow_origin = self.config.allow_origin(origin);
+        if method == Method::OPTIONS {
             return CorsStart::Preflight(preflight(allow_origin));
         }
         // The exposed headers go with an allowed origin only: a request
@@ -192,9 +194,14 @@ impl CorsFinish {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderName;
+    use axum::http::{HeaderName, Request};
 
     use super::*;
+
+    /// What `cors` makes of `request`, as the edge asks it.
+    fn start<B>(cors: &Cors, request: &Request<B>) -> CorsStart {
+        cors.start(request.method(), request.headers().get(header::ORIGIN))
+    }
 
     /// The answer to a request with `method` from `origin`: the preflight,
     /// or an inner 200 with a `Vary` of its own, completed.
@@ -205,7 +212,7 @@ mod tests {
             request = request.header(header::ORIGIN, origin);
         }
         let request = request.body(Body::empty()).unwrap();
-        match cors(&origins).expect("origins are configured").start(&request) {
+        match start(&cors(&origins).expect("origins are configured"), &request) {
             CorsStart::Preflight(response) => response,
             CorsStart::Call(finish) => {
                 let mut response = Response::new(Body::from("ok"));
@@ -251,7 +258,7 @@ mod tests {
         let cors = cors(&["https://a.example".to_string()]).expect("origins are configured");
         let request = Request::builder().uri("/").header(header::ORIGIN, "https://a.example").body(Body::empty());
         let request = request.unwrap();
-        let CorsStart::Call(finish) = cors.start(&request) else { panic!("not a preflight") };
+        let CorsStart::Call(finish) = start(&cors, &request) else { panic!("not a preflight") };
         let mut response = Response::new(Body::empty());
         finish.finish(&mut response);
         let answered = &response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN];
@@ -278,7 +285,7 @@ mod tests {
             (vec!["accept-language"], vec!["accept-language", "origin"]),
             (vec!["accept-encoding", "accept-language"], vec!["accept-encoding", "accept-language", "origin"]),
         ] {
-            let CorsStart::Call(finish) = cors.start(request.as_ref().unwrap()) else { panic!("not a preflight") };
+            let CorsStart::Call(finish) = start(&cors, request.as_ref().unwrap()) else { panic!("not a preflight") };
             let mut response = Response::new(Body::empty());
             for value in &own {
                 response.headers_mut().append(header::VARY, HeaderValue::from_static(value));

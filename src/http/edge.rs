@@ -88,15 +88,19 @@ impl EdgeLayer {
     /// service's `call`): by reference, for the route [`super::App`] calls
     /// ahead of the router without a clone of its service.
     pub(crate) fn start<F>(&self, mut request: Request, inner: impl FnOnce(Request) -> F) -> EdgeFuture<F> {
-        let cors = match self.cors.as_ref().map(|cors| cors.start(&request)) {
+        let method = request.method().clone();
+        let (id, from_origin) = layers::read_edge_headers(&mut request, |origin| {
+            self.cors.as_ref().map(|cors| cors.start(&method, Some(origin)))
+        });
+        let cors = from_origin.flatten().or_else(|| self.cors.as_ref().map(|cors| cors.start(&method, None)));
+        let cors = match cors {
             Some(CorsStart::Preflight(response)) => return EdgeFuture::Answered { response: Some(response) },
             Some(CorsStart::Call(finish)) => Some(finish),
             None => None,
         };
-        let metrics = self.metrics.start(request.method());
+        let metrics = self.metrics.start(&method);
         // Asked once: the filter's answer costs a few hundred instructions.
         let spans = request_span::enabled();
-        let id = layers::take_request_id(&mut request);
         let mut context = spans.then(|| trace::request_context(&request, &id));
         let limit = self.timeout + Duration::from_secs(layers::long_poll_seconds(request.uri().query()));
         let inner = {

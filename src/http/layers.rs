@@ -17,10 +17,10 @@ use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove
 use crate::settings::Settings;
 
 /// The request-id header: taken from the request when present, else a new
-/// UUID ([`take_request_id`]).
+/// UUID ([`read_edge_headers`]).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// New request ids ([`take_request_id`]): UUIDs in RFC 9562's version 8 (vendor-specific) layout,
+/// New request ids ([`read_edge_headers`]): UUIDs in RFC 9562's version 8 (vendor-specific) layout,
 /// a random per-process prefix and a counter. The first 64 bits (less the
 /// version nibble: 60 random bits) are drawn once per process from the
 /// standard library's OS-seeded `RandomState`; the last 64 are the variant
@@ -97,26 +97,44 @@ fn next_request_number() -> u64 {
     })
 }
 
-/// The request id of `request`: its own `X-Request-Id`, else a new one
-/// ([`new_request_id`]). It goes to the response and to the request's span
+/// What the edge reads of a request's headers, in one pass over them:
+/// it marks `Authorization` sensitive, so that no `Debug` of the headers
+/// shows a token; it hands the first `Origin` to `origin` (CORS); and it
+/// returns the request id: the request's own `X-Request-Id`, else a new
+/// one ([`new_request_id`]), with what `origin` made, if there was one.
+///
+/// The id goes to the response and to the request's span
 /// (`trace::request_context`), not onto the request: that would cost its
-/// header map an insert, and often a resize (issue 23). It also marks
-/// `Authorization` sensitive, so that no `Debug` of the headers shows a
-/// token.
-pub(crate) fn take_request_id(request: &mut Request) -> HeaderValue {
-    if let Some(authorization) = request.headers_mut().get_mut(http::header::AUTHORIZATION) {
-        authorization.set_sensitive(true);
-    }
-    match request.headers().get(&REQUEST_ID) {
-        // A copy: the request's value is a slice of hyper's read buffer, and
-        // a response holding it kept that buffer shared when the connection
-        // read the next request, so hyper copied the buffer into a new one
-        // (issue 23: about 300 instructions more than this copy, see `cors`).
-        Some(id) => {
-            HeaderValue::from_maybe_shared(Bytes::copy_from_slice(id.as_bytes())).unwrap_or_else(|_| id.clone())
+/// header map an insert, and often a resize (issue 23). One pass over the
+/// few headers a request has replaced a lookup by name for each of the
+/// three (a hash and a probe each): about 200 instructions a request, 300
+/// with a token and an `Origin` (issue 23, eleventh round).
+pub(crate) fn read_edge_headers<T>(
+    request: &mut Request,
+    mut origin: impl FnMut(&HeaderValue) -> T,
+) -> (HeaderValue, Option<T>) {
+    let mut id = None;
+    let mut from_origin = None;
+    for (name, value) in request.headers_mut().iter_mut() {
+        if name == http::header::AUTHORIZATION {
+            value.set_sensitive(true);
+        } else if name == http::header::ORIGIN {
+            if from_origin.is_none() {
+                from_origin = Some(origin(value));
+            }
+        } else if name == REQUEST_ID && id.is_none() {
+            id = Some(copy_of(value));
         }
-        None => new_request_id(),
     }
+    (id.unwrap_or_else(new_request_id), from_origin)
+}
+
+/// A copy of the request's id: the request's value is a slice of hyper's
+/// read buffer, and a response holding it kept that buffer shared when the
+/// connection read the next request, so hyper copied the buffer into a new
+/// one (issue 23: about 300 instructions more than this copy, see `cors`).
+fn copy_of(id: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(id.as_bytes())).unwrap_or_else(|_| id.clone())
 }
 
 /// Puts the request id on `response`, unless the response has one.
@@ -183,9 +201,46 @@ mod tests {
         // The request's header points into hyper's read buffer: a response
         // holding it keeps that buffer shared while the next request is read.
         let mut request = Request::builder().uri("/").header(&REQUEST_ID, "client-42").body(Body::empty()).unwrap();
-        let id = take_request_id(&mut request);
+        let (id, _) = read_edge_headers(&mut request, |_| ());
         assert_eq!(id, "client-42");
         assert_ne!(id.as_bytes().as_ptr(), request.headers()[&REQUEST_ID].as_bytes().as_ptr());
+    }
+
+    /// The one pass finds what three lookups by name found: the first of
+    /// each header (wherever it stands among the others, whatever its
+    /// spelling's case), and every `Authorization` marked sensitive.
+    #[test]
+    fn one_pass_over_the_headers_finds_the_id_the_origin_and_the_tokens() {
+        let mut request = Request::builder()
+            .uri("/")
+            .header("Host", "example")
+            .header("Authorization", "Bearer one")
+            .header("X-Request-Id", "first")
+            .header("Origin", "https://a.example")
+            .header("accept", "*/*")
+            .header("x-request-id", "second")
+            .header("origin", "https://b.example")
+            .header("authorization", "Bearer two")
+            .body(Body::empty())
+            .unwrap();
+        let mut origins = Vec::new();
+        let (id, made) = read_edge_headers(&mut request, |origin| {
+            origins.push(origin.clone());
+            origin.len()
+        });
+        assert_eq!(id, "first");
+        assert_eq!(origins, ["https://a.example"], "the first origin, once");
+        assert_eq!(made, Some("https://a.example".len()));
+        let tokens = request.headers().get_all(http::header::AUTHORIZATION);
+        assert_eq!(tokens.iter().count(), 2);
+        assert!(tokens.iter().all(HeaderValue::is_sensitive), "every token is kept out of logs");
+        let debug = format!("{:?}", request.headers());
+        assert!(!debug.contains("Bearer"), "{debug}");
+
+        let mut bare = Request::builder().uri("/").header("host", "example").body(Body::empty()).unwrap();
+        let (id, made) = read_edge_headers(&mut bare, |_| unreachable!("there is no origin"));
+        assert_eq!(made, None::<()>);
+        assert_eq!(id.len(), 36, "a new id: {id:?}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::telemetry::request_span::{self, RequestContext};
 
 /// What the span of one request says, for a request whose span is on
 /// (`request_span::enabled`): its method, its path and its request `id`
-/// (`layers::take_request_id`'s, never a slice of the request), so every
+/// (`layers::read_edge_headers`'s, never a slice of the request), so every
 /// log line of the request carries it, and never any header
 /// (`Authorization` holds a token). The span itself is opened by the first
 /// line written inside it (`crate::telemetry::request_span`).
