@@ -236,7 +236,15 @@ async fn a_read_repair_puts_a_postgres_hit_back_into_redis_with_its_remaining_tt
     assert_eq!(t.hot.version(&job), 4, "and puts the record back into Redis");
     let left = t.hot.ttl_ms(&job).unwrap();
     let remaining = record.meta().x - Timestamp::now().millis();
-    assert!((remaining - 50..=remaining).contains(&left), "with what was left of its TTL: {left} ms, not {TTL_MS}");
+    // Record times follow the wall clock (plus the paused clock's
+    // advance), so real time passes between the repair and this line: on
+    // a loaded machine running the suite, more than 50 ms (a failure seen
+    // once). A full TTL is 60 s off either way.
+    let slack = 5_000;
+    assert!(
+        (remaining - slack..=remaining + slack).contains(&left),
+        "with what was left of its TTL ({remaining} ms now): {left} ms, not {TTL_MS}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
