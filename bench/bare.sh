@@ -8,7 +8,12 @@
 # Rows: the bare route, and the bare route answering the seeded record's
 # bytes as progressd's GET answers them (about 1,160 B against 400: the GET
 # rows are also given against it, below the table, which tells the size of
-# the answer from the work of giving it). Per progressd binary: `/healthz`,
+# the answer from the work of giving it); and the least a write can cost
+# (bench/bare_axum's bare_write: the bare route plus the one Redis script
+# progressd runs for a write, nothing parsed or built) for PUT and PATCH,
+# and the same with a plain SET, SET, PUBLISH and no script (not a
+# compare-and-set: what the script costs). The write rows are also given
+# against the script row, below the table. Per progressd binary: `/healthz`,
 # a cached `GET /progress/{id}`,
 # PUT and PATCH (bench/put.lua, bench/patch.lua over 1,000 records), against
 # Redis over PostgreSQL (a new database per instance, dropped at exit; a key
@@ -35,6 +40,7 @@
 # Environment (all optional):
 #   BARE_BINS      label=path pairs of progressd binaries (default: progressd=target/release/progressd)
 #   BARE_BARE_BIN  the bare axum binary (default target/release/bare_axum)
+#   BARE_WRITE_BIN the bare write server (default: bare_write beside BARE_BARE_BIN)
 #   BARE_ROUNDS    rounds (default 3)
 #   BARE_DURATION  seconds per wrk run (default 5)
 #   BARE_AUTH      1: also the instances with tokens and a CORS origin, and the bare
@@ -53,9 +59,11 @@ require_count "$ROUNDS" BARE_ROUNDS
 require_count "$DURATION" BARE_DURATION
 read -r -a WRK_ARGS <<<"${BARE_WRK:--t1 -c32}"
 BARE_BIN="${BARE_BARE_BIN:-$ROOT/target/release/bare_axum}"
+WRITE_BIN="${BARE_WRITE_BIN:-$(dirname "$BARE_BIN")/bare_write}"
 read -r -a BINS <<<"${BARE_BINS:-progressd=$ROOT/target/release/progressd}"
 need_tools wrk curl python3 redis-cli psql
 [[ -x "$BARE_BIN" ]] || die "$BARE_BIN does not exist (cargo build --release --locked --manifest-path bench/bare_axum/Cargo.toml --target-dir target)"
+[[ -x "$WRITE_BIN" ]] || die "$WRITE_BIN does not exist (cargo build --release --locked --manifest-path bench/bare_axum/Cargo.toml --target-dir target)"
 
 READ_TOKEN="bench-read-$RUN_ID"
 WRITE_TOKEN="bench-write-$RUN_ID"
@@ -122,6 +130,26 @@ for _ in $(seq 1 100); do curl -fs -o /dev/null "${BASE[bare]}/" && break; sleep
 curl -fs -o /dev/null "${BASE[bare]}/" || die "the bare axum server did not answer"
 curl -fs -o /dev/null "${BASE[bare]}/file" || die "the bare axum server did not answer /file (an older build without BODY_FILE?)"
 
+# The least a write can cost: the bare route plus progressd's write script
+# (`write`), and plus a plain SET, SET, PUBLISH (`set`), each with a key
+# prefix of its own on the shared Redis.
+for inst in write set; do
+  port="$(free_port)" prefix="bench-bare-$RUN_ID-$inst:"
+  REDIS_PREFIXES+=("$prefix")
+  ( cd "$WORK" && exec env PORT="$port" REDIS_URL="$SHARED_REDIS_URL" BARE_KEY_PREFIX="$prefix" \
+      BODY_FILE="$RECORD_BODY" WRITE="$([[ "$inst" == set ]] && echo set || echo script)" "$WRITE_BIN" ) \
+    >"$WORK/server-$inst.log" 2>&1 &
+  register_pid "$!" "bare $inst"
+  PID[$inst]=$!
+  BASE[$inst]="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary '{}' "${BASE[$inst]}/progress/probe")" == 200 ]] && break
+    sleep 0.1
+  done
+  code="$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary '{}' "${BASE[$inst]}/progress/probe")"
+  [[ "$code" == 200 ]] || die "the bare $inst server answered $code (log: $WORK/server-$inst.log)"
+done
+
 # --- rows ----------------------------------------------------------------------------
 
 ROWS=(bare bare+record)
@@ -133,6 +161,9 @@ if [[ "${BARE_AUTH:-0}" == 1 ]]; then
   ROWS+=(bare+headers)
   ROW_INSTANCE[bare+headers]=bare ROW_KIND[bare+headers]=bare
 fi
+ROWS+=(write/put write/patch set/put)
+ROW_INSTANCE+=([write/put]=write [write/patch]=write [set/put]=set)
+ROW_KIND+=([write/put]=put [write/patch]=patch [set/put]=put)
 for name in "${INSTANCES[@]}"; do
   for kind in healthz get put patch; do
     ROWS+=("$name/$kind")
@@ -243,6 +274,9 @@ for row in rows:
     bare_cpu = med([v[2] for v in bare.values()])
     x_same = med([r[k][0] / same[k][0] for k in r if k in same])
     label = names[kind] + (f" ({inst})" if inst else "") + (" (a read token and an Origin sent)" if row == "bare+headers" else "")
+    if inst in ("write", "set"):
+        label = names[kind] + (", the least: the bare route + progressd's script" if inst == "write"
+                               else ", no script: the bare route + SET, SET, PUBLISH")
     if row == "bare+record":
         label = f"bare axum, the record's {int(os.environ['RECORD_BYTES']):,} B as GET answers it"
     print(f"| {label} | {med([v[0] for v in r.values()]):,.0f} | {x_bare:.2f} | "
@@ -258,6 +292,14 @@ for row in rows:
     if row.endswith("/get") and same_body:
         r = runs[row]
         print(f"{row}: {med([r[k][0] / same_body[k][0] for k in r if k in same_body]):.2f} × the bare route answering the record's bytes")
+# The write rows against the least a write costs (the bare route plus the
+# same script): the work of a write apart from Redis's.
+for row in rows:
+    kind = row.rpartition("/")[2]
+    least = runs.get(f"write/{kind}", {})
+    if kind in ("put", "patch") and not row.startswith(("write/", "set/")) and least:
+        r = runs[row]
+        print(f"{row}: {med([r[k][0] / least[k][0] for k in r if k in least]):.2f} × the least a {kind.upper()} costs")
 print()
 print("req/s, p99 and CPU: medians of the rounds; × bare and × healthz: medians of the rounds' ratios (each within one round).")
 print("CPU: the server's own; Redis: the shared redis-server's (0 when it is not local); machine: every busy CPU")
