@@ -18,7 +18,10 @@
 //!
 //! With `WRITE=set` the same commands go as a plain pipeline (`SET`,
 //! `SET`, `PUBLISH`) with no script: not a compare-and-set, so not a write
-//! progressd could make; it shows what the script costs.
+//! progressd could make; it shows what the script costs. With
+//! `WRITE=batch` the writes that arrive while a script call is out go
+//! together in the next call (at most [`BATCH`]), one script looping over
+//! them: what group commit would save Redis.
 //!
 //! ```text
 //! cargo build --release --locked --manifest-path bench/bare_axum/Cargo.toml --target-dir target
@@ -50,18 +53,47 @@ if head == ARGV[1] then return 1 end
 return 1
 ";
 
+/// [`SCRIPT`] for several records: KEYS are each record's key and marker,
+/// ARGV each record's seven arguments, then the channel.
+const BATCH_SCRIPT: &str = r"
+local channel = ARGV[#ARGV]
+for i = 0, #KEYS / 2 - 1 do
+  local k, a = 2 * i, 7 * i
+  local head = redis.call('GETRANGE', KEYS[k + 1], '0', ARGV[a + 2])
+  redis.call('SET', KEYS[k + 1], ARGV[a + 3], 'PX', ARGV[a + 4])
+  redis.call('SET', KEYS[k + 2], ARGV[a + 6], 'PX', ARGV[a + 7])
+  redis.call('PUBLISH', channel, ARGV[a + 5])
+end
+return #KEYS / 2
+";
+
+/// Most writes in one batched script call.
+const BATCH: usize = 16;
+
 /// A header line the size of a stored record's (version, times, status).
 const HEADER: &str = r#"{"v":12,"c":1765022400000,"u":1765022460000,"x":1765108860000,"t":"running"}"#;
 const TTL_MS: &str = "86400000";
 const MARKER_TTL_MS: &str = "90000000";
 const MARKER: &str = "x1765108860000";
 
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Script,
+    Set,
+    Batch,
+}
+
+/// A write waiting for the batcher: its id, value and who to answer.
+type Queued = (String, Bytes, tokio::sync::oneshot::Sender<redis::RedisResult<()>>);
+
 struct Writer {
     conn: MultiplexedConnection,
     script: redis::Script,
     prefix: String,
     channel: String,
-    plain: bool,
+    mode: Mode,
+    /// The batcher's queue (`WRITE=batch`).
+    batches: Option<tokio::sync::mpsc::UnboundedSender<Queued>>,
     /// What a PATCH stores and answers, when set.
     record: Option<Bytes>,
 }
@@ -79,7 +111,13 @@ async fn write(w: &Writer, id: &str, body: Bytes) -> Response {
     let (key, marker) = (format!("{}progress:{id}", w.prefix), format!("{}gone:{id}", w.prefix));
     let notice = format!("13:{id}");
     let mut conn = w.conn.clone();
-    let done: redis::RedisResult<()> = if w.plain {
+    let done: redis::RedisResult<()> = if let Some(batches) = &w.batches {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match batches.send((id.to_owned(), body.clone(), tx)) {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the batcher stopped").into())),
+            Err(_) => Err(std::io::Error::other("the batcher stopped").into()),
+        }
+    } else if w.mode == Mode::Set {
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(&body[..]).arg("PX").arg(TTL_MS).ignore();
         pipe.cmd("SET").arg(&marker).arg(MARKER).arg("PX").arg(MARKER_TTL_MS).ignore();
@@ -113,6 +151,31 @@ async fn write(w: &Writer, id: &str, body: Bytes) -> Response {
     response
 }
 
+/// Takes the queued writes, at most [`BATCH`] at a time, and runs each
+/// batch as one script call; the next batch is what queued meanwhile.
+async fn batcher(
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+    mut conn: MultiplexedConnection,
+    prefix: String,
+    channel: String,
+) {
+    let script = redis::Script::new(BATCH_SCRIPT);
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let mut call = script.prepare_invoke();
+        for (id, body, _) in &batch {
+            call.key(format!("{prefix}progress:{id}")).key(format!("{prefix}gone:{id}"));
+            call.arg(HEADER).arg(HEADER.len() - 1).arg(&body[..]).arg(TTL_MS).arg(format!("13:{id}"));
+            call.arg(MARKER).arg(MARKER_TTL_MS);
+        }
+        call.arg(&channel);
+        let done = call.invoke_async::<i64>(&mut conn).await.map(drop);
+        for (_, _, tx) in batch.drain(..) {
+            let _ = tx.send(done.clone());
+        }
+    }
+}
+
 /// Reads every change notice on `channel`, as a progressd instance's
 /// subscription does, and drops it.
 async fn listen(address: String, channel: String) -> std::io::Result<()> {
@@ -132,7 +195,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8082);
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = std::env::var("BARE_KEY_PREFIX").unwrap_or_else(|_| "bench-bare-write:".into());
-    let plain = std::env::var("WRITE").is_ok_and(|w| w == "set");
+    let mode = match std::env::var("WRITE").as_deref() {
+        Ok("set") => Mode::Set,
+        Ok("batch") => Mode::Batch,
+        Ok("script") | Err(_) => Mode::Script,
+        Ok(other) => return Err(format!("WRITE is script, set or batch, not {other:?}").into()),
+    };
     let client = redis::Client::open(url.as_str())?;
     let info = client.get_connection_info();
     let address = match info.addr() {
@@ -150,7 +218,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let conn = client.get_multiplexed_async_connection().await?;
     let record = std::env::var_os("BODY_FILE").map(std::fs::read).transpose()?.map(Bytes::from);
-    let writer = Arc::new(Writer { conn, script: redis::Script::new(SCRIPT), prefix, channel, plain, record });
+    let batches = (mode == Mode::Batch).then(|| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batcher(rx, conn.clone(), prefix.clone(), channel.clone()));
+        tx
+    });
+    let writer = Arc::new(Writer { conn, script: redis::Script::new(SCRIPT), prefix, channel, mode, batches, record });
     let app = Router::new().route("/progress/{id}", axum::routing::put(put).patch(patch)).with_state(writer);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await?;
