@@ -50,9 +50,7 @@ async fn main() -> std::io::Result<()> {
             let body = body.clone();
             async move {
                 let mut response = axum::response::Response::new(axum::body::Body::from(body));
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
                 response
             }
         };
