@@ -132,14 +132,14 @@ curl -fs -o /dev/null "${BASE[bare]}/" || die "the bare axum server did not answ
 curl -fs -o /dev/null "${BASE[bare]}/file" || die "the bare axum server did not answer /file (an older build without BODY_FILE?)"
 
 # The least a write can cost: the bare route plus progressd's write script
-# (`write`), the same batched (`batch`), and plus a plain SET, SET, PUBLISH
-# (`set`), each with a key prefix of its own on the shared Redis.
-declare -A WRITE_MODE=([write]=script [batch]=batch [set]=set)
-for inst in write batch set; do
+# (`script`), the same batched (`batch`), and plus a plain SET, SET, PUBLISH
+# (`set`), each named by its WRITE mode, with a key prefix of its own on the
+# shared Redis.
+for inst in script batch set; do
   port="$(free_port)" prefix="bench-bare-$RUN_ID-$inst:"
   REDIS_PREFIXES+=("$prefix")
   ( cd "$WORK" && exec env PORT="$port" REDIS_URL="$SHARED_REDIS_URL" BARE_KEY_PREFIX="$prefix" \
-      BODY_FILE="$RECORD_BODY" WRITE="${WRITE_MODE[$inst]}" "$WRITE_BIN" ) \
+      BODY_FILE="$RECORD_BODY" WRITE="$inst" "$WRITE_BIN" ) \
     >"$WORK/server-$inst.log" 2>&1 &
   register_pid "$!" "bare $inst"
   PID[$inst]=$!
@@ -163,9 +163,9 @@ if [[ "${BARE_AUTH:-0}" == 1 ]]; then
   ROWS+=(bare+headers)
   ROW_INSTANCE[bare+headers]=bare ROW_KIND[bare+headers]=bare
 fi
-ROWS+=(write/put write/patch batch/put set/put)
-ROW_INSTANCE+=([write/put]=write [write/patch]=write [batch/put]=batch [set/put]=set)
-ROW_KIND+=([write/put]=put [write/patch]=patch [batch/put]=put [set/put]=put)
+ROWS+=(script/put script/patch batch/put set/put)
+ROW_INSTANCE+=([script/put]=script [script/patch]=script [batch/put]=batch [set/put]=set)
+ROW_KIND+=([script/put]=put [script/patch]=patch [batch/put]=put [set/put]=put)
 for name in "${INSTANCES[@]}"; do
   for kind in healthz get put patch; do
     ROWS+=("$name/$kind")
@@ -276,8 +276,8 @@ for row in rows:
     bare_cpu = med([v[2] for v in bare.values()])
     x_same = med([r[k][0] / same[k][0] for k in r if k in same])
     label = names[kind] + (f" ({inst})" if inst else "") + (" (a read token and an Origin sent)" if row == "bare+headers" else "")
-    if inst in ("write", "batch", "set"):
-        label = names[kind] + {"write": ", the least: the bare route + progressd's script",
+    if inst in ("script", "batch", "set"):
+        label = names[kind] + {"script": ", the least: the bare route + progressd's script",
                                "batch": ", the least, batched: writes that arrive together in one script call",
                                "set": ", no script: the bare route + SET, SET, PUBLISH"}[inst]
     if row == "bare+record":
@@ -299,8 +299,8 @@ for row in rows:
 # same script): the work of a write apart from Redis's.
 for row in rows:
     kind = row.rpartition("/")[2]
-    least = runs.get(f"write/{kind}", {})
-    if kind in ("put", "patch") and not row.startswith(("write/", "batch/", "set/")) and least:
+    least = runs.get(f"script/{kind}", {})
+    if kind in ("put", "patch") and not row.startswith(("script/", "batch/", "set/")) and least:
         r = runs[row]
         print(f"{row}: {med([r[k][0] / least[k][0] for k in r if k in least]):.2f} × the least a {kind.upper()} costs")
 print()

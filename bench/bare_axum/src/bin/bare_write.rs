@@ -76,11 +76,14 @@ const TTL_MS: &str = "86400000";
 const MARKER_TTL_MS: &str = "90000000";
 const MARKER: &str = "x1765108860000";
 
-#[derive(Clone, Copy, PartialEq)]
+/// How a write reaches Redis (`WRITE`).
 enum Mode {
-    Script,
+    /// One [`SCRIPT`] call a write.
+    Script(redis::Script),
+    /// `SET`, `SET`, `PUBLISH` in a pipeline.
     Set,
-    Batch,
+    /// Queued for the [`batcher`].
+    Batch(tokio::sync::mpsc::UnboundedSender<Queued>),
 }
 
 /// A write waiting for the batcher: its id, value and who to answer.
@@ -88,12 +91,9 @@ type Queued = (String, Bytes, tokio::sync::oneshot::Sender<redis::RedisResult<()
 
 struct Writer {
     conn: MultiplexedConnection,
-    script: redis::Script,
     prefix: String,
     channel: String,
     mode: Mode,
-    /// The batcher's queue (`WRITE=batch`).
-    batches: Option<tokio::sync::mpsc::UnboundedSender<Queued>>,
     /// What a PATCH stores and answers, when set.
     record: Option<Bytes>,
 }
@@ -107,37 +107,43 @@ async fn patch(State(w): State<Arc<Writer>>, Path(id): Path<String>, body: Bytes
     write(&w, &id, stored).await
 }
 
+/// Record `id`'s key, expiry marker key and change notice, as progressd names them.
+fn names(prefix: &str, id: &str) -> (String, String, String) {
+    (format!("{prefix}progress:{id}"), format!("{prefix}gone:{id}"), format!("13:{id}"))
+}
+
+/// One record's two keys and seven arguments, as [`SCRIPT`] and
+/// [`BATCH_SCRIPT`] take them (the channel goes after the last record).
+fn add_write(call: &mut redis::ScriptInvocation<'_>, prefix: &str, id: &str, body: &[u8]) {
+    let (key, marker, notice) = names(prefix, id);
+    call.key(key).key(marker);
+    call.arg(HEADER).arg(HEADER.len() - 1).arg(body).arg(TTL_MS).arg(notice).arg(MARKER).arg(MARKER_TTL_MS);
+}
+
 async fn write(w: &Writer, id: &str, body: Bytes) -> Response {
-    let (key, marker) = (format!("{}progress:{id}", w.prefix), format!("{}gone:{id}", w.prefix));
-    let notice = format!("13:{id}");
     let mut conn = w.conn.clone();
-    let done: redis::RedisResult<()> = if let Some(batches) = &w.batches {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        match batches.send((id.to_owned(), body.clone(), tx)) {
-            Ok(()) => rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the batcher stopped").into())),
-            Err(_) => Err(std::io::Error::other("the batcher stopped").into()),
+    let done: redis::RedisResult<()> = match &w.mode {
+        Mode::Script(script) => {
+            let mut call = script.prepare_invoke();
+            add_write(&mut call, &w.prefix, id, &body);
+            call.arg(&w.channel);
+            call.invoke_async::<i64>(&mut conn).await.map(drop)
         }
-    } else if w.mode == Mode::Set {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(&key).arg(&body[..]).arg("PX").arg(TTL_MS).ignore();
-        pipe.cmd("SET").arg(&marker).arg(MARKER).arg("PX").arg(MARKER_TTL_MS).ignore();
-        pipe.cmd("PUBLISH").arg(&w.channel).arg(&notice).ignore();
-        pipe.query_async(&mut conn).await
-    } else {
-        w.script
-            .key(&key)
-            .key(&marker)
-            .arg(HEADER)
-            .arg(HEADER.len() - 1)
-            .arg(&body[..])
-            .arg(TTL_MS)
-            .arg(&notice)
-            .arg(MARKER)
-            .arg(MARKER_TTL_MS)
-            .arg(&w.channel)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(drop)
+        Mode::Set => {
+            let (key, marker, notice) = names(&w.prefix, id);
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(key).arg(&body[..]).arg("PX").arg(TTL_MS).ignore();
+            pipe.cmd("SET").arg(marker).arg(MARKER).arg("PX").arg(MARKER_TTL_MS).ignore();
+            pipe.cmd("PUBLISH").arg(&w.channel).arg(notice).ignore();
+            pipe.query_async(&mut conn).await
+        }
+        Mode::Batch(batches) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match batches.send((id.to_owned(), body.clone(), tx)) {
+                Ok(()) => rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the batcher stopped").into())),
+                Err(_) => Err(std::io::Error::other("the batcher stopped").into()),
+            }
+        }
     };
     let mut response = match done {
         Ok(()) => Response::new(axum::body::Body::from(body)),
@@ -164,9 +170,7 @@ async fn batcher(
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let mut call = script.prepare_invoke();
         for (id, body, _) in &batch {
-            call.key(format!("{prefix}progress:{id}")).key(format!("{prefix}gone:{id}"));
-            call.arg(HEADER).arg(HEADER.len() - 1).arg(&body[..]).arg(TTL_MS).arg(format!("13:{id}"));
-            call.arg(MARKER).arg(MARKER_TTL_MS);
+            add_write(&mut call, &prefix, id, body);
         }
         call.arg(&channel);
         let done = call.invoke_async::<i64>(&mut conn).await.map(drop);
@@ -195,12 +199,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8082);
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = std::env::var("BARE_KEY_PREFIX").unwrap_or_else(|_| "bench-bare-write:".into());
-    let mode = match std::env::var("WRITE").as_deref() {
-        Ok("set") => Mode::Set,
-        Ok("batch") => Mode::Batch,
-        Ok("script") | Err(_) => Mode::Script,
-        Ok(other) => return Err(format!("WRITE is script, set or batch, not {other:?}").into()),
-    };
+    let write = std::env::var("WRITE").unwrap_or_else(|_| "script".into());
     let client = redis::Client::open(url.as_str())?;
     let info = client.get_connection_info();
     let address = match info.addr() {
@@ -218,12 +217,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let conn = client.get_multiplexed_async_connection().await?;
     let record = std::env::var_os("BODY_FILE").map(std::fs::read).transpose()?.map(Bytes::from);
-    let batches = (mode == Mode::Batch).then(|| {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(batcher(rx, conn.clone(), prefix.clone(), channel.clone()));
-        tx
-    });
-    let writer = Arc::new(Writer { conn, script: redis::Script::new(SCRIPT), prefix, channel, mode, batches, record });
+    let mode = match write.as_str() {
+        "set" => Mode::Set,
+        "batch" => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(batcher(rx, conn.clone(), prefix.clone(), channel.clone()));
+            Mode::Batch(tx)
+        }
+        "script" => Mode::Script(redis::Script::new(SCRIPT)),
+        other => return Err(format!("WRITE is script, set or batch, not {other:?}").into()),
+    };
+    let writer = Arc::new(Writer { conn, prefix, channel, mode, record });
     let app = Router::new().route("/progress/{id}", axum::routing::put(put).patch(patch)).with_state(writer);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await?;
